@@ -1,0 +1,3 @@
+from lf.cli import main
+
+main()

@@ -1,0 +1,139 @@
+"""Shared option types, the error boundary, and small output helpers for the CLI modules."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from lf.env import AppEnvVars
+from lf.errors import ExitStatus, LfError
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (documented in the README).")]
+ConfigOpt = Annotated[
+    Optional[str],
+    typer.Option("--config", "-c", help="Path of llamafarm.yaml (default: $LF_CONFIG, then ./llamafarm.yaml or a parent's).", show_default=False),
+]
+
+
+def complete_instances(incomplete: str) -> list[str]:
+    from lf.completion import instance_names
+
+    return [n for n in instance_names() if n.startswith(incomplete)]
+
+
+def complete_runtimes(incomplete: str) -> list[str]:
+    from lf.completion import runtime_and_instance_names
+
+    return [n for n in runtime_and_instance_names() if n.startswith(incomplete)]
+
+
+def complete_models(incomplete: str) -> list[str]:
+    from lf.completion import model_names
+
+    return [n for n in model_names() if n.startswith(incomplete)]
+
+
+def command(group: typer.Typer, *args, **kwargs) -> Callable:
+    """Register a command behind the one error boundary: LfError → `Error: …` + hint, its exit code."""
+
+    def decorate(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def wrapper(*a, **kw):
+            try:
+                return func(*a, **kw)
+            except LfError as exc:
+                report_error(exc)
+                raise typer.Exit(int(exc.exit_status)) from None
+            except KeyboardInterrupt:
+                sys.stderr.write("\nInterrupted.\n")
+                raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
+            except BrokenPipeError:
+                _silence_broken_pipe()
+                raise typer.Exit(int(ExitStatus.ERROR)) from None
+            except typer.Exit:
+                raise
+            except Exception as exc:
+                if os.environ.get(AppEnvVars.DEBUG):
+                    raise
+                err(f"Error: unexpected {type(exc).__name__}: {exc}")
+                err("  (this is a bug in lf; run again with LF_DEBUG=1 for the traceback)")
+                raise typer.Exit(int(ExitStatus.ERROR)) from None
+
+        group.command(*args, **kwargs)(wrapper)
+        return wrapper
+
+    return decorate
+
+
+def _silence_broken_pipe() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+def report_error(exc: LfError) -> None:
+    err(f"Error: {exc.message}")
+    if exc.hint:
+        for line in exc.hint.splitlines():
+            err(f"  {line}")
+
+
+def err(text: str = "") -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def stderr_is_tty() -> bool:
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+
+
+class Spinner:
+    """A one-line progress indicator on stderr, only when stderr is a terminal."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, text: str):
+        self.text = text
+        self.enabled = stderr_is_tty()
+        self.i = 0
+
+    def __call__(self, elapsed: float) -> None:
+        if self.enabled:
+            frame = self.FRAMES[self.i % len(self.FRAMES)]
+            self.i += 1
+            sys.stderr.write(f"\r{frame} {self.text} ({elapsed:.1f}s)")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.i:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def load_project(config: str | None):
+    """The project's llamafarm.yaml if one is found (or given), else None."""
+    from lf.config import load_optional
+
+    return load_optional(config)

@@ -1,0 +1,181 @@
+"""llamafarm.yaml: discovery, loading and normalisation of both LlamaFarm shapes of `runtime`.
+
+- single shape: runtime: {provider, model, base_url?, api_key?, model_api_parameters?, <provider>: {...}}
+- list shape:   runtime: {default_model?, models: [{name, provider, model, ..., provider_config?}]}
+
+Both become a Project with a list of ModelEntry. Validation (lf.config_schema) reports the file, line,
+column and dotted field path of every problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lf.env import AppEnvVars
+from lf.errors import ConfigError, UnknownNameError
+
+CONFIG_NAMES = ("llamafarm.yaml", "llamafarm.yml")
+MAX_CONFIG_BYTES = 1024 * 1024
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$")
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    provider: str
+    model: str
+    description: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None  # as written: may be an env reference like ${OPENAI_API_KEY}
+    model_api_parameters: dict = field(default_factory=dict)
+    provider_config: dict = field(default_factory=dict)
+    line: int | None = None  # where the entry starts in the file
+
+    def resolved_api_key(self) -> str | None:
+        return expand_env_ref(self.api_key)
+
+
+@dataclass
+class Project:
+    path: Path
+    name: str | None
+    namespace: str | None
+    models: list[ModelEntry]
+    default_model: str
+    shape: str  # "single" or "list"
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def model(self, name: str | None = None) -> ModelEntry:
+        wanted = name or self.default_model
+        for entry in self.models:
+            if entry.name == wanted:
+                return entry
+        for entry in self.models:  # `--model` may also name the model itself
+            if entry.model == wanted:
+                return entry
+        from lf.suggest import did_you_mean
+
+        raise UnknownNameError(
+            f"no model named {wanted!r} in {self.path}",
+            hint=did_you_mean(wanted, [m.name for m in self.models]) or f"configured: {', '.join(m.name for m in self.models)}",
+        )
+
+
+def expand_env_ref(value: str | None) -> str | None:
+    """`${VAR}` or `${VAR:-default}` → the variable's value; anything else as it is."""
+    if value is None:
+        return None
+    match = _ENV_REF.match(value.strip())
+    if not match:
+        return value
+    return os.environ.get(match.group(1), match.group(2))
+
+
+def find_config(explicit: str | os.PathLike | None = None, start: Path | None = None) -> Path | None:
+    """-c/--config, then LF_CONFIG, then llamafarm.yaml/.yml in the current dir or its nearest parent."""
+    chosen = explicit or os.environ.get(AppEnvVars.CONFIG)
+    if chosen:
+        path = Path(chosen).expanduser()
+        if not path.exists():
+            source = "--config" if explicit else AppEnvVars.CONFIG
+            raise ConfigError(f"{path}: no such file (from {source})", hint="give the path of a llamafarm.yaml, or create one with: lf config init")
+        return path
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        for name in CONFIG_NAMES:
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def load_project(path: Path) -> Project:
+    """Read, validate and normalise a llamafarm.yaml. Raises ConfigError with a located message."""
+    from lf.config_schema import validate_document
+
+    document, root = read_yaml(path)
+    validate_document(path, document, root)
+    return normalise(path, document, root)
+
+
+def read_yaml(path: Path):
+    """(data, root node) of a YAML file; every failure becomes a ConfigError naming the file."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a llamafarm.yaml file")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}", hint="check the file's permissions") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a llamafarm.yaml")
+    if b"\x00" in raw:
+        raise ConfigError(f"{path}: is a binary file, not YAML")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 text (byte {exc.start})", hint="save the file as UTF-8") from None
+    from lf.config_schema import parse_yaml
+
+    return parse_yaml(path, text)
+
+
+def normalise(path: Path, data: dict, root=None) -> Project:
+    from lf.config_schema import line_of
+
+    runtime = data.get("runtime") or {}
+    models: list[ModelEntry] = []
+    if "models" in runtime:
+        shape = "list"
+        for i, item in enumerate(runtime.get("models") or []):
+            models.append(
+                ModelEntry(
+                    name=str(item["name"]),
+                    provider=item["provider"],
+                    model=str(item["model"]),
+                    description=item.get("description"),
+                    base_url=item.get("base_url"),
+                    api_key=item.get("api_key"),
+                    model_api_parameters=dict(item.get("model_api_parameters") or {}),
+                    provider_config=dict(item.get("provider_config") or {}),
+                    line=line_of(root, ("runtime", "models", i)),
+                )
+            )
+        default = runtime.get("default_model") or (models[0].name if models else "")
+    else:
+        shape = "single"
+        provider = runtime["provider"]
+        models.append(
+            ModelEntry(
+                name=provider,  # the single shape has no entry name: the instance is named after the runtime
+                provider=provider,
+                model=str(runtime["model"]),
+                description=runtime.get("description"),
+                base_url=runtime.get("base_url"),
+                api_key=runtime.get("api_key"),
+                model_api_parameters=dict(runtime.get("model_api_parameters") or {}),
+                provider_config=dict(runtime.get(provider) or runtime.get("provider_config") or {}),
+                line=line_of(root, ("runtime",)),
+            )
+        )
+        default = provider
+    return Project(
+        path=path,
+        name=data.get("name"),
+        namespace=data.get("namespace"),
+        models=models,
+        default_model=default,
+        shape=shape,
+    )
+
+
+def load_optional(explicit: str | None = None) -> Project | None:
+    path = find_config(explicit)
+    return load_project(path) if path else None

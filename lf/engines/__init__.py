@@ -1,0 +1,1 @@
+"""Small entry points that run an engine in the foreground of a daemon process."""

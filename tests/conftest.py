@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUNTIME_ENV_VARS = [
+    "LLAMACPP_PORT", "LLAMACPP_HOST", "LLAMACPP_MODEL", "LLAMACPP_CONTEXT_SIZE", "LLAMACPP_THREADS",
+    "LEMONADE_PORT", "LEMONADE_HOST", "LEMONADE_BACKEND", "LEMONADE_CONTEXT_SIZE", "LEMONADE_MODEL",
+    "OLLAMA_HOST", "VLLM_PORT", "VLLM_HOST", "VLLM_MODEL", "LLAMA_CPP_PYTHON_PORT", "LLAMA_CPP_PYTHON_HOST",
+    "LLAMA_CPP_PYTHON_MODEL", "LLAMA_CPP_PYTHON_CONTEXT_SIZE", "LF_DEBUG",
+]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Every test gets its own state, data and working dir: nothing touches the user's lf."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("LF_STATE_DIR", str(state))
+    monkeypatch.setenv("LF_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("LF_CONFIG", raising=False)
+    for name in RUNTIME_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    from lf.registry import all_runtimes
+
+    all_runtimes.cache_clear()
+    yield tmp_path
+    _kill_leftovers(state)
+
+
+def _kill_leftovers(state: Path) -> None:
+    """Safety net: a failing test must not leave daemons behind for the next one."""
+    folder = state / "instances"
+    if not folder.is_dir():
+        return
+    for path in folder.glob("*.json"):
+        try:
+            pid = json.loads(path.read_text())["pid"]
+            os.killpg(pid, signal.SIGKILL)
+        except (ValueError, KeyError, TypeError, OSError):
+            pass
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_lf(*args: str, input: str | None = None, timeout: float = 180, env: dict | None = None, check: bool = False):
+    """Run the real `lf` in a subprocess (as a user would), with the test's isolated environment."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "lf", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lf {' '.join(args)} exited {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
+    return proc
+
+
+def default_model_installed() -> bool:
+    from lf.models import CATALOG
+
+    return CATALOG["smollm2-135m"].path() is not None
+
+
+@pytest.fixture
+def cli():
+    from typer.testing import CliRunner
+
+    from lf.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None):
+        return runner.invoke(app, list(args), input=input)
+
+    return invoke
