@@ -15,13 +15,34 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
-from lf.errors import NotInstalledError, UnknownNameError
+from lf.errors import LfError, NotInstalledError, UnknownNameError
 
 
 def runtimes_dir() -> Path:
     here = Path(__file__).resolve().parent
     packaged = here / "runtimes"  # inside an installed wheel
     return packaged if packaged.is_dir() else here.parent / "runtimes"  # in a source checkout
+
+
+def runtimes_dirs() -> list[Path]:
+    """Folders holding runtime folders: the user's ($LF_RUNTIMES_PATH, searched first), then lf's own."""
+    from lf.env import AppEnvVars
+
+    extra = [Path(p).expanduser() for p in os.environ.get(AppEnvVars.RUNTIMES_PATH, "").split(os.pathsep) if p]
+    return [*extra, runtimes_dir()]
+
+
+def _runtime_folders() -> list[Path]:
+    seen: dict[str, Path] = {}
+    for root in runtimes_dirs():
+        try:
+            entries = sorted(root.iterdir())
+        except OSError:
+            continue
+        for folder in entries:
+            if folder.name not in seen and (folder / "manifest.toml").is_file():
+                seen[folder.name] = folder
+    return [seen[name] for name in sorted(seen)]
 
 
 @dataclass(frozen=True)
@@ -129,8 +150,14 @@ def _load_hooks(name: str, path: str) -> ModuleType:
 def _parse(folder: Path) -> Runtime:
     import tomllib
 
-    with open(folder / "manifest.toml", "rb") as fh:
-        m = tomllib.load(fh)
+    path = folder / "manifest.toml"
+    try:
+        with open(path, "rb") as fh:
+            m = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise LfError(f"{path}: cannot be read: {exc}") from None
+    if m.get("name") != folder.name:
+        raise LfError(f"{path}: name {m.get('name')!r} differs from its folder name {folder.name!r}")
     health = m.get("health", {})
     engines = tuple(
         Engine(
@@ -168,19 +195,12 @@ def _parse(folder: Path) -> Runtime:
 
 @lru_cache(maxsize=1)
 def all_runtimes() -> dict[str, Runtime]:
-    root = runtimes_dir()
-    found: dict[str, Runtime] = {}
-    for folder in sorted(root.iterdir()):
-        if (folder / "manifest.toml").is_file():
-            runtime = _parse(folder)
-            found[runtime.name] = runtime
-    return found
+    return {folder.name: _parse(folder) for folder in _runtime_folders()}
 
 
 def runtime_names() -> list[str]:
     """Runtime names from the folder names alone: cheap enough for shell completion."""
-    root = runtimes_dir()
-    return sorted(p.name for p in root.iterdir() if (p / "manifest.toml").is_file())
+    return [folder.name for folder in _runtime_folders()]
 
 
 def get_runtime(name: str) -> Runtime:
