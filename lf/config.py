@@ -19,7 +19,8 @@ from lf.errors import ConfigError, UnknownNameError
 
 CONFIG_NAMES = ("llamafarm.yaml", "llamafarm.yml")
 MAX_CONFIG_BYTES = 1024 * 1024
-_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$")
+# ${VAR}, ${VAR:-default}, and LlamaFarm's ${env:VAR}
+_ENV_REF = re.compile(r"^\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$")
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Project:
 
 
 def expand_env_ref(value: str | None) -> str | None:
-    """`${VAR}` or `${VAR:-default}` → the variable's value; anything else as it is."""
+    """`${VAR}`, `${env:VAR}` or `${VAR:-default}` → the variable's value; anything else as it is."""
     if value is None:
         return None
     match = _ENV_REF.match(value.strip())
@@ -148,7 +149,8 @@ def normalise(path: Path, data: dict, root=None) -> Project:
                     line=line_of(root, ("runtime", "models", i)),
                 )
             )
-        default = runtime.get("default_model") or (models[0].name if models else "")
+        marked = [m.name for m, item in zip(models, runtime.get("models") or []) if item.get("default") is True]
+        default = runtime.get("default_model") or (marked[0] if marked else (models[0].name if models else ""))
     else:
         shape = "single"
         provider = runtime["provider"]

@@ -58,12 +58,27 @@ def schema() -> dict:
         "api_key": {"type": "string", "description": "a key, or an env reference such as ${OPENAI_API_KEY}; never printed"},
         "model_api_parameters": {"type": "object", "description": "passed through in chat requests (temperature, ...)"},
     }
+    # Fields LlamaFarm defines for a model that lf does not use: accepted, kept, ignored.
+    llamafarm_passthrough = {
+        "instructor_mode": {"type": "string"},
+        "extra_body": {"type": "object"},
+        "encoder_config": {"type": "object"},
+        "prompts": {"type": "array", "items": {"type": "string"}},
+        "mcp_servers": {"type": "array", "items": {"type": "string"}},
+        "tool_call_strategy": {"type": "string", "enum": ["native_api", "prompt_based"]},
+        "tools": {"type": "array"},
+        "tools_mode": {"type": "string", "enum": ["config_only", "api_replace", "api_supplement"]},
+        "prompts_mode": {"type": "string", "enum": ["config_only", "api_replace", "api_supplement"]},
+        "keep_loaded": {"type": "boolean"},
+        "prompt_format": {"type": "string"},
+    }
     single = {
         "title": "single runtime (seed shape)",
         "type": "object",
         "required": ["provider", "model"],
         "properties": {
             **common_model,
+            **llamafarm_passthrough,
             "provider_config": {"type": "object", "properties": any_settings, "additionalProperties": False},
             **provider_section,
         },
@@ -75,9 +90,9 @@ def schema() -> dict:
         "properties": {
             "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "description": "entry name; also the instance name"},
             **common_model,
-            "default": {"type": "boolean"},
+            **llamafarm_passthrough,
+            "default": {"type": "boolean", "description": "mark the default entry (default_model wins when both are set)"},
             "provider_config": {"type": "object", "properties": any_settings, "additionalProperties": False},
-            "prompts": {"type": "array", "items": {"type": "string"}},
         },
         "additionalProperties": False,
     }
@@ -297,7 +312,7 @@ def check(value, rule: dict, path: tuple, problems: list[Problem]) -> None:
 
                 hint = did_you_mean(str(key), props)
                 problems.append(
-                    Problem(path + (key,), f"unknown field {key!r}" + (f" ({hint})" if hint else ""), "known fields: " + ", ".join(props), at_key=True)
+                    Problem(path + (key,), f"unknown field {key!r}" + (f" ({hint})" if hint else ""), ", ".join(props), at_key=True)
                 )
 
 
@@ -325,7 +340,8 @@ def semantic_checks(data: dict, problems: list[Problem]) -> None:
         default = runtime.get("default_model")
         if isinstance(default, str) and default not in names:
             hint = did_you_mean(default, [n for n in names if isinstance(n, str)])
-            problems.append(Problem(("runtime", "default_model"), f"{default!r} names no model entry" + (f" ({hint})" if hint else ""), "one of: " + ", ".join(map(str, names))))
+            listed = ", ".join(dict.fromkeys(map(str, names)))
+            problems.append(Problem(("runtime", "default_model"), f"{default!r} names no model entry" + (f" ({hint})" if hint else ""), f"one of: {listed}"))
         for i, item in enumerate(models):
             if isinstance(item, dict):
                 _check_provider_config(item.get("provider"), item.get("provider_config"), ("runtime", "models", i, "provider_config"), runtimes, problems)
@@ -348,7 +364,7 @@ def _check_provider_config(provider, config, path: tuple, runtimes: dict, proble
     for key in config:
         if key not in allowed:
             hint = did_you_mean(str(key), allowed)
-            problems.append(Problem(path + (key,), f"{provider} does not use the setting {key!r}" + (f" ({hint})" if hint else ""), "settings: " + ", ".join(allowed), at_key=True))
+            problems.append(Problem(path + (key,), f"{provider} does not use the setting {key!r}" + (f" ({hint})" if hint else ""), ", ".join(allowed), at_key=True))
 
 
 def _check_external(entry: dict, path: tuple, runtimes: dict, problems: list[Problem]) -> None:
@@ -361,7 +377,7 @@ def validate_document(path: Path, data, root) -> None:
     """Raise one ConfigError listing every problem, each with file:line:column and its field path."""
     problems = collect_problems(data)
     if problems:
-        raise ConfigError(format_problems(path, root, problems), hint="the schema: schema.yaml; check a file with: lf config validate")
+        raise ConfigError(format_problems(path, root, problems), hint="see the schema with: lf config schema")
 
 
 def collect_problems(data) -> list[Problem]:
@@ -386,12 +402,12 @@ def locate(root, problem: Problem) -> tuple[int, int] | None:
 
 def format_problems(path: Path, root, problems: list[Problem]) -> str:
     lines = [f"{path}: invalid llamafarm.yaml ({len(problems)} problem{'s' if len(problems) != 1 else ''})"]
-    for p in problems:
-        where = locate(root, p)
+    located = sorted(((locate(root, p), p) for p in problems), key=lambda item: item[0] or (0, 0))
+    for where, p in located:
         pos = f"{path}:{where[0]}:{where[1]}" if where else str(path)
         text = f"  {pos}: {p.dotted()}: {p.message}"
         if p.allowed:
-            text += f"; allowed: {p.allowed}"
+            text += f" (allowed: {p.allowed})"
         lines.append(text)
     return "\n".join(lines)
 

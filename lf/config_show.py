@@ -34,9 +34,9 @@ def resolved_config(project) -> dict:
                 settings={k: v for k, v in spec.settings.items() if k not in ("port", "host", "context_size", "threads")},
             )
         else:
-            from lf.status import external_base_url
+            from lf.status import api_base_url
 
-            item["base_url"] = entry.base_url or external_base_url(runtime)
+            item["base_url"] = api_base_url(runtime, entry.base_url)
         models.append(item)
     return {
         "config": str(project.path) if project else None,

@@ -174,7 +174,7 @@ def chat_target(project: Project | None, runtime_name: str | None, model: str | 
             entry.model = model
     runtime = get_runtime(entry.provider)
     if entry.base_url or not runtime.managed:
-        from lf.status import external_base_url
+        from lf.status import api_base_url
 
-        return ChatTarget(entry, runtime, entry.base_url or external_base_url(runtime), entry.resolved_api_key())
+        return ChatTarget(entry, runtime, api_base_url(runtime, entry.base_url), entry.resolved_api_key())
     return ChatTarget(entry, runtime, None, entry.resolved_api_key())

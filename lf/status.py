@@ -202,9 +202,8 @@ def _configured(project) -> list[InstanceStatus]:
         if runtime.managed and not entry.base_url:
             out.append(InstanceStatus(name=entry.name, runtime=entry.provider, state=ProcessState.STOPPED, model=entry.model))
             continue
-        base_url = (entry.base_url or external_base_url(runtime)).rstrip("/")
-        probe_path = runtime.health_path if not entry.base_url and runtime.health_path else None
-        url = _origin(base_url) + probe_path if probe_path else base_url + "/models"
+        base_url = api_base_url(runtime, entry.base_url)
+        url = _origin(base_url) + runtime.health_path if runtime.health_path else base_url + "/models"
         out.append(
             InstanceStatus(
                 name=entry.name,
@@ -213,7 +212,7 @@ def _configured(project) -> list[InstanceStatus]:
                 managed=False,
                 base_url=base_url,
                 model=entry.model,
-                probe=Probe(url, "http-ok", entry.resolved_api_key()),
+                probe=Probe(url, runtime.health_ready, entry.resolved_api_key()),
             )
         )
     return out
@@ -226,15 +225,31 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def api_base_url(runtime, base_url: str | None) -> str:
+    """The OpenAI API base of an external runtime. A bare origin (LlamaFarm writes Ollama's as
+    http://localhost:11434) gets the runtime's API path appended."""
+    from urllib.parse import urlsplit
+
+    if not base_url:
+        return external_base_url(runtime)
+    base_url = base_url.rstrip("/")
+    if urlsplit(base_url).path in ("", "/"):
+        base_url += runtime.api_base
+    return base_url
+
+
 def external_base_url(runtime) -> str:
     """Where an external runtime the user runs is expected: its env var (e.g. OLLAMA_HOST) or default port."""
     import os
 
-    host = os.environ.get(runtime.env.get("host", ""), "") if runtime.env.get("host") else ""
+    host = os.environ.get(runtime.env["host"], "") if runtime.env.get("host") else ""
+    port = os.environ.get(runtime.env["port"], "") if runtime.env.get("port") else ""
     if host:
         if "://" not in host:
             host = "http://" + host
         if host.count(":") < 2:  # no port given
-            host = f"{host}:{runtime.default_port}"
+            host = f"{host}:{port or runtime.default_port}"
         return host.rstrip("/") + runtime.api_base
+    if port.isdigit():
+        return f"http://127.0.0.1:{port}{runtime.api_base}"
     return f"http://127.0.0.1:{runtime.default_port}{runtime.api_base}"

@@ -56,7 +56,7 @@ def validate(
             raise typer.Exit(int(ExitStatus.CONFIG))
         return
     if problems:
-        raise ConfigError(format_problems(found, root, problems), hint="the schema: schema.yaml")
+        raise ConfigError(format_problems(found, root, problems), hint="see the schema with: lf config schema")
     project = normalise(found, data, root)
     out(f"{found}: valid ({project.shape} shape, {len(project.models)} model{'s' if len(project.models) != 1 else ''}, default {project.default_model})")
 
