@@ -27,7 +27,7 @@ def completions() -> dict[Path, str]:
 
 def docs() -> dict[Path, str]:
     text = subprocess.run(
-        [sys.executable, "-m", "typer", "lf.cli", "utils", "docs", "--name", "lf", "--title", "lf command-line reference"],
+        [sys.executable, "-m", "typer", "--app", "app", "lf.cli", "utils", "docs", "--name", "lf", "--title", "lf command-line reference"],
         check=True,
         capture_output=True,
         text=True,

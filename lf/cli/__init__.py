@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from lf import __version__
-from lf.cli import chat, config, models, runtime
 
-app = typer.Typer(
-    name="lf",
-    help="Run local LLM runtimes as supervised daemons, check their health, and chat with them.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.add_typer(runtime.app, name="runtime")
-app.add_typer(models.app, name="models")
-app.add_typer(config.app, name="config")
-chat.register(app)
+HELP = "Run local LLM runtimes as supervised daemons, check their health, and chat with them."
+GROUPS = ("runtime", "models", "config")
 
 
 def _version(value: bool) -> None:
@@ -26,12 +19,52 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
-) -> None:
-    """Run local LLM runtimes as supervised daemons, check their health, and chat with them."""
+def build_app(only: str | None = None) -> typer.Typer:
+    """The app; with `only`, just that command group, since Typer builds every command it holds on
+    each invocation and `lf runtime status` is called in loops by scripts."""
+    app = typer.Typer(
+        name="lf",
+        help=HELP,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    @app.callback()
+    def _root(
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ) -> None:
+        """Run local LLM runtimes as supervised daemons, check their health, and chat with them."""
+
+    if only in (None, "runtime"):
+        from lf.cli import runtime
+
+        app.add_typer(runtime.app, name="runtime")
+    if only in (None, "models"):
+        from lf.cli import models
+
+        app.add_typer(models.app, name="models")
+    if only in (None, "config"):
+        from lf.cli import config
+
+        app.add_typer(config.app, name="config")
+    if only in (None, "chat"):
+        from lf.cli import chat
+
+        chat.register(app)
+    return app
+
+
+def __getattr__(name: str):
+    # `lf.cli.app` (the whole app, for tests and doc generation) is built on first use, not on import
+    if name == "app":
+        globals()["app"] = build_app()
+        return globals()["app"]
+    raise AttributeError(name)
 
 
 def main() -> None:
-    app(prog_name="lf")
+    argv = sys.argv[1:]
+    completing = "_LF_COMPLETE" in os.environ
+    only = argv[0] if argv and not completing and argv[0] in (*GROUPS, "chat") else None
+    build_app(only)(prog_name="lf")
