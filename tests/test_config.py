@@ -40,7 +40,7 @@ def test_list_shape_keeps_every_entry_and_the_default():
     assert [m.name for m in project.models] == ["local", "fast", "expert", "onnx", "gateway"]
     assert project.default_model == "local"
     assert project.model("expert").api_key == "${OPENAI_API_KEY}"
-    assert project.model("local").line == 41
+    assert project.model("local").line == 38
 
 
 def test_first_entry_is_the_default_without_default_model():
@@ -168,7 +168,7 @@ def test_precedence_flag_over_env_over_file_over_default(monkeypatch):
     monkeypatch.delenv("LLAMACPP_PORT")
     bare = load_project(FIXTURES / "configs" / "list_two_llamacpp.yaml")
     spec = build_spec(bare.model("alpha"), bare, Overrides(), single=True)
-    assert (spec.port, spec.port_auto, spec.context_size) == (11634, True, None)  # manifest default
+    assert (spec.port, spec.port_auto, spec.context_size) == (11634, True, 4096)  # manifest defaults
 
 
 def test_config_init_refuses_to_overwrite(cli):
