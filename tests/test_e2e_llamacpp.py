@@ -136,3 +136,38 @@ def test_chat_auto_starts_the_runtime(isolated, free_port):
         assert _record(isolated)["port"] == free_port
     finally:
         run_lf("runtime", "stop", "--all")
+
+
+def test_chat_without_a_message_on_a_terminal_is_interactive(started):
+    """A real pseudo-terminal: `lf chat` prompts, answers each line, and leaves on /exit."""
+    import pty
+    import select
+    import sys
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: lf on a terminal
+        os.execv(sys.executable, [sys.executable, "-m", "lf", "chat", "--max-tokens", "12", "--temperature", "0"])
+    seen = b""
+
+    def read_until_prompts(count: int, timeout: float = 60) -> None:
+        nonlocal seen
+        deadline = time.time() + timeout
+        while seen.count(b">>> ") < count and time.time() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    return
+
+    read_until_prompts(1)
+    os.write(fd, b"Say hi\n")
+    read_until_prompts(2)
+    os.write(fd, b"/exit\n")
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = seen.decode("utf-8", "replace")
+    assert "Chatting with smollm2-135m" in text
+    answer = text.split("Say hi", 1)[1].split(">>> ")[0]
+    assert answer.strip()  # the model answered before the next prompt
+    assert os.WEXITSTATUS(status) == 0
