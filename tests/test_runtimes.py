@@ -1,0 +1,67 @@
+"""The runtime registry and how the llamacpp runtime's command line is built."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from lf.errors import NotInstalledError
+from lf.instances import Overrides, build_spec, default_entry
+from lf.registry import all_runtimes, get_runtime, runtime_names, runtimes_dir
+from lf.supervisor import build_argv
+
+
+def test_every_runtime_folder_has_a_manifest_and_a_readme():
+    for folder in runtimes_dir().iterdir():
+        if folder.is_dir():
+            assert (folder / "manifest.toml").is_file(), folder
+            assert (folder / "README.md").is_file(), folder
+    assert set(runtime_names()) == set(all_runtimes())
+
+
+def test_llama_server_on_path_is_preferred(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "llama-server"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    spec = build_spec(default_entry(get_runtime("llamacpp")), None, Overrides(model=str(model), port=12345, threads=3), single=True)
+    argv, engine = build_argv(spec)
+    assert engine == "llama-server"
+    assert argv == [str(fake), "-m", str(model), "--host", "127.0.0.1", "--port", "12345", "-c", "4096", "-t", "3", "--alias", str(model)]
+
+
+def test_embedded_engine_without_llama_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no llama-server anywhere
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    spec = build_spec(default_entry(get_runtime("llamacpp")), None, Overrides(model=str(model)), single=True)
+    argv, engine = build_argv(spec)
+    assert engine == "xllamacpp"
+    assert argv[1:3] == ["-m", "lf.engines.xllamacpp_server"]
+    assert argv[argv.index("--threads") + 1] == str(len(os.sched_getaffinity(0)))  # all cores by default
+    assert spec.port == 11634 and spec.host == "127.0.0.1"
+
+
+def test_a_model_path_is_resolved_and_a_missing_one_explained(tmp_path):
+    runtime = get_runtime("llamacpp")
+    model = tmp_path / "x.gguf"
+    model.write_bytes(b"GGUF")
+    spec = build_spec(default_entry(runtime), None, Overrides(model=str(model)), single=True)
+    assert spec.model_path == str(model.resolve())
+    with pytest.raises(NotInstalledError, match="neither a known model name nor an existing file"):
+        build_spec(default_entry(runtime), None, Overrides(model=str(tmp_path / "nope.gguf")), single=True)
+
+
+def test_binding_all_interfaces_warns(tmp_path, capsys):
+    model = tmp_path / "x.gguf"
+    model.write_bytes(b"GGUF")
+    spec = build_spec(default_entry(get_runtime("llamacpp")), None, Overrides(model=str(model), host="0.0.0.0"), single=True)
+    assert spec.host == "0.0.0.0"
+    assert "reachable from other machines" in capsys.readouterr().err
+    assert spec.base_url.startswith("http://127.0.0.1:")  # lf itself talks to it over loopback
