@@ -86,6 +86,7 @@ class Runtime:
     engines: tuple[Engine, ...] = ()
     config_keys: tuple[str, ...] = ()  # provider_config keys this runtime understands
     install_requirements: str | None = None  # file in the folder: lf runtime install builds an env from it
+    install_plans: tuple[dict, ...] = ()  # [[install]] tables: alternative ways to build that env (lf.envs)
 
     @property
     def env_dir(self) -> Path:
@@ -96,6 +97,13 @@ class Runtime:
     def env_python(self) -> Path:
         return self.env_dir / "bin" / "python"
 
+    @property
+    def needs_env(self) -> bool:
+        return bool(self.install_requirements or self.install_plans)
+
+    def env_installed(self) -> bool:
+        return (self.env_dir / "lf-installed.json").exists()
+
     def find_engine(self) -> ResolvedEngine | None:
         """The first engine available on this machine, or None."""
         for engine in self.engines:
@@ -104,7 +112,8 @@ class Runtime:
                 source = "PATH"
                 if not exe:
                     candidate = self.env_dir / "bin" / engine.executable
-                    if candidate.is_file() and os.access(candidate, os.X_OK):
+                    # only a finished install counts: scripts appear in bin/ long before pip is done
+                    if candidate.is_file() and os.access(candidate, os.X_OK) and self.env_installed():
                         exe, source = str(candidate), f"lf env {self.env_dir}"
                 if exe:
                     return ResolvedEngine(engine, exe, sys.executable, f"{source}: {exe}")
@@ -113,7 +122,7 @@ class Runtime:
                     return ResolvedEngine(engine, None, sys.executable, f"python package {engine.python_module}")
             elif engine.env_module:
                 python = self.env_python()
-                if python.exists() and (self.env_dir / "lf-installed.json").exists():
+                if python.exists() and self.env_installed():
                     return ResolvedEngine(engine, None, str(python), f"lf env {self.env_dir}")
         return None
 
@@ -124,7 +133,7 @@ class Runtime:
         return found
 
     def install_hint(self) -> str:
-        if self.install_requirements:
+        if self.needs_env:
             return f"install it with: lf runtime install {self.name}"
         hints = [e.install for e in self.engines if e.install]
         if hints:
@@ -143,6 +152,7 @@ def _load_hooks(name: str, path: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"lf_runtime_hooks_{name.replace('-', '_')}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (and pickling) look a module up by name while it loads
     spec.loader.exec_module(module)
     return module
 
@@ -190,6 +200,7 @@ def _parse(folder: Path) -> Runtime:
         engines=engines,
         config_keys=tuple(m.get("config_keys", ())),
         install_requirements=m.get("install_requirements"),
+        install_plans=tuple(m.get("install", ())),
     )
 
 

@@ -295,3 +295,6 @@ def list_runtimes(json_out: JsonOpt = False) -> None:
             ["RUNTIME", "INSTALLED", "PORT", "ENGINE", "DESCRIPTION"],
         )
     )
+
+
+from lf.cli import runtime_env as _runtime_env  # noqa: E402,F401  (registers install/uninstall on app)
