@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -50,3 +50,25 @@ def fetch(
         print_json({"name": name, "path": str(path), "already_installed": already})
     else:
         out(f"{name}: {path}" + (" (already installed)" if already else ""))
+
+
+@command(app, "build-onnx")
+def build_onnx(
+    source: Annotated[str, typer.Argument(help="The GGUF to convert: a known model name or a .gguf path.")] = "smollm2-135m",
+    name: Annotated[Optional[str], typer.Option("--name", help="Folder name in lf's models dir (default: <source>-onnx[-tiny]).")] = None,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Random 2-layer weights with the real tokenizer: builds in seconds, answers nonsense (for tests).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the model is already built.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build an ONNX (onnxruntime-genai) model offline from a GGUF, inside Lemonade's env (lf runtime install lemonade)."""
+    from lf.models import models_dir
+    from lf.onnx_build import build_onnx as build
+    from lf.onnx_build import default_name, is_built
+
+    if not is_built(models_dir() / (name or default_name(source, tiny))):
+        err(f"Building an ONNX model from {source}{' (tiny, random weights)' if tiny else ''}…")
+    result = build(source, name=name, tiny=tiny, force=force)
+    if json_out:
+        print_json({"name": result.name, "path": str(result.path), "already_built": result.cached, "tiny": result.info.get("tiny", tiny), "onnxruntime_genai": result.info.get("onnxruntime_genai")})
+    else:
+        out(f"{result.name}: {result.path}" + (" (already built)" if result.cached else f" (built in {result.info.get('duration_s', 0):.0f}s)"))

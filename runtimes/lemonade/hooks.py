@@ -1,0 +1,304 @@
+"""Lemonade: the parts manifest.toml cannot declare.
+
+- Each generation has its own command, flags and API base: v10 `lemond`, v9 `lemonade-server serve`,
+  v8 (lemonade-sdk) and v6 (turnkeyml) `lemonade-server-dev serve`; v6 speaks /api/v0, the others /api/v1.
+- Lemonade answers before it serves any model: after the server is up, lf loads the configured model
+  (by name, or a local checkpoint folder/file with its recipe) and only then calls the instance healthy.
+- The llama.cpp backend follows the hardware unless the user chose one (as LlamaFarm's start script does).
+
+The supervisor calls build_argv, process_env and after_healthy; nothing here prints or imports typer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lf.errors import ConfigError, LfError, NotInstalledError, StartError
+
+BACKENDS = ("onnx", "llamacpp", "transformers")
+LLAMACPP_BACKENDS = ("cpu", "vulkan", "rocm", "metal")
+# the recipe Lemonade loads a checkpoint with, per backend, on a CPU-only machine
+DEFAULT_RECIPES = {"onnx": "oga-cpu", "llamacpp": "llamacpp", "transformers": "hf-cpu"}
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+# -- which Lemonade ------------------------------------------------------------------------------
+def generation(runtime, resolved) -> str:
+    """'v10', 'v9', 'v8' or 'v6' for the engine the registry found."""
+    if resolved.engine.generation:
+        return resolved.engine.generation
+    exe = Path(resolved.exe or "")
+    if runtime.env_dir in exe.parents:  # lf's own env records what it installed
+        from lf.envs import installed_info
+
+        recorded = (installed_info(runtime) or {}).get("generation")
+        if recorded:
+            return recorded
+    return _generation_of_script(exe)
+
+
+def _generation_of_script(exe: Path) -> str:
+    """lemonade-server-dev is a pip console script: its interpreter's site-packages tell v6 from v8."""
+    try:
+        with open(exe, "rb") as fh:
+            first = fh.readline().decode("utf-8", "replace")
+    except OSError:
+        return "v8"
+    if not first.startswith("#!"):
+        return "v8"
+    env_root = Path(first[2:].strip().split()[0]).parent.parent
+    for site in env_root.glob("lib/python*/site-packages"):
+        if any(site.glob("lemonade_sdk-*.dist-info")):
+            return "v8"
+        if any(site.glob("turnkeyml-*.dist-info")):
+            return "v6"
+    return "v8"
+
+
+def api_base(gen: str) -> str:
+    return "/api/v0" if gen == "v6" else "/api/v1"
+
+
+def detect_llamacpp_backend() -> str:
+    """The llama.cpp build that suits this machine's GPU, as LlamaFarm's start script chooses it."""
+    if sys.platform == "darwin":
+        return "metal"
+    if os.path.exists("/dev/kfd"):  # AMD's compute driver: ROCm can run
+        return "rocm"
+    if os.path.isdir("/dev/dri") or shutil.which("nvidia-smi"):
+        return "vulkan"  # Lemonade ships no CUDA llama.cpp; Vulkan runs on NVIDIA, AMD and Intel GPUs
+    return "cpu"
+
+
+# -- which model, loaded how -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelPlan:
+    backend: str  # onnx | llamacpp | transformers
+    recipe: str
+    checkpoint: str | None  # a local folder/file, or a checkpoint name Lemonade downloads
+    model_name: str | None  # a name from Lemonade's own model list
+    served_as: str  # the model name chat requests must use
+
+
+def model_plan(spec, gen: str) -> ModelPlan:
+    settings = spec.settings
+    backend = settings.get("backend")
+    if backend is not None and backend not in BACKENDS:
+        raise ConfigError(f"lemonade backend {backend!r} is not one of {', '.join(BACKENDS)}", hint="set runtime.lemonade.backend or LEMONADE_BACKEND")
+    checkpoint = settings.get("checkpoint")
+    local: Path | None
+    if checkpoint:
+        local = _existing_path(str(checkpoint))
+        if local is None and _looks_like_path(str(checkpoint)):
+            raise NotInstalledError(f"checkpoint {checkpoint!r} does not exist", hint="give the path of a model folder or file")
+    else:
+        local = _local_model(spec)
+    kind = _model_kind(local) if local else None
+    if backend and kind and backend != kind:
+        raise ConfigError(f"{local} is a {kind} model, but the lemonade backend is {backend!r}", hint=f"set backend: {kind}, or point the model at a {backend} model")
+    backend = backend or kind or "onnx"  # LlamaFarm's default: ONNX runs everywhere
+    if gen == "v6" and backend == "llamacpp":
+        raise LfError(
+            "Lemonade v6 (turnkeyml) has no llama.cpp backend",
+            hint="use backend onnx with an ONNX model (lf models build-onnx), or the llamacpp runtime for GGUF files",
+        )
+    recipe = str(settings.get("recipe") or DEFAULT_RECIPES[backend])
+    if local is None and not checkpoint:
+        return ModelPlan(backend, recipe, None, spec.model, spec.model)
+    target = str(local) if local else str(checkpoint)
+    if gen == "v6":
+        # v6 names a checkpoint-loaded model by its checkpoint, which must contain a '/'
+        return ModelPlan(backend, recipe, target, None, target)
+    # v8+ load by name only: a local checkpoint is registered first as a user model
+    stem = (local.stem if local and local.is_file() else Path(target).name) or "model"
+    return ModelPlan(backend, recipe, target, None, f"user.{stem}")
+
+
+def _project_folder() -> Path | None:
+    from lf.config import find_config
+
+    try:
+        path = find_config()
+    except LfError:
+        return None
+    return path.parent if path else None
+
+
+def _looks_like_path(value: str) -> bool:
+    # "org/name" is a checkpoint name Lemonade downloads; anything else with a slash is a path
+    return value.startswith((".", "~", "/")) or value.count("/") > 1 or value.endswith(".gguf")
+
+
+def _existing_path(value: str) -> Path | None:
+    candidate = Path(os.path.expanduser(value))
+    base = _project_folder()
+    if not candidate.is_absolute() and base is not None and (base / candidate).exists():
+        candidate = base / candidate
+    return candidate.resolve() if candidate.exists() else None
+
+
+def _local_model(spec) -> Path | None:
+    """The model as a local folder/file (a path, a built model's name, a catalog name); None for a Lemonade name."""
+    if spec.model_path:
+        return Path(spec.model_path)
+    from lf.models import CATALOG, resolve_model_path
+
+    try:
+        return resolve_model_path(spec.model, _project_folder())
+    except NotInstalledError:
+        if spec.model == spec.runtime.default_model:
+            raise NotInstalledError(
+                f"model {spec.model!r} has not been built on this machine",
+                hint="build it with: lf models build-onnx   (or --tiny for a small test model)",
+            ) from None
+        if spec.model in CATALOG or _looks_like_path(spec.model):
+            raise
+        return None
+
+
+def _model_kind(path: Path) -> str | None:
+    if path.is_file():
+        return "llamacpp" if path.suffix == ".gguf" else None
+    if (path / "genai_config.json").is_file():
+        return "onnx"
+    if any(path.glob("*.gguf")):
+        return "llamacpp"
+    if (path / "config.json").is_file():
+        return "transformers"
+    return None
+
+
+# -- hooks the supervisor calls --------------------------------------------------------------------
+def build_argv(spec, resolved, values) -> list[str]:
+    gen = generation(spec.runtime, resolved)
+    plan = model_plan(spec, gen)  # fail on a bad model before anything is launched
+    api = api_base(gen)
+    # the record (base URL, health URL) is written from the spec after this returns
+    spec.runtime = dataclasses.replace(spec.runtime, api_base=api, health_path=f"{api}/health", models_path=f"{api}/models")
+    spec.model = plan.served_as
+    exe, port, host = _script_argv(values["exe"]), values["port"], values["host"]
+    if gen == "v6":
+        if host not in LOOPBACK:
+            raise LfError(f"Lemonade v6 serves on localhost only; it cannot bind {host}", hint="drop --host/LEMONADE_HOST, or install Lemonade v8 or newer")
+        _refuse_second_v6_server()
+        return [*exe, "serve", "--port", port]
+    if gen == "v10":
+        # lemond takes only --port/--host; the rest lives in its config.json (`lemonade config set`)
+        return [*exe, "--port", port, "--host", host]
+    argv = [*exe, "serve", "--port", port, "--host", host, "--ctx-size", values["context_size"], "--no-tray"]
+    if plan.backend == "llamacpp":
+        argv += ["--llamacpp", llamacpp_backend(spec)]
+    return argv
+
+
+def _script_argv(exe: str) -> list[str]:
+    """[interpreter, script] for a pip console script, else [exe].
+
+    The process then shows exactly the recorded command line (a script run through its shebang shows
+    the interpreter first), which is what lets `lf runtime stop` recognise it as the process it started.
+    """
+    try:
+        with open(exe, "rb") as fh:
+            first = fh.readline(512)
+    except OSError:
+        return [exe]
+    if not first.startswith(b"#!"):
+        return [exe]
+    interpreter = first[2:].decode("utf-8", "replace").strip().split()
+    if len(interpreter) != 1 or not os.path.basename(interpreter[0]).startswith("python"):
+        return [exe]  # `#!/usr/bin/env python3` and friends: leave it to the kernel
+    return [interpreter[0], exe]
+
+
+def llamacpp_backend(spec) -> str:
+    chosen = spec.settings.get("llamacpp_backend")
+    if chosen is None:
+        return detect_llamacpp_backend()
+    if chosen not in LLAMACPP_BACKENDS:
+        raise ConfigError(f"llamacpp_backend {chosen!r} is not one of {', '.join(LLAMACPP_BACKENDS)}")
+    return str(chosen)
+
+
+def process_env(spec) -> dict[str, str]:
+    return {
+        "PYTHONUNBUFFERED": "1",  # the log shows progress as it happens
+        "BROWSER": "true",  # never open a browser window from a daemon
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TURNKEYML_SUPRESS_LEMONADE_NOTICE": "1",  # v6's "the project has moved" banner, twice per start
+    }
+
+
+def after_healthy(spec, record, health, timeout):
+    """Load the model into the running server; healthy only once it reports the model loaded."""
+    from lf.health import Probe, probe_once
+
+    resolved = spec.runtime.require_engine()
+    gen = generation(spec.runtime, resolved)
+    plan = model_plan(spec, gen)
+    base = record.base_url.rstrip("/")
+    if gen == "v6":
+        body = {"checkpoint": plan.checkpoint, "recipe": plan.recipe} if plan.checkpoint else {"model_name": plan.model_name}
+        _post(record, f"{base}/load", body, timeout)
+    else:
+        if plan.checkpoint:
+            _post(record, f"{base}/pull", {"model_name": plan.served_as, "checkpoint": plan.checkpoint, "recipe": plan.recipe}, timeout)
+        body: dict = {"model_name": plan.served_as}
+        if spec.context_size:
+            body["ctx_size"] = spec.context_size
+        if plan.backend == "llamacpp":
+            body["llamacpp_backend"] = llamacpp_backend(spec)
+        _post(record, f"{base}/load", body, timeout)
+    after = probe_once(Probe(record.health_url, record.extra.get("health_ready", "json:model_loaded")), timeout=5.0)
+    if not after.model_loaded:
+        raise StartError(f"Lemonade accepted the model but does not report it loaded ({after.message})", hint=_log_hint(record))
+    return after
+
+
+def _post(record, url: str, body: dict, timeout: float) -> None:
+    import httpx
+
+    try:
+        response = httpx.post(url, json=body, timeout=httpx.Timeout(timeout, connect=5.0))
+    except httpx.HTTPError as exc:
+        raise StartError(f"Lemonade did not answer {url}: {exc}", hint=_log_hint(record)) from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail") or response.text
+        except ValueError:
+            detail = response.text
+        what = body.get("checkpoint") or body.get("model_name")
+        raise StartError(f"Lemonade could not load {what}: {str(detail).strip()[:500]}", hint=_log_hint(record))
+
+
+def _log_hint(record) -> str:
+    from lf.supervisor import log_tail
+
+    return f"last lines of {record.log_path}:\n{log_tail(record.log_path, 10)}"
+
+
+def _refuse_second_v6_server() -> None:
+    """v6 exits when any Lemonade server listens anywhere on the machine: say so before launching it."""
+    import psutil
+
+    names = {"lemonade-server-dev", "lemonade-server", "lemonade"}
+    try:
+        connections = psutil.net_connections(kind="inet")
+    except (psutil.AccessDenied, OSError):
+        return  # cannot see: let Lemonade report it itself
+    for conn in connections:
+        if conn.status != psutil.CONN_LISTEN or not conn.pid:
+            continue
+        try:
+            proc = psutil.Process(conn.pid)
+            if proc.name() in names:
+                raise StartError(
+                    f"another Lemonade server runs on this machine (pid {conn.pid}, port {conn.laddr.port}); Lemonade v6 allows only one",
+                    hint="stop it first (lf runtime stop lemonade, if lf started it)",
+                )
+        except psutil.Error:
+            continue
