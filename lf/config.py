@@ -97,12 +97,85 @@ def find_config(explicit: str | os.PathLike | None = None, start: Path | None = 
 
 
 def load_project(path: Path) -> Project:
-    """Read, validate and normalise a llamafarm.yaml. Raises ConfigError with a located message."""
+    """Read, validate and normalise a llamafarm.yaml. Raises ConfigError with a located message.
+
+    A file that validated before and has not changed since (same size, mtime, ctime and inode, same
+    lf and runtime folders) is read back from a small JSON copy of its normalised form, as Python
+    reuses a .pyc: parsing YAML and building the schema would otherwise be most of the cost of a
+    `lf runtime status` call.
+    """
+    key = _cache_key(path)
+    cached = _cache_read(path, key)
+    if cached is not None:
+        return cached
     from lf.config_schema import validate_document
 
     document, root = read_yaml(path)
     validate_document(path, document, root)
-    return normalise(path, document, root)
+    project = normalise(path, document, root)
+    _cache_write(path, key, project)
+    return project
+
+
+def _cache_file(path: Path) -> Path:
+    import zlib
+
+    from lf.paths import state_dir
+
+    resolved = str(path.resolve())
+    return state_dir() / "cache" / f"config-{zlib.crc32(resolved.encode()):08x}.json"
+
+
+def _cache_key(path: Path) -> list | None:
+    from lf import __version__
+    from lf.registry import registry_fingerprint
+
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, __version__, registry_fingerprint()]
+
+
+def _cache_read(path: Path, key: list | None) -> Project | None:
+    import json
+
+    if key is None:
+        return None
+    try:
+        data = json.loads(_cache_file(path).read_text(encoding="utf-8"))
+        if data.get("key") != key:
+            return None
+        p = data["project"]
+        return Project(
+            path=path,
+            name=p["name"],
+            namespace=p["namespace"],
+            models=[ModelEntry(**m) for m in p["models"]],
+            default_model=p["default_model"],
+            shape=p["shape"],
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _cache_write(path: Path, key: list | None, project: Project) -> None:
+    import json
+    from dataclasses import asdict
+
+    if key is None:
+        return
+    try:
+        from lf.paths import ensure_private_dir
+        from lf.state import atomic_write
+
+        target = _cache_file(path)
+        ensure_private_dir(target.parent)
+        data = asdict(project)
+        data.pop("path")
+        atomic_write(target, json.dumps({"key": key, "project": data}))
+    except Exception:  # a cache that cannot be written only costs speed
+        pass
 
 
 def read_yaml(path: Path):

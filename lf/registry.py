@@ -6,9 +6,7 @@ an optional hooks.py in the folder (for example Lemonade's load-the-model-after-
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -106,6 +104,9 @@ class Runtime:
 
     def find_engine(self) -> ResolvedEngine | None:
         """The first engine available on this machine, or None."""
+        import importlib.util
+        import shutil
+
         for engine in self.engines:
             if engine.executable:
                 exe = shutil.which(engine.executable)
@@ -114,7 +115,7 @@ class Runtime:
                     candidate = self.env_dir / "bin" / engine.executable
                     # only a finished install counts: scripts appear in bin/ long before pip is done
                     if candidate.is_file() and os.access(candidate, os.X_OK) and self.env_installed():
-                        exe, source = str(candidate), f"lf env {self.env_dir}"
+                        exe, source = str(candidate), "lf env"
                 if exe:
                     return ResolvedEngine(engine, exe, sys.executable, f"{source}: {exe}")
             elif engine.python_module:
@@ -149,6 +150,8 @@ class Runtime:
 
 @lru_cache(maxsize=None)
 def _load_hooks(name: str, path: str) -> ModuleType:
+    import importlib.util
+
     spec = importlib.util.spec_from_file_location(f"lf_runtime_hooks_{name.replace('-', '_')}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -206,7 +209,19 @@ def _parse(folder: Path) -> Runtime:
 
 @lru_cache(maxsize=1)
 def all_runtimes() -> dict[str, Runtime]:
-    return {folder.name: _parse(folder) for folder in _runtime_folders()}
+    return {folder.name: _parse_cached(folder) for folder in _runtime_folders()}
+
+
+def registry_fingerprint() -> list:
+    """What the runtime folders look like (names and manifest mtimes), without parsing them:
+    a cached validation of llamafarm.yaml is only reused while this stays the same."""
+    out = []
+    for folder in _runtime_folders():
+        try:
+            out.append([str(folder), (folder / "manifest.toml").stat().st_mtime_ns])
+        except OSError:
+            out.append([str(folder), None])
+    return out
 
 
 def runtime_names() -> list[str]:
@@ -215,15 +230,22 @@ def runtime_names() -> list[str]:
 
 
 def get_runtime(name: str) -> Runtime:
-    runtimes = all_runtimes()
-    if name not in runtimes:
-        from lf.suggest import did_you_mean
+    """One runtime, parsing only its own manifest."""
+    for folder in _runtime_folders():
+        if folder.name == name:
+            return _parse_cached(folder)
+    from lf.suggest import did_you_mean
 
-        raise UnknownNameError(
-            f"unknown runtime {name!r}",
-            hint=did_you_mean(name, runtimes) or f"known runtimes: {', '.join(runtimes)}",
-        )
-    return runtimes[name]
+    names = runtime_names()
+    raise UnknownNameError(
+        f"unknown runtime {name!r}",
+        hint=did_you_mean(name, names) or f"known runtimes: {', '.join(names)}",
+    )
+
+
+@lru_cache(maxsize=None)
+def _parse_cached(folder: Path) -> Runtime:
+    return _parse(folder)
 
 
 DEFAULT_RUNTIME = "llamacpp"

@@ -35,6 +35,7 @@ class InstanceStatus:
     message: str = ""
     log_tail: list[str] = field(default_factory=list)
     probe: Probe | None = None
+    start_timeout: float = 60.0  # the runtime's: until then an unready process is still loading
 
     def to_dict(self) -> dict:
         now = time.time()
@@ -109,6 +110,7 @@ def from_record(record: RuntimeRecord) -> InstanceStatus:
         engine=record.engine,
         started_at=record.started_at,
         log_path=record.log_path,
+        start_timeout=float(record.extra.get("start_timeout", 60)),
     )
     if not is_same_process(record.pid, record.create_time):
         status.state = ProcessState.CRASHED
@@ -181,8 +183,8 @@ def collect(
 
 
 def _unready_state(inst: InstanceStatus) -> ProcessState:
-    # young processes are still loading; after the start timeout it is a real problem
-    if inst.started_at and time.time() - inst.started_at < 120:
+    # young processes are still loading; after the runtime's start timeout it is a real problem
+    if inst.started_at and time.time() - inst.started_at < inst.start_timeout:
         return ProcessState.STARTING
     return ProcessState.UNHEALTHY
 
@@ -191,13 +193,14 @@ def _configured(project) -> list[InstanceStatus]:
     """Configured model entries: managed ones as stopped (records override), external ones to probe."""
     if project is None:
         return []
-    from lf.registry import all_runtimes
+    from lf.errors import UnknownNameError
+    from lf.registry import get_runtime
 
-    runtimes = all_runtimes()
     out = []
     for entry in project.models:
-        runtime = runtimes.get(entry.provider)
-        if runtime is None:
+        try:
+            runtime = get_runtime(entry.provider)  # parses only the manifests this project uses
+        except UnknownNameError:
             continue
         if runtime.managed and not entry.base_url:
             out.append(InstanceStatus(name=entry.name, runtime=entry.provider, state=ProcessState.STOPPED, model=entry.model))
