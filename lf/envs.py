@@ -245,15 +245,34 @@ def _running_instances(runtime_name: str) -> list[str]:
     return names
 
 
-def _run(argv: list[str], log: IO[str], failure: str) -> None:
+def run_to_log(argv: list[str], log: IO[str], **kwargs) -> int:
+    """Run `argv` with its output going to `log` as it comes; its exit code.
+
+    A real file is handed to the child directly (pip keeps its progress bars on a terminal); anything
+    else (a test runner's capture) gets the output copied line by line.
+    """
     log.flush()
     try:
+        fd = log.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is not None:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, **kwargs).returncode
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", **kwargs) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+        return proc.wait()
+
+
+def _run(argv: list[str], log: IO[str], failure: str) -> None:
+    try:
         # pip's own output is the progress report; it goes where the caller wants it (stderr for the CLI)
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        code = run_to_log(argv, log)
     except OSError as exc:
         raise InstallError(f"{failure}: {exc.strerror or exc}") from exc
-    if proc.returncode != 0:
-        raise InstallError(f"{failure} (exit code {proc.returncode})", hint="see pip's output above; a re-run starts over")
+    if code != 0:
+        raise InstallError(f"{failure} (exit code {code})", hint="see pip's output above; a re-run starts over")
 
 
 def _progress(log: IO[str], text: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -137,13 +136,14 @@ def _run(argv: list[str], work: Path, log: IO[str]) -> None:
         "HF_HOME": str(work / "hf-home"),  # nothing lands in the user's Hugging Face cache
         "PYTHONUNBUFFERED": "1",
     }
-    log.flush()
+    from lf.envs import run_to_log
+
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=str(work))
+        code = run_to_log(argv, log, env=env, cwd=str(work))
     except OSError as exc:
         raise BuildError(f"could not run {argv[0]}: {exc.strerror or exc}") from exc
-    if proc.returncode != 0:
-        raise BuildError(f"the ONNX build failed (exit code {proc.returncode})", hint="see its output above")
+    if code != 0:
+        raise BuildError(f"the ONNX build failed (exit code {code})", hint="see its output above")
 
 
 @contextmanager

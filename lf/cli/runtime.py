@@ -289,12 +289,17 @@ def list_runtimes(json_out: JsonOpt = False) -> None:
     out(
         table(
             [
-                [r["name"], "external" if not r["managed"] else ("yes" if r["available"] else "no"), str(r["default_port"] or "-"), r["engine"] or "-", r["description"]]
+                [r["name"], "external" if not r["managed"] else ("yes" if r["available"] else "no"), str(r["default_port"] or "-"), r["engine"] or "-", r["source"] or _install_command(r["install"]) or "-", r["description"]]
                 for r in rows
             ],
-            ["RUNTIME", "INSTALLED", "PORT", "ENGINE", "DESCRIPTION"],
+            ["RUNTIME", "INSTALLED", "PORT", "ENGINE", "SOURCE", "DESCRIPTION"],
         )
     )
+
+
+def _install_command(hint: str | None) -> str | None:
+    """'lf runtime install X' out of an install hint, for the narrow SOURCE column."""
+    return hint.removeprefix("install it with: ") if hint and hint.startswith("install it with: lf ") else None
 
 
 from lf.cli import runtime_env as _runtime_env  # noqa: E402,F401  (registers install/uninstall on app)

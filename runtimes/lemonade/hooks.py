@@ -100,7 +100,7 @@ def model_plan(spec, gen: str) -> ModelPlan:
         local = _local_model(spec)
     kind = _model_kind(local) if local else None
     if backend and kind and backend != kind:
-        raise ConfigError(f"{local} is a {kind} model, but the lemonade backend is {backend!r}", hint=f"set backend: {kind}, or point the model at a {backend} model")
+        raise ConfigError(f"{local} holds a {kind} model, but the lemonade backend is {backend!r}", hint=f"set backend: {kind}, or point the model at a {backend} model")
     backend = backend or kind or "onnx"  # LlamaFarm's default: ONNX runs everywhere
     if gen == "v6" and backend == "llamacpp":
         raise LfError(
@@ -181,7 +181,10 @@ def build_argv(spec, resolved, values) -> list[str]:
     # the record (base URL, health URL) is written from the spec after this returns
     spec.runtime = dataclasses.replace(spec.runtime, api_base=api, health_path=f"{api}/health", models_path=f"{api}/models")
     spec.model = plan.served_as
-    exe, port, host = _script_argv(values["exe"]), values["port"], values["host"]
+    # from the spec, not `values`: values also carries the raw provider_config, which would undo a
+    # --port flag or LEMONADE_PORT
+    exe, port, host = _script_argv(values["exe"]), str(spec.port), spec.host
+    context_size = str(spec.context_size or spec.runtime.defaults.get("context_size", 4096))
     if gen == "v6":
         if host not in LOOPBACK:
             raise LfError(f"Lemonade v6 serves on localhost only; it cannot bind {host}", hint="drop --host/LEMONADE_HOST, or install Lemonade v8 or newer")
@@ -190,7 +193,7 @@ def build_argv(spec, resolved, values) -> list[str]:
     if gen == "v10":
         # lemond takes only --port/--host; the rest lives in its config.json (`lemonade config set`)
         return [*exe, "--port", port, "--host", host]
-    argv = [*exe, "serve", "--port", port, "--host", host, "--ctx-size", values["context_size"], "--no-tray"]
+    argv = [*exe, "serve", "--port", port, "--host", host, "--ctx-size", context_size, "--no-tray"]
     if plan.backend == "llamacpp":
         argv += ["--llamacpp", llamacpp_backend(spec)]
     return argv
