@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -19,9 +20,13 @@ RECORD_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+def is_valid_name(name) -> bool:
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None and ".." not in name
+
+
 def validate_name(name: str, what: str = "instance") -> str:
     """Names become file names: no separators, no `..`, nothing hidden, bounded length."""
-    if not _NAME_RE.match(name or "") or ".." in name:
+    if not is_valid_name(name):
         raise UnknownNameError(
             f"invalid {what} name {name!r}",
             hint="names use letters, digits, '.', '_' and '-', start with a letter or digit, at most 64 characters",
@@ -50,13 +55,32 @@ class RuntimeRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RuntimeRecord":
+        """A record read back from disk. ValueError/TypeError unless every field has the type lf relies on."""
         known = {f for f in cls.__dataclass_fields__}
         record = cls(**{k: v for k, v in data.items() if k in known})
-        if not isinstance(record.pid, int) or record.pid <= 1 or not isinstance(record.port, int):
-            raise ValueError("pid or port is not a valid integer")
-        if not isinstance(record.create_time, (int, float)):
-            raise ValueError("create_time is not a number")
+        if not _is_int(record.pid, 2, 2**31 - 1):
+            raise ValueError("pid is not a valid process id")
+        if not _is_int(record.port, 0, 65535):
+            raise ValueError("port is not a valid port number")
+        for name in ("create_time", "started_at"):
+            value = getattr(record, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+                raise ValueError(f"{name} is not a time")
+        for name in ("name", "runtime", "host", "base_url", "model", "log_path"):
+            if not isinstance(getattr(record, name), str):
+                raise ValueError(f"{name} is not text")
+        for name in ("model_path", "engine", "health_url"):
+            if not isinstance(getattr(record, name), (str, type(None))):
+                raise ValueError(f"{name} is not text")
+        if not (isinstance(record.command, list) and all(isinstance(part, str) for part in record.command)):
+            raise ValueError("command is not a list of arguments")
+        if not isinstance(record.extra, dict):
+            raise ValueError("extra is not an object")
         return record
+
+
+def _is_int(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 class CorruptRecord(Exception):
@@ -101,9 +125,12 @@ class StateStore:
             data = json.loads(raw)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
-            return RuntimeRecord.from_dict(data)
+            record = RuntimeRecord.from_dict(data)
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
             raise CorruptRecord(path, str(exc)) from exc
+        if record.name != name:
+            raise CorruptRecord(path, f"it names the instance {record.name!r}, not {name!r}")
+        return record
 
     def names(self) -> list[str]:
         folder = self.root / "instances"
@@ -111,7 +138,7 @@ class StateStore:
             entries = os.listdir(folder)
         except OSError:
             return []
-        return sorted(e[:-5] for e in entries if e.endswith(".json") and _NAME_RE.match(e[:-5]))
+        return sorted(e[:-5] for e in entries if e.endswith(".json") and is_valid_name(e[:-5]))
 
     def save(self, record: RuntimeRecord) -> None:
         self.ensure()
@@ -148,8 +175,9 @@ class StateStore:
 
 def atomic_write(path: Path, text: str) -> None:
     """Write `text` to `path` via a private temp file + fsync + rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -157,10 +185,11 @@ def atomic_write(path: Path, text: str) -> None:
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         if isinstance(exc, OSError):
             raise LfError(
                 f"could not write {path}: {exc.strerror or exc}",

@@ -1,0 +1,118 @@
+"""Fake runtimes for fault tests: small Python servers (server.py) declared as runtime folders (runtimes/).
+
+Tests make them visible with `use_fakes(monkeypatch)`, which sets LF_RUNTIMES_PATH (and PYTHONPATH, so
+the daemons lf starts can run `python -m fakes.server`) for that test only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+FAKES_DIR = Path(__file__).resolve().parent
+RUNTIMES_DIR = FAKES_DIR / "runtimes"
+TESTS_DIR = FAKES_DIR.parent
+
+
+def use_fakes(monkeypatch) -> None:
+    from lf.registry import all_runtimes
+
+    monkeypatch.setenv("LF_RUNTIMES_PATH", str(RUNTIMES_DIR))
+    paths = [str(TESTS_DIR), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+    all_runtimes.cache_clear()
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def daemons(state_dir: Path) -> list[psutil.Process]:
+    """Live processes lf started for this test: daemons run with the state dir as their working dir."""
+    found = []
+    wanted = str(state_dir)
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE and proc.cwd() == wanted:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def kill_daemons(state_dir: Path) -> None:
+    """Safety net after a test: SIGKILL whatever it left behind, recorded or not."""
+    for proc in daemons(state_dir):
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def record_file(state_dir: Path, name: str) -> Path:
+    return state_dir / "instances" / f"{name}.json"
+
+
+def read_record(state_dir: Path, name: str) -> dict | None:
+    try:
+        return json.loads(record_file(state_dir, name).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def lf_process(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m lf ...` running in the background, e.g. to be interrupted with SIGINT."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "lf", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+SENTINEL = """
+import os, signal, sys, time
+def hit(signum, frame):
+    with open(sys.argv[1], "a") as fh:
+        fh.write(f"signal {signum}\\n")
+    os._exit(1)
+signal.signal(signal.SIGTERM, hit)
+signal.signal(signal.SIGINT, hit)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def spawn_sentinel(marker: Path, **popen) -> subprocess.Popen:
+    """A bystander process that writes `marker` if it is ever signalled (SIGTERM, SIGINT)."""
+    proc = subprocess.Popen([sys.executable, "-c", SENTINEL, str(marker)], stdout=subprocess.PIPE, text=True, **popen)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
