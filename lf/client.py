@@ -97,6 +97,10 @@ def chat(
                             result.finish_reason = choice["finish_reason"]
                 if not done and result.finish_reason is None:
                     raise RequestError("the runtime closed the stream before the answer was complete")
+    except RequestError as exc:
+        if api_key and api_key in exc.message:  # servers quote a rejected key back: never show it
+            raise RequestError(exc.message.replace(api_key, "***"), hint=exc.hint) from None
+        raise
     except httpx.ConnectError as exc:
         raise RequestError(f"cannot connect to {base_url}: {exc}", hint="is the runtime running? lf runtime status") from None
     except httpx.TimeoutException:

@@ -31,7 +31,8 @@ def data_dir() -> Path:
 def ensure_private_dir(path: Path) -> Path:
     """Create `path` (and parents) with mode 0700; tighten it if it already exists and is ours."""
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for missing in reversed([p for p in (path, *path.parents) if not p.exists()]):  # parents private too
+            missing.mkdir(mode=0o700, exist_ok=True)
         if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
             path.chmod(0o700)
     except OSError as exc:
