@@ -154,6 +154,11 @@ def test_seed_shape_start_status_chat_stop(cached_data, isolated, free_port):
     assert again.returncode == 0 and "already running" in again.stdout
     assert _record(isolated, "lemonade")["pid"] == record["pid"]
 
+    # the env a running server uses is not pulled from under it
+    refused = run_lf("runtime", "uninstall", "lemonade")
+    assert refused.returncode == 1 and "stop it first" in refused.stderr
+    assert (CACHED_DATA / "envs" / "lemonade" / "lf-installed.json").is_file()
+
     _stop_and_check_nothing_is_left("lemonade", record, isolated)
 
 
