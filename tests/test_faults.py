@@ -9,7 +9,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import default_model_installed, run_lf
 from fakes import (
@@ -295,6 +296,7 @@ def test_stop_leaves_no_worker_behind(state, free_port):
 
     stop = run_lf("runtime", "stop", "fake-workers")
     assert_clean_exit(stop, 0)
+    assert stop.stdout.strip() == "fake-workers: stopped"  # every worker got SIGTERM: none needed SIGKILL
     assert [pid for pid in family if not is_gone(pid)] == []
     assert_nothing_left(state, "fake-workers")
 
@@ -317,19 +319,26 @@ def test_hung_runtime_status_is_bounded_and_unhealthy(state, tmp_path):
     assert_clean_exit(run_lf("runtime", "start", "--no-wait"), 0)
     time.sleep(1.1)  # past the fake's start_timeout (1 s): no longer "starting"
 
+    import threading
+
     from lf.config import load_optional
     from lf.state import StateStore
     from lf.status import collect
 
     probe_timeout = 0.5
     project = load_optional()
+    reports = []
     started = time.monotonic()
-    report = collect(None, project, StateStore(), probe_timeout)
+    worker = threading.Thread(target=lambda: reports.append(collect(None, project, StateStore(), probe_timeout)), daemon=True)
+    worker.start()
+    worker.join(probe_timeout + 10)  # fail, rather than hang, if a probe has no deadline
     elapsed = time.monotonic() - started
+    assert reports, f"status still waiting after {elapsed:.1f}s"
+    (report,) = reports
     assert elapsed < probe_timeout + 0.2, f"status took {elapsed:.2f}s"
     assert [(i.name, i.state.value, i.health.healthy) for i in report.instances] == [("hang-a", "unhealthy", False), ("hang-b", "unhealthy", False)]
 
-    status = run_lf("runtime", "status", "--json", "--probe-timeout", str(probe_timeout))
+    status = run_lf("runtime", "status", "--json", "--probe-timeout", str(probe_timeout), timeout=30)
     assert status.returncode == 6, status.stderr
     for inst in json.loads(status.stdout)["instances"]:
         assert inst["state"] == "unhealthy"
@@ -367,23 +376,24 @@ def test_ten_concurrent_starts_make_exactly_one_daemon(state, free_port):
 
 
 def test_start_and_stop_racing_leave_no_orphan_and_no_stale_record(state, free_port):
-    for round_ in range(12):
-        first, second = (("start", "stop") if round_ % 2 else ("stop", "start"))
-        delay = (round_ // 2) * 0.03
-        commands = {"start": ("runtime", "start", "fake", "--port", str(free_port)), "stop": ("runtime", "stop", "fake")}
-        procs = {first: lf_process(*commands[first])}
-        time.sleep(delay)
-        procs[second] = lf_process(*commands[second])
-        for proc in procs.values():
+    start = ("runtime", "start", "fake", "--port", str(free_port))
+    stop = ("runtime", "stop", "fake")
+    orders = [(start, stop, start), (stop, start, start), (start, start, stop)]
+    for round_ in range(9):
+        procs = []
+        for command in orders[round_ % 3]:
+            procs.append(lf_process(*command))
+            time.sleep(0.05 * (round_ // 3))  # all at once, then staggered so stops land mid-start
+        for proc in procs:
             _, stderr = proc.communicate(timeout=60)
             assert "Traceback" not in stderr and BUG not in stderr, stderr
 
         record = read_record(state, "fake")
         running = [p.pid for p in daemons(state)]
         if record is None:
-            assert running == [], f"round {round_}: an orphan without a record"
+            assert running == [], f"round {round_}: processes without a record: {running}"
         else:
-            assert running == [record["pid"]], f"round {round_}: record {record['pid']}, processes {running}"
+            assert running == [record["pid"]], f"round {round_}: record names {record['pid']}, running: {running}"
         run_lf("runtime", "stop", "fake", check=True)
         assert_nothing_left(state, "fake")
 
@@ -520,10 +530,6 @@ def test_disk_full_rewrite_keeps_the_previous_record_whole(tmp_path):
 
 
 # -- hostile llamafarm.yaml ----------------------------------------------------------------------
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 BASE_CONFIG = {
     "version": "v1",
     "name": "fuzz",
@@ -635,9 +641,10 @@ def test_fuzz_config_random_yaml_and_bytes(tmp_path, cli, content):
 
 
 BOMBS = {
-    "billion-laughs": "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(9)
-    ),
+    # valid but for its size: 9**10 strings once the aliases are expanded (by `config show --json`, a chat request)
+    "billion-laughs": "version: v1\nname: x\nnamespace: y\nlaughs:\n  - &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  - &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(9)
+    ) + "runtime: {provider: fake, model: m, model_api_parameters: {stop: *j}}\n",
     "deep-nesting": "a: " + "[" * 50000 + "]" * 50000 + "\n",
     "deep-mapping": "".join(" " * i + f"k{i}:\n" for i in range(3000)),
     "huge-int": "version: v1\nname: x\nnamespace: y\nruntime: {provider: fake, model: m, fake: {port: " + "9" * 5000 + "}}\n",
@@ -658,11 +665,10 @@ def test_hostile_config_is_refused_in_bounded_time_and_memory(tmp_path, text):
     def limits() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # 1 GiB
 
-    result = subprocess.run(
-        [sys.executable, "-m", "lf", "config", "validate", str(path)], capture_output=True, text=True, timeout=30, preexec_fn=limits
-    )
-    assert_clean_exit(result, 5)
-    assert re.search(rf"^Error: {re.escape(str(path))}(:\d+)*: ", result.stderr, re.M), result.stderr
+    for command in (("config", "validate", str(path)), ("config", "show", "--json", "-c", str(path))):
+        result = subprocess.run([sys.executable, "-m", "lf", *command], capture_output=True, text=True, timeout=30, preexec_fn=limits)
+        assert_clean_exit(result, 5)
+        assert re.search(rf"^Error: {re.escape(str(path))}(:\d+)*: ", result.stderr, re.M), result.stderr
     assert not (tmp_path / "work" / "pwned").exists()
 
 
@@ -707,6 +713,7 @@ def test_ctrl_c_while_chat_auto_starts_stops_what_it_launched(state):
     proc = lf_process("chat", "hi", "--runtime", "fake-slow")
     result = interrupt_when(proc, launched(state, "fake-slow"), "the daemon was launched")
     assert_clean_exit(result, 130)
+    assert "Interrupted" in result.stderr
     assert_nothing_left(state, "fake-slow")
 
 

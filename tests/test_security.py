@@ -7,6 +7,7 @@ import ast
 import json
 import os
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -235,7 +236,7 @@ def key_rejecting_server(free_port):
 def test_api_keys_never_appear_in_output_logs_or_errors(state, tmp_path, key_rejecting_server, monkeypatch):
     monkeypatch.setenv("FAKE_API_KEY", ENV_KEY)
     remote = f"http://127.0.0.1:{key_rejecting_server}/v1"
-    with __import__("socket").socket() as sock:
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         local_port = sock.getsockname()[1]
     (tmp_path / "work" / "llamafarm.yaml").write_text(
