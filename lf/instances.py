@@ -125,6 +125,7 @@ def build_spec(entry: ModelEntry, project: Project | None, overrides: Overrides,
         settings=settings,
         api_key=entry.resolved_api_key(),
         overrides=given if single else {},
+        project_folder=project.folder if project else None,
     )
 
 

@@ -42,6 +42,7 @@ class InstanceSpec:
     settings: dict = field(default_factory=dict)  # runtime-specific settings (provider_config)
     api_key: str | None = None
     overrides: dict = field(default_factory=dict)  # command-line settings, kept so `restart` reapplies them
+    project_folder: Path | None = None  # relative model and checkpoint paths are relative to llamafarm.yaml
 
     @property
     def base_url(self) -> str:
@@ -122,7 +123,9 @@ def choose_port(spec: InstanceSpec, taken: set[int] | None = None, span: int = 1
 # -- start ---------------------------------------------------------------------------------------
 def build_argv(spec: InstanceSpec) -> tuple[list[str], str]:
     resolved = spec.runtime.require_engine()
-    values = {
+    # provider settings first: the resolved host, port and sizes (flag > env > file) must win
+    values = {k: str(v) for k, v in spec.settings.items() if isinstance(v, (str, int, float))}
+    values |= {
         "exe": resolved.exe or "",
         "python": resolved.python,
         "model": spec.model,
@@ -132,7 +135,6 @@ def build_argv(spec: InstanceSpec) -> tuple[list[str], str]:
         "context_size": str(spec.context_size or spec.runtime.defaults.get("context_size", 4096)),
         "threads": str(spec.threads or default_threads()),
     }
-    values.update({k: str(v) for k, v in spec.settings.items() if isinstance(v, (str, int, float))})
     hooks = spec.runtime.hooks()
     if hooks is not None and hasattr(hooks, "build_argv"):
         return hooks.build_argv(spec, resolved, values), resolved.engine.name
@@ -329,9 +331,10 @@ def _command_matches(record: RuntimeRecord) -> bool:
         cmdline = psutil.Process(record.pid).cmdline()
     except psutil.Error:
         return False
-    return not record.command or cmdline[: len(record.command)] == record.command or (
-        bool(cmdline) and os.path.basename(cmdline[0]) == os.path.basename(record.command[0])
-    )
+    command = record.command
+    # argv[0] may differ (an interpreter reached through a symlink), and a script launched directly
+    # shows up as `interpreter script …`; the arguments must still be exactly ours
+    return not command or cmdline == command or (len(command) > 1 and cmdline[1:] == command[1:]) or cmdline[1:] == command
 
 
 def _terminate_group(pid: int, timeout: float) -> bool:

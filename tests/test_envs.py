@@ -323,14 +323,23 @@ def test_model_plans(lemonade, tmp_path, onnx_model):
 
 
 def test_relative_model_paths_are_relative_to_the_project(lemonade, tmp_path, monkeypatch):
+    """`-c other/llamafarm.yaml` with `model: ./models/m` means other/models/m, wherever lf runs."""
+    from lf.config import load_project
+    from lf.instances import Overrides, build_spec
+
     rt, hooks = lemonade
     project = tmp_path / "project"
     (project / "models" / "m").mkdir(parents=True)
     (project / "models" / "m" / "genai_config.json").write_text("{}")
-    (project / "llamafarm.yaml").write_text("version: v1\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LF_CONFIG", str(project / "llamafarm.yaml"))
-    plan = hooks.model_plan(_spec(rt, model="./models/m"), "v6")
+    (project / "llamafarm.yaml").write_text(
+        "version: v1\nname: p\nnamespace: n\nruntime:\n  provider: lemonade\n  model: ./models/m\n  lemonade: {backend: onnx}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = load_project(project / "llamafarm.yaml")
+    spec = build_spec(loaded.model(None), loaded, Overrides(), single=True)
+    plan = hooks.model_plan(spec, "v6")
     assert plan.checkpoint == str((project / "models" / "m").resolve())
 
 

@@ -93,7 +93,7 @@ def model_plan(spec, gen: str) -> ModelPlan:
     checkpoint = settings.get("checkpoint")
     local: Path | None
     if checkpoint:
-        local = _existing_path(str(checkpoint))
+        local = _existing_path(str(checkpoint), spec.project_folder)
         if local is None and _looks_like_path(str(checkpoint)):
             raise NotInstalledError(f"checkpoint {checkpoint!r} does not exist", hint="give the path of a model folder or file")
     else:
@@ -119,24 +119,13 @@ def model_plan(spec, gen: str) -> ModelPlan:
     return ModelPlan(backend, recipe, target, None, f"user.{stem}")
 
 
-def _project_folder() -> Path | None:
-    from lf.config import find_config
-
-    try:
-        path = find_config()
-    except LfError:
-        return None
-    return path.parent if path else None
-
-
 def _looks_like_path(value: str) -> bool:
     # "org/name" is a checkpoint name Lemonade downloads; anything else with a slash is a path
     return value.startswith((".", "~", "/")) or value.count("/") > 1 or value.endswith(".gguf")
 
 
-def _existing_path(value: str) -> Path | None:
+def _existing_path(value: str, base: Path | None) -> Path | None:
     candidate = Path(os.path.expanduser(value))
-    base = _project_folder()
     if not candidate.is_absolute() and base is not None and (base / candidate).exists():
         candidate = base / candidate
     return candidate.resolve() if candidate.exists() else None
@@ -149,7 +138,7 @@ def _local_model(spec) -> Path | None:
     from lf.models import CATALOG, resolve_model_path
 
     try:
-        return resolve_model_path(spec.model, _project_folder())
+        return resolve_model_path(spec.model, spec.project_folder)
     except NotInstalledError:
         if spec.model == spec.runtime.default_model:
             raise NotInstalledError(
