@@ -339,7 +339,7 @@ class Bench:
         self.args = args
         self.reps = args.reps or (5 if args.quick else 21)
         self.heavy_reps = args.heavy_reps or (3 if args.quick else 9)
-        self.chat_reps = max(self.heavy_reps, 5 if args.quick else 11)  # a chat is ~1 s and generation speed is the noisiest part
+        self.chat_reps = max(self.heavy_reps, 5 if args.quick else 15)  # a chat is ~1 s and generation speed is the noisiest part
         self.warmup = 1 if args.quick else 2
         self.root = Path(tempfile.mkdtemp(prefix="lf-bench-"))
         self.data_dir = self.root / "data"
@@ -426,6 +426,16 @@ class Bench:
         self.memory.append(("`python -c 'import typer'` (floor)", median([r.rss_kb for r in floor_runs]) / 1024, ""))
         self.profiles["status"] = self.profile(box, ["runtime", "status", "--json"])
         self.extra["status_box"] = box
+        self.extra["interpreter"] = median([run([PY, "-c", "pass"], box.env, box.work).wall for _ in range(self.reps)])
+        phases = []
+        for _ in range(5):
+            r = run([PY, "-c", STATUS_PHASES], box.env, box.work)
+            try:
+                phases.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            except (ValueError, IndexError):
+                break
+        if phases:
+            self.extra["status_phases"] = {k: median([p[k] for p in phases]) for k in phases[0]}
 
     def p2_help(self) -> None:
         self.log("P2: lf --help vs python -c 'import typer'")
@@ -540,7 +550,9 @@ class Bench:
         os_, of = median([r["overall"] for r in lf_rates]), median([r["overall"] for r in direct_rates])
         note = ("steady rate = 1 ÷ median gap between tokens arriving on the reader's end of stdout; "
                 f"first-to-last rate {os_:.1f} vs {of:.1f} tok/s = {os_ / of:.2f}× (stalls from other work on the machine move this one)")
-        note += f"; median of per-round steady ratios {median([x['steady'] / y['steady'] for x, y in zip(lf_rates, direct_rates)]):.2f}×"
+        per_round = [x["steady"] / y["steady"] for x, y in zip(lf_rates, direct_rates)]
+        self.extra["p4"] = {"pairs": per_round}
+        note += f"; median of per-round steady ratios {median(per_round):.2f}×"
         if approximate:
             note += f"; {approximate} lf answers differed from the direct one, their first-to-last count scaled by length"
         self.add(Row("P4b", "streamed tokens/s (steady) through `lf chat` vs direct", f"{rs:.1f} tok/s", f"{rf:.1f} tok/s", rs / rf, "≥ 0.97×", rs / rf >= 0.97, note))
@@ -805,6 +817,32 @@ with open(report, "w") as fh:
 """
 
 
+# Where a `lf runtime status --json` process spends its time after the interpreter is up, in one fresh process.
+STATUS_PHASES = """
+import contextlib, io, json, sys, time
+t0 = time.perf_counter()
+import typer, typer.main
+t1 = time.perf_counter()
+import lf.cli
+t2 = time.perf_counter()
+build = getattr(lf.cli, "build_app", None)
+typer.main.get_command(build("runtime") if build else lf.cli.app)
+t3 = time.perf_counter()
+def status():
+    sys.argv = ["lf", "runtime", "status", "--json"]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            lf.cli.main()
+        except SystemExit:
+            pass
+status()
+t4 = time.perf_counter()
+status()
+t5 = time.perf_counter()
+print(json.dumps({"typer": t1 - t0, "lf_cli": t2 - t1, "tree": t3 - t2, "first": t4 - t3, "again": t5 - t4}))
+"""
+
+
 def import_site(bench, entries, top: str) -> str:
     return bench.import_sites.get(id(entries), {}).get(top) or imported_via(entries, top) or "-"
 
@@ -989,6 +1027,19 @@ def _explain(bench: Bench) -> None:
             if lf_modules:
                 lines.append("- lf's own modules, slowest first (self ms): " + ", ".join(f"{n} {u / 1000:.1f}" for u, _, _, n in lf_modules)
                              + " — module bodies that build dataclasses, compile regexes or parse files at import time.")
+        if row.id in ("P1", "P2") and "interpreter" in bench.extra:
+            lines.append(f"- For scale: the interpreter alone (`python -c pass`) takes {bench.extra['interpreter'] * 1000:.0f} ms, so the floor "
+                         f"spends {(median_floor(row) - bench.extra['interpreter']) * 1000:.0f} ms importing typer.")
+        if row.id == "P1" and "status_phases" in bench.extra:
+            ph = bench.extra["status_phases"]
+            lines.append(f"- Phases in one fresh process (median of 5, no -X importtime): `import typer` {ph['typer'] * 1000:.0f} ms, "
+                         f"`import lf.cli` {ph['lf_cli'] * 1000:.1f} ms, building the `runtime` group's click command tree "
+                         f"(`typer.main.get_command`: every command of the group, though one runs) {ph['tree'] * 1000:.1f} ms, "
+                         f"the first status call {ph['first'] * 1000:.1f} ms (its lazy imports, the tree again, config, records, probe, JSON), "
+                         f"the same call again with everything imported {ph['again'] * 1000:.1f} ms. "
+                         "Needed: register only the invoked command of a group when argv names one (as main() already does "
+                         "for groups), defer `tempfile` (lf.state, only for writes) and the manifest parse, and keep dataclass "
+                         "construction off the import path.")
         elif row.id == "P3" and "p3" in bench.extra:
             p3 = bench.extra["p3"]
             gap = p3["lf"] - p3["direct"]
@@ -996,10 +1047,20 @@ def _explain(bench: Bench) -> None:
                          f"every 5 ms): lf spawned the engine {p3['launch'] * 1000:.0f} ms after it was started (interpreter, typer, "
                          f"lf imports, config, engine lookup, port check, record written with fsync), the engine then needed "
                          f"{p3['load'] * 1000:.0f} ms to answer /health with 200 (direct start, incl. its own spawn: {p3['direct'] * 1000:.0f} ms), "
-                         f"and lf exited {p3['tail'] * 1000:.0f} ms after that: readiness detection (lf's poll interval grows "
-                         "10 → 15 → 22 → … → 100 ms, so a load of ~0.6–1 s is noticed 50–100 ms late) plus printing and interpreter exit.")
-            lines.append("- Needed: a flat 10 ms poll for the first few seconds (then back off), and fewer imports before the spawn "
-                         "(see the `lf runtime start` profile below); the spawn-to-exit tail is where most of the gap is.")
+                         f"and lf exited {p3['tail'] * 1000:.0f} ms after that: readiness detection (lf's poll interval grows ×1.5 from "
+                         "10 ms to 100 ms within ~0.3 s, so a server that gets ready after that is noticed up to 100 ms, ~50 ms on "
+                         "average, late) plus printing and interpreter exit.")
+            budget = 0.15 * p3["direct"]
+            typer_floor = next((median_floor(r) for r in bench.rows if r.id in ("P1", "P2")), None)
+            parts = [("the spawn delay", p3["launch"], "fewer imports and less work before the spawn (see the `lf runtime start` "
+                      "profile below: registry, supervisor, instances, models, config are all imported first)"),
+                     ("the tail after healthy", p3["tail"], "a flat 10 ms readiness poll for the first few seconds (then back off)")]
+            parts.sort(key=lambda part: -part[1])
+            lines.append("- Needed, largest first: " + "; ".join(f"{what} ({ms * 1000:.0f} ms): {fix}" for what, ms, fix in parts) + ".")
+            if typer_floor is not None:
+                lines.append(f"- The target allows {budget * 1000:.0f} ms over this engine start; `python -c 'import typer'` alone takes "
+                             f"{typer_floor * 1000:.0f} ms here, so with a ~{p3['direct']:.1f} s engine start the target is reachable only if lf "
+                             "launches the engine before importing typer (an argv fast path for `runtime start`), or with a slower-loading model.")
         elif row.id == "P5b" and "p5" in bench.extra:
             p5 = bench.extra["p5"]
             lines.append(f"status alone takes {p5['one'] * 1000:.0f} ms (1 instance); with a hung endpoint {p5['hung'] * 1000:.0f} ms = "
@@ -1008,14 +1069,23 @@ def _explain(bench: Bench) -> None:
                          "the probes before the JSON is assembled (they already run in parallel).")
         elif row.id == "P5a":
             lines.append("Per-instance cost grows faster than the probes' parallelism hides: look at records read and probe threads.")
-        elif row.id == "P4b":
-            lines.append("lf's per-token path (httpx iter_lines, json.loads, write+flush) is slower than the direct script's; profile lf.client.")
+        elif row.id == "P4b" and "p4" in bench.extra:
+            pairs = sorted(bench.extra["p4"]["pairs"])
+            lines.append(f"Per-round ratios (each lf answer against the direct answer next to it): median {median(pairs):.2f}×, "
+                         f"range {pairs[0]:.2f}–{pairs[-1]:.2f}×. lf's per-token work is the direct script's (httpx `iter_lines`, "
+                         "`json.loads`, one write+flush per token); when the per-round median is near 1 the shortfall of the "
+                         "ratio of medians is other work on the machine landing on different runs. Rerun on a quiet machine; if "
+                         "it persists, profile `lf.client.chat` per token.")
         elif row.id == "P6":
             lines.append("The default engine is not 10% faster than llama-cpp-python here: compare their thread and batch settings.")
         bench.reasons.extend(lines + [""])
 
 
 Bench.explain = _explain  # type: ignore[attr-defined]
+
+
+def median_floor(row: Row) -> float:
+    return float(row.floor.split()[0]) / 1000
 
 
 def main(argv: list[str] | None = None) -> int:
