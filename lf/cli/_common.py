@@ -38,8 +38,29 @@ def complete_models(incomplete: str) -> list[str]:
     return [n for n in model_names() if n.startswith(incomplete)]
 
 
-def command(group: typer.Typer, *args, **kwargs) -> Callable:
-    """Register a command behind the one error boundary: LfError → `Error: …` + hint, its exit code."""
+class CommandGroup:
+    """A command group whose Typer app is built on demand, holding only the commands asked for:
+    Typer converts every command it holds on each invocation, and scripts call `lf runtime status`
+    in loops."""
+
+    def __init__(self, help: str):
+        self.help = help
+        self.commands: dict[str, tuple[Callable, dict]] = {}
+
+    def build(self, only: str | None = None) -> typer.Typer:
+        # rich_markup_mode=None: plain help and errors, without importing rich (~60 ms) for them
+        app = typer.Typer(help=self.help, no_args_is_help=True, rich_markup_mode=None)
+        self.add_to(app, only)
+        return app
+
+    def add_to(self, app: typer.Typer, only: str | None = None) -> None:
+        for name, (func, kwargs) in self.commands.items():
+            if only in (None, name):
+                app.command(name, **kwargs)(func)
+
+
+def command(group: CommandGroup, name: str, **kwargs) -> Callable:
+    """Add a command to `group` behind the one error boundary: LfError → `Error: …` + hint, its exit code."""
 
     def decorate(func: Callable) -> Callable:
         @functools.wraps(func)
@@ -64,7 +85,7 @@ def command(group: typer.Typer, *args, **kwargs) -> Callable:
                 err("  (this is a bug in lf; run again with LF_DEBUG=1 for the traceback)")
                 raise typer.Exit(int(ExitStatus.ERROR)) from None
 
-        group.command(*args, **kwargs)(wrapper)
+        group.commands[name] = (wrapper, kwargs)
         return wrapper
 
     return decorate

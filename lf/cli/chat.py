@@ -7,13 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from lf.cli._common import ConfigOpt, JsonOpt, Spinner, command, complete_models, err, print_json
+from lf.cli._common import CommandGroup, ConfigOpt, JsonOpt, Spinner, command, complete_models, err, print_json
+
+group = CommandGroup("Top-level commands.")
 
 
-def register(app: typer.Typer) -> None:
-    command(app, "chat")(chat)
-
-
+@command(group, "chat")
 def chat(
     message: Annotated[Optional[str], typer.Argument(help="The message. Omitted: read stdin, or open an interactive chat on a terminal.", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="A model entry of llamafarm.yaml, or a model name/file.", autocompletion=complete_models)] = None,

@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from lf.cli._common import ConfigOpt, JsonOpt, command, err, out, print_json
+from lf.cli._common import CommandGroup, ConfigOpt, JsonOpt, command, err, out, print_json
 
-app = typer.Typer(help="Validate, show and create llamafarm.yaml.", no_args_is_help=True)
+group = CommandGroup("Validate, show and create llamafarm.yaml.")
 
 STARTER = """\
 # llamafarm.yaml: the runtime and models this project uses (schema: lf's schema.yaml).
@@ -29,7 +29,7 @@ runtime:
 """
 
 
-@command(app, "validate")
+@command(group, "validate")
 def validate(
     path: Annotated[Optional[Path], typer.Argument(help="File to check (default: the project's llamafarm.yaml).", show_default=False)] = None,
     config: ConfigOpt = None,
@@ -61,7 +61,7 @@ def validate(
     out(f"{found}: valid ({project.shape} shape, {len(project.models)} model{'s' if len(project.models) != 1 else ''}, default {project.default_model})")
 
 
-@command(app, "show")
+@command(group, "show")
 def show(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """The resolved configuration: every model with its runtime settings, defaults filled, secrets redacted."""
     from lf.config_show import resolved_config
@@ -77,7 +77,7 @@ def show(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     out(yaml.safe_dump(data, sort_keys=False).rstrip())
 
 
-@command(app, "init")
+@command(group, "init")
 def init(
     path: Annotated[Path, typer.Argument(help="Where to write it.")] = Path("llamafarm.yaml"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
@@ -93,7 +93,7 @@ def init(
     err(f"wrote {path}")
 
 
-@command(app, "schema")
+@command(group, "schema")
 def schema() -> None:
     """Print the JSON Schema of llamafarm.yaml (as YAML), the same as the repository's schema.yaml."""
     from lf.config_schema import schema_yaml

@@ -6,12 +6,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from lf.cli._common import ConfigOpt, JsonOpt, command, err, out, print_json, table
+from lf.cli._common import CommandGroup, ConfigOpt, JsonOpt, command, err, out, print_json, table
 
-app = typer.Typer(help="List and fetch models.", no_args_is_help=True)
+group = CommandGroup("List and fetch models.")
 
 
-@command(app, "list")
+@command(group, "list")
 def list_models(
     config: ConfigOpt = None,
     probe_timeout: Annotated[float, typer.Option("--probe-timeout", help="Seconds to wait for each running runtime's model list.")] = 2.0,
@@ -34,7 +34,7 @@ def list_models(
         err(f"Warning: {problem}")
 
 
-@command(app, "fetch")
+@command(group, "fetch")
 def fetch(
     name: Annotated[str, typer.Argument(help="A known model name (see lf models list).")] = "smollm2-135m",
     json_out: JsonOpt = False,
@@ -52,7 +52,7 @@ def fetch(
         out(f"{name}: {path}" + (" (already installed)" if already else ""))
 
 
-@command(app, "build-onnx")
+@command(group, "build-onnx")
 def build_onnx(
     source: Annotated[str, typer.Argument(help="The GGUF to convert: a known model name or a .gguf path.")] = "smollm2-135m",
     name: Annotated[Optional[str], typer.Option("--name", help="Folder name in lf's models dir (default: <source>-onnx[-tiny]).")] = None,

@@ -7,6 +7,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from lf.cli._common import (
+    CommandGroup,
     ConfigOpt,
     JsonOpt,
     Spinner,
@@ -20,7 +21,7 @@ from lf.cli._common import (
     table,
 )
 
-app = typer.Typer(help="Start, stop and inspect runtime daemons.", no_args_is_help=True)
+group = CommandGroup("Start, stop and inspect runtime daemons.")
 
 TargetArg = Annotated[
     Optional[str],
@@ -30,7 +31,7 @@ TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", help="Seconds 
 StopTimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds between SIGTERM and SIGKILL.")]
 
 
-@command(app, "start")
+@command(group, "start")
 def start(
     target: TargetArg = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or file (one instance only).", autocompletion=complete_models)] = None,
@@ -90,7 +91,7 @@ def _start_json(result) -> dict:
     }
 
 
-@command(app, "stop")
+@command(group, "stop")
 def stop(
     names: Annotated[Optional[List[str]], typer.Argument(help="Instances or runtimes to stop.", autocompletion=complete_instances, show_default=False)] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Stop every instance lf knows about.")] = False,
@@ -138,7 +139,7 @@ def _expand(names: list[str], store) -> list[str]:
     return list(dict.fromkeys(targets))
 
 
-@command(app, "restart")
+@command(group, "restart")
 def restart(
     target: TargetArg = None,
     timeout: TimeoutOpt = None,
@@ -182,7 +183,7 @@ def restart(
         print_json({"started": [_start_json(r) for r in results]})
 
 
-@command(app, "status")
+@command(group, "status")
 def status(
     names: Annotated[Optional[List[str]], typer.Argument(help="Instances or runtimes (default: all known).", autocompletion=complete_runtimes, show_default=False)] = None,
     probe_timeout: Annotated[float, typer.Option("--probe-timeout", help="Seconds each health probe may take.")] = 1.0,
@@ -230,7 +231,7 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-@command(app, "logs")
+@command(group, "logs")
 def logs(
     name: Annotated[str, typer.Argument(help="Instance name.", autocompletion=complete_instances)],
     lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="How many lines from the end.")] = 50,
@@ -263,7 +264,7 @@ def logs(
                 time.sleep(0.2)
 
 
-@command(app, "list")
+@command(group, "list")
 def list_runtimes(json_out: JsonOpt = False) -> None:
     """Every runtime lf knows: engine available here?, default port, what it is."""
     from lf.registry import all_runtimes

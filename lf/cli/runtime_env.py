@@ -7,12 +7,12 @@ from typing import Annotated
 import typer
 
 from lf.cli._common import JsonOpt, command, complete_runtimes, err, out, print_json
-from lf.cli.runtime import app
+from lf.cli.runtime import group
 
 NameArg = Annotated[str, typer.Argument(help="Runtime name (see lf runtime list).", autocompletion=complete_runtimes)]
 
 
-@command(app, "install")
+@command(group, "install")
 def install(
     name: NameArg,
     force: Annotated[bool, typer.Option("--force", help="Rebuild the environment even if it is installed.")] = False,
@@ -47,7 +47,7 @@ def install(
         err(f"Warning: {result.note}")
 
 
-@command(app, "uninstall")
+@command(group, "uninstall")
 def uninstall(name: NameArg, json_out: JsonOpt = False) -> None:
     """Remove the runtime's isolated environment. Removing one that is not installed succeeds."""
     from lf.envs import uninstall as uninstall_env
