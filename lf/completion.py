@@ -12,7 +12,7 @@ def instance_names() -> list[str]:
 
 
 def runtime_and_instance_names() -> list[str]:
-    from lf.registry import runtime_names
+    from lf.runtime_folders import runtime_names
 
     return sorted(set(runtime_names()) | set(instance_names()))
 

@@ -34,6 +34,7 @@ class ModelEntry:
     model_api_parameters: dict = field(default_factory=dict)
     provider_config: dict = field(default_factory=dict)
     line: int | None = None  # where the entry starts in the file
+    managed: bool | None = None  # started by lf (its provider is a managed runtime and no base_url)
 
     def resolved_api_key(self) -> str | None:
         return expand_env_ref(self.api_key)
@@ -128,13 +129,13 @@ def _cache_file(path: Path) -> Path:
 
 def _cache_key(path: Path) -> list | None:
     from lf import __version__
-    from lf.registry import registry_fingerprint
+    from lf.runtime_folders import fingerprint
 
     try:
         st = path.stat()
     except OSError:
         return None
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, __version__, registry_fingerprint()]
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, __version__, fingerprint()]
 
 
 def _cache_read(path: Path, key: list | None) -> Project | None:
@@ -241,6 +242,10 @@ def normalise(path: Path, data: dict, root=None) -> Project:
             )
         )
         default = provider
+    from lf.registry import get_runtime
+
+    for entry in models:
+        entry.managed = get_runtime(entry.provider).managed and not entry.base_url
     return Project(
         path=path,
         name=data.get("name"),

@@ -51,7 +51,8 @@ def http_get(url: str, timeout: float, api_key: str | None = None) -> tuple[int,
     port = parts.port or (443 if context else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     deadline = time.monotonic() + timeout
-    sock = socket.create_connection((host, port), timeout=timeout)
+    # a bytes host skips the IDNA codec (and its imports) that name resolution applies to str hosts
+    sock = socket.create_connection((host.encode("idna") if not host.isascii() else host.encode(), port), timeout=timeout)
     try:
         if context is not None:
             sock = context.wrap_socket(sock, server_hostname=host)

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -175,6 +174,7 @@ class StateStore:
 
 def atomic_write(path: Path, text: str) -> None:
     """Write `text` to `path` via a private temp file + fsync + rename: readers never see half a file."""
+    import tempfile  # deferred: the status path only reads
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -161,7 +161,7 @@ def collect(
             if of_runtime:
                 selected.update(of_runtime)
                 continue
-            from lf.registry import runtime_names
+            from lf.runtime_folders import runtime_names
 
             if name in runtime_names():
                 selected[name] = InstanceStatus(name=name, runtime=name, state=ProcessState.STOPPED)
@@ -198,12 +198,12 @@ def _configured(project) -> list[InstanceStatus]:
 
     out = []
     for entry in project.models:
-        try:
-            runtime = get_runtime(entry.provider)  # parses only the manifests this project uses
-        except UnknownNameError:
-            continue
-        if runtime.managed and not entry.base_url:
+        if entry.managed:  # decided when the file was validated: no manifest to parse here
             out.append(InstanceStatus(name=entry.name, runtime=entry.provider, state=ProcessState.STOPPED, model=entry.model))
+            continue
+        try:
+            runtime = get_runtime(entry.provider)  # parses only the manifests of external entries
+        except UnknownNameError:
             continue
         base_url = api_base_url(runtime, entry.base_url)
         url = _origin(base_url) + runtime.health_path if runtime.health_path else base_url + "/models"

@@ -262,7 +262,8 @@ def wait_until_healthy(
     """Poll the health endpoint until ready; fail fast if the process exits first."""
     probe = health_probe(record)
     started = time.monotonic()
-    interval = 0.01  # adaptive: quick at first (small models load in a second), then back off
+    # every 10 ms while a small model would be loading (about a second), then back off to 100 ms
+    interval = 0.01
     last: Health | None = None
     while True:
         exited = proc.poll() is not None if proc is not None else not is_same_process(record.pid, record.create_time)
@@ -287,7 +288,8 @@ def wait_until_healthy(
         if on_wait is not None:
             on_wait(elapsed)
         time.sleep(interval)
-        interval = min(interval * 1.5, 0.1)
+        if elapsed > 3.0:
+            interval = min(interval * 1.5, 0.1)
 
 
 def log_tail(path: str | Path, lines: int) -> str:
