@@ -164,8 +164,8 @@ def _cache_write(path: Path, key: list | None, project: Project) -> None:
     import json
     from dataclasses import asdict
 
-    if key is None:
-        return
+    if key is None or any(m.api_key and not _ENV_REF.match(m.api_key.strip()) for m in project.models):
+        return  # a key written into the file itself is not copied anywhere else
     try:
         from lf.paths import ensure_private_dir
         from lf.state import atomic_write

@@ -48,7 +48,7 @@ def _kill_leftovers(state: Path) -> None:
         try:
             pid = json.loads(path.read_text())["pid"]
             os.killpg(pid, signal.SIGKILL)
-        except (ValueError, KeyError, TypeError, OSError):
+        except (ValueError, KeyError, TypeError, OSError, OverflowError):
             pass
 
 

@@ -223,3 +223,31 @@ def test_alias_bomb_is_refused_quickly(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match="too large"):
         load_project(path)
+
+
+def test_cached_config_is_reused_only_while_the_file_is_unchanged(tmp_path, monkeypatch):
+    import lf.config as config
+
+    path = tmp_path / "llamafarm.yaml"
+    shutil.copy(FIXTURES / "configs" / "list_two_llamacpp.yaml", path)
+    first = load_project(path)
+    assert list((tmp_path / "state" / "cache").glob("config-*.json"))
+    monkeypatch.setattr(config, "read_yaml", lambda p: pytest.fail("an unchanged file must not be parsed again"))
+    assert [m.name for m in load_project(path).models] == [m.name for m in first.models]
+    monkeypatch.undo()
+    path.write_text(path.read_text().replace("name: beta", "name: gamma"))
+    assert [m.name for m in load_project(path).models] == ["alpha", "gamma"]
+    path.write_text(path.read_text().replace("provider: llamacpp", "provider: nosuch", 1))
+    with pytest.raises(ConfigError, match="nosuch"):
+        load_project(path)  # a broken edit is reported, not hidden behind the cached copy
+
+
+def test_a_literal_api_key_is_never_copied_into_the_cache(tmp_path):
+    path = tmp_path / "llamafarm.yaml"
+    path.write_text(
+        "version: v1\nname: p\nnamespace: n\nruntime:\n  provider: openai\n  model: m\n"
+        "  base_url: http://127.0.0.1:9/v1\n  api_key: sk-literal-secret\n"
+    )
+    assert load_project(path).models[0].api_key == "sk-literal-secret"
+    cache = tmp_path / "state" / "cache"
+    assert not cache.exists() or all("sk-literal-secret" not in f.read_text() for f in cache.iterdir())

@@ -171,3 +171,12 @@ def test_chat_without_a_message_on_a_terminal_is_interactive(started):
     answer = text.split("Say hi", 1)[1].split(">>> ")[0]
     assert answer.strip()  # the model answered before the next prompt
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_chat_asking_for_another_model_than_the_running_one_says_so(started, tmp_path):
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF")
+    result = run_lf("chat", "--model", str(other), "hi")
+    assert result.returncode == 1
+    assert "llamacpp is serving smollm2-135m" in result.stderr
+    assert f"lf runtime start llamacpp --model {other}" in result.stderr

@@ -37,7 +37,9 @@ def chat(
             raise LfError("no message: stdin was empty", exit_status=2)
     project = load_project(config)
     target = chat_target(project, runtime, model)
-    base_url, model_name = _endpoint(target, project, auto_start=not no_auto_start)
+    # --model naming a model (not a configured entry) asks for that very model
+    requested = model if model is not None and target.entry.name != model else None
+    base_url, model_name = _endpoint(target, project, auto_start=not no_auto_start, requested_model=requested)
 
     payload: dict = {"model": model_name, **target.entry.model_api_parameters}
     if temperature is not None:
@@ -87,7 +89,7 @@ def _ask(base_url: str, payload: dict, history: list[dict], message: str, api_ke
         print(result.text, flush=True)
 
 
-def _endpoint(target, project, auto_start: bool) -> tuple[str, str]:
+def _endpoint(target, project, auto_start: bool, requested_model: str | None = None) -> tuple[str, str]:
     """(base_url, model name to request) for the target; starts a managed runtime when allowed."""
     if not target.managed:
         return target.base_url, target.entry.model
@@ -102,6 +104,11 @@ def _endpoint(target, project, auto_start: bool) -> tuple[str, str]:
     except CorruptRecord:
         record = None
     if record is not None and is_same_process(record.pid, record.create_time):
+        if requested_model and target.runtime.one_model_per_process and requested_model not in (record.model, record.model_path):
+            raise LfError(
+                f"{name} is serving {record.model}, not {requested_model}",
+                hint=f"switch with: lf runtime stop {name} && lf runtime start {name} --model {requested_model}",
+            )
         return record.base_url, record.model
     if not auto_start:
         state = "crashed" if record is not None else "not running"
@@ -109,7 +116,7 @@ def _endpoint(target, project, auto_start: bool) -> tuple[str, str]:
     from lf.instances import Overrides, build_spec
     from lf.supervisor import start
 
-    spec = build_spec(target.entry, project, Overrides(), single=True)
+    spec = build_spec(target.entry, project, Overrides(model=requested_model), single=True)
     err(f"Starting {name} ({spec.runtime.name}, {spec.model})…")
     spinner = Spinner(f"waiting for {name} to become healthy")
     try:
