@@ -126,17 +126,11 @@ def _require_env_runtime(runtime: Runtime) -> list[InstallPlan]:
 @contextmanager
 def _env_lock(runtime: Runtime) -> Iterator[None]:
     """One install or uninstall of an env at a time, across processes (two test sessions, two shells)."""
-    import fcntl
-
-    from lf.paths import ensure_private_dir
+    from lf.paths import ensure_private_dir, exclusive_lock
 
     root = ensure_private_dir(runtime.env_dir.parent)
-    with open(root / f".{runtime.name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with exclusive_lock(root / f".{runtime.name}.lock"):
+        yield
 
 
 def install(runtime: Runtime, *, force: bool = False, log: IO[str] | None = None, python: str | None = None) -> InstallResult:

@@ -156,7 +156,6 @@ class ChatTarget:
 
 def chat_target(project: Project | None, runtime_name: str | None, model: str | None) -> ChatTarget:
     """Pick the model entry and runtime for a chat from the flags, the project, or the embedded default."""
-    runtimes = all_runtimes()
     entry: ModelEntry | None = None
     if project is not None:
         candidates = [e for e in project.models if runtime_name is None or e.provider == runtime_name]

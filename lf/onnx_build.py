@@ -14,10 +14,9 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from lf.errors import LfError
 
@@ -68,7 +67,7 @@ def build_onnx(
     """Build (or find already built) the ONNX model `name` from the GGUF `source`. Output goes to `log`."""
     from lf.envs import installed_info, require_env_python
     from lf.models import models_dir, resolve_model_path
-    from lf.paths import ensure_private_dir
+    from lf.paths import ensure_private_dir, exclusive_lock
     from lf.registry import get_runtime
 
     log = log or sys.stderr
@@ -78,7 +77,7 @@ def build_onnx(
     runtime = get_runtime(BUILDER_RUNTIME)
     root = ensure_private_dir(models_dir())
     dest = root / name
-    with _build_lock(root, name):
+    with exclusive_lock(root / f".{name}.lock"):  # one build of a model at a time
         if is_built(dest) and not force:
             return BuildResult(name, dest, True, build_info(dest) or {})
         python = require_env_python(runtime)
@@ -144,15 +143,3 @@ def _run(argv: list[str], work: Path, log: IO[str]) -> None:
         raise BuildError(f"could not run {argv[0]}: {exc.strerror or exc}") from exc
     if code != 0:
         raise BuildError(f"the ONNX build failed (exit code {code})", hint="see its output above")
-
-
-@contextmanager
-def _build_lock(root: Path, name: str) -> Iterator[None]:
-    import fcntl
-
-    with open(root / f".{name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -6,14 +6,13 @@ import json
 import math
 import os
 import re
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from lf.errors import LfError, UnknownNameError
-from lf.paths import ensure_private_dir, state_dir
+from lf.paths import LockBusy, ensure_private_dir, exclusive_lock, state_dir
 
 RECORD_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -153,23 +152,12 @@ class StateStore:
     @contextmanager
     def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:
         """An exclusive per-instance lock, so concurrent starts and stops serialize."""
-        import fcntl
-
         self.ensure()
-        fd = os.open(self.lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LfError(f"another lf command is busy with {name!r}", hint="try again in a moment")
-                    time.sleep(0.02)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+            with exclusive_lock(self.lock_path(name), timeout):
+                yield
+        except LockBusy:
+            raise LfError(f"another lf command is busy with {name!r}", hint="try again in a moment") from None
 
 
 def atomic_write(path: Path, text: str) -> None:

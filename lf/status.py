@@ -193,7 +193,6 @@ def _configured(project) -> list[InstanceStatus]:
     """Configured model entries: managed ones as stopped (records override), external ones to probe."""
     if project is None:
         return []
-    from lf.errors import UnknownNameError
     from lf.registry import get_runtime
 
     out = []

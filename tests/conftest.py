@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -36,20 +33,9 @@ def isolated(tmp_path, monkeypatch):
 
     all_runtimes.cache_clear()
     yield tmp_path
-    _kill_leftovers(state)
+    from fakes import kill_daemons
 
-
-def _kill_leftovers(state: Path) -> None:
-    """Safety net: a failing test must not leave daemons behind for the next one."""
-    folder = state / "instances"
-    if not folder.is_dir():
-        return
-    for path in folder.glob("*.json"):
-        try:
-            pid = json.loads(path.read_text())["pid"]
-            os.killpg(pid, signal.SIGKILL)
-        except (ValueError, KeyError, TypeError, OSError, OverflowError):
-            pass
+    kill_daemons(state)  # a failing test must not leave daemons behind for the next one
 
 
 @pytest.fixture

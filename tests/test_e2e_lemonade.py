@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 from conftest import run_lf
+from fakes import group_processes, read_record
 
 pytestmark = pytest.mark.e2e
 
@@ -58,19 +59,8 @@ def api_base(generation: str) -> str:
     return "/api/v0" if generation == "v6" else "/api/v1"
 
 
-def _record(tmp_path, name) -> dict:
-    return json.loads((tmp_path / "state" / "instances" / f"{name}.json").read_text())
 
 
-def _group_processes(pgid: int) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            pass
-    return found
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -112,7 +102,7 @@ def _stop_and_check_nothing_is_left(name: str, record: dict, isolated) -> None:
     assert stop.returncode == 0, stop.stderr
     assert "stopped" in stop.stdout
     assert _alive(family) == []
-    assert _group_processes(pid) == []
+    assert group_processes(pid) == []
     assert not _listening(record["port"])
     assert not (isolated / "state" / "instances" / f"{name}.json").exists()
 
@@ -125,7 +115,7 @@ def test_seed_shape_start_status_chat_stop(cached_data, isolated, free_port):
     )
     started = run_lf("runtime", "start", "lemonade", timeout=360)
     assert started.returncode == 0, started.stderr
-    record = _record(isolated, "lemonade")
+    record = read_record(isolated / "state", "lemonade")
     base_url = f"http://127.0.0.1:{free_port}{api_base(cached_data['generation'])}"
     assert record["base_url"] == base_url and base_url in started.stdout
     assert record["engine"] == "lemonade-server-dev"
@@ -152,7 +142,7 @@ def test_seed_shape_start_status_chat_stop(cached_data, isolated, free_port):
 
     again = run_lf("runtime", "start", "lemonade")
     assert again.returncode == 0 and "already running" in again.stdout
-    assert _record(isolated, "lemonade")["pid"] == record["pid"]
+    assert read_record(isolated / "state", "lemonade")["pid"] == record["pid"]
 
     # the env a running server uses is not pulled from under it
     refused = run_lf("runtime", "uninstall", "lemonade")
@@ -172,7 +162,7 @@ def test_llamafarm_shape_env_port_and_chat_auto_start(cached_data, isolated, fre
     chat = run_lf("chat", "Hello", "--max-tokens", "6", env={"LEMONADE_PORT": str(free_port)}, timeout=360)
     assert chat.returncode == 0, chat.stderr
     assert "Starting tiny-onnx (lemonade" in chat.stderr and len(chat.stdout) > 1
-    record = _record(isolated, "tiny-onnx")
+    record = read_record(isolated / "state", "tiny-onnx")
     assert record["port"] == free_port and _listening(free_port) and not _listening(file_port)
 
     status = json.loads(run_lf("runtime", "status", "tiny-onnx", "--json").stdout)
@@ -209,7 +199,7 @@ def test_real_smollm2_onnx_answers(cached_data, isolated, free_port):
     model = json.loads(built.stdout)["name"]  # found by name in lf's models dir
     started = run_lf("runtime", "start", "lemonade", "--model", model, "--port", str(free_port), timeout=360)
     assert started.returncode == 0, started.stderr
-    record = _record(isolated, "lemonade")
+    record = read_record(isolated / "state", "lemonade")
     try:
         answer = run_lf("chat", "-r", "lemonade", "What is the capital of France? Answer in one sentence.", "--temperature", "0", "--max-tokens", "32")
         assert answer.returncode == 0, answer.stderr

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from conftest import run_lf
+from fakes import group_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -40,15 +41,6 @@ def cached_data(isolated, monkeypatch, llama_cpp_python_ready):
     monkeypatch.setenv("LF_DATA_DIR", str(CACHED_DATA))
 
 
-def _group_processes(pgid: int) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            pass
-    return found
 
 
 def test_start_status_chat_stop(cached_data, isolated, free_port):
@@ -77,7 +69,7 @@ def test_start_status_chat_stop(cached_data, isolated, free_port):
     stop = run_lf("runtime", "stop", "llama-cpp-python")
     assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stderr
     assert [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
-    assert _group_processes(pid) == []
+    assert group_processes(pid) == []
     assert not (isolated / "state" / "instances" / "llama-cpp-python.json").exists()
 
 

@@ -11,31 +11,21 @@ import psutil
 import pytest
 
 from conftest import run_lf
+from fakes import group_processes, read_record
 
 pytestmark = pytest.mark.e2e
 
 QUESTION = "What is the capital of France? Answer in one sentence."
 
 
-def _record(tmp_path, name="llamacpp") -> dict:
-    return json.loads((tmp_path / "state" / "instances" / f"{name}.json").read_text())
 
 
-def _group_processes(pgid: int) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            pass
-    return found
 
 
 @pytest.fixture
 def started(isolated, free_port):
     result = run_lf("runtime", "start", "llamacpp", "--port", str(free_port), check=True)
-    record = _record(isolated)
+    record = read_record(isolated / "state", "llamacpp")
     yield record, result
     run_lf("runtime", "stop", "--all")
 
@@ -77,17 +67,17 @@ def test_start_chat_status_stop(started, isolated, free_port):
     # starting what is already running is a no-op success
     again = run_lf("runtime", "start", "llamacpp", "--port", str(free_port))
     assert again.returncode == 0 and "already running" in again.stdout
-    assert _record(isolated)["pid"] == pid
+    assert read_record(isolated / "state", "llamacpp")["pid"] == pid
 
     logs = run_lf("runtime", "logs", "llamacpp", "-n", "5")
     assert logs.returncode == 0 and len(logs.stdout.strip().splitlines()) <= 5
 
-    members = _group_processes(pid)
+    members = group_processes(pid)
     assert members
     stop = run_lf("runtime", "stop", "llamacpp")
     assert stop.returncode == 0, stop.stderr
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert _group_processes(pid) == []
+    assert group_processes(pid) == []
     assert not (isolated / "state" / "instances" / "llamacpp.json").exists()
 
     again = run_lf("runtime", "stop", "llamacpp")
@@ -120,7 +110,7 @@ def test_restart_gives_a_new_process(started, isolated):
     record, _ = started
     restarted = run_lf("runtime", "restart", "llamacpp")
     assert restarted.returncode == 0, restarted.stderr
-    new = _record(isolated)
+    new = read_record(isolated / "state", "llamacpp")
     assert new["pid"] != record["pid"]
     assert new["port"] == record["port"]  # the --port given to start stays in force
     assert not psutil.pid_exists(record["pid"]) or psutil.Process(record["pid"]).status() == psutil.STATUS_ZOMBIE
@@ -133,7 +123,7 @@ def test_chat_auto_starts_the_runtime(isolated, free_port):
         assert chat.returncode == 0, chat.stderr
         assert "Paris" in chat.stdout
         assert "Starting llamacpp" in chat.stderr
-        assert _record(isolated)["port"] == free_port
+        assert read_record(isolated / "state", "llamacpp")["port"] == free_port
     finally:
         run_lf("runtime", "stop", "--all")
 

@@ -38,11 +38,11 @@ from fakes import (
 
 @pytest.fixture(autouse=True)
 def state(isolated, monkeypatch):
-    """The test's state dir, with the fake runtimes visible; whatever a test leaves running is killed."""
+    """The test's state dir, with the fake runtimes visible (conftest kills whatever a test leaves running)."""
     use_fakes(monkeypatch)
     state_dir = isolated / "state"
     yield state_dir
-    kill_daemons(state_dir)
+    kill_daemons(state_dir)  # before conftest does: the records below must go only once nothing runs
     for path in (state_dir / "instances").glob("*.json"):
         path.unlink()  # all killed above; some records here are corrupt on purpose
 

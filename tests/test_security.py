@@ -27,9 +27,7 @@ RUNTIMES_DIR = LF_DIR.parent / "runtimes"
 @pytest.fixture(autouse=True)
 def state(isolated, monkeypatch):
     use_fakes(monkeypatch)
-    state_dir = isolated / "state"
-    yield state_dir
-    kill_daemons(state_dir)
+    return isolated / "state"  # conftest's isolation kills whatever a test leaves running
 
 
 def ok(result, code: int = 0):

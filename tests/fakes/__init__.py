@@ -50,6 +50,18 @@ def daemons(state_dir: Path) -> list[psutil.Process]:
     return found
 
 
+def group_processes(pgid: int) -> list[psutil.Process]:
+    """Live (non-zombie) members of a process group: what must be gone after `lf runtime stop`."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return found
+
+
 def kill_daemons(state_dir: Path) -> None:
     """Safety net after a test: SIGKILL whatever it left behind, recorded or not."""
     for proc in daemons(state_dir):
