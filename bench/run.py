@@ -825,8 +825,8 @@ import typer, typer.main
 t1 = time.perf_counter()
 import lf.cli
 t2 = time.perf_counter()
-build = getattr(lf.cli, "build_app", None)
-typer.main.get_command(build("runtime") if build else lf.cli.app)
+# what main() builds for this invocation: the runtime group holding just `status`
+typer.main.get_command(lf.cli.build_app("runtime", "status"))
 t3 = time.perf_counter()
 def status():
     sys.argv = ["lf", "runtime", "status", "--json"]
@@ -1033,13 +1033,13 @@ def _explain(bench: Bench) -> None:
         if row.id == "P1" and "status_phases" in bench.extra:
             ph = bench.extra["status_phases"]
             lines.append(f"- Phases in one fresh process (median of 5, no -X importtime): `import typer` {ph['typer'] * 1000:.0f} ms, "
-                         f"`import lf.cli` {ph['lf_cli'] * 1000:.1f} ms, building the `runtime` group's click command tree "
-                         f"(`typer.main.get_command`: every command of the group, though one runs) {ph['tree'] * 1000:.1f} ms, "
-                         f"the first status call {ph['first'] * 1000:.1f} ms (its lazy imports, the tree again, config, records, probe, JSON), "
-                         f"the same call again with everything imported {ph['again'] * 1000:.1f} ms. "
-                         "Needed: register only the invoked command of a group when argv names one (as main() already does "
-                         "for groups), defer `tempfile` (lf.state, only for writes) and the manifest parse, and keep dataclass "
-                         "construction off the import path.")
+                         f"`import lf.cli` {ph['lf_cli'] * 1000:.1f} ms, building the click command for `lf runtime status` "
+                         f"(`typer.main.get_command`, the one command main() registers) {ph['tree'] * 1000:.1f} ms, "
+                         f"the first status call {ph['first'] * 1000:.1f} ms (its lazy imports, the command again, config from its "
+                         f"cached form, records, probe, JSON), the same call again with everything imported {ph['again'] * 1000:.1f} ms. "
+                         "What is left is Typer converting the command on every call plus the status modules' own import (about ten "
+                         "dataclasses, socket, json); closing the gap would need status to answer without building a Typer command "
+                         "or without dataclasses on its path.")
         elif row.id == "P3" and "p3" in bench.extra:
             p3 = bench.extra["p3"]
             gap = p3["lf"] - p3["direct"]
@@ -1047,14 +1047,13 @@ def _explain(bench: Bench) -> None:
                          f"every 5 ms): lf spawned the engine {p3['launch'] * 1000:.0f} ms after it was started (interpreter, typer, "
                          f"lf imports, config, engine lookup, port check, record written with fsync), the engine then needed "
                          f"{p3['load'] * 1000:.0f} ms to answer /health with 200 (direct start, incl. its own spawn: {p3['direct'] * 1000:.0f} ms), "
-                         f"and lf exited {p3['tail'] * 1000:.0f} ms after that: readiness detection (lf's poll interval grows ×1.5 from "
-                         "10 ms to 100 ms within ~0.3 s, so a server that gets ready after that is noticed up to 100 ms, ~50 ms on "
-                         "average, late) plus printing and interpreter exit.")
+                         f"and lf exited {p3['tail'] * 1000:.0f} ms after that: readiness detection (lf polls every 10 ms for "
+                         "the first 3 s, then backs off to 100 ms) plus printing and interpreter exit.")
             budget = 0.15 * p3["direct"]
             typer_floor = next((median_floor(r) for r in bench.rows if r.id in ("P1", "P2")), None)
             parts = [("the spawn delay", p3["launch"], "fewer imports and less work before the spawn (see the `lf runtime start` "
                       "profile below: registry, supervisor, instances, models, config are all imported first)"),
-                     ("the tail after healthy", p3["tail"], "a flat 10 ms readiness poll for the first few seconds (then back off)")]
+                     ("the tail after healthy", p3["tail"], "interpreter exit; the readiness poll is already 10 ms")]
             parts.sort(key=lambda part: -part[1])
             lines.append("- Needed, largest first: " + "; ".join(f"{what} ({ms * 1000:.0f} ms): {fix}" for what, ms, fix in parts) + ".")
             if typer_floor is not None:

@@ -193,13 +193,13 @@ def _configured(project) -> list[InstanceStatus]:
     """Configured model entries: managed ones as stopped (records override), external ones to probe."""
     if project is None:
         return []
-    from lf.registry import get_runtime
-
     out = []
     for entry in project.models:
         if entry.managed:  # decided when the file was validated: no manifest to parse here
             out.append(InstanceStatus(name=entry.name, runtime=entry.provider, state=ProcessState.STOPPED, model=entry.model))
             continue
+        from lf.registry import get_runtime
+
         try:
             runtime = get_runtime(entry.provider)  # parses only the manifests of external entries
         except UnknownNameError:
