@@ -34,7 +34,7 @@ class Health:
 @dataclass(frozen=True)
 class Probe:
     url: str
-    ready: str = "http-ok"  # http-ok | json:<key> | reachable
+    ready: str = "http-ok"  # http-ok | json:<key> | reachable | loaded-by-lf
     api_key: str | None = None
 
 
@@ -132,6 +132,10 @@ def probe_once(probe: Probe, timeout: float) -> Health:
 def interpret(ready: str, status: int, body: bytes, latency: float) -> Health:
     if ready == "reachable":
         return Health(True, status < 500, None, latency, f"HTTP {status}", status)
+    if ready == "loaded-by-lf":
+        # a server whose health endpoint must not be polled: lf loaded the model at start and checked it
+        ok = status == 200
+        return Health(True, ok, True if ok else None, latency, "model loaded at start" if ok else f"HTTP {status}", status)
     if status == 503:
         return Health(True, False, False, latency, "loading model", status)
     if status != 200:

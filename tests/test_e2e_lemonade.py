@@ -204,5 +204,27 @@ def test_real_smollm2_onnx_answers(cached_data, isolated, free_port):
         answer = run_lf("chat", "-r", "lemonade", "What is the capital of France? Answer in one sentence.", "--temperature", "0", "--max-tokens", "32")
         assert answer.returncode == 0, answer.stderr
         assert "Paris" in answer.stdout
+        _status_polling_does_not_cut_an_answer_short()
     finally:
         _stop_and_check_nothing_is_left("lemonade", record, isolated)
+
+
+def _status_polling_does_not_cut_an_answer_short() -> None:
+    """Lemonade v6's /health halts the answer in progress: lf's probes must never touch it mid-answer.
+    (The real model is slow enough, ~70 tokens/s, for status calls to land inside an answer.)"""
+    import subprocess
+    import sys
+
+    ask = ["chat", "-r", "lemonade", "Tell me a long story about a dragon.", "--max-tokens", "160", "--temperature", "0"]
+    quiet = run_lf(*ask)
+    assert quiet.returncode == 0, quiet.stderr
+    busy = subprocess.Popen([sys.executable, "-m", "lf", *ask], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    probes = 0
+    while busy.poll() is None:
+        status = run_lf("runtime", "status", "lemonade", "--json")
+        assert json.loads(status.stdout)["instances"][0]["health"]["model_loaded"] is True
+        probes += 1
+    out, err = busy.communicate()
+    assert busy.returncode == 0, err
+    assert probes >= 3
+    assert out == quiet.stdout  # the same answer, whole, while status was polled alongside

@@ -167,8 +167,11 @@ def build_argv(spec, resolved, values) -> list[str]:
     gen = generation(spec.runtime, resolved)
     plan = model_plan(spec, gen)  # fail on a bad model before anything is launched
     api = api_base(gen)
-    # the record (base URL, health URL) is written from the spec after this returns
-    spec.runtime = dataclasses.replace(spec.runtime, api_base=api, health_path=f"{api}/health", models_path=f"{api}/models")
+    # the record (base URL, health URL) is written from the spec after this returns. v6's /health
+    # halts the answer being generated (it sets the server's stop event), so status and the start wait
+    # poll /models there; the model's load is checked once, before any answer, in after_healthy.
+    probe = (f"{api}/models", "loaded-by-lf") if gen == "v6" else (f"{api}/health", spec.runtime.health_ready)
+    spec.runtime = dataclasses.replace(spec.runtime, api_base=api, health_path=probe[0], health_ready=probe[1], models_path=f"{api}/models")
     spec.model = plan.served_as
     # from the spec, not `values`: values also carries the raw provider_config, which would undo a
     # --port flag or LEMONADE_PORT
@@ -245,7 +248,7 @@ def after_healthy(spec, record, health, timeout):
         if plan.backend == "llamacpp":
             body["llamacpp_backend"] = llamacpp_backend(spec)
         _post(record, f"{base}/load", body, timeout)
-    after = probe_once(Probe(record.health_url, record.extra.get("health_ready", "json:model_loaded")), timeout=5.0)
+    after = probe_once(Probe(f"{base}/health", "json:model_loaded"), timeout=5.0)
     if not after.model_loaded:
         raise StartError(f"Lemonade accepted the model but does not report it loaded ({after.message})", hint=_log_hint(record))
     return after
