@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -225,18 +224,9 @@ def require_env_python(runtime: Runtime) -> str:
 
 def _running_instances(runtime_name: str) -> list[str]:
     from lf.process import is_same_process
-    from lf.state import CorruptRecord, StateStore
+    from lf.state import StateStore
 
-    store = StateStore()
-    names = []
-    for name in store.names():
-        try:
-            record = store.load(name)
-        except CorruptRecord:
-            continue
-        if record and record.runtime == runtime_name and is_same_process(record.pid, record.create_time):
-            names.append(name)
-    return names
+    return [r.name for r in StateStore().records() if r.runtime == runtime_name and is_same_process(r.pid, r.create_time)]
 
 
 def run_to_log(argv: list[str], log: IO[str], **kwargs) -> int:
@@ -290,6 +280,6 @@ def _packages(python: str) -> dict[str, str]:
 
 
 def _write_marker(path: Path, info: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, path)
+    from lf.state import atomic_write
+
+    atomic_write(path, json.dumps(info, indent=2) + "\n")

@@ -125,6 +125,8 @@ def probe_once(probe: Probe, timeout: float) -> Health:
         return Health(False, False, None, None, "connection refused")
     except OSError as exc:
         return Health(False, False, None, None, exc.strerror or str(exc) or type(exc).__name__)
+    except ValueError as exc:  # a URL whose port is not a number, or out of range
+        return Health(False, False, None, None, f"bad address {probe.url}: {exc}")
     latency = round((time.perf_counter() - started) * 1000, 1)
     return interpret(probe.ready, status, body, latency)
 

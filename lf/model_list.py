@@ -9,20 +9,16 @@ def collect_models(project, probe_timeout: float) -> dict:
     from lf.health import http_get
     from lf.models import CATALOG, local_model_files
     from lf.process import is_same_process
-    from lf.state import CorruptRecord, StateStore
+    from lf.state import StateStore
 
     configured = [
         {"name": e.name, "provider": e.provider, "model": e.model, "default": project.default_model == e.name}
         for e in (project.models if project else [])
     ]
     served, errors = [], []
-    store = StateStore()
-    for name in store.names():
-        try:
-            record = store.load(name)
-        except CorruptRecord:
-            continue
-        if record is None or not is_same_process(record.pid, record.create_time):
+    for record in StateStore().records():
+        name = record.name
+        if not is_same_process(record.pid, record.create_time):
             continue
         try:
             status, body = http_get(record.base_url.rstrip("/") + "/models", probe_timeout)

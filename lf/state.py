@@ -142,6 +142,17 @@ class StateStore:
         self.ensure()
         atomic_write(self.record_path(record.name), json.dumps(asdict(record), indent=2) + "\n")
 
+    def load_or_none(self, name: str) -> RuntimeRecord | None:
+        """The record, or None when there is none or it cannot be read (status reports those)."""
+        try:
+            return self.load(name)
+        except CorruptRecord:
+            return None
+
+    def records(self) -> list[RuntimeRecord]:
+        """Every readable record."""
+        return [record for name in self.names() if (record := self.load_or_none(name)) is not None]
+
     def remove(self, name: str) -> bool:
         try:
             self.record_path(name).unlink()

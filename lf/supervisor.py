@@ -21,7 +21,6 @@ from lf.health import Health, Probe, probe_once
 from lf.process import is_same_process, process_create_time
 from lf.registry import Runtime
 from lf.state import CorruptRecord, RuntimeRecord, StateStore
-from lf.states import ProcessState
 
 LOG_TAIL_LINES = 20
 
@@ -43,6 +42,7 @@ class InstanceSpec:
     api_key: str | None = None
     overrides: dict = field(default_factory=dict)  # command-line settings, kept so `restart` reapplies them
     project_folder: Path | None = None  # relative model and checkpoint paths are relative to llamafarm.yaml
+    hook_state: dict = field(default_factory=dict)  # what a runtime's build_argv hook hands its after_healthy
 
     @property
     def base_url(self) -> str:
@@ -175,10 +175,7 @@ def start(
     timeout = spec.runtime.start_timeout if timeout is None else timeout
     launched: subprocess.Popen | None = None
     with store.lock(spec.name):
-        try:
-            existing = store.load(spec.name)
-        except CorruptRecord:
-            existing = None  # unreadable: a fresh start replaces it
+        existing = store.load_or_none(spec.name)  # an unreadable one: a fresh start replaces it
         if existing is not None and is_same_process(existing.pid, existing.create_time):
             record = existing
         else:
@@ -395,15 +392,3 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass  # not our child: init reaps it
-
-
-# -- status --------------------------------------------------------------------------------------
-def classify(record: RuntimeRecord, health: Health | None) -> ProcessState:
-    if not is_same_process(record.pid, record.create_time):
-        return ProcessState.CRASHED
-    if health is None or health.healthy:
-        return ProcessState.RUNNING
-    uptime = time.time() - record.started_at
-    if uptime < float(record.extra.get("start_timeout", 60)):
-        return ProcessState.STARTING
-    return ProcessState.UNHEALTHY

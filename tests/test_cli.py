@@ -73,6 +73,9 @@ def test_stop_is_idempotent_and_needs_a_name(cli):
     assert result.exit_code == ExitStatus.USAGE and "--all" in result.stderr
     result = cli("runtime", "stop", "--all", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout) == {"stopped": []}
+    result = cli("runtime", "stop", "llamacp")
+    assert result.exit_code == ExitStatus.UNKNOWN and "did you mean 'llamacpp'" in result.stderr
+    assert not (Path("..") / "state" / "locks" / "llamacp.lock").exists()  # nothing made for a typo
 
 
 def test_unknown_runtime_on_start_suggests(cli):

@@ -253,7 +253,9 @@ def test_each_generation_gets_its_own_command_and_api(lemonade, tmp_path, onnx_m
     argv = hooks.build_argv(spec, _resolved(str(v6_script), None), _values(spec, str(v6_script)))
     # run through its interpreter: the process shows exactly this command line, so stop recognises it
     assert argv == [str(v6_script.parent / "python"), str(v6_script), "serve", "--port", "11534"]
-    assert spec.runtime.api_base == "/api/v0" and spec.runtime.health_path == "/api/v0/health"
+    # v6's /health halts a running answer: it is probed on /models, the load checked once at start
+    assert spec.runtime.api_base == "/api/v0" and spec.runtime.health_path == "/api/v0/models"
+    assert spec.runtime.health_ready == "loaded-by-lf"
     assert spec.base_url == "http://127.0.0.1:11534/api/v0"
     assert spec.model == str(onnx_model)  # v6 names a checkpoint-loaded model by its checkpoint
 
@@ -261,6 +263,9 @@ def test_each_generation_gets_its_own_command_and_api(lemonade, tmp_path, onnx_m
     argv = hooks.build_argv(spec, _resolved(str(v8_script), None), _values(spec, str(v8_script)))
     assert argv[2:] == ["serve", "--port", "11534", "--host", "127.0.0.1", "--ctx-size", "2048", "--no-tray"]
     assert spec.runtime.api_base == "/api/v1" and spec.model == "user.my-onnx"
+    # after start, the model is registered from its checkpoint (/pull) before /load: the plan survives
+    # build_argv renaming spec.model to the served name
+    assert hooks._plan_for(spec, "v8").checkpoint == str(onnx_model)
 
     spec = _spec(rt, model=str(onnx_model))
     assert hooks.build_argv(spec, _resolved("/opt/lemonade-server", "v9"), _values(spec, "/opt/lemonade-server")) == [

@@ -32,9 +32,9 @@ def chat(
     if message is None and not sys.stdin.isatty():
         message = sys.stdin.read().strip()
         if not message:
-            from lf.errors import LfError
+            from lf.errors import ExitStatus, LfError
 
-            raise LfError("no message: stdin was empty", exit_status=2)
+            raise LfError("no message: stdin was empty", exit_status=ExitStatus.USAGE)
     project = load_project(config)
     target = chat_target(project, runtime, model)
     # --model naming a model (not a configured entry) asks for that very model
@@ -95,14 +95,11 @@ def _endpoint(target, project, auto_start: bool, requested_model: str | None = N
         return target.base_url, target.entry.model
     from lf.errors import ExitStatus, LfError
     from lf.process import is_same_process
-    from lf.state import CorruptRecord, StateStore
+    from lf.state import StateStore
 
     store = StateStore()
     name = target.entry.name
-    try:
-        record = store.load(name)
-    except CorruptRecord:
-        record = None
+    record = store.load_or_none(name)
     if record is not None and is_same_process(record.pid, record.create_time):
         if requested_model and target.runtime.one_model_per_process and requested_model not in (record.model, record.model_path):
             raise LfError(

@@ -14,7 +14,7 @@ group = CommandGroup("List and fetch models.")
 @command(group, "list")
 def list_models(
     config: ConfigOpt = None,
-    probe_timeout: Annotated[float, typer.Option("--probe-timeout", help="Seconds to wait for each running runtime's model list.")] = 2.0,
+    probe_timeout: Annotated[float, typer.Option("--probe-timeout", min=0.05, help="Seconds to wait for each running runtime's model list.")] = 2.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Models configured in llamafarm.yaml, served by running runtimes, and available on this machine."""

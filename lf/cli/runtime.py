@@ -99,13 +99,13 @@ def stop(
     json_out: JsonOpt = False,
 ) -> None:
     """Stop daemons: SIGTERM to the process group, SIGKILL after --timeout. Stopping a stopped one succeeds."""
-    from lf.errors import LfError
+    from lf.errors import ExitStatus, LfError
     from lf.state import StateStore
     from lf.supervisor import stop as stop_instance
 
     store = StateStore()
     if not names and not all_:
-        raise LfError("name what to stop, or use --all", hint="running: " + (", ".join(store.names()) or "nothing"), exit_status=2)
+        raise LfError("name what to stop, or use --all", hint="running: " + (", ".join(store.names()) or "nothing"), exit_status=ExitStatus.USAGE)
     targets = _expand(names or [], store) if not all_ else store.names()
     results = [stop_instance(name, store, timeout=timeout) for name in targets]
     if json_out:
@@ -118,24 +118,32 @@ def stop(
 
 
 def _expand(names: list[str], store) -> list[str]:
-    """Instance names as given; a runtime name means every instance of it; unknown names pass through."""
-    from lf.state import CorruptRecord
+    """Instance names as given; a runtime name means every instance of it. A name lf knows but that is
+    not running passes through (stopping it is a no-op success); a name nothing knows is an error."""
+    from lf.errors import ConfigError, UnknownNameError
+    from lf.runtime_folders import runtime_names
 
-    known = store.names()
+    records = store.records()
+    known = set(store.names())  # unreadable records too: stop removes them
     targets: list[str] = []
     for name in names:
-        if name in known:
+        of_runtime = [r.name for r in records if r.runtime == name]
+        if name in known or not of_runtime and name in runtime_names():
             targets.append(name)
-            continue
-        of_runtime = []
-        for other in known:
-            try:
-                record = store.load(other)
-            except CorruptRecord:
-                continue
-            if record and record.runtime == name:
-                of_runtime.append(other)
-        targets.extend(of_runtime or [name])
+        elif of_runtime:
+            targets.extend(of_runtime)
+        else:
+            try:  # a configured model entry that is not running; a broken config must not block a stop
+                from lf.config import load_optional
+
+                project = load_optional()
+            except ConfigError:
+                project = None
+            if project is None or name not in {m.name for m in project.models}:
+                from lf.suggest import did_you_mean
+
+                raise UnknownNameError(f"unknown runtime or instance {name!r}", hint=did_you_mean(name, [*known, *runtime_names()]))
+            targets.append(name)
     return list(dict.fromkeys(targets))
 
 
@@ -153,18 +161,14 @@ def restart(
     from lf.supervisor import start as start_instance
     from lf.supervisor import stop as stop_instance
 
-    from lf.instances import entries_for, build_spec
-    from lf.state import CorruptRecord
+    from lf.instances import build_spec, entries_for
 
     project = load_project(config)
     store = StateStore()
     entries = entries_for(target, project)
     specs = []
     for entry in entries:
-        try:
-            record = store.load(entry.name)
-        except CorruptRecord:
-            record = None
+        record = store.load_or_none(entry.name)
         # flags given to `start` stay in force; everything else is read afresh from the config
         given = record.extra.get("overrides", {}) if record else {}
         specs.append(build_spec(entry, project, Overrides(**given), single=True))
@@ -186,7 +190,7 @@ def restart(
 @command(group, "status")
 def status(
     names: Annotated[Optional[List[str]], typer.Argument(help="Instances or runtimes (default: all known).", autocompletion=complete_runtimes, show_default=False)] = None,
-    probe_timeout: Annotated[float, typer.Option("--probe-timeout", help="Seconds each health probe may take.")] = 1.0,
+    probe_timeout: Annotated[float, typer.Option("--probe-timeout", min=0.05, help="Seconds each health probe may take.")] = 1.0,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:

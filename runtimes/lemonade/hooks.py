@@ -166,6 +166,7 @@ def _model_kind(path: Path) -> str | None:
 def build_argv(spec, resolved, values) -> list[str]:
     gen = generation(spec.runtime, resolved)
     plan = model_plan(spec, gen)  # fail on a bad model before anything is launched
+    spec.hook_state["plan"] = plan  # after_healthy loads this plan: spec.model is the served name from here on
     api = api_base(gen)
     # the record (base URL, health URL) is written from the spec after this returns. v6's /health
     # halts the answer being generated (it sets the server's stop event), so status and the start wait
@@ -234,7 +235,7 @@ def after_healthy(spec, record, health, timeout):
 
     resolved = spec.runtime.require_engine()
     gen = generation(spec.runtime, resolved)
-    plan = model_plan(spec, gen)
+    plan = _plan_for(spec, gen)
     base = record.base_url.rstrip("/")
     if gen == "v6":
         body = {"checkpoint": plan.checkpoint, "recipe": plan.recipe} if plan.checkpoint else {"model_name": plan.model_name}
@@ -252,6 +253,11 @@ def after_healthy(spec, record, health, timeout):
     if not after.model_loaded:
         raise StartError(f"Lemonade accepted the model but does not report it loaded ({after.message})", hint=_log_hint(record))
     return after
+
+
+def _plan_for(spec, gen: str) -> ModelPlan:
+    """The plan build_argv made when this call launched the server; worked out afresh for one already running."""
+    return spec.hook_state.get("plan") or model_plan(spec, gen)
 
 
 def _post(record, url: str, body: dict, timeout: float) -> None:
