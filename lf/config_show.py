@@ -30,7 +30,7 @@ def resolved_config(project) -> dict:
                 port=spec.port,
                 port_auto=spec.port_auto,
                 base_url=spec.base_url,
-                context_size=spec.context_size or runtime.defaults.get("context_size"),
+                context_size=spec.context_size,
                 settings={k: v for k, v in spec.settings.items() if k not in ("port", "host", "context_size", "threads")},
             )
         else:

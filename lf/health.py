@@ -34,7 +34,7 @@ class Health:
 @dataclass(frozen=True)
 class Probe:
     url: str
-    ready: str = "http-ok"  # http-ok | json:<key> | reachable | loaded-by-lf
+    ready: str = "http-ok"  # http-ok (200 = ready, model loaded) | json:<key> | answers | reachable | loaded-by-lf
     api_key: str | None = None
 
 
@@ -134,6 +134,9 @@ def probe_once(probe: Probe, timeout: float) -> Health:
 def interpret(ready: str, status: int, body: bytes, latency: float) -> Health:
     if ready == "reachable":
         return Health(True, status < 500, None, latency, f"HTTP {status}", status)
+    if ready == "answers":  # an endpoint that says nothing about loaded models (an external API)
+        ok = status == 200
+        return Health(True, ok, None, latency, "ok" if ok else f"HTTP {status}", status)
     if ready == "loaded-by-lf":
         # a server whose health endpoint must not be polled: lf loaded the model at start and checked it
         ok = status == 200

@@ -17,6 +17,7 @@ from lf.registry import DEFAULT_RUNTIME, Runtime, all_runtimes, get_runtime
 from lf.supervisor import InstanceSpec
 
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_CONTEXT_SIZE = 4096
 
 
 @dataclass
@@ -120,7 +121,8 @@ def build_spec(entry: ModelEntry, project: Project | None, overrides: Overrides,
         host=host,
         port=port,
         port_auto=port_auto,
-        context_size=_int_setting(context_size, cs_source),
+        # the one place the default is settled: a runtime without its own gets 4096 tokens
+        context_size=_int_setting(context_size, cs_source) or DEFAULT_CONTEXT_SIZE,
         threads=_int_setting(threads, th_source),
         settings=settings,
         api_key=entry.resolved_api_key(),

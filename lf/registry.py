@@ -15,7 +15,7 @@ from types import ModuleType
 
 from lf.errors import LfError, NotInstalledError, UnknownNameError
 from lf.runtime_folders import runtime_folders as _runtime_folders
-from lf.runtime_folders import runtime_names, runtimes_dir, runtimes_dirs  # noqa: F401  (the registry's API)
+from lf.runtime_folders import DEFAULT_RUNTIME, runtime_names, runtimes_dir, runtimes_dirs  # noqa: F401  (the registry's API)
 
 
 @dataclass(frozen=True)
@@ -205,5 +205,3 @@ def get_runtime(name: str) -> Runtime:
 def _parse_cached(folder: Path) -> Runtime:
     return _parse(folder)
 
-
-DEFAULT_RUNTIME = "llamacpp"

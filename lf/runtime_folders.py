@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+DEFAULT_RUNTIME = "llamacpp"  # the embedded default: works on a fresh machine with no compiler
+
 
 def runtimes_dir() -> Path:
     here = Path(__file__).resolve().parent

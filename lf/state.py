@@ -51,6 +51,14 @@ class RuntimeRecord:
     version: int = RECORD_VERSION
     extra: dict = field(default_factory=dict)
 
+    def health_probe(self):
+        """The probe of this instance's health endpoint, as its runtime declared it; None if it has none."""
+        if not self.health_url:
+            return None
+        from lf.health import Probe
+
+        return Probe(self.health_url, self.extra.get("health_ready", "http-ok"))
+
     @classmethod
     def from_dict(cls, data: dict) -> "RuntimeRecord":
         """A record read back from disk. ValueError/TypeError unless every field has the type lf relies on."""

@@ -119,7 +119,7 @@ def from_record(record: RuntimeRecord) -> InstanceStatus:
 
         status.log_tail = log_tail(record.log_path, 5).splitlines()
     elif record.health_url:
-        status.probe = Probe(record.health_url, record.extra.get("health_ready", "http-ok"))
+        status.probe = record.health_probe()
     return status
 
 
@@ -146,7 +146,7 @@ def collect(
     for item in configured:
         statuses.setdefault(item.name, item)
     if project is None and not names:
-        from lf.registry import DEFAULT_RUNTIME
+        from lf.runtime_folders import DEFAULT_RUNTIME
 
         statuses.setdefault(DEFAULT_RUNTIME, InstanceStatus(name=DEFAULT_RUNTIME, runtime=DEFAULT_RUNTIME, state=ProcessState.STOPPED))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from lf.errors import LfError, StartError
-from lf.health import Health, Probe, probe_once
+from lf.health import Health, probe_once
 from lf.process import is_same_process, process_create_time
 from lf.registry import Runtime
 from lf.state import CorruptRecord, RuntimeRecord, StateStore
@@ -132,7 +132,7 @@ def build_argv(spec: InstanceSpec) -> tuple[list[str], str]:
         "model_path": spec.model_path or spec.model,
         "host": spec.host,
         "port": str(spec.port),
-        "context_size": str(spec.context_size or spec.runtime.defaults.get("context_size", 4096)),
+        "context_size": str(spec.context_size),
         "threads": str(spec.threads or default_threads()),
     }
     hooks = spec.runtime.hooks()
@@ -150,12 +150,6 @@ def default_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def health_probe(record: RuntimeRecord) -> Probe | None:
-    if not record.health_url:
-        return None
-    return Probe(record.health_url, record.extra.get("health_ready", "http-ok"))
 
 
 def start(
@@ -257,7 +251,7 @@ def wait_until_healthy(
     on_wait: Callable[[float], None] | None = None,
 ) -> Health | None:
     """Poll the health endpoint until ready; fail fast if the process exits first."""
-    probe = health_probe(record)
+    probe = record.health_probe()
     started = time.monotonic()
     # every 10 ms while a small model would be loading (about a second), then back off to 100 ms
     interval = 0.01

@@ -64,3 +64,17 @@ def test_binding_all_interfaces_warns(tmp_path, capsys):
     assert spec.host == "0.0.0.0"
     assert "reachable from other machines" in capsys.readouterr().err
     assert spec.base_url.startswith("http://127.0.0.1:")  # lf itself talks to it over loopback
+
+
+def test_health_rules_say_only_what_the_endpoint_tells():
+    from lf.health import interpret
+
+    assert interpret("http-ok", 200, b"", 1.0).model_loaded is True  # llama.cpp: 200 only once loaded
+    assert interpret("http-ok", 503, b"", 1.0).message == "loading model"
+    assert interpret("answers", 200, b"", 1.0).model_loaded is None  # an external API: alive, no more
+    assert not interpret("answers", 401, b"", 1.0).healthy
+    assert interpret("json:model_loaded", 200, b'{"model_loaded": null}', 1.0).model_loaded is False
+    assert interpret("json:model_loaded", 200, b'{"model_loaded": "m"}', 1.0).model_loaded is True
+    assert interpret("loaded-by-lf", 200, b"", 1.0).model_loaded is True
+    external = {name: get_runtime(name).health_ready for name in ("openai", "ollama")}
+    assert external == {"openai": "answers", "ollama": "answers"}

@@ -177,7 +177,7 @@ def build_argv(spec, resolved, values) -> list[str]:
     # from the spec, not `values`: values also carries the raw provider_config, which would undo a
     # --port flag or LEMONADE_PORT
     exe, port, host = _script_argv(values["exe"]), str(spec.port), spec.host
-    context_size = str(spec.context_size or spec.runtime.defaults.get("context_size", 4096))
+    context_size = str(spec.context_size)
     if gen == "v6":
         if host not in LOOPBACK:
             raise LfError(f"Lemonade v6 serves on localhost only; it cannot bind {host}", hint="drop --host/LEMONADE_HOST, or install Lemonade v8 or newer")
