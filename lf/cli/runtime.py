@@ -122,11 +122,13 @@ def _expand(names: list[str], store) -> list[str]:
     not running passes through (stopping it is a no-op success); a name nothing knows is an error."""
     from lf.errors import ConfigError, UnknownNameError
     from lf.runtime_folders import runtime_names
+    from lf.state import validate_name
 
     records = store.records()
     known = set(store.names())  # unreadable records too: stop removes them
     targets: list[str] = []
     for name in names:
+        validate_name(name)  # a path-like name is refused as such, before anything else
         of_runtime = [r.name for r in records if r.runtime == name]
         if name in known or not of_runtime and name in runtime_names():
             targets.append(name)
