@@ -70,6 +70,15 @@ def local_model_files() -> list[Path]:
     return found
 
 
+def existing_path(value: str, base: Path | None = None) -> Path | None:
+    """`value` as an existing file or folder: relative paths are tried against `base` (the project's
+    folder) first, then the working dir. None when nothing is there."""
+    candidate = Path(os.path.expanduser(value))
+    if not candidate.is_absolute() and base is not None and (base / candidate).exists():
+        candidate = base / candidate
+    return candidate.resolve() if candidate.exists() else None
+
+
 def resolve_model_path(model: str, base: Path | None = None) -> Path:
     """A model name from the catalog, a file name in lf's models dir, or a path."""
     if model in CATALOG:
@@ -80,11 +89,9 @@ def resolve_model_path(model: str, base: Path | None = None) -> Path:
                 hint=f"fetch it with: lf models fetch {model}",
             )
         return path
-    candidate = Path(os.path.expanduser(model))
-    if not candidate.is_absolute() and base is not None and (base / candidate).exists():
-        candidate = base / candidate
-    if candidate.exists():
-        return candidate.resolve()
+    found = existing_path(model, base)
+    if found is not None:
+        return found
     in_store = models_dir() / model
     if in_store.exists():
         return in_store

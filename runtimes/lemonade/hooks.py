@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lf.errors import ConfigError, LfError, NotInstalledError, StartError
+from lf.models import existing_path
 
 BACKENDS = ("onnx", "llamacpp", "transformers")
 LLAMACPP_BACKENDS = ("cpu", "vulkan", "rocm", "metal")
@@ -42,16 +43,22 @@ def generation(runtime, resolved) -> str:
     return _generation_of_script(exe)
 
 
-def _generation_of_script(exe: Path) -> str:
-    """lemonade-server-dev is a pip console script: its interpreter's site-packages tell v6 from v8."""
+def _shebang(exe) -> list[str]:
+    """The words of a script's `#!` line ([] for a binary, an unreadable file, or no `#!`)."""
     try:
         with open(exe, "rb") as fh:
-            first = fh.readline().decode("utf-8", "replace")
+            first = fh.readline(512)
     except OSError:
+        return []
+    return first[2:].decode("utf-8", "replace").split() if first.startswith(b"#!") else []
+
+
+def _generation_of_script(exe: Path) -> str:
+    """lemonade-server-dev is a pip console script: its interpreter's site-packages tell v6 from v8."""
+    words = _shebang(exe)
+    if not words:
         return "v8"
-    if not first.startswith("#!"):
-        return "v8"
-    env_root = Path(first[2:].strip().split()[0]).parent.parent
+    env_root = Path(words[0]).parent.parent
     for site in env_root.glob("lib/python*/site-packages"):
         if any(site.glob("lemonade_sdk-*.dist-info")):
             return "v8"
@@ -93,7 +100,7 @@ def model_plan(spec, gen: str) -> ModelPlan:
     checkpoint = settings.get("checkpoint")
     local: Path | None
     if checkpoint:
-        local = _existing_path(str(checkpoint), spec.project_folder)
+        local = existing_path(str(checkpoint), spec.project_folder)
         if local is None and _looks_like_path(str(checkpoint)):
             raise NotInstalledError(f"checkpoint {checkpoint!r} does not exist", hint="give the path of a model folder or file")
     else:
@@ -122,13 +129,6 @@ def model_plan(spec, gen: str) -> ModelPlan:
 def _looks_like_path(value: str) -> bool:
     # "org/name" is a checkpoint name Lemonade downloads; anything else with a slash is a path
     return value.startswith((".", "~", "/")) or value.count("/") > 1 or value.endswith(".gguf")
-
-
-def _existing_path(value: str, base: Path | None) -> Path | None:
-    candidate = Path(os.path.expanduser(value))
-    if not candidate.is_absolute() and base is not None and (base / candidate).exists():
-        candidate = base / candidate
-    return candidate.resolve() if candidate.exists() else None
 
 
 def _local_model(spec) -> Path | None:
@@ -198,14 +198,7 @@ def _script_argv(exe: str) -> list[str]:
     The process then shows exactly the recorded command line (a script run through its shebang shows
     the interpreter first), which is what lets `lf runtime stop` recognise it as the process it started.
     """
-    try:
-        with open(exe, "rb") as fh:
-            first = fh.readline(512)
-    except OSError:
-        return [exe]
-    if not first.startswith(b"#!"):
-        return [exe]
-    interpreter = first[2:].decode("utf-8", "replace").strip().split()
+    interpreter = _shebang(exe)
     if len(interpreter) != 1 or not os.path.basename(interpreter[0]).startswith("python"):
         return [exe]  # `#!/usr/bin/env python3` and friends: leave it to the kernel
     return [interpreter[0], exe]
