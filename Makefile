@@ -42,7 +42,7 @@ docs: setup
 	$(PY) scripts/generate.py docs
 
 schema: setup
-	$(PY) -m lf.config_schema > schema.yaml
+	$(PY) -m lf.config.schema > schema.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -39,7 +39,7 @@ def docs() -> dict[Path, str]:
 
 
 def schema() -> dict[Path, str]:
-    from lf.config_schema import schema_yaml
+    from lf.config.schema import schema_yaml
 
     return {REPO / "schema.yaml": schema_yaml()}
 

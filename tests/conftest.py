@@ -7,12 +7,15 @@ import sys
 
 import pytest
 
-RUNTIME_ENV_VARS = [
-    "LLAMACPP_PORT", "LLAMACPP_HOST", "LLAMACPP_MODEL", "LLAMACPP_CONTEXT_SIZE", "LLAMACPP_THREADS",
-    "LEMONADE_PORT", "LEMONADE_HOST", "LEMONADE_BACKEND", "LEMONADE_CONTEXT_SIZE", "LEMONADE_MODEL",
-    "OLLAMA_HOST", "VLLM_PORT", "VLLM_HOST", "VLLM_MODEL", "LLAMA_CPP_PYTHON_PORT", "LLAMA_CPP_PYTHON_HOST",
-    "LLAMA_CPP_PYTHON_MODEL", "LLAMA_CPP_PYTHON_CONTEXT_SIZE", "LF_DEBUG",
-]
+
+def _runtime_env_vars() -> list[str]:
+    """Every variable a runtime's manifest declares (a user's LLAMACPP_PORT must not leak into tests)."""
+    from lf.runtimes.registry import all_runtimes
+
+    return sorted({name for runtime in all_runtimes().values() for name in runtime.env.values()})
+
+
+RUNTIME_ENV_VARS = [*_runtime_env_vars(), "LF_DEBUG"]
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +32,7 @@ def isolated(tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    from lf.registry import all_runtimes
+    from lf.runtimes.registry import all_runtimes
 
     all_runtimes.cache_clear()
     yield tmp_path
@@ -61,7 +64,7 @@ def run_lf(*args: str, input: str | None = None, timeout: float = 180, env: dict
 
 
 def default_model_installed() -> bool:
-    from lf.models import CATALOG
+    from lf.models.catalog import CATALOG
 
     return CATALOG["smollm2-135m"].path() is not None
 

@@ -11,6 +11,7 @@ from pytest_httpx import IteratorStream
 
 from lf.errors import ExitStatus
 
+SSE_HEADERS = {"Content-Type": "text/event-stream"}
 BASE = "http://127.0.0.1:9/v1"  # loopback, nothing listens: probes fail fast, httpx is mocked
 CONFIG = f"""\
 version: v1
@@ -122,7 +123,7 @@ def test_models_list_json(cli):
 
 
 def test_chat_streams_tokens_from_config(cli, remote_project, httpx_mock):
-    httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", stream=IteratorStream(sse("Hel", "lo", "!")))
+    httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", headers=SSE_HEADERS, stream=IteratorStream(sse("Hel", "lo", "!")))
     result = cli("chat", "hi", "--system", "be brief", "--max-tokens", "5")
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "Hello!\n"
@@ -135,7 +136,7 @@ def test_chat_streams_tokens_from_config(cli, remote_project, httpx_mock):
 
 
 def test_chat_reads_stdin(cli, remote_project, httpx_mock):
-    httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", stream=IteratorStream(sse("ok")))
+    httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", headers=SSE_HEADERS, stream=IteratorStream(sse("ok")))
     result = cli("chat", input="Say hi\n")
     assert result.exit_code == 0 and result.stdout == "ok\n"
     assert json.loads(httpx_mock.get_request().content)["messages"][-1]["content"] == "Say hi"
@@ -164,7 +165,7 @@ class BrokenStream(httpx.SyncByteStream):
 
 
 def test_chat_keeps_text_when_the_stream_breaks(cli, remote_project, httpx_mock):
-    httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", stream=BrokenStream())
+    httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", headers=SSE_HEADERS, stream=BrokenStream())
     result = cli("chat", "q")
     assert result.exit_code == ExitStatus.REQUEST_FAILED
     assert result.stdout == "The capital is\n"
@@ -173,7 +174,7 @@ def test_chat_keeps_text_when_the_stream_breaks(cli, remote_project, httpx_mock)
 
 
 def test_chat_stream_ending_without_finish_is_an_error(cli, remote_project, httpx_mock):
-    httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", stream=IteratorStream(sse("par", done=False, finish=False)))
+    httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", headers=SSE_HEADERS, stream=IteratorStream(sse("par", done=False, finish=False)))
     result = cli("chat", "q")
     assert result.exit_code == ExitStatus.REQUEST_FAILED
     assert result.stdout == "par\n" and "before the answer was complete" in result.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lf.config import expand_env_ref, find_config, load_project
+from lf.config.project import expand_env_ref, find_config, load_project
 from lf.errors import ConfigError, ExitStatus
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -157,7 +157,7 @@ def test_config_show_redacts_keys_and_fills_defaults(cli, monkeypatch):
 
 
 def test_precedence_flag_over_env_over_file_over_default(monkeypatch):
-    from lf.instances import Overrides, build_spec
+    from lf.core.targets import Overrides, build_spec
 
     project = load_project(FIXTURES / "configs" / "list_full.yaml")
     entry = project.model("local")
@@ -180,7 +180,7 @@ def test_config_init_refuses_to_overwrite(cli):
 
 
 def test_committed_schema_matches_the_code():
-    from lf.config_schema import schema, schema_yaml
+    from lf.config.schema import schema, schema_yaml
 
     committed = (REPO / "schema.yaml").read_text()
     assert committed == schema_yaml(), "schema.yaml is stale: run `make schema`"
@@ -188,8 +188,8 @@ def test_committed_schema_matches_the_code():
 
 
 def test_provider_enum_follows_the_runtime_registry(tmp_path, monkeypatch):
-    from lf.config_schema import schema
-    from lf.registry import all_runtimes, runtime_names
+    from lf.config.schema import schema
+    from lf.runtimes.registry import all_runtimes, runtime_names
 
     enum = schema()["properties"]["runtime"]["oneOf"][0]["properties"]["provider"]["enum"]
     assert enum == sorted(runtime_names())
@@ -226,7 +226,7 @@ def test_alias_bomb_is_refused_quickly(tmp_path):
 
 
 def test_cached_config_is_reused_only_while_the_file_is_unchanged(tmp_path, monkeypatch):
-    import lf.config as config
+    import lf.config.yamlfile as config
 
     path = tmp_path / "llamafarm.yaml"
     shutil.copy(FIXTURES / "configs" / "list_two_llamacpp.yaml", path)

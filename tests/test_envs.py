@@ -72,7 +72,7 @@ steps = [{{ requirements = "requirements.txt" }}, {{ requirements = "requirement
     (folder / "requirements.txt").write_text(f"--no-index\n{wheel}\n")
     (folder / "requirements-extra.txt").write_text(f"--no-index\n{wheel}\n")
     monkeypatch.setenv("LF_RUNTIMES_PATH", str(folder.parent))
-    from lf.registry import all_runtimes, get_runtime
+    from lf.runtimes.registry import all_runtimes, get_runtime
 
     all_runtimes.cache_clear()
     return get_runtime("probe-rt")
@@ -154,7 +154,7 @@ def test_list_shows_where_to_get_env_runtimes(cli):
 
 
 def test_manifests_declare_their_env_vars_and_ports():
-    from lf.registry import get_runtime
+    from lf.runtimes.registry import get_runtime
 
     lem = get_runtime("lemonade")
     assert lem.default_port == 11534 and lem.health_ready == "json:model_loaded"
@@ -162,7 +162,7 @@ def test_manifests_declare_their_env_vars_and_ports():
     assert [e.executable for e in lem.engines] == ["lemond", "lemonade-server", "lemonade-server-dev"]
     lcp = get_runtime("llama-cpp-python")
     assert lcp.default_port == 11734 and lcp.health_path == "/v1/models" and lcp.model_format == "gguf"
-    from lf.envs import install_plans
+    from lf.runtimes.envs import install_plans
 
     assert [p.generation for p in install_plans(lem)] == ["v8", "v6"]
     for plan in install_plans(lem):
@@ -172,7 +172,7 @@ def test_manifests_declare_their_env_vars_and_ports():
 
 
 def test_config_accepts_both_lemonade_shapes(tmp_path):
-    from lf.config import load_project
+    from lf.config.project import load_project
 
     seed = tmp_path / "seed.yaml"
     seed.write_text(
@@ -198,27 +198,23 @@ def test_config_accepts_both_lemonade_shapes(tmp_path):
 # -- Lemonade's hooks --------------------------------------------------------------------------------
 @pytest.fixture
 def lemonade():
-    from lf.registry import get_runtime
+    from lf.runtimes.registry import get_runtime
 
     rt = get_runtime("lemonade")
     return rt, rt.hooks()
 
 
-def _spec(rt, model="smollm2-135m-onnx", **settings):
-    from lf.supervisor import InstanceSpec
+def _spec(rt, model="smollm2-135m-onnx", host="127.0.0.1", **settings):
+    from lf.runtimes.launch import InstanceSpec
 
-    return InstanceSpec(name="lemonade", runtime=rt, model=model, model_path=None, host="127.0.0.1", port=11534, port_auto=False, context_size=2048, settings=settings)
+    return InstanceSpec(name="lemonade", runtime=rt, model=model, model_path=None, host=host, port=11534, port_auto=False, settings={"context_size": 2048, **settings})
 
 
 def _resolved(exe: str, generation: str | None):
-    from lf.registry import Engine, ResolvedEngine
+    from lf.runtimes.registry import Engine, ResolvedEngine
 
     engine = Engine(name=Path(exe).name, argv=(), executable=Path(exe).name, generation=generation)
     return ResolvedEngine(engine, exe, sys.executable, "test")
-
-
-def _values(spec, exe):
-    return {"exe": exe, "port": str(spec.port), "host": spec.host, "context_size": "2048"}
 
 
 def _fake_script_env(tmp_path: Path, dist: str) -> Path:
@@ -250,55 +246,56 @@ def test_each_generation_gets_its_own_command_and_api(lemonade, tmp_path, onnx_m
     assert hooks.generation(rt, _resolved(str(v8_script), None)) == "v8"
 
     spec = _spec(rt, model=str(onnx_model))
-    argv = hooks.build_argv(spec, _resolved(str(v6_script), None), _values(spec, str(v6_script)))
+    plan = hooks.plan(spec, _resolved(str(v6_script), None), 11534)
     # run through its interpreter: the process shows exactly this command line, so stop recognises it
-    assert argv == [str(v6_script.parent / "python"), str(v6_script), "serve", "--port", "11534"]
+    assert list(plan.argv) == [str(v6_script.parent / "python"), str(v6_script), "serve", "--port", "11534"]
     # v6's /health halts a running answer: it is probed on /models, the load checked once at start
-    assert spec.runtime.api_base == "/api/v0" and spec.runtime.health_path == "/api/v0/models"
-    assert spec.runtime.health_ready == "loaded-by-lf"
-    assert spec.base_url == "http://127.0.0.1:11534/api/v0"
-    assert spec.model == str(onnx_model)  # v6 names a checkpoint-loaded model by its checkpoint
+    assert plan.api_base == "/api/v0" and plan.health_path == "/api/v0/models"
+    assert plan.health_ready == "loaded-by-lf"
+    assert plan.base_url == "http://127.0.0.1:11534/api/v0"
+    assert plan.model == str(onnx_model)  # v6 names a checkpoint-loaded model by its checkpoint
 
-    spec = _spec(rt, model=str(onnx_model))
-    argv = hooks.build_argv(spec, _resolved(str(v8_script), None), _values(spec, str(v8_script)))
-    assert argv[2:] == ["serve", "--port", "11534", "--host", "127.0.0.1", "--ctx-size", "2048", "--no-tray"]
-    assert spec.runtime.api_base == "/api/v1" and spec.model == "user.my-onnx"
-    # after start, the model is registered from its checkpoint (/pull) before /load: the plan survives
-    # build_argv renaming spec.model to the served name
-    assert hooks._plan_for(spec, "v8").checkpoint == str(onnx_model)
+    plan = hooks.plan(spec, _resolved(str(v8_script), None), 11534)
+    assert list(plan.argv[2:]) == ["serve", "--port", "11534", "--host", "127.0.0.1", "--ctx-size", "2048", "--no-tray"]
+    assert plan.api_base == "/api/v1" and plan.model == "user.my-onnx"
+    # after start, the model is registered from its checkpoint (/pull) before /load: the plan hands the
+    # checkpoint to after_healthy although requests use the served name
+    assert plan.after_start["checkpoint"] == str(onnx_model) and plan.after_start["served_as"] == "user.my-onnx"
+    assert spec.model == str(onnx_model)  # and the spec it was made from is unchanged
 
-    spec = _spec(rt, model=str(onnx_model))
-    assert hooks.build_argv(spec, _resolved("/opt/lemonade-server", "v9"), _values(spec, "/opt/lemonade-server")) == [
+    assert list(hooks.plan(spec, _resolved("/opt/lemonade-server", "v9"), 11534).argv) == [
         "/opt/lemonade-server", "serve", "--port", "11534", "--host", "127.0.0.1", "--ctx-size", "2048", "--no-tray",
     ]
-    spec = _spec(rt, model=str(onnx_model))
-    assert hooks.build_argv(spec, _resolved("/opt/lemond", "v10"), _values(spec, "/opt/lemond")) == ["/opt/lemond", "--port", "11534", "--host", "127.0.0.1"]
+    assert list(hooks.plan(spec, _resolved("/opt/lemond", "v10"), 11534).argv) == ["/opt/lemond", "--port", "11534", "--host", "127.0.0.1"]
 
 
 def test_v6_refuses_other_hosts(lemonade, tmp_path, onnx_model):
     rt, hooks = lemonade
     script = _fake_script_env(tmp_path, "turnkeyml-6.2.5")
-    spec = _spec(rt, model=str(onnx_model))
-    spec.host = "0.0.0.0"
+    spec = _spec(rt, model=str(onnx_model), host="0.0.0.0")
     with pytest.raises(LfError, match="localhost only"):
-        hooks.build_argv(spec, _resolved(str(script), None), {**_values(spec, str(script)), "host": "0.0.0.0"})
+        hooks.plan(spec, _resolved(str(script), None), 11534)
 
 
 def test_llamacpp_backend_follows_the_hardware_unless_chosen(lemonade, tmp_path):
     rt, hooks = lemonade
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    spec = _spec(rt, model=str(gguf))
-    argv = hooks.build_argv(spec, _resolved("/opt/lemonade-server", "v9"), _values(spec, "/opt/lemonade-server"))
+    argv = hooks.plan(_spec(rt, model=str(gguf)), _resolved("/opt/lemonade-server", "v9"), 11534).argv
     assert argv[-2] == "--llamacpp" and argv[-1] == hooks.detect_llamacpp_backend()
     assert hooks.detect_llamacpp_backend() in ("cpu", "vulkan", "rocm", "metal")
     spec = _spec(rt, model=str(gguf), llamacpp_backend="vulkan")
-    assert hooks.build_argv(spec, _resolved("/opt/lemonade-server", "v9"), _values(spec, "/opt/lemonade-server"))[-1] == "vulkan"
+    assert hooks.plan(spec, _resolved("/opt/lemonade-server", "v9"), 11534).argv[-1] == "vulkan"
+    # a backend Lemonade does not have is refused where every setting is checked: the declaration
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: v1\nname: p\nnamespace: d\nruntime:\n  provider: lemonade\n  model: m\n  lemonade:\n    llamacpp_backend: cuda\n")
+    from lf.config.project import load_project
+
     with pytest.raises(ConfigError):
-        hooks.llamacpp_backend(_spec(rt, llamacpp_backend="cuda"))
+        load_project(bad)
 
 
-def test_model_plans(lemonade, tmp_path, onnx_model):
+def test_model_plans(lemonade, tmp_path, onnx_model, monkeypatch):
     rt, hooks = lemonade
     plan = hooks.model_plan(_spec(rt, model=str(onnx_model)), "v6")
     assert (plan.backend, plan.recipe, plan.checkpoint, plan.model_name) == ("onnx", "oga-cpu", str(onnx_model), None)
@@ -318,8 +315,12 @@ def test_model_plans(lemonade, tmp_path, onnx_model):
         hooks.model_plan(_spec(rt, model=str(gguf)), "v6")
     with pytest.raises(ConfigError, match="holds a onnx model"):
         hooks.model_plan(_spec(rt, model=str(onnx_model), backend="llamacpp"), "v8")
+    monkeypatch.setenv("LEMONADE_BACKEND", "tensorrt")  # an unknown backend, wherever it comes from
+    from lf.core.targets import Overrides, build_spec, default_entry
+
     with pytest.raises(ConfigError):
-        hooks.model_plan(_spec(rt, backend="tensorrt"), "v8")
+        build_spec(default_entry(rt), None, Overrides(), single=True)
+    monkeypatch.delenv("LEMONADE_BACKEND")
     with pytest.raises(NotInstalledError) as missing:
         hooks.model_plan(_spec(rt), "v6")  # the default model, not built in this data dir
     assert "lf models build-onnx" in missing.value.hint
@@ -329,8 +330,8 @@ def test_model_plans(lemonade, tmp_path, onnx_model):
 
 def test_relative_model_paths_are_relative_to_the_project(lemonade, tmp_path, monkeypatch):
     """`-c other/llamafarm.yaml` with `model: ./models/m` means other/models/m, wherever lf runs."""
-    from lf.config import load_project
-    from lf.instances import Overrides, build_spec
+    from lf.config.project import load_project
+    from lf.core.targets import Overrides, build_spec
 
     rt, hooks = lemonade
     project = tmp_path / "project"
@@ -356,7 +357,7 @@ def test_build_onnx_needs_lemonades_env(cli):
 
 
 def test_tokenizer_config_fix(tmp_path):
-    from lf.onnx_build import default_name, fix_tokenizer_config
+    from lf.models.onnx import default_name, fix_tokenizer_config
 
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizerFast", "eos_token": "<|im_end|>"}))
     fix_tokenizer_config(tmp_path)
@@ -368,6 +369,5 @@ def test_tokenizer_config_fix(tmp_path):
 
 def test_flag_and_env_ports_beat_the_config_file(lemonade, onnx_model):
     rt, hooks = lemonade
-    spec = _spec(rt, model=str(onnx_model), port=1)  # provider_config port, already overridden in spec.port
-    values = {**_values(spec, "/opt/lemonade-server"), "port": "1"}  # the supervisor merges raw settings in
-    assert hooks.build_argv(spec, _resolved("/opt/lemonade-server", "v9"), values)[2:4] == ["--port", "11534"]
+    spec = _spec(rt, model=str(onnx_model), port=1)  # provider_config's port; the flag/env chose 11534
+    assert list(hooks.plan(spec, _resolved("/opt/lemonade-server", "v9"), spec.port).argv[2:4]) == ["--port", "11534"]

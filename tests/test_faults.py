@@ -64,7 +64,7 @@ def assert_nothing_left(state: Path, name: str) -> None:
 
 def write_record(name: str, pid: int, create_time: float, port: int, log_lines: list[str] = ()) -> None:
     """A record as lf writes it, pointing at a process of the test's choosing."""
-    from lf.state import RuntimeRecord, StateStore
+    from lf.daemon.records import RuntimeRecord, StateStore
 
     store = StateStore()
     store.ensure()
@@ -76,7 +76,7 @@ def write_record(name: str, pid: int, create_time: float, port: int, log_lines: 
             base_url=f"http://127.0.0.1:{port}/v1", model="fake-model",
             command=[sys.executable, "-m", "fakes.server", "--port", str(port)],
             log_path=str(log_path), started_at=time.time() - 60, engine="fake-server",
-            health_url=f"http://127.0.0.1:{port}/health", extra={"health_ready": "http-ok", "start_timeout": 20},
+            health_url=f"http://127.0.0.1:{port}/health", health_ready="http-ok", start_timeout=20,
         )
     )
 
@@ -105,7 +105,7 @@ def test_stale_record_is_reported_crashed_and_replaced_without_signalling_anyone
         [sys.executable, "-c", LEADER, SENTINEL, str(marker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     bystander = psutil.Process(int(leader.stdout.readline()))
-    from lf.process import process_create_time
+    from lf.daemon.process import process_create_time
 
     gone_pid, gone_create_time = leader.pid, process_create_time(leader.pid)
     leader.stdin.close()
@@ -200,7 +200,7 @@ def test_port_held_by_a_foreign_listener_is_refused_naming_its_owner(state, free
 
 
 def test_auto_assigned_port_moves_past_a_foreign_listener(state):
-    from lf.registry import get_runtime
+    from lf.runtimes.registry import get_runtime
 
     default_port = get_runtime("fake").default_port
     listener = foreign_listener(default_port)
@@ -321,9 +321,9 @@ def test_hung_runtime_status_is_bounded_and_unhealthy(state, tmp_path):
 
     import threading
 
-    from lf.config import load_optional
-    from lf.state import StateStore
-    from lf.status import collect
+    from lf.config.project import load_optional
+    from lf.daemon.records import StateStore
+    from lf.core.status import collect
 
     probe_timeout = 0.5
     project = load_optional()
@@ -422,7 +422,7 @@ CORRUPT = {
 
 @pytest.mark.parametrize("content", CORRUPT.values(), ids=CORRUPT.keys())
 def test_corrupt_record_warns_and_stop_cleans_it_up(state, free_port, content):
-    from lf.state import StateStore
+    from lf.daemon.records import StateStore
 
     StateStore().ensure()
     record_file(state, "fake").write_bytes(content)
@@ -469,7 +469,7 @@ def run_lf_limited(*args: str, preexec) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("readonly", ["instances", "state"])
 def test_unwritable_state_dir_is_a_clear_error(state, free_port, readonly):
-    from lf.state import StateStore
+    from lf.daemon.records import StateStore
 
     if readonly == "instances":
         StateStore().ensure()
@@ -509,7 +509,7 @@ REWRITE = """
 import sys
 from pathlib import Path
 from lf.errors import LfError
-from lf.state import atomic_write
+from lf.files import atomic_write
 try:
     atomic_write(Path(sys.argv[1]), "x" * 10000)
 except LfError as exc:
@@ -611,7 +611,7 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 
 
 def check_config_bytes(path: Path, content: bytes, cli) -> None:
-    from lf.config import load_project
+    from lf.config.project import load_project
     from lf.errors import ConfigError
 
     path.write_bytes(content)

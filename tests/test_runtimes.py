@@ -8,9 +8,15 @@ import stat
 import pytest
 
 from lf.errors import NotInstalledError
-from lf.instances import Overrides, build_spec, default_entry
-from lf.registry import all_runtimes, get_runtime, runtime_names, runtimes_dir
-from lf.supervisor import build_argv
+from lf.core.targets import Overrides, build_spec, default_entry
+from lf.runtimes.folders import runtimes_dir
+from lf.runtimes.registry import all_runtimes, get_runtime, runtime_names
+from lf.runtimes.launch import make_plan
+
+
+def build_argv(spec) -> tuple[list[str], str]:
+    plan = make_plan(spec, spec.port)
+    return list(plan.argv), plan.engine
 
 
 def test_every_runtime_folder_has_a_manifest_and_a_readme():
@@ -42,7 +48,7 @@ def test_embedded_engine_without_llama_server(tmp_path, monkeypatch):
     spec = build_spec(default_entry(get_runtime("llamacpp")), None, Overrides(model=str(model)), single=True)
     argv, engine = build_argv(spec)
     assert engine == "xllamacpp"
-    assert argv[1:3] == ["-m", "lf.engines.xllamacpp_server"]
+    assert argv[1:3] == ["-m", "lf.runtimes.engines.xllamacpp_server"]
     assert argv[argv.index("--threads") + 1] == str(len(os.sched_getaffinity(0)))  # all cores by default
     assert spec.port == 11634 and spec.host == "127.0.0.1"
 
@@ -57,17 +63,17 @@ def test_a_model_path_is_resolved_and_a_missing_one_explained(tmp_path):
         build_spec(default_entry(runtime), None, Overrides(model=str(tmp_path / "nope.gguf")), single=True)
 
 
-def test_binding_all_interfaces_warns(tmp_path, capsys):
+def test_binding_all_interfaces_warns(tmp_path):
     model = tmp_path / "x.gguf"
     model.write_bytes(b"GGUF")
     spec = build_spec(default_entry(get_runtime("llamacpp")), None, Overrides(model=str(model), host="0.0.0.0"), single=True)
     assert spec.host == "0.0.0.0"
-    assert "reachable from other machines" in capsys.readouterr().err
-    assert spec.base_url.startswith("http://127.0.0.1:")  # lf itself talks to it over loopback
+    assert "reachable from other machines" in " ".join(spec.warnings)  # the start says it (tests/test_security.py)
+    assert make_plan(spec, spec.port).base_url.startswith("http://127.0.0.1:")  # lf itself talks to it over loopback
 
 
 def test_health_rules_say_only_what_the_endpoint_tells():
-    from lf.health import interpret
+    from lf.daemon.health import interpret
 
     assert interpret("http-ok", 200, b"", 1.0).model_loaded is True  # llama.cpp: 200 only once loaded
     assert interpret("http-ok", 503, b"", 1.0).message == "loading model"

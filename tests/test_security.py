@@ -111,8 +111,8 @@ def test_loose_permissions_left_by_someone_else_are_tightened(state, free_port):
 
 
 PRIVATE_DATA_DIR = """
-from lf.models import models_dir
-from lf.paths import data_dir, ensure_private_dir
+from lf.models.catalog import models_dir
+from lf.dirs import data_dir, ensure_private_dir
 ensure_private_dir(models_dir())  # as `lf runtime install` and model builds create theirs
 print(data_dir())
 """
@@ -136,7 +136,7 @@ HOSTILE_NAMES = ["../escape", "../../escape", "a/b", "/etc/passwd", "..", ".hidd
 @pytest.mark.parametrize("name", HOSTILE_NAMES, ids=repr)
 def test_hostile_names_are_refused_by_the_state_store(name):
     from lf.errors import UnknownNameError
-    from lf.state import StateStore
+    from lf.daemon.records import StateStore
 
     store = StateStore()
     for path_of in (store.record_path, store.log_path, store.lock_path):

@@ -27,9 +27,11 @@ def zombie_children() -> list[int]:
 
 def test_200_start_stop_cycles_leave_nothing_behind(isolated, monkeypatch, free_port):
     use_fakes(monkeypatch)
-    from lf.registry import get_runtime
-    from lf.state import StateStore
-    from lf.supervisor import InstanceSpec, start, stop
+    from lf.core.actions import start_spec
+    from lf.daemon.records import StateStore
+    from lf.daemon.supervisor import stop
+    from lf.runtimes.launch import InstanceSpec
+    from lf.runtimes.registry import get_runtime
 
     state = isolated / "state"
     store = StateStore()
@@ -37,7 +39,7 @@ def test_200_start_stop_cycles_leave_nothing_behind(isolated, monkeypatch, free_
 
     def cycle() -> int:
         spec = InstanceSpec(name="fake", runtime=runtime, model="fake-model", model_path=None, host="127.0.0.1", port=free_port, port_auto=False)
-        result = start(spec, store, timeout=20)
+        result = start_spec(spec, store=store, timeout=20)
         assert not result.already_running and result.health is not None and result.health.healthy
         stopped = stop("fake", store, timeout=5)
         assert stopped.was_running and not stopped.escalated, stopped.note

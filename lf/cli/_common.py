@@ -10,7 +10,7 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from lf.env import AppEnvVars
+from lf.envvars import AppEnvVars
 from lf.errors import ExitStatus, LfError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (documented in the README).")]
@@ -21,74 +21,49 @@ ConfigOpt = Annotated[
 
 
 def complete_instances(incomplete: str) -> list[str]:
-    from lf.completion import instance_names
+    from lf.cli.completion import instance_names
 
     return [n for n in instance_names() if n.startswith(incomplete)]
 
 
 def complete_runtimes(incomplete: str) -> list[str]:
-    from lf.completion import runtime_and_instance_names
+    from lf.cli.completion import runtime_and_instance_names
 
     return [n for n in runtime_and_instance_names() if n.startswith(incomplete)]
 
 
 def complete_models(incomplete: str) -> list[str]:
-    from lf.completion import model_names
+    from lf.cli.completion import model_names
 
     return [n for n in model_names() if n.startswith(incomplete)]
 
 
-class CommandGroup:
-    """A command group whose Typer app is built on demand, holding only the commands asked for:
-    Typer converts every command it holds on each invocation, and scripts call `lf runtime status`
-    in loops."""
+def command(func: Callable) -> Callable:
+    """A command behind the one error boundary: LfError → `Error: …` + hint, and its exit code."""
 
-    def __init__(self, help: str):
-        self.help = help
-        self.commands: dict[str, tuple[Callable, dict]] = {}
-
-    def build(self, only: str | None = None) -> typer.Typer:
-        # rich_markup_mode=None: plain help and errors, without importing rich (~60 ms) for them
-        app = typer.Typer(help=self.help, no_args_is_help=True, rich_markup_mode=None)
-        self.add_to(app, only)
-        return app
-
-    def add_to(self, app: typer.Typer, only: str | None = None) -> None:
-        for name, (func, kwargs) in self.commands.items():
-            if only in (None, name):
-                app.command(name, **kwargs)(func)
-
-
-def command(group: CommandGroup, name: str, **kwargs) -> Callable:
-    """Add a command to `group` behind the one error boundary: LfError → `Error: …` + hint, its exit code."""
-
-    def decorate(func: Callable) -> Callable:
-        @functools.wraps(func)
-        def wrapper(*a, **kw):
-            try:
-                return func(*a, **kw)
-            except LfError as exc:
-                report_error(exc)
-                raise typer.Exit(int(exc.exit_status)) from None
-            except KeyboardInterrupt:
-                sys.stderr.write("\nInterrupted.\n")
-                raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
-            except BrokenPipeError:
-                _silence_broken_pipe()
-                raise typer.Exit(int(ExitStatus.ERROR)) from None
-            except typer.Exit:
+    @functools.wraps(func)
+    def wrapper(*a, **kw):
+        try:
+            return func(*a, **kw)
+        except LfError as exc:
+            report_error(exc)
+            raise typer.Exit(int(exc.exit_status)) from None
+        except KeyboardInterrupt:
+            sys.stderr.write("\nInterrupted.\n")
+            raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
+        except BrokenPipeError:
+            _silence_broken_pipe()
+            raise typer.Exit(int(ExitStatus.ERROR)) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            if os.environ.get(AppEnvVars.DEBUG):
                 raise
-            except Exception as exc:
-                if os.environ.get(AppEnvVars.DEBUG):
-                    raise
-                err(f"Error: unexpected {type(exc).__name__}: {exc}")
-                err("  (this is a bug in lf; run again with LF_DEBUG=1 for the traceback)")
-                raise typer.Exit(int(ExitStatus.ERROR)) from None
+            err(f"Error: unexpected {type(exc).__name__}: {exc}")
+            err("  (this is a bug in lf; run again with LF_DEBUG=1 for the traceback)")
+            raise typer.Exit(int(ExitStatus.ERROR)) from None
 
-        group.commands[name] = (wrapper, kwargs)
-        return wrapper
-
-    return decorate
+    return wrapper
 
 
 def _silence_broken_pipe() -> None:
@@ -146,6 +121,33 @@ class Spinner:
             sys.stderr.flush()
 
 
+class Progress:
+    """Renders the core's events: warnings as they come, a spinner while an instance starts."""
+
+    def __init__(self, starting: str = "starting {name} ({runtime}, {model})", announce: bool = False):
+        self.starting = starting
+        self.announce = announce  # also say "Starting …" on a line of its own (chat's auto-start)
+        self.spinner: Spinner | None = None
+
+    def __call__(self, event) -> None:
+        from lf.core.events import Notice, Starting, Waiting
+
+        if isinstance(event, Notice):
+            err(event.text)
+        elif isinstance(event, Starting):
+            if self.announce:
+                err(f"Starting {event.name} ({event.runtime}, {event.model})…")
+            self.done()
+            self.spinner = Spinner(self.starting.format(name=event.name, runtime=event.runtime, model=event.model))
+        elif isinstance(event, Waiting) and self.spinner is not None:
+            self.spinner(event.elapsed)
+
+    def done(self) -> None:
+        if self.spinner is not None:
+            self.spinner.done()
+            self.spinner = None
+
+
 def table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip()]
@@ -155,6 +157,6 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
 
 def load_project(config: str | None):
     """The project's llamafarm.yaml if one is found (or given), else None."""
-    from lf.config import load_optional
+    from lf.config.project import load_optional
 
     return load_optional(config)

@@ -7,12 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from lf.cli._common import CommandGroup, ConfigOpt, JsonOpt, Spinner, command, complete_models, err, print_json
-
-group = CommandGroup("Top-level commands.")
+from lf.cli._common import ConfigOpt, JsonOpt, Progress, command, complete_models, err, load_project, print_json
 
 
-@command(group, "chat")
+@command
 def chat(
     message: Annotated[Optional[str], typer.Argument(help="The message. Omitted: read stdin, or open an interactive chat on a terminal.", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="A model entry of llamafarm.yaml, or a model name/file.", autocompletion=complete_models)] = None,
@@ -26,8 +24,7 @@ def chat(
     json_out: JsonOpt = False,
 ) -> None:
     """Chat with a model. Streams the answer to stdout; starts the runtime first if it is not running."""
-    from lf.cli._common import load_project
-    from lf.instances import chat_target
+    from lf.core.actions import chat_endpoint
 
     if message is None and not sys.stdin.isatty():
         message = sys.stdin.read().strip()
@@ -35,13 +32,13 @@ def chat(
             from lf.errors import ExitStatus, LfError
 
             raise LfError("no message: stdin was empty", exit_status=ExitStatus.USAGE)
-    project = load_project(config)
-    target = chat_target(project, runtime, model)
-    # --model naming a model (not a configured entry) asks for that very model
-    requested = model if model is not None and target.entry.name != model else None
-    base_url, model_name = _endpoint(target, project, auto_start=not no_auto_start, requested_model=requested)
+    progress = Progress(starting="waiting for {name} to become healthy", announce=True)
+    try:
+        endpoint, entry = chat_endpoint(load_project(config), runtime, model, auto_start=not no_auto_start, on_event=progress)
+    finally:
+        progress.done()
 
-    payload: dict = {"model": model_name, **target.entry.model_api_parameters}
+    payload: dict = {"model": endpoint.model, **entry.model_api_parameters}
     if temperature is not None:
         payload["temperature"] = temperature
     if max_tokens is not None:
@@ -49,9 +46,9 @@ def chat(
     history: list[dict] = [{"role": "system", "content": system}] if system else []
 
     if message is not None:
-        _ask(base_url, payload, history, message, target.api_key, stream=not (no_stream or json_out), json_out=json_out)
+        _ask(endpoint, payload, history, message, stream=not (no_stream or json_out), json_out=json_out)
         return
-    err(f"Chatting with {model_name} at {base_url}. Ctrl-D or /exit to leave.")
+    err(f"Chatting with {endpoint.model} at {endpoint.base_url}. Ctrl-D or /exit to leave.")
     while True:
         try:
             line = input(">>> ")
@@ -61,11 +58,11 @@ def chat(
         if line.strip() in ("/exit", "/quit"):
             return
         if line.strip():
-            _ask(base_url, payload, history, line, target.api_key, stream=True, json_out=False)
+            _ask(endpoint, payload, history, line, stream=True, json_out=False)
 
 
-def _ask(base_url: str, payload: dict, history: list[dict], message: str, api_key, *, stream: bool, json_out: bool) -> None:
-    from lf.client import chat as send
+def _ask(endpoint, payload: dict, history: list[dict], message: str, *, stream: bool, json_out: bool) -> None:
+    from lf.core.client import chat as send
 
     history.append({"role": "user", "content": message})
     printed = False
@@ -77,7 +74,7 @@ def _ask(base_url: str, payload: dict, history: list[dict], message: str, api_ke
         sys.stdout.flush()
 
     try:
-        result = send(base_url, {**payload, "messages": history}, api_key=api_key, stream=stream, on_token=on_token)
+        result = send(endpoint.base_url, {**payload, "messages": history}, api_key=endpoint.api_key, stream=stream, on_token=on_token)
     finally:
         if printed:
             sys.stdout.write("\n")  # keep what was printed, and end its line, whatever happens next
@@ -87,37 +84,3 @@ def _ask(base_url: str, payload: dict, history: list[dict], message: str, api_ke
         print_json(result.as_response())
     elif not stream:
         print(result.text, flush=True)
-
-
-def _endpoint(target, project, auto_start: bool, requested_model: str | None = None) -> tuple[str, str]:
-    """(base_url, model name to request) for the target; starts a managed runtime when allowed."""
-    if not target.managed:
-        return target.base_url, target.entry.model
-    from lf.errors import ExitStatus, LfError
-    from lf.process import is_same_process
-    from lf.state import StateStore
-
-    store = StateStore()
-    name = target.entry.name
-    record = store.load_or_none(name)
-    if record is not None and is_same_process(record.pid, record.create_time):
-        if requested_model and target.runtime.one_model_per_process and requested_model not in (record.model, record.model_path):
-            raise LfError(
-                f"{name} is serving {record.model}, not {requested_model}",
-                hint=f"switch with: lf runtime stop {name} && lf runtime start {name} --model {requested_model}",
-            )
-        return record.base_url, record.model
-    if not auto_start:
-        state = "crashed" if record is not None else "not running"
-        raise LfError(f"{name} is {state}", hint=f"start it with: lf runtime start {name}", exit_status=ExitStatus.NOT_RUNNING)
-    from lf.instances import Overrides, build_spec
-    from lf.supervisor import start
-
-    spec = build_spec(target.entry, project, Overrides(model=requested_model), single=True)
-    err(f"Starting {name} ({spec.runtime.name}, {spec.model})…")
-    spinner = Spinner(f"waiting for {name} to become healthy")
-    try:
-        result = start(spec, store, on_wait=spinner)
-    finally:
-        spinner.done()
-    return result.record.base_url, result.record.model

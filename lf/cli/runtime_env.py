@@ -1,4 +1,4 @@
-"""`lf runtime install|uninstall NAME`: a runtime's own isolated environment (see lf.envs)."""
+"""`lf runtime install|uninstall NAME`: a runtime's own isolated environment (see lf.runtimes.envs)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,19 @@ from typing import Annotated
 import typer
 
 from lf.cli._common import JsonOpt, command, complete_runtimes, err, out, print_json
-from lf.cli.runtime import group
 
 NameArg = Annotated[str, typer.Argument(help="Runtime name (see lf runtime list).", autocompletion=complete_runtimes)]
 
 
-@command(group, "install")
+@command
 def install(
     name: NameArg,
     force: Annotated[bool, typer.Option("--force", help="Rebuild the environment even if it is installed.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Create the runtime's isolated environment from the requirements in its folder (pip output on stderr)."""
-    from lf.envs import install as install_env
-    from lf.registry import get_runtime
+    from lf.runtimes.envs import install as install_env
+    from lf.runtimes.registry import get_runtime
 
     runtime = get_runtime(name)
     if not (runtime.env_installed() and not force):
@@ -47,11 +46,11 @@ def install(
         err(f"Warning: {result.note}")
 
 
-@command(group, "uninstall")
+@command
 def uninstall(name: NameArg, json_out: JsonOpt = False) -> None:
     """Remove the runtime's isolated environment. Removing one that is not installed succeeds."""
-    from lf.envs import uninstall as uninstall_env
-    from lf.registry import get_runtime
+    from lf.runtimes.envs import uninstall as uninstall_env
+    from lf.runtimes.registry import get_runtime
 
     runtime = get_runtime(name)
     removed = uninstall_env(runtime)

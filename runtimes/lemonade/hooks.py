@@ -6,23 +6,23 @@
   (by name, or a local checkpoint folder/file with its recipe) and only then calls the instance healthy.
 - The llama.cpp backend follows the hardware unless the user chose one (as LlamaFarm's start script does).
 
-The supervisor calls build_argv, process_env and after_healthy; nothing here prints or imports typer.
+Its settings (backend, checkpoint, recipe, llamacpp_backend) are declared, and checked, in manifest.toml.
+lf calls `plan` (what to launch, as a frozen LaunchPlan) and `after_healthy` (load the model into the
+running server, from what `plan` handed it through the record); nothing here prints or imports typer.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from lf.errors import ConfigError, LfError, NotInstalledError, StartError
-from lf.models import existing_path
+from lf.models.catalog import existing_path
 
-BACKENDS = ("onnx", "llamacpp", "transformers")
-LLAMACPP_BACKENDS = ("cpu", "vulkan", "rocm", "metal")
 # the recipe Lemonade loads a checkpoint with, per backend, on a CPU-only machine
 DEFAULT_RECIPES = {"onnx": "oga-cpu", "llamacpp": "llamacpp", "transformers": "hf-cpu"}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -35,7 +35,7 @@ def generation(runtime, resolved) -> str:
         return resolved.engine.generation
     exe = Path(resolved.exe or "")
     if runtime.env_dir in exe.parents:  # lf's own env records what it installed
-        from lf.envs import installed_info
+        from lf.runtimes.envs import installed_info
 
         recorded = (installed_info(runtime) or {}).get("generation")
         if recorded:
@@ -90,13 +90,12 @@ class ModelPlan:
     checkpoint: str | None  # a local folder/file, or a checkpoint name Lemonade downloads
     model_name: str | None  # a name from Lemonade's own model list
     served_as: str  # the model name chat requests must use
+    llamacpp_backend: str | None = None  # cpu | vulkan | rocm | metal, for the llama.cpp backend
 
 
 def model_plan(spec, gen: str) -> ModelPlan:
     settings = spec.settings
     backend = settings.get("backend")
-    if backend is not None and backend not in BACKENDS:
-        raise ConfigError(f"lemonade backend {backend!r} is not one of {', '.join(BACKENDS)}", hint="set runtime.lemonade.backend or LEMONADE_BACKEND")
     checkpoint = settings.get("checkpoint")
     local: Path | None
     if checkpoint:
@@ -115,15 +114,16 @@ def model_plan(spec, gen: str) -> ModelPlan:
             hint="use backend onnx with an ONNX model (lf models build-onnx), or the llamacpp runtime for GGUF files",
         )
     recipe = str(settings.get("recipe") or DEFAULT_RECIPES[backend])
+    llamacpp = str(settings.get("llamacpp_backend") or detect_llamacpp_backend()) if backend == "llamacpp" else None
     if local is None and not checkpoint:
-        return ModelPlan(backend, recipe, None, spec.model, spec.model)
+        return ModelPlan(backend, recipe, None, spec.model, spec.model, llamacpp)
     target = str(local) if local else str(checkpoint)
     if gen == "v6":
         # v6 names a checkpoint-loaded model by its checkpoint, which must contain a '/'
-        return ModelPlan(backend, recipe, target, None, target)
+        return ModelPlan(backend, recipe, target, None, target, llamacpp)
     # v8+ load by name only: a local checkpoint is registered first as a user model
     stem = (local.stem if local and local.is_file() else Path(target).name) or "model"
-    return ModelPlan(backend, recipe, target, None, f"user.{stem}")
+    return ModelPlan(backend, recipe, target, None, f"user.{stem}", llamacpp)
 
 
 def _looks_like_path(value: str) -> bool:
@@ -135,7 +135,7 @@ def _local_model(spec) -> Path | None:
     """The model as a local folder/file (a path, a built model's name, a catalog name); None for a Lemonade name."""
     if spec.model_path:
         return Path(spec.model_path)
-    from lf.models import CATALOG, resolve_model_path
+    from lf.models.catalog import CATALOG, resolve_model_path
 
     try:
         return resolve_model_path(spec.model, spec.project_folder)
@@ -162,33 +162,45 @@ def _model_kind(path: Path) -> str | None:
     return None
 
 
-# -- hooks the supervisor calls --------------------------------------------------------------------
-def build_argv(spec, resolved, values) -> list[str]:
+# -- hooks lf calls ----------------------------------------------------------------------------------
+def plan(spec, resolved, port: int):
+    """What to launch: the generation's command and API base, and the model plan `after_healthy` loads."""
+    from lf.runtimes.launch import default_plan
+
     gen = generation(spec.runtime, resolved)
-    plan = model_plan(spec, gen)  # fail on a bad model before anything is launched
-    spec.hook_state["plan"] = plan  # after_healthy loads this plan: spec.model is the served name from here on
+    model = model_plan(spec, gen)  # fail on a bad model before anything is launched
     api = api_base(gen)
-    # the record (base URL, health URL) is written from the spec after this returns. v6's /health
-    # halts the answer being generated (it sets the server's stop event), so status and the start wait
-    # poll /models there; the model's load is checked once, before any answer, in after_healthy.
-    probe = (f"{api}/models", "loaded-by-lf") if gen == "v6" else (f"{api}/health", spec.runtime.health_ready)
-    spec.runtime = dataclasses.replace(spec.runtime, api_base=api, health_path=probe[0], health_ready=probe[1], models_path=f"{api}/models")
-    spec.model = plan.served_as
-    # from the spec, not `values`: values also carries the raw provider_config, which would undo a
-    # --port flag or LEMONADE_PORT
-    exe, port, host = _script_argv(values["exe"]), str(spec.port), spec.host
-    context_size = str(spec.context_size)
+    # v6's /health halts the answer being generated (it sets the server's stop event), so status and
+    # the start wait poll /models there; the model's load is checked once, before any answer, in
+    # after_healthy.
+    health_path, health_ready = (f"{api}/models", "loaded-by-lf") if gen == "v6" else (f"{api}/health", spec.runtime.health_ready)
+    return default_plan(
+        spec,
+        resolved,
+        port,
+        argv=tuple(_argv(spec, resolved, gen, model, port)),
+        api_base=api,
+        health_path=health_path,
+        health_ready=health_ready,
+        model=model.served_as,
+        env=MappingProxyType(process_env()),
+        after_start=MappingProxyType({"generation": gen, **asdict(model), "ctx_size": spec.context_size}),
+    )
+
+
+def _argv(spec, resolved, gen: str, model: ModelPlan, port: int) -> list[str]:
+    exe, port_text, host = _script_argv(resolved.exe or ""), str(port), spec.host
     if gen == "v6":
         if host not in LOOPBACK:
             raise LfError(f"Lemonade v6 serves on localhost only; it cannot bind {host}", hint="drop --host/LEMONADE_HOST, or install Lemonade v8 or newer")
         _refuse_second_v6_server()
-        return [*exe, "serve", "--port", port]
+        return [*exe, "serve", "--port", port_text]
     if gen == "v10":
         # lemond takes only --port/--host; the rest lives in its config.json (`lemonade config set`)
-        return [*exe, "--port", port, "--host", host]
-    argv = [*exe, "serve", "--port", port, "--host", host, "--ctx-size", context_size, "--no-tray"]
-    if plan.backend == "llamacpp":
-        argv += ["--llamacpp", llamacpp_backend(spec)]
+        return [*exe, "--port", port_text, "--host", host]
+    argv = [*exe, "serve", "--port", port_text, "--host", host, "--ctx-size", str(spec.context_size), "--no-tray"]
+    if model.backend == "llamacpp":
+        argv += ["--llamacpp", model.llamacpp_backend]
     return argv
 
 
@@ -204,16 +216,7 @@ def _script_argv(exe: str) -> list[str]:
     return [interpreter[0], exe]
 
 
-def llamacpp_backend(spec) -> str:
-    chosen = spec.settings.get("llamacpp_backend")
-    if chosen is None:
-        return detect_llamacpp_backend()
-    if chosen not in LLAMACPP_BACKENDS:
-        raise ConfigError(f"llamacpp_backend {chosen!r} is not one of {', '.join(LLAMACPP_BACKENDS)}")
-    return str(chosen)
-
-
-def process_env(spec) -> dict[str, str]:
+def process_env() -> dict[str, str]:
     return {
         "PYTHONUNBUFFERED": "1",  # the log shows progress as it happens
         "BROWSER": "true",  # never open a browser window from a daemon
@@ -222,35 +225,28 @@ def process_env(spec) -> dict[str, str]:
     }
 
 
-def after_healthy(spec, record, health, timeout):
+def after_healthy(record, health, timeout):
     """Load the model into the running server; healthy only once it reports the model loaded."""
-    from lf.health import Probe, probe_once
+    from lf.daemon.health import Probe, probe_once
 
-    resolved = spec.runtime.require_engine()
-    gen = generation(spec.runtime, resolved)
-    plan = _plan_for(spec, gen)
+    plan = record.after_start
     base = record.base_url.rstrip("/")
-    if gen == "v6":
-        body = {"checkpoint": plan.checkpoint, "recipe": plan.recipe} if plan.checkpoint else {"model_name": plan.model_name}
+    if plan.get("generation") == "v6":
+        body = {"checkpoint": plan["checkpoint"], "recipe": plan["recipe"]} if plan.get("checkpoint") else {"model_name": plan.get("model_name")}
         _post(record, f"{base}/load", body, timeout)
     else:
-        if plan.checkpoint:
-            _post(record, f"{base}/pull", {"model_name": plan.served_as, "checkpoint": plan.checkpoint, "recipe": plan.recipe}, timeout)
-        body: dict = {"model_name": plan.served_as}
-        if spec.context_size:
-            body["ctx_size"] = spec.context_size
-        if plan.backend == "llamacpp":
-            body["llamacpp_backend"] = llamacpp_backend(spec)
+        if plan.get("checkpoint"):
+            _post(record, f"{base}/pull", {"model_name": plan["served_as"], "checkpoint": plan["checkpoint"], "recipe": plan["recipe"]}, timeout)
+        body: dict = {"model_name": plan.get("served_as")}
+        if plan.get("ctx_size"):
+            body["ctx_size"] = plan["ctx_size"]
+        if plan.get("backend") == "llamacpp":
+            body["llamacpp_backend"] = plan.get("llamacpp_backend")
         _post(record, f"{base}/load", body, timeout)
     after = probe_once(Probe(f"{base}/health", "json:model_loaded"), timeout=5.0)
     if not after.model_loaded:
         raise StartError(f"Lemonade accepted the model but does not report it loaded ({after.message})", hint=_log_hint(record))
     return after
-
-
-def _plan_for(spec, gen: str) -> ModelPlan:
-    """The plan build_argv made when this call launched the server; worked out afresh for one already running."""
-    return spec.hook_state.get("plan") or model_plan(spec, gen)
 
 
 def _post(record, url: str, body: dict, timeout: float) -> None:
@@ -270,9 +266,9 @@ def _post(record, url: str, body: dict, timeout: float) -> None:
 
 
 def _log_hint(record) -> str:
-    from lf.supervisor import log_tail
+    from lf.files import read_tail
 
-    return f"last lines of {record.log_path}:\n{log_tail(record.log_path, 10)}"
+    return f"last lines of {record.log_path}:\n{read_tail(record.log_path, 10)}"
 
 
 def _refuse_second_v6_server() -> None:

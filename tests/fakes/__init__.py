@@ -22,7 +22,7 @@ TESTS_DIR = FAKES_DIR.parent
 
 
 def use_fakes(monkeypatch) -> None:
-    from lf.registry import all_runtimes
+    from lf.runtimes.registry import all_runtimes
 
     monkeypatch.setenv("LF_RUNTIMES_PATH", str(RUNTIMES_DIR))
     paths = [str(TESTS_DIR), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]

@@ -1,4 +1,4 @@
-"""Names of the environment variables `lf` itself reads (runtimes name theirs in their manifests)."""
+"""Names of the environment variables `lf` itself reads (runtimes declare theirs in their manifests)."""
 
 
 class AppEnvVars:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from lf.errors import LfError, NotInstalledError
-from lf.registry import Runtime
+from lf.runtimes.registry import Runtime
 
 MARKER = "lf-installed.json"
 
@@ -125,7 +125,8 @@ def _require_env_runtime(runtime: Runtime) -> list[InstallPlan]:
 @contextmanager
 def _env_lock(runtime: Runtime) -> Iterator[None]:
     """One install or uninstall of an env at a time, across processes (two test sessions, two shells)."""
-    from lf.paths import ensure_private_dir, exclusive_lock
+    from lf.dirs import ensure_private_dir
+    from lf.files import exclusive_lock
 
     root = ensure_private_dir(runtime.env_dir.parent)
     with exclusive_lock(root / f".{runtime.name}.lock"):
@@ -223,10 +224,9 @@ def require_env_python(runtime: Runtime) -> str:
 
 
 def _running_instances(runtime_name: str) -> list[str]:
-    from lf.process import is_same_process
-    from lf.state import StateStore
+    from lf.daemon.records import StateStore
 
-    return [r.name for r in StateStore().records() if r.runtime == runtime_name and is_same_process(r.pid, r.create_time)]
+    return [r.name for r in StateStore().records() if r.runtime == runtime_name and r.process_alive()]
 
 
 def run_to_log(argv: list[str], log: IO[str], **kwargs) -> int:
@@ -280,6 +280,6 @@ def _packages(python: str) -> dict[str, str]:
 
 
 def _write_marker(path: Path, info: dict) -> None:
-    from lf.state import atomic_write
+    from lf.files import atomic_write
 
     atomic_write(path, json.dumps(info, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Where runtime folders are, found without parsing any manifest.
 
-Kept apart from lf.registry so the cheap paths (status with a cached config, shell completion) can
+Kept apart from the registry so the cheap paths (status with a cached config, shell completion) can
 list runtimes without building the registry's classes.
 """
 
@@ -13,14 +13,15 @@ DEFAULT_RUNTIME = "llamacpp"  # the embedded default: works on a fresh machine w
 
 
 def runtimes_dir() -> Path:
+    """lf's own runtime folders: inside an installed wheel, else the source checkout's runtimes/."""
     here = Path(__file__).resolve().parent
-    packaged = here / "runtimes"  # inside an installed wheel
-    return packaged if packaged.is_dir() else here.parent / "runtimes"  # in a source checkout
+    packaged = here / "builtin"
+    return packaged if packaged.is_dir() else here.parent.parent / "runtimes"
 
 
 def runtimes_dirs() -> list[Path]:
     """Folders holding runtime folders: the user's ($LF_RUNTIMES_PATH, searched first), then lf's own."""
-    from lf.env import AppEnvVars
+    from lf.envvars import AppEnvVars
 
     extra = [Path(p).expanduser() for p in os.environ.get(AppEnvVars.RUNTIMES_PATH, "").split(os.pathsep) if p]
     return [*extra, runtimes_dir()]

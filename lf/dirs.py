@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from lf.env import AppEnvVars
+from lf.envvars import AppEnvVars
 from lf.errors import LfError
 
 
@@ -43,33 +41,3 @@ def ensure_private_dir(path: Path) -> Path:
             hint=f"check its permissions, or point {AppEnvVars.STATE_DIR}/{AppEnvVars.DATA_DIR} elsewhere",
         ) from exc
     return path
-
-
-class LockBusy(Exception):
-    """The lock was still held by someone else when the timeout ran out."""
-
-
-@contextmanager
-def exclusive_lock(path: Path, timeout: float | None = None) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (created 0600): blocking, or LockBusy after `timeout` s.
-    The kernel drops the lock when the holder exits, however it exits: no stale lock files."""
-    import fcntl
-    import time
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if timeout is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        else:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LockBusy(str(path)) from None
-                    time.sleep(0.02)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock

@@ -38,6 +38,23 @@ class Probe:
     api_key: str | None = None
 
 
+def local_url(host: str, port: int, path: str = "") -> str:
+    """The URL lf uses to reach a server bound to host:port: a wildcard bind is reached over loopback."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "[::1]"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}{path}"
+
+
+def origin(url: str) -> str:
+    """scheme://host:port of a URL."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def http_get(url: str, timeout: float, api_key: str | None = None) -> tuple[int, bytes]:
     """GET `url`, returning (status, body). Raises OSError (incl. socket.timeout) on failure."""
     parts = urlsplit(url)

@@ -7,15 +7,34 @@ an optional hooks.py in the folder (for example Lemonade's load-the-model-after-
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from types import ModuleType
+from types import MappingProxyType, ModuleType
+from typing import Mapping
 
 from lf.errors import LfError, NotInstalledError, UnknownNameError
-from lf.runtime_folders import runtime_folders as _runtime_folders
-from lf.runtime_folders import DEFAULT_RUNTIME, runtime_names, runtimes_dir, runtimes_dirs  # noqa: F401  (the registry's API)
+from lf.runtimes.folders import DEFAULT_RUNTIME, runtime_folders, runtime_names  # noqa: F401  (the registry's API)
+from lf.runtimes.settings import Setting, from_manifest
+
+MANIFEST_KEYS = (
+    "name", "description", "managed", "default_port", "api_base", "models_path", "default_model", "model_format",
+    "model_env", "one_model_per_process", "start_timeout", "install_requirements", "health", "settings", "engines", "install",
+    "builders",
+)
+# placeholders every engine's argv may use besides the runtime's settings
+ARGV_VALUES = ("exe", "python", "model", "model_path", "host", "port")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class OptionalArgs:
+    """Arguments added to an engine's command line only when a setting is set (true, for a boolean)."""
+
+    when: str
+    args: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -23,7 +42,7 @@ class Engine:
     """One way of running a runtime's server: an executable, or a Python module."""
 
     name: str
-    argv: tuple[str, ...]
+    argv: tuple = ()  # strings with {placeholders}, and OptionalArgs
     executable: str | None = None  # found on PATH or in the runtime's own env
     python_module: str | None = None  # importable by lf's own interpreter
     env_module: str | None = None  # importable in the runtime's isolated env (lf runtime install)
@@ -54,16 +73,24 @@ class Runtime:
     model_format: str | None
     one_model_per_process: bool
     start_timeout: float
-    env: dict[str, str] = field(default_factory=dict)
-    defaults: dict[str, object] = field(default_factory=dict)
+    model_env: str | None = None  # the environment variable that names the model
+    settings: Mapping[str, Setting] = field(default_factory=lambda: MappingProxyType({}))
     engines: tuple[Engine, ...] = ()
-    config_keys: tuple[str, ...] = ()  # provider_config keys this runtime understands
     install_requirements: str | None = None  # file in the folder: lf runtime install builds an env from it
-    install_plans: tuple[dict, ...] = ()  # [[install]] tables: alternative ways to build that env (lf.envs)
+    install_plans: tuple[dict, ...] = ()  # [[install]] tables: alternative ways to build that env (lf.runtimes.envs)
+    builders: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # model kind → script run in its env
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Setting (and `model`) → the environment variable that sets it."""
+        names = {name: s.env for name, s in self.settings.items() if s.env}
+        if self.model_env:
+            names["model"] = self.model_env
+        return names
 
     @property
     def env_dir(self) -> Path:
-        from lf.paths import data_dir
+        from lf.dirs import data_dir
 
         return data_dir() / "envs" / self.name
 
@@ -108,19 +135,50 @@ class Runtime:
             raise NotInstalledError(f"no engine for runtime {self.name!r} is installed on this machine", hint=self.install_hint())
         return found
 
-    def install_hint(self) -> str:
+    @property
+    def install_command(self) -> str | None:
+        """The command that installs a missing engine, when there is one to give."""
         if self.needs_env:
-            return f"install it with: lf runtime install {self.name}"
+            return f"lf runtime install {self.name}"
         hints = [e.install for e in self.engines if e.install]
-        if hints:
-            return "install it with: " + " or ".join(hints)
-        return f"see {self.folder / 'README.md'}"
+        return " or ".join(hints) if hints else None
+
+    def install_hint(self) -> str:
+        command = self.install_command
+        return f"install it with: {command}" if command else f"see {self.folder / 'README.md'}"
+
+    def external_base_url(self, base_url: str | None = None) -> str:
+        """The OpenAI API base of an endpoint lf does not run: `base_url` as configured (a bare origin,
+        as LlamaFarm writes Ollama's http://localhost:11434, gets the runtime's API path), else where
+        the runtime's own env vars (e.g. OLLAMA_HOST) or default port say it is."""
+        from urllib.parse import urlsplit
+
+        if base_url:
+            base_url = base_url.rstrip("/")
+            if urlsplit(base_url).path in ("", "/"):
+                base_url += self.api_base
+            return base_url
+        host = _env_text(self.settings.get("host"))
+        port = _env_text(self.settings.get("port"))
+        if host:
+            if "://" not in host:
+                host = "http://" + host
+            if host.count(":") < 2:  # no port given
+                host = f"{host}:{port or self.default_port}"
+            return host.rstrip("/") + self.api_base
+        if port.isdigit():
+            return f"http://127.0.0.1:{port}{self.api_base}"
+        return f"http://127.0.0.1:{self.default_port}{self.api_base}"
 
     def hooks(self) -> ModuleType | None:
         path = self.folder / "hooks.py"
         if not path.is_file():
             return None
         return _load_hooks(self.name, str(path))
+
+
+def _env_text(setting: Setting | None) -> str:
+    return os.environ.get(setting.env, "") if setting is not None and setting.env else ""
 
 
 @lru_cache(maxsize=None)
@@ -146,19 +204,15 @@ def _parse(folder: Path) -> Runtime:
         raise LfError(f"{path}: cannot be read: {exc}") from None
     if m.get("name") != folder.name:
         raise LfError(f"{path}: name {m.get('name')!r} differs from its folder name {folder.name!r}")
+    unknown = [k for k in m if k not in MANIFEST_KEYS]
+    if unknown:
+        from lf.suggest import did_you_mean
+
+        hint = did_you_mean(unknown[0], MANIFEST_KEYS)
+        raise LfError(f"{path}: unknown key {unknown[0]!r}" + (f" ({hint})" if hint else ""), hint=f"allowed: {', '.join(MANIFEST_KEYS)}")
+    settings = {name: from_manifest(name, table, str(path)) for name, table in m.get("settings", {}).items()}
+    engines = tuple(_engine(e, settings, path) for e in m.get("engines", ()))
     health = m.get("health", {})
-    engines = tuple(
-        Engine(
-            name=e["name"],
-            argv=tuple(e.get("argv", ())),
-            executable=e.get("executable"),
-            python_module=e.get("python_module"),
-            env_module=e.get("env_module"),
-            install=e.get("install"),
-            generation=e.get("generation"),
-        )
-        for e in m.get("engines", ())
-    )
     return Runtime(
         name=m["name"],
         description=m.get("description", ""),
@@ -171,25 +225,58 @@ def _parse(folder: Path) -> Runtime:
         models_path=m.get("models_path"),
         default_model=m.get("default_model"),
         model_format=m.get("model_format"),
+        model_env=m.get("model_env"),
         one_model_per_process=m.get("one_model_per_process", True),
         start_timeout=float(m.get("start_timeout", 60)),
-        env=dict(m.get("env", {})),
-        defaults=dict(m.get("defaults", {})),
+        settings=MappingProxyType(settings),
         engines=engines,
-        config_keys=tuple(m.get("config_keys", ())),
         install_requirements=m.get("install_requirements"),
         install_plans=tuple(m.get("install", ())),
+        builders=MappingProxyType(dict(m.get("builders", {}))),
     )
+
+
+def _engine(table: dict, settings: dict[str, Setting], path: Path) -> Engine:
+    argv = []
+    for part in table.get("argv", ()):
+        if isinstance(part, dict):
+            when, args = part.get("when"), part.get("args")
+            if when not in settings or not isinstance(args, list) or set(part) != {"when", "args"}:
+                raise LfError(f"{path}: engine {table.get('name')!r}: an optional argument group is {{when = \"<a declared setting>\", args = [...]}}, not {part}")
+            argv.append(OptionalArgs(when, tuple(args)))
+            _check_placeholders(args, settings, path, table)
+        else:
+            argv.append(part)
+            _check_placeholders([part], settings, path, table)
+    return Engine(
+        name=table["name"],
+        argv=tuple(argv),
+        executable=table.get("executable"),
+        python_module=table.get("python_module"),
+        env_module=table.get("env_module"),
+        install=table.get("install"),
+        generation=table.get("generation"),
+    )
+
+
+def _check_placeholders(parts: list, settings: dict, path: Path, table: dict) -> None:
+    for part in parts:
+        for name in _PLACEHOLDER.findall(str(part)):
+            if name not in ARGV_VALUES and name not in settings:
+                raise LfError(
+                    f"{path}: engine {table.get('name')!r} uses {{{name}}}, which is neither a declared setting nor one of {', '.join(ARGV_VALUES)}",
+                    hint=f"declare it: [settings.{name}]",
+                )
 
 
 @lru_cache(maxsize=1)
 def all_runtimes() -> dict[str, Runtime]:
-    return {folder.name: _parse_cached(folder) for folder in _runtime_folders()}
+    return {folder.name: _parse_cached(folder) for folder in runtime_folders()}
 
 
 def get_runtime(name: str) -> Runtime:
     """One runtime, parsing only its own manifest."""
-    for folder in _runtime_folders():
+    for folder in runtime_folders():
         if folder.name == name:
             return _parse_cached(folder)
     from lf.suggest import did_you_mean
@@ -204,4 +291,3 @@ def get_runtime(name: str) -> Runtime:
 @lru_cache(maxsize=None)
 def _parse_cached(folder: Path) -> Runtime:
     return _parse(folder)
-

@@ -51,7 +51,7 @@ CATALOG: dict[str, PackagedModel] = {
 
 
 def models_dir() -> Path:
-    from lf.paths import data_dir
+    from lf.dirs import data_dir
 
     return data_dir() / "models"
 

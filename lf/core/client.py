@@ -1,4 +1,4 @@
-"""An OpenAI-compatible chat client: streamed (SSE) or one-shot, through httpx."""
+"""An OpenAI-compatible chat client: streamed (SSE, read with httpx-sse) or one-shot, through httpx."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ def chat(
     on_token: Callable[[str], None] | None = None,
 ) -> ChatResult:
     import httpx
+    from httpx_sse import EventSource, SSEError
 
     url = base_url.rstrip("/") + "/chat/completions"
     payload = {**payload, "stream": stream}
@@ -60,47 +61,41 @@ def chat(
             if not stream:
                 response = client.post(url, json=payload)
                 _raise_for_status(response, url)
-                data = response.json()
-                result.response = data
-                choice = (data.get("choices") or [{}])[0]
-                result.text = (choice.get("message") or {}).get("content") or ""
-                result.finish_reason = choice.get("finish_reason")
+                _one_answer(result, response, url)
                 return result
             with client.stream("POST", url, json=payload) as response:
                 if response.status_code >= 400:
                     response.read()
                     _raise_for_status(response, url)
+                if "text/event-stream" not in response.headers.get("content-type", ""):
+                    # a server that ignores `stream` answers in one piece: take it as such
+                    response.read()
+                    _one_answer(result, response, url)
+                    if result.text and on_token:
+                        on_token(result.text)
+                    return result
                 done = False
-                for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
+                for sse in EventSource(response).iter_sse():
+                    if sse.data == "[DONE]":
                         done = True
                         break
+                    if not sse.data:
+                        continue
                     try:
-                        event = json.loads(data)
+                        event = json.loads(sse.data)
                     except ValueError:
                         continue
-                    if "error" in event:
-                        raise RequestError(f"the runtime reported an error: {_error_text(event['error'])}")
-                    result.id = event.get("id", result.id)
-                    result.model = event.get("model", result.model)
-                    result.usage = event.get("usage") or result.usage
-                    for choice in event.get("choices") or []:
-                        token = (choice.get("delta") or {}).get("content")
-                        if token:
-                            result.text += token
-                            if on_token:
-                                on_token(token)
-                        if choice.get("finish_reason"):
-                            result.finish_reason = choice["finish_reason"]
+                    if sse.event == "error" or "error" in event:
+                        raise RequestError(f"the runtime reported an error: {_error_text(event.get('error', event))}")
+                    _add_event(result, event, on_token)
                 if not done and result.finish_reason is None:
                     raise RequestError("the runtime closed the stream before the answer was complete")
     except RequestError as exc:
         if api_key and api_key in exc.message:  # servers quote a rejected key back: never show it
             raise RequestError(exc.message.replace(api_key, "***"), hint=exc.hint) from None
         raise
+    except SSEError as exc:
+        raise RequestError(f"the runtime did not answer with an event stream ({exc})") from None
     except httpx.ConnectError as exc:
         raise RequestError(f"cannot connect to {base_url}: {exc}", hint="is the runtime running? lf runtime status") from None
     except httpx.TimeoutException:
@@ -108,6 +103,36 @@ def chat(
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
         raise RequestError(f"the connection to the runtime broke mid-answer ({exc})", hint="the runtime may have died: lf runtime status") from None
     return result
+
+
+def _one_answer(result: ChatResult, response, url: str) -> None:
+    try:
+        data = response.json()
+    except ValueError:
+        raise RequestError(f"{url} answered with something that is not a chat completion (content type {response.headers.get('content-type') or 'none'})") from None
+    if not isinstance(data, dict):
+        raise RequestError(f"{url} answered with something that is not a chat completion")
+    result.response = data
+    choices = data.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    content = message.get("content")
+    result.text = content if isinstance(content, str) else ""
+    result.finish_reason = choice.get("finish_reason")
+
+
+def _add_event(result: ChatResult, event: dict, on_token: Callable[[str], None] | None) -> None:
+    result.id = event.get("id", result.id)
+    result.model = event.get("model", result.model)
+    result.usage = event.get("usage") or result.usage
+    for choice in event.get("choices") or []:
+        token = (choice.get("delta") or {}).get("content")
+        if token:
+            result.text += token
+            if on_token:
+                on_token(token)
+        if choice.get("finish_reason"):
+            result.finish_reason = choice["finish_reason"]
 
 
 def _error_text(error) -> str:

@@ -3,7 +3,7 @@
 - single shape: runtime: {provider, model, base_url?, api_key?, model_api_parameters?, <provider>: {...}}
 - list shape:   runtime: {default_model?, models: [{name, provider, model, ..., provider_config?}]}
 
-Both become a Project with a list of ModelEntry. Validation (lf.config_schema) reports the file, line,
+Both become a Project with a list of ModelEntry. Validation (lf.config.schema) reports the file, line,
 column and dotted field path of every problem.
 """
 
@@ -14,11 +14,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lf.env import AppEnvVars
+from lf.envvars import AppEnvVars
 from lf.errors import ConfigError, UnknownNameError
 
 CONFIG_NAMES = ("llamafarm.yaml", "llamafarm.yml")
-MAX_CONFIG_BYTES = 1024 * 1024
 # ${VAR}, ${VAR:-default}, and LlamaFarm's ${env:VAR}
 _ENV_REF = re.compile(r"^\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$")
 
@@ -79,6 +78,10 @@ def expand_env_ref(value: str | None) -> str | None:
     return os.environ.get(match.group(1), match.group(2))
 
 
+def is_env_ref(value: str) -> bool:
+    return _ENV_REF.match(value.strip()) is not None
+
+
 def find_config(explicit: str | os.PathLike | None = None, start: Path | None = None) -> Path | None:
     """-c/--config, then LF_CONFIG, then llamafarm.yaml/.yml in the current dir or its nearest parent."""
     chosen = explicit or os.environ.get(AppEnvVars.CONFIG)
@@ -109,7 +112,8 @@ def load_project(path: Path) -> Project:
     cached = _cache_read(path, key)
     if cached is not None:
         return cached
-    from lf.config_schema import validate_document
+    from lf.config.schema import validate_document
+    from lf.config.yamlfile import read_yaml
 
     document, root = read_yaml(path)
     validate_document(path, document, root)
@@ -121,7 +125,7 @@ def load_project(path: Path) -> Project:
 def _cache_file(path: Path) -> Path:
     import zlib
 
-    from lf.paths import state_dir
+    from lf.dirs import state_dir
 
     resolved = str(path.resolve())
     return state_dir() / "cache" / f"config-{zlib.crc32(resolved.encode()):08x}.json"
@@ -129,7 +133,7 @@ def _cache_file(path: Path) -> Path:
 
 def _cache_key(path: Path) -> list | None:
     from lf import __version__
-    from lf.runtime_folders import fingerprint
+    from lf.runtimes.folders import fingerprint
 
     try:
         st = path.stat()
@@ -164,11 +168,11 @@ def _cache_write(path: Path, key: list | None, project: Project) -> None:
     import json
     from dataclasses import asdict
 
-    if key is None or any(m.api_key and not _ENV_REF.match(m.api_key.strip()) for m in project.models):
+    if key is None or any(m.api_key and not is_env_ref(m.api_key) for m in project.models):
         return  # a key written into the file itself is not copied anywhere else
     try:
-        from lf.paths import ensure_private_dir
-        from lf.state import atomic_write
+        from lf.dirs import ensure_private_dir
+        from lf.files import atomic_write
 
         target = _cache_file(path)
         ensure_private_dir(target.parent)
@@ -179,31 +183,8 @@ def _cache_write(path: Path, key: list | None, project: Project) -> None:
         pass
 
 
-def read_yaml(path: Path):
-    """(data, root node) of a YAML file; every failure becomes a ConfigError naming the file."""
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory, not a llamafarm.yaml file")
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}", hint="check the file's permissions") from exc
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a llamafarm.yaml")
-    if b"\x00" in raw:
-        raise ConfigError(f"{path}: is a binary file, not YAML")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not valid UTF-8 text (byte {exc.start})", hint="save the file as UTF-8") from None
-    from lf.config_schema import parse_yaml
-
-    return parse_yaml(path, text)
-
-
 def normalise(path: Path, data: dict, root=None) -> Project:
-    from lf.config_schema import line_of
+    from lf.config.yamlfile import line_of
 
     runtime = data.get("runtime") or {}
     models: list[ModelEntry] = []
@@ -242,7 +223,7 @@ def normalise(path: Path, data: dict, root=None) -> Project:
             )
         )
         default = provider
-    from lf.registry import get_runtime
+    from lf.runtimes.registry import get_runtime
 
     for entry in models:
         entry.managed = get_runtime(entry.provider).managed and not entry.base_url
@@ -259,3 +240,33 @@ def normalise(path: Path, data: dict, root=None) -> Project:
 def load_optional(explicit: str | None = None) -> Project | None:
     path = find_config(explicit)
     return load_project(path) if path else None
+
+
+STARTER = """\
+# llamafarm.yaml: the runtime and models this project uses (schema: lf's schema.yaml).
+version: v1
+name: {name}
+namespace: default
+
+runtime:
+  default_model: default
+  models:
+    - name: default
+      description: SmolLM2-135M on the embedded llama.cpp runtime
+      provider: llamacpp
+      model: smollm2-135m
+      provider_config:
+        port: 11634
+"""
+
+
+def write_starter(path: Path, force: bool = False) -> Path:
+    """Write a starter llamafarm.yaml (the embedded default runtime and model), named after its folder."""
+    from lf.errors import LfError
+
+    if path.exists() and not force:
+        raise LfError(f"{path} already exists", hint="use --force to overwrite it")
+    name = Path.cwd().name if path.parent == Path(".") else path.resolve().parent.name
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-") or "project"
+    path.write_text(STARTER.format(name=safe), encoding="utf-8")
+    return path

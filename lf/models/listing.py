@@ -6,10 +6,9 @@ import json
 
 
 def collect_models(project, probe_timeout: float) -> dict:
-    from lf.health import http_get
-    from lf.models import CATALOG, local_model_files
-    from lf.process import is_same_process
-    from lf.state import StateStore
+    from lf.daemon.health import http_get
+    from lf.daemon.records import StateStore
+    from lf.models.catalog import CATALOG, local_model_files
 
     configured = [
         {"name": e.name, "provider": e.provider, "model": e.model, "default": project.default_model == e.name}
@@ -18,7 +17,7 @@ def collect_models(project, probe_timeout: float) -> dict:
     served, errors = [], []
     for record in StateStore().records():
         name = record.name
-        if not is_same_process(record.pid, record.create_time):
+        if not record.process_alive():
             continue
         try:
             status, body = http_get(record.base_url.rstrip("/") + "/models", probe_timeout)

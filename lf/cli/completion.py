@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def instance_names() -> list[str]:
-    from lf.state import StateStore
+    from lf.daemon.records import StateStore
 
     names = set(StateStore().names())
     names.update(_configured_names())
@@ -12,20 +12,20 @@ def instance_names() -> list[str]:
 
 
 def runtime_and_instance_names() -> list[str]:
-    from lf.runtime_folders import runtime_names
+    from lf.runtimes.folders import runtime_names
 
     return sorted(set(runtime_names()) | set(instance_names()))
 
 
 def model_names() -> list[str]:
-    from lf.models import CATALOG
+    from lf.models.catalog import CATALOG
 
     return sorted(set(_configured_names()) | set(CATALOG))
 
 
 def _configured_names() -> list[str]:
     try:
-        from lf.config import load_optional
+        from lf.config.project import load_optional
 
         project = load_optional()
     except Exception:  # a broken config must not break the user's shell

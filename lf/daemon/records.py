@@ -7,14 +7,15 @@ import math
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
+from lf.dirs import ensure_private_dir, state_dir
 from lf.errors import LfError, UnknownNameError
-from lf.paths import LockBusy, ensure_private_dir, exclusive_lock, state_dir
+from lf.files import LockBusy, atomic_write, exclusive_lock
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: typed fields for what version 1 kept in `extra`
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -32,47 +33,72 @@ def validate_name(name: str, what: str = "instance") -> str:
     return name
 
 
-@dataclass
+@dataclass(frozen=True)
 class RuntimeRecord:
+    """What lf knows about an instance it started: written once at launch, never edited."""
+
     name: str  # instance name (the runtime's name, or a model entry's name)
     runtime: str
     pid: int
-    create_time: float  # the process's start time as psutil reports it: guards against pid reuse
+    create_time: float  # the process's start time: guards against pid reuse
     host: str
     port: int
     base_url: str  # OpenAI-compatible base, e.g. http://127.0.0.1:11634/v1
-    model: str
+    model: str  # the name requests use
     command: list[str]
     log_path: str
     started_at: float
     model_path: str | None = None
     engine: str | None = None
     health_url: str | None = None
+    health_ready: str = "http-ok"  # how to read the health endpoint (lf.daemon.health.interpret)
+    start_timeout: float = 60.0  # until then an instance that is not ready yet is still starting
+    overrides: dict = field(default_factory=dict)  # command-line settings, so `restart` reapplies them
+    after_start: dict = field(default_factory=dict)  # what the runtime's after-start step needs (its own data)
+    owner: str = "cli"  # who started it: "cli" (lf runtime start, lf chat) or "gateway" (lf serve, on demand)
     version: int = RECORD_VERSION
-    extra: dict = field(default_factory=dict)
+
+    def process_alive(self) -> bool:
+        """Is the recorded process alive, and the very one lf started (not a reused pid)?"""
+        from lf.daemon.process import is_same_process
+
+        return is_same_process(self.pid, self.create_time)
 
     def health_probe(self):
         """The probe of this instance's health endpoint, as its runtime declared it; None if it has none."""
         if not self.health_url:
             return None
-        from lf.health import Probe
+        from lf.daemon.health import Probe
 
-        return Probe(self.health_url, self.extra.get("health_ready", "http-ok"))
+        return Probe(self.health_url, self.health_ready)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict) -> "RuntimeRecord":
-        """A record read back from disk. ValueError/TypeError unless every field has the type lf relies on."""
-        known = {f for f in cls.__dataclass_fields__}
+        """A record read back from disk (this version or version 1). ValueError/TypeError unless every
+        field has the type lf relies on."""
+        data = dict(data)
+        if data.get("version", 1) == 1:
+            extra = data.pop("extra", {})
+            if not isinstance(extra, dict):
+                raise ValueError("extra is not an object")
+            for key in ("health_ready", "start_timeout", "overrides"):
+                if key in extra:
+                    data[key] = extra[key]
+            data["version"] = RECORD_VERSION
+        known = {f.name for f in fields(cls)}
         record = cls(**{k: v for k, v in data.items() if k in known})
         if not _is_int(record.pid, 2, 2**31 - 1):
             raise ValueError("pid is not a valid process id")
         if not _is_int(record.port, 0, 65535):
             raise ValueError("port is not a valid port number")
-        for name in ("create_time", "started_at"):
+        for name in ("create_time", "started_at", "start_timeout"):
             value = getattr(record, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
-                raise ValueError(f"{name} is not a time")
-        for name in ("name", "runtime", "host", "base_url", "model", "log_path"):
+                raise ValueError(f"{name} is not a number of seconds")
+        for name in ("name", "runtime", "host", "base_url", "model", "log_path", "health_ready", "owner"):
             if not isinstance(getattr(record, name), str):
                 raise ValueError(f"{name} is not text")
         for name in ("model_path", "engine", "health_url"):
@@ -80,8 +106,9 @@ class RuntimeRecord:
                 raise ValueError(f"{name} is not text")
         if not (isinstance(record.command, list) and all(isinstance(part, str) for part in record.command)):
             raise ValueError("command is not a list of arguments")
-        if not isinstance(record.extra, dict):
-            raise ValueError("extra is not an object")
+        for name in ("overrides", "after_start"):
+            if not isinstance(getattr(record, name), dict):
+                raise ValueError(f"{name} is not an object")
         return record
 
 
@@ -148,7 +175,7 @@ class StateStore:
 
     def save(self, record: RuntimeRecord) -> None:
         self.ensure()
-        atomic_write(self.record_path(record.name), json.dumps(asdict(record), indent=2) + "\n")
+        atomic_write(self.record_path(record.name), record.to_json())
 
     def load_or_none(self, name: str) -> RuntimeRecord | None:
         """The record, or None when there is none or it cannot be read (status reports those)."""
@@ -170,36 +197,11 @@ class StateStore:
 
     @contextmanager
     def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:
-        """An exclusive per-instance lock, so concurrent starts and stops serialize."""
+        """An exclusive per-instance lock, so concurrent starts and stops serialize (across processes
+        and across threads of one process)."""
         self.ensure()
         try:
             with exclusive_lock(self.lock_path(name), timeout):
                 yield
         except LockBusy:
             raise LfError(f"another lf command is busy with {name!r}", hint="try again in a moment") from None
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` via a private temp file + fsync + rename: readers never see half a file."""
-    import tempfile  # deferred: the status path only reads
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        if isinstance(exc, OSError):
-            raise LfError(
-                f"could not write {path}: {exc.strerror or exc}",
-                hint="check free disk space and the permissions of the state dir",
-            ) from exc
-        raise

@@ -2,8 +2,8 @@
 
 No ONNX LLM ships on the package index, and no model hub may be reachable, so lf builds one from the GGUF it
 already has: transformers reads the GGUF, onnxruntime-genai's model builder writes the ONNX model. Both run in
-Lemonade's env (runtimes/lemonade/build_onnx.py) so the model is built by the onnxruntime-genai that will load
-it. The result is a folder in lf's models dir; `model: <name>` in llamafarm.yaml finds it there.
+the env of the runtime whose manifest declares an ONNX builder (Lemonade's, runtimes/lemonade/build_onnx.py), so
+the model is built by the onnxruntime-genai that will load it. The result is a folder in lf's models dir; `model: <name>` in llamafarm.yaml finds it there.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from lf.errors import LfError
 
 BUILD_INFO = "lf-build.json"
 DEFAULT_SOURCE = "smollm2-135m"
-BUILDER_RUNTIME = "lemonade"
 # onnxruntime-genai 0.6.0 (Lemonade v6) rejects the Llama tokenizer class transformers writes; the SmolLM2
 # vocabulary is byte-level BPE, which it reads as GPT2Tokenizer from tokenizer.json
 TOKENIZER_CLASS = "GPT2Tokenizer"
@@ -65,16 +64,16 @@ def build_onnx(
     log: IO[str] | None = None,
 ) -> BuildResult:
     """Build (or find already built) the ONNX model `name` from the GGUF `source`. Output goes to `log`."""
-    from lf.envs import installed_info, require_env_python
-    from lf.models import models_dir, resolve_model_path
-    from lf.paths import ensure_private_dir, exclusive_lock
-    from lf.registry import get_runtime
+    from lf.dirs import ensure_private_dir
+    from lf.files import exclusive_lock
+    from lf.models.catalog import models_dir, resolve_model_path
+    from lf.runtimes.envs import installed_info, require_env_python
 
     log = log or sys.stderr
     name = name or default_name(source, tiny)
     if not name or "/" in name or name.startswith("."):
         raise LfError(f"{name!r} is not a usable model name", hint="a plain folder name, e.g. smollm2-135m-onnx")
-    runtime = get_runtime(BUILDER_RUNTIME)
+    runtime, builder = builder_runtime("onnx")
     root = ensure_private_dir(models_dir())
     dest = root / name
     with exclusive_lock(root / f".{name}.lock"):  # one build of a model at a time
@@ -88,7 +87,7 @@ def build_onnx(
         work = Path(tempfile.mkdtemp(prefix=f".{name}.build-", dir=root))
         try:
             out = work / "out"
-            argv = [python, str(runtime.folder / "build_onnx.py"), "--gguf", str(gguf), "--out", str(out), "--work", str(work), "--precision", precision]
+            argv = [python, str(runtime.folder / builder), "--gguf", str(gguf), "--out", str(out), "--work", str(work), "--precision", precision]
             if tiny:
                 argv.append("--tiny")
             _run(argv, work, log)
@@ -117,6 +116,16 @@ def build_onnx(
     return BuildResult(name, dest, False, info)
 
 
+def builder_runtime(kind: str):
+    """The runtime whose manifest declares a builder for `kind` models, and the builder's file."""
+    from lf.runtimes.registry import all_runtimes
+
+    for runtime in all_runtimes().values():
+        if kind in runtime.builders:
+            return runtime, runtime.builders[kind]
+    raise BuildError(f"no runtime declares a builder for {kind} models", hint="a runtime's manifest names one with: builders = {{ {kind} = \"script.py\" }}")
+
+
 def fix_tokenizer_config(folder: Path) -> None:
     path = folder / "tokenizer_config.json"
     try:
@@ -135,7 +144,7 @@ def _run(argv: list[str], work: Path, log: IO[str]) -> None:
         "HF_HOME": str(work / "hf-home"),  # nothing lands in the user's Hugging Face cache
         "PYTHONUNBUFFERED": "1",
     }
-    from lf.envs import run_to_log
+    from lf.runtimes.envs import run_to_log
 
     try:
         code = run_to_log(argv, log, env=env, cwd=str(work))

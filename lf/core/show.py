@@ -3,40 +3,39 @@
 from __future__ import annotations
 
 REDACTED = "***"
+SHOWN_APART = ("port", "host", "context_size")  # shown as fields of their own, not among `settings`
 
 
 def resolved_config(project) -> dict:
-    from lf.instances import Overrides, build_spec, entries_for
-    from lf.registry import all_runtimes
+    from lf.core.targets import Overrides, build_spec, entries_for
+    from lf.daemon.health import local_url
+    from lf.runtimes.registry import get_runtime
 
-    runtimes = all_runtimes()
     entries = project.models if project else entries_for(None, None)
     models = []
     for entry in entries:
-        runtime = runtimes[entry.provider]
+        runtime = get_runtime(entry.provider)
         item = {
             "name": entry.name,
             "provider": entry.provider,
             "model": entry.model,
             "default": (project.default_model == entry.name) if project else True,
-            "managed": runtime.managed and not entry.base_url,
+            "managed": bool(entry.managed),
             "api_key": _redact(entry.api_key),
             "model_api_parameters": entry.model_api_parameters,
         }
-        if item["managed"]:
+        if entry.managed:
             spec = build_spec(entry, project, Overrides(), single=False, resolve_model=False)
             item.update(
                 host=spec.host,
                 port=spec.port,
                 port_auto=spec.port_auto,
-                base_url=spec.base_url,
+                base_url=local_url(spec.host, spec.port, runtime.api_base),
                 context_size=spec.context_size,
-                settings={k: v for k, v in spec.settings.items() if k not in ("port", "host", "context_size", "threads")},
+                settings={k: v for k, v in spec.settings.items() if k not in SHOWN_APART},
             )
         else:
-            from lf.status import api_base_url
-
-            item["base_url"] = api_base_url(runtime, entry.base_url)
+            item["base_url"] = runtime.external_base_url(entry.base_url)
         models.append(item)
     return {
         "config": str(project.path) if project else None,
@@ -51,8 +50,8 @@ def resolved_config(project) -> dict:
 def _redact(value: str | None) -> str | None:
     if value is None:
         return None
-    from lf.config import _ENV_REF
+    from lf.config.project import is_env_ref
 
-    if _ENV_REF.match(value.strip()):
+    if is_env_ref(value):
         return value  # a reference names a variable, not the secret
     return REDACTED

@@ -1,0 +1,411 @@
+"""The llamafarm.yaml schema as pydantic models, built from the runtime registry, and a validator that
+reports every problem with file:line:column, its dotted field path and what is allowed.
+
+The models are the source of truth: `schema.yaml` at the repository root is their JSON Schema
+(`python -m lf.config.schema > schema.yaml`; a test fails when the two disagree). The provider enum,
+the per-provider sections and what each section accepts come from the runtimes' manifests, so adding a
+runtime folder, or a setting to one, changes the schema with no edit here.
+
+Only the slow path imports this module (a llamafarm.yaml that changed since it was last validated);
+`lf runtime status` reads the cached normalised form (lf.config.project) and never loads pydantic.
+"""
+
+from __future__ import annotations
+
+import typing
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, create_model
+
+from lf.config.yamlfile import key_node_at, node_at
+from lf.errors import ConfigError
+from lf.runtimes.settings import Setting, describe_type, describe_value
+from lf.suggest import did_you_mean
+
+ENTRY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+STRICT = ConfigDict(extra="forbid", strict=True)
+MODES = Literal["config_only", "api_replace", "api_supplement"]
+
+
+def _model_fields(provider_type) -> dict[str, Any]:
+    """What a model has in both of LlamaFarm's shapes, then the fields LlamaFarm defines that lf keeps
+    but does not use (instructor_mode, tools, prompts, …)."""
+    return {
+        "provider": (provider_type, Field(description="which runtime serves the model")),
+        "model": (str, Field(min_length=1, description="model name, or a path to a model file or folder")),
+        "description": (str, None),
+        "base_url": (str, Field(None, pattern="^https?://", description="OpenAI-compatible endpoint (external runtimes)")),
+        "api_key": (str, Field(None, description="a key, or an env reference such as ${OPENAI_API_KEY}; never printed")),
+        "model_api_parameters": (dict, Field(None, description="passed through in chat requests (temperature, ...)")),
+        "instructor_mode": (str, None),
+        "extra_body": (dict, None),
+        "encoder_config": (dict, None),
+        "prompts": (list[str], None),
+        "mcp_servers": (list[str], None),
+        "tool_call_strategy": (Literal["native_api", "prompt_based"], None),
+        "tools": (list, None),
+        "tools_mode": (MODES, None),
+        "prompts_mode": (MODES, None),
+        "keep_loaded": (bool, None),
+        "prompt_format": (str, None),
+    }
+
+
+def _python_type(setting: Setting):
+    if setting.enum:
+        return Literal[tuple(setting.enum)]
+    return {"integer": int, "number": float, "string": str, "boolean": bool}[setting.type]
+
+
+def settings_model(title: str, settings: dict[str, Setting]) -> type[BaseModel]:
+    """A closed mapping of the given settings, each with its declared type and limits."""
+    fields: dict[str, Any] = {}
+    for name, s in settings.items():
+        constraints = {"ge": s.minimum, "le": s.maximum, "min_length": s.min_length}
+        fields[name] = (_python_type(s), Field(None, description=s.description or None, **{k: v for k, v in constraints.items() if v is not None}))
+    return create_model(title, __config__=STRICT, **fields)
+
+
+def _any_settings(runtimes: dict) -> dict[str, Setting]:
+    """Every setting any runtime declares: what a `provider_config` may hold before lf knows whose it is.
+    A name declared differently by two runtimes is checked against the provider's own declaration."""
+    merged: dict[str, Setting] = {}
+    for runtime in runtimes.values():
+        for name, setting in runtime.settings.items():
+            if name not in merged:
+                merged[name] = setting
+            elif merged[name].type != setting.type or merged[name].enum != setting.enum:
+                merged[name] = Setting(name, merged[name].type if merged[name].type == setting.type else "string", merged[name].description)
+    return merged
+
+
+def _which_shape(value) -> str:
+    return "list" if isinstance(value, dict) and "models" in value else "single"
+
+
+@lru_cache(maxsize=4)
+def _document(registry_key: tuple) -> tuple[type[BaseModel], TypeAdapter]:
+    from lf.runtimes.registry import all_runtimes
+
+    runtimes = all_runtimes()
+    providers = tuple(sorted(runtimes))
+    provider_type = Literal[providers]
+    any_settings = settings_model("ProviderConfig", _any_settings(runtimes))
+    sections = {
+        name.replace("-", "_"): (settings_model(f"{name}Settings", dict(rt.settings)), Field(None, alias=name, description=f"settings for the {name} runtime"))
+        for name, rt in sorted(runtimes.items())
+    }
+    single = create_model(
+        "SingleRuntime",
+        __config__=STRICT,
+        __doc__="single runtime (seed shape)",
+        **_model_fields(provider_type),
+        provider_config=(any_settings, None),
+        **sections,
+    )
+    entry = create_model(
+        "ModelEntry",
+        __config__=STRICT,
+        name=(str, Field(pattern=ENTRY_NAME_PATTERN, description="entry name; also the instance name")),
+        **_model_fields(provider_type),
+        default=(bool, Field(None, description="mark the default entry (default_model wins when both are set)")),
+        provider_config=(any_settings, None),
+    )
+    listed = create_model(
+        "ModelList",
+        __config__=STRICT,
+        __doc__="list of models (LlamaFarm shape)",
+        default_model=(str, Field(None, description="name of the entry to use by default (else the first)")),
+        models=(list[entry], Field(min_length=1)),
+    )
+    runtime_type = typing.Annotated[
+        Union[typing.Annotated[single, Tag("single")], typing.Annotated[listed, Tag("list")]],
+        Discriminator(_which_shape),
+    ]
+    document = create_model(
+        "LlamafarmYaml",
+        # rag, datasets, prompts, mcp, …: LlamaFarm's, left alone
+        __config__=ConfigDict(extra="allow", strict=True),
+        version=(Literal["v1"], ...),
+        name=(str, Field(min_length=1)),
+        namespace=(str, Field(min_length=1)),
+        runtime=(runtime_type, ...),
+    )
+    return document, TypeAdapter(document)
+
+
+def document_model() -> tuple[type[BaseModel], TypeAdapter]:
+    from lf.runtimes.registry import all_runtimes
+
+    runtimes = all_runtimes()
+    return _document(tuple((name, id(rt)) for name, rt in sorted(runtimes.items())))
+
+
+# -- the JSON Schema ---------------------------------------------------------------------------------
+def schema() -> dict:
+    """The models' JSON Schema with every $ref inlined: one readable document, as schema.yaml holds it."""
+    _model, adapter = document_model()
+    raw = adapter.json_schema()
+    defs = raw.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[1]])
+            # titles repeat the field names, and `default: null` only says the field is optional
+            return {k: inline(v) for k, v in node.items() if not (k == "title" and isinstance(v, str)) and not (k == "default" and v is None)}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    body = inline(raw)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "llamafarm.yaml (the parts lf reads)",
+        "description": "Generated by `python -m lf.config.schema`; do not edit by hand.",
+        **{k: v for k, v in body.items() if k not in ("title", "description")},
+    }
+
+
+def schema_yaml() -> str:
+    import yaml
+
+    return yaml.safe_dump(schema(), sort_keys=False, width=110, allow_unicode=True)
+
+
+# -- problems ----------------------------------------------------------------------------------------
+class Problem:
+    def __init__(self, path: tuple, message: str, allowed: str | None = None, at_key: bool = False):
+        self.path = path
+        self.message = message
+        self.allowed = allowed
+        self.at_key = at_key
+
+    def dotted(self) -> str:
+        out = ""
+        for part in self.path:
+            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        return out or "(top level)"
+
+
+def collect_problems(data) -> list[Problem]:
+    """Every problem of a parsed llamafarm.yaml: the models' findings, then (when those pass) what a
+    schema cannot say."""
+    if not isinstance(data, dict):
+        return [Problem((), f"expected a mapping at the top level, got {describe_value(data)}")]
+    model, adapter = document_model()
+    try:
+        adapter.validate_python(data)
+    except ValidationError as exc:
+        return [_problem(model, error) for error in exc.errors(include_url=False, include_input=True)]
+    problems: list[Problem] = []
+    semantic_checks(data, problems)
+    return problems
+
+
+def _problem(model: type[BaseModel], error: dict) -> Problem:
+    """One pydantic error as lf says it: the field path without pydantic's union tags, a plain message,
+    what is allowed, and a did-you-mean."""
+    raw_loc = error["loc"]
+    tags = [i for i, part in enumerate(raw_loc) if part in ("single", "list") and i > 0 and raw_loc[i - 1] == "runtime"]
+    path = tuple(part for i, part in enumerate(raw_loc) if i not in tags)
+    kind, value = error["type"], error.get("input")
+    field = _field_at(model, raw_loc)
+    if kind == "missing":
+        return Problem(path[:-1], f"missing required field {path[-1]!r}")
+    if kind == "extra_forbidden":
+        allowed = _field_names(_field_at(model, raw_loc[:-1], container=True))
+        hint = did_you_mean(str(path[-1]), allowed)
+        return Problem(path, f"unknown field {path[-1]!r}" + (f" ({hint})" if hint else ""), ", ".join(allowed), at_key=True)
+    if kind == "literal_error":
+        choices = [str(c) for c in _literal_choices(field)]
+        hint = did_you_mean(value, choices) if isinstance(value, str) else None
+        return Problem(path, f"{_short(value)} is not allowed" + (f" ({hint})" if hint else ""), "one of: " + ", ".join(choices))
+    if kind in ("greater_than_equal", "greater_than"):
+        return Problem(path, f"{_short(value)} is below the minimum", _range(field))
+    if kind in ("less_than_equal", "less_than"):
+        return Problem(path, f"{_short(value)} is above the maximum", _range(field))
+    if kind == "string_too_short":
+        return Problem(path, "must not be empty")
+    if kind == "too_short":
+        return Problem(path, f"needs at least {error.get('ctx', {}).get('min_length', 1)} item(s)")
+    if kind == "string_pattern_mismatch":
+        return Problem(path, f"{_short(value)} does not match the pattern {error.get('ctx', {}).get('pattern')}")
+    if kind == "invalid_key":
+        return Problem(path[:-1], f"keys must be text, got {describe_value(value)}")
+    wanted = _EXPECTED.get(kind)
+    if wanted:
+        return Problem(path, f"expected {describe_type(wanted)}, got {describe_value(value)}")
+    return Problem(path, error["msg"])
+
+
+_EXPECTED = {
+    "int_type": "integer", "float_type": "number", "string_type": "string", "bool_type": "boolean",
+    "dict_type": "object", "model_type": "object", "model_attributes_type": "object", "list_type": "array",
+}
+
+
+def _short(value) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return "a huge number"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _unwrap(annotation):
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _field_at(model, loc: tuple, container: bool = False):
+    """The annotation (a model class, a Literal, ...) or FieldInfo at a pydantic error location."""
+    current: Any = model
+    info = None
+    for part in loc:
+        current = _unwrap(current)
+        if typing.get_origin(current) is Union:
+            members = {typing.get_args(m)[1].tag: typing.get_args(m)[0] for m in typing.get_args(current) if typing.get_origin(m) is typing.Annotated}
+            if part in members:
+                current = members[part]
+                continue
+            return None
+        if typing.get_origin(current) is list and isinstance(part, int):
+            current = typing.get_args(current)[0]
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            found = next((f for n, f in current.model_fields.items() if (f.alias or n) == part), None)
+            if found is None:
+                return None
+            info, current = found, found.annotation
+            continue
+        return None
+    return _unwrap(current) if container else (info, _unwrap(current))
+
+
+def _field_names(model) -> list[str]:
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return [f.alias or n for n, f in model.model_fields.items()]
+    return []
+
+
+def _literal_choices(found) -> list:
+    if not found:
+        return []
+    _info, annotation = found
+    return list(typing.get_args(annotation)) if typing.get_origin(annotation) is Literal else []
+
+
+def _range(found) -> str | None:
+    if not found or found[0] is None:
+        return None
+    low = high = None
+    for meta in found[0].metadata:
+        low = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else low
+        high = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else high
+    return f"{'-∞' if low is None else low} to {'∞' if high is None else high}"
+
+
+def semantic_checks(data: dict, problems: list[Problem]) -> None:
+    """What a schema cannot say: names unique, default_model names an entry, provider sections fit."""
+    from lf.runtimes.registry import all_runtimes
+
+    runtime = data.get("runtime")
+    if not isinstance(runtime, dict):
+        return
+    runtimes = all_runtimes()
+    models = runtime.get("models")
+    if isinstance(models, list):
+        names = [m.get("name") for m in models if isinstance(m, dict)]
+        seen: set = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                problems.append(Problem(("runtime", "models", i, "name"), f"duplicate model name {name!r}"))
+            seen.add(name)
+        default = runtime.get("default_model")
+        if isinstance(default, str) and default not in names:
+            hint = did_you_mean(default, [n for n in names if isinstance(n, str)])
+            listed = ", ".join(dict.fromkeys(map(str, names)))
+            problems.append(Problem(("runtime", "default_model"), f"{default!r} names no model entry" + (f" ({hint})" if hint else ""), f"one of: {listed}"))
+        for i, item in enumerate(models):
+            if isinstance(item, dict):
+                _check_provider_config(item.get("provider"), item.get("provider_config"), ("runtime", "models", i, "provider_config"), runtimes, problems)
+                _check_external(item, ("runtime", "models", i), runtimes, problems)
+    else:
+        provider = runtime.get("provider")
+        _check_provider_config(provider, runtime.get("provider_config"), ("runtime", "provider_config"), runtimes, problems)
+        _check_external(runtime, ("runtime",), runtimes, problems)
+        for name in runtimes:
+            if name != provider and name in runtime:
+                problems.append(Problem(("runtime", name), f"a {name!r} section, but the provider is {provider!r}", f"a section named after the provider ({provider})", at_key=True))
+
+
+def _check_provider_config(provider, config, path: tuple, runtimes: dict, problems: list[Problem]) -> None:
+    if not isinstance(config, dict) or provider not in runtimes:
+        return
+    allowed = runtimes[provider].settings
+    for key, value in config.items():
+        setting = allowed.get(key)
+        if setting is None:
+            hint = did_you_mean(str(key), allowed)
+            problems.append(Problem(path + (key,), f"{provider} does not use the setting {key!r}" + (f" ({hint})" if hint else ""), ", ".join(allowed), at_key=True))
+        elif setting.problem(value):
+            problems.append(Problem(path + (key,), setting.problem(value), setting.allowed()))
+
+
+def _check_external(entry: dict, path: tuple, runtimes: dict, problems: list[Problem]) -> None:
+    provider = entry.get("provider")
+    if provider in runtimes and not runtimes[provider].managed and not runtimes[provider].default_port and not entry.get("base_url"):
+        problems.append(Problem(path, f"provider {provider!r} needs a base_url", "an http(s):// URL of an OpenAI-compatible API"))
+
+
+# -- reporting -----------------------------------------------------------------------------------------
+def validate_document(path: Path, data, root) -> None:
+    """Raise one ConfigError listing every problem, each with file:line:column and its field path."""
+    problems = collect_problems(data)
+    if problems:
+        raise ConfigError(format_problems(path, root, problems), hint="see the schema with: lf config schema")
+
+
+def locate(root, problem: Problem) -> tuple[int, int] | None:
+    if root is None:
+        return None
+    node = key_node_at(root, problem.path) if problem.at_key and problem.path else node_at(root, problem.path)
+    if node is None:
+        return None
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def format_problems(path: Path, root, problems: list[Problem]) -> str:
+    lines = [f"{path}: invalid llamafarm.yaml ({len(problems)} problem{'s' if len(problems) != 1 else ''})"]
+    located = sorted(((locate(root, p), p) for p in problems), key=lambda item: item[0] or (0, 0))
+    for where, p in located:
+        pos = f"{path}:{where[0]}:{where[1]}" if where else str(path)
+        text = f"  {pos}: {p.dotted()}: {p.message}"
+        if p.allowed:
+            text += f" (allowed: {p.allowed})"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def problems_as_json(path: Path, root, problems: list[Problem]) -> list[dict]:
+    out = []
+    for p in problems:
+        where = locate(root, p)
+        out.append(
+            {
+                "file": str(path),
+                "line": where[0] if where else None,
+                "column": where[1] if where else None,
+                "field": p.dotted(),
+                "message": p.message,
+                "allowed": p.allowed,
+            }
+        )
+    return out
+
+
+if __name__ == "__main__":
+    print(schema_yaml(), end="")

@@ -1,0 +1,245 @@
+"""What lf does: start, ensure_running, stop, restart, status.
+
+Every CLI command is: parse its options → one call here → render the result; `lf serve` calls the same
+functions from worker threads. They take typed arguments, return typed results and print nothing:
+progress and warnings go to an optional `on_event` callback (the events of lf.core.events). Each instance's start
+and stop run under its lock (a flock per call, so threads of one process exclude each other as
+processes do), which makes them safe to call concurrently.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from lf.config.project import ModelEntry, Project
+    from lf.core.events import Endpoint
+    from lf.core.status import StatusReport
+    from lf.core.targets import Overrides
+    from lf.daemon.records import StateStore
+    from lf.daemon.supervisor import StartResult, StopResult
+    from lf.runtimes.launch import InstanceSpec
+
+    OnEvent = Callable[[object], None]  # receives lf.core.events: Starting, Waiting, Notice
+
+
+def _emit(on_event: OnEvent | None, event: object) -> None:
+    if on_event is not None:
+        on_event(event)
+
+
+def _store(store: "StateStore | None") -> "StateStore":
+    from lf.daemon.records import StateStore
+
+    return store or StateStore()
+
+
+# -- start -------------------------------------------------------------------------------------------
+def start(
+    target: str | None,
+    project: "Project | None",
+    overrides: "Overrides | None" = None,
+    *,
+    wait: bool = True,
+    timeout: float | None = None,
+    on_event: OnEvent | None = None,
+    store: "StateStore | None" = None,
+) -> list["StartResult"]:
+    """Start what `target` names (an entry, a runtime, or everything the project needs) and wait
+    until each is healthy. Already running is a success."""
+    from lf.core.targets import Overrides, specs_for
+
+    specs = specs_for(target, project, overrides or Overrides())
+    taken: set[int] = set()
+    results = []
+    for spec in specs:
+        result = start_spec(spec, wait=wait, timeout=timeout, taken_ports=taken, on_event=on_event, store=store)
+        taken.add(result.record.port)
+        results.append(result)
+    return results
+
+
+def start_spec(
+    spec: "InstanceSpec",
+    *,
+    wait: bool = True,
+    timeout: float | None = None,
+    owner: str = "cli",
+    taken_ports: set[int] | frozenset[int] = frozenset(),
+    on_event: OnEvent | None = None,
+    store: "StateStore | None" = None,
+) -> "StartResult":
+    """Start one resolved instance (or find it running); `owner` is recorded as who started it."""
+    from lf.core.events import Notice, Starting, Waiting
+    from lf.daemon import supervisor
+    from lf.daemon.process import choose_port
+    from lf.runtimes.launch import make_plan
+
+    for warning in spec.warnings:
+        _emit(on_event, Notice(warning))
+    _emit(on_event, Starting(spec.name, spec.runtime.name, spec.model))
+
+    def plan_for():
+        return make_plan(spec, choose_port(spec.host, spec.port, spec.port_auto, taken_ports), owner)
+
+    hooks = spec.runtime.hooks()
+    after = getattr(hooks, "after_healthy", None) if hooks is not None else None
+    return supervisor.start(
+        spec.name,
+        _store(store),
+        plan_for,
+        wait=wait,
+        timeout=timeout,
+        on_wait=(lambda elapsed: _emit(on_event, Waiting(spec.name, elapsed))) if on_event else None,
+        after_healthy=after,
+    )
+
+
+def ensure_running(
+    entry: "ModelEntry",
+    project: "Project | None",
+    *,
+    model: str | None = None,
+    auto_start: bool = True,
+    owner: str = "cli",
+    timeout: float | None = None,
+    on_event: OnEvent | None = None,
+    store: "StateStore | None" = None,
+) -> "Endpoint":
+    """The endpoint of a model entry, starting its instance first when it is not running (on demand).
+
+    `model` asks for another model than the entry's (one-model-per-process runtimes serve only the one
+    they were started with). An external entry is returned as configured, never started."""
+    from lf.core.events import Endpoint
+    from lf.core.targets import Overrides, build_spec, target_of
+    from lf.daemon.states import State, classify
+    from lf.errors import ExitStatus, LfError
+
+    target = target_of(entry)
+    if not target.managed:
+        return Endpoint(entry.name, target.base_url, entry.model, target.api_key, managed=False)
+    store = _store(store)
+    record = store.load_or_none(entry.name)
+    alive = record is not None and record.process_alive()
+    if alive:
+        if model and target.runtime.one_model_per_process and model not in (record.model, record.model_path):
+            raise LfError(
+                f"{entry.name} is serving {record.model}, not {model}",
+                hint=f"switch with: lf runtime stop {entry.name} && lf runtime start {entry.name} --model {model}",
+            )
+        return Endpoint.of(record, target.api_key)
+    if not auto_start:
+        state = classify(record, alive)
+        said = "crashed" if state == State.CRASHED else "not running"
+        raise LfError(f"{entry.name} is {said}", hint=f"start it with: lf runtime start {entry.name}", exit_status=ExitStatus.NOT_RUNNING)
+    spec = build_spec(entry, project, Overrides(model=model), single=True)
+    result = start_spec(spec, owner=owner, timeout=timeout, on_event=on_event, store=store)
+    return Endpoint.of(result.record, target.api_key, started=not result.already_running)
+
+
+def chat_endpoint(
+    project: "Project | None",
+    runtime: str | None,
+    model: str | None,
+    *,
+    auto_start: bool = True,
+    on_event: OnEvent | None = None,
+) -> tuple["Endpoint", "ModelEntry"]:
+    """The endpoint `lf chat --runtime R --model M` talks to, started if needed, and its model entry."""
+    from lf.core.targets import chat_target
+
+    target = chat_target(project, runtime, model)
+    # --model naming a model (not a configured entry) asks for that very model
+    requested = model if model is not None and target.entry.name != model else None
+    endpoint = ensure_running(target.entry, project, model=requested, auto_start=auto_start, on_event=on_event)
+    return endpoint, target.entry
+
+
+# -- stop, restart -----------------------------------------------------------------------------------
+def stop(
+    names: list[str] | None,
+    *,
+    every: bool = False,
+    timeout: float = 10.0,
+    store: "StateStore | None" = None,
+) -> list["StopResult"]:
+    """Stop the named instances (a runtime's name: all its instances), or every recorded one."""
+    from lf.daemon import supervisor
+    from lf.errors import ExitStatus, LfError
+
+    store = _store(store)
+    if not names and not every:
+        raise LfError("name what to stop, or use --all", hint="running: " + (", ".join(store.names()) or "nothing"), exit_status=ExitStatus.USAGE)
+    targets = store.names() if every else stop_targets(names or [], store)
+    return [supervisor.stop(name, store, timeout=timeout) for name in targets]
+
+
+def stop_targets(names: list[str], store: "StateStore") -> list[str]:
+    """Instance names as given; a runtime name means every instance of it. A name lf knows but that is
+    not running passes through (stopping it is a no-op success); a name nothing knows is an error."""
+    from lf.daemon.records import validate_name
+    from lf.errors import ConfigError, UnknownNameError
+    from lf.runtimes.folders import runtime_names
+
+    records = store.records()
+    known = set(store.names())  # unreadable records too: stop removes them
+    targets: list[str] = []
+    for name in names:
+        validate_name(name)  # a path-like name is refused as such, before anything else
+        of_runtime = [r.name for r in records if r.runtime == name]
+        if name in known or not of_runtime and name in runtime_names():
+            targets.append(name)
+        elif of_runtime:
+            targets.extend(of_runtime)
+        else:
+            try:  # a configured model entry that is not running; a broken config must not block a stop
+                from lf.config.project import load_optional
+
+                project = load_optional()
+            except ConfigError:
+                project = None
+            if project is None or name not in {m.name for m in project.models}:
+                from lf.suggest import did_you_mean
+
+                raise UnknownNameError(f"unknown runtime or instance {name!r}", hint=did_you_mean(name, [*known, *runtime_names()]))
+            targets.append(name)
+    return list(dict.fromkeys(targets))
+
+
+def restart(
+    target: str | None,
+    project: "Project | None",
+    *,
+    timeout: float | None = None,
+    on_event: OnEvent | None = None,
+    store: "StateStore | None" = None,
+) -> list["StartResult"]:
+    """Stop, then start again: flags given to `start` stay in force, the rest is read afresh."""
+    from lf.core.targets import Overrides, build_spec, entries_for
+    from lf.daemon import supervisor
+
+    store = _store(store)
+    specs = []
+    for entry in entries_for(target, project):
+        record = store.load_or_none(entry.name)
+        given = Overrides.from_given(record.overrides) if record else Overrides()
+        specs.append(build_spec(entry, project, given, single=True))
+    results = []
+    for spec in specs:
+        supervisor.stop(spec.name, store)
+        results.append(start_spec(spec, timeout=timeout, on_event=on_event, store=store))
+    return results
+
+
+# -- status ------------------------------------------------------------------------------------------
+def status(
+    names: list[str] | None,
+    project: "Project | None",
+    *,
+    probe_timeout: float = 1.0,
+    store: "StateStore | None" = None,
+) -> "StatusReport":
+    """State and health of the named instances or runtimes, or of everything known."""
+    from lf.core.status import collect
+
+    return collect(names or None, project, _store(store), probe_timeout)

@@ -1,0 +1,50 @@
+"""What the core's actions report while they work (events), and what ensure_running returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lf.daemon.records import RuntimeRecord
+
+
+@dataclass(frozen=True)
+class Starting:
+    """An instance is about to be started, unless it turns out to be running already."""
+
+    name: str
+    runtime: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Still waiting for an instance to become healthy."""
+
+    name: str
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should hear (a warning), whatever happens next."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to send OpenAI API requests for one model entry."""
+
+    name: str
+    base_url: str
+    model: str  # the name requests use
+    api_key: str | None = None
+    managed: bool = True
+    record: "RuntimeRecord | None" = None  # the running instance (managed entries)
+    started: bool = False  # this call started it
+
+    @classmethod
+    def of(cls, record: "RuntimeRecord", api_key: str | None, started: bool = False) -> "Endpoint":
+        return cls(record.name, record.base_url, record.model, api_key, True, record, started)

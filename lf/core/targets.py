@@ -1,0 +1,220 @@
+"""Which instances a command means, and the settings each one starts with.
+
+Precedence for each setting a runtime declares: command-line flag > the setting's env var > llamafarm.yaml
+> the runtime's default. A runtime that serves one model per process gets one instance per configured
+model, named after the model entry.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Mapping
+
+from lf.config.project import ModelEntry, Project
+from lf.errors import ConfigError, LfError, UnknownNameError
+from lf.runtimes.launch import InstanceSpec, default_threads
+from lf.runtimes.registry import DEFAULT_RUNTIME, Runtime, all_runtimes, get_runtime
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Settings given on the command line; None means 'not given'."""
+
+    model: str | None = None
+    port: int | None = None
+    host: str | None = None
+    context_size: int | None = None
+    threads: int | None = None
+    settings: Mapping[str, object] = field(default_factory=dict)  # --set NAME=VALUE, any declared setting
+
+    def given(self) -> dict:
+        """What was given, as a record keeps it (so `restart` reapplies it)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings" and getattr(self, f.name) is not None}
+        if self.settings:
+            out["settings"] = dict(self.settings)
+        return out
+
+    @classmethod
+    def from_given(cls, given: Mapping) -> "Overrides":
+        """Back from a record: keys this lf does not know (a newer lf may have written them) are left out."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in given.items() if k in known}
+        if not isinstance(values.get("settings", {}), dict):
+            values.pop("settings")
+        return cls(**values)
+
+    def flag_values(self) -> dict[str, object]:
+        """Setting name → value, for the settings given on the command line."""
+        standard = {"port": self.port, "host": self.host, "context_size": self.context_size, "threads": self.threads}
+        return {k: v for k, v in {**standard, **self.settings}.items() if v is not None}
+
+
+def default_entry(runtime: Runtime) -> ModelEntry:
+    return ModelEntry(name=runtime.name, provider=runtime.name, model=runtime.default_model or "", managed=runtime.managed)
+
+
+def managed_entries(project: Project | None) -> list[ModelEntry]:
+    return [e for e in (project.models if project else []) if e.managed]
+
+
+def entries_for(target: str | None, project: Project | None) -> list[ModelEntry]:
+    """Model entries a start/stop target names: an entry, a runtime (all its entries), or the defaults."""
+    managed = managed_entries(project)
+    if target is None:
+        if project is None:
+            return [default_entry(get_runtime(DEFAULT_RUNTIME))]
+        return managed
+    for entry in managed:
+        if entry.name == target:
+            return [entry]
+    runtimes = all_runtimes()
+    if target in runtimes:
+        runtime = runtimes[target]
+        if not runtime.managed:
+            raise LfError(f"{target!r} is not started by lf: it is a server you run yourself", hint=runtime.description)
+        of_runtime = [e for e in managed if e.provider == target]
+        return of_runtime or [default_entry(runtime)]
+    from lf.suggest import did_you_mean
+
+    names = [e.name for e in managed] + list(runtimes)
+    raise UnknownNameError(f"unknown runtime or model entry {target!r}", hint=did_you_mean(target, names) or f"known: {', '.join(names)}")
+
+
+def _from_env(runtime: Runtime, name: str):
+    setting = runtime.settings[name]
+    text = os.environ.get(setting.env) if setting.env else None
+    if text in (None, ""):
+        return None
+    try:
+        value = setting.parse(text)
+    except ValueError:
+        value = text
+    problem = setting.problem(value)
+    if problem:
+        allowed = setting.allowed()
+        raise ConfigError(f"environment variable {setting.env}: {problem}" + (f" (allowed: {allowed})" if allowed else ""))
+    return value
+
+
+def resolve_settings(runtime: Runtime, entry: ModelEntry, flags: Mapping[str, object], project: Project | None) -> tuple[dict, dict]:
+    """(value, where it came from) of every setting the runtime declares."""
+    unknown = [name for name in flags if name not in runtime.settings and name not in ("port", "host", "context_size", "threads")]
+    if unknown:
+        from lf.suggest import did_you_mean
+
+        raise LfError(
+            f"runtime {runtime.name!r} has no setting {unknown[0]!r}",
+            hint=did_you_mean(unknown[0], runtime.settings) or f"its settings: {', '.join(runtime.settings) or 'none'}",
+        )
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for name, setting in runtime.settings.items():
+        if name in flags:
+            value, source = flags[name], "flag"
+            problem = setting.problem(value)
+            if problem:
+                raise LfError(f"--set {name}: {problem}", hint=f"allowed: {setting.allowed()}" if setting.allowed() else None)
+        elif (env_value := _from_env(runtime, name)) is not None:
+            value, source = env_value, "env"
+        elif name in entry.provider_config:
+            value, source = entry.provider_config[name], "config"
+        else:
+            value, source = setting.default, "default"
+        values[name] = value
+        sources[name] = source
+    return values, sources
+
+
+def build_spec(entry: ModelEntry, project: Project | None, overrides: Overrides, single: bool, resolve_model: bool = True) -> InstanceSpec:
+    """Resolve one instance's settings. `single` means the command targets this instance alone."""
+    runtime = get_runtime(entry.provider)
+    values, sources = resolve_settings(runtime, entry, overrides.flag_values() if single else {}, project)
+    # several instances of one runtime: a port from the environment is where they start counting
+    port_auto = values.get("port") is None or (sources.get("port") == "env" and not single)
+    port = int(values.get("port") or runtime.default_port or 0)
+    host = str(values.get("host") or DEFAULT_HOST)
+    values["port"], values["host"] = port, host
+    if "threads" in runtime.settings and values.get("threads") is None:
+        values["threads"] = default_threads()
+    model = overrides.model if (overrides.model and single) else None
+    model_env = os.environ.get(runtime.model_env) if runtime.model_env else None
+    model = model or model_env or entry.model or runtime.default_model or ""
+    warnings = ()
+    if host in ("0.0.0.0", "::"):
+        warnings = (f"Warning: {entry.name} will listen on {host}: reachable from other machines, with no API key.",)
+    model_path = None
+    if runtime.model_format == "gguf" and resolve_model:
+        from lf.models.catalog import resolve_model_path
+
+        model_path = str(resolve_model_path(model, project.folder if project else None))
+    return InstanceSpec(
+        name=entry.name,
+        runtime=runtime,
+        model=model,
+        model_path=model_path,
+        host=host,
+        port=port,
+        port_auto=port_auto,
+        settings=MappingProxyType(values),
+        api_key=entry.resolved_api_key(),
+        overrides=MappingProxyType(overrides.given() if single else {}),
+        project_folder=project.folder if project else None,
+        warnings=warnings,
+    )
+
+
+def specs_for(target: str | None, project: Project | None, overrides: Overrides) -> list[InstanceSpec]:
+    entries = entries_for(target, project)
+    single = len(entries) == 1
+    if not single and (overrides.port is not None or overrides.model is not None):
+        raise LfError(
+            f"--port/--model apply to one instance, but this names {len(entries)}: {', '.join(e.name for e in entries)}",
+            hint="name one model entry instead",
+        )
+    return [build_spec(e, project, overrides, single) for e in entries]
+
+
+@dataclass(frozen=True)
+class ChatTarget:
+    """Which model entry a chat (or a gateway request) means, and where an external one lives."""
+
+    entry: ModelEntry
+    runtime: Runtime
+    base_url: str | None  # known up front for external runtimes; managed ones get theirs from the record
+    api_key: str | None
+
+    @property
+    def managed(self) -> bool:
+        return self.base_url is None
+
+
+def target_of(entry: ModelEntry) -> ChatTarget:
+    runtime = get_runtime(entry.provider)
+    if not entry.managed:
+        return ChatTarget(entry, runtime, runtime.external_base_url(entry.base_url), entry.resolved_api_key())
+    return ChatTarget(entry, runtime, None, entry.resolved_api_key())
+
+
+def chat_target(project: Project | None, runtime_name: str | None, model: str | None) -> ChatTarget:
+    """Pick the model entry and runtime for a chat from the flags, the project, or the embedded default."""
+    entry: ModelEntry | None = None
+    if project is not None:
+        candidates = [e for e in project.models if runtime_name is None or e.provider == runtime_name]
+        if model is not None:
+            entry = next((e for e in candidates if e.name == model), None) or next((e for e in candidates if e.model == model), None)
+            if entry is None and runtime_name is None:
+                project.model(model)  # raises UnknownNameError with the configured names
+        elif runtime_name is None:
+            entry = project.model(None)
+        elif candidates:
+            entry = candidates[0]
+    if entry is None:
+        runtime = get_runtime(runtime_name or DEFAULT_RUNTIME)
+        entry = default_entry(runtime)
+        if model:
+            entry = replace(entry, model=model)
+    return target_of(entry)

@@ -1,0 +1,185 @@
+"""Processes: is a recorded process still ours, how to stop a process tree, who holds a port.
+
+A pid alone is not an identity: pids get reused. A record stores the process's create time, and a live
+process only counts as ours when its create time matches. On Linux this reads /proc directly so the
+status path does not pay for importing psutil; elsewhere, and for everything that signals or inspects
+other processes, psutil is imported where it is used.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+CREATE_TIME_TOLERANCE = 0.5  # seconds: /proc has clock-tick resolution; psutil derives the same value
+
+_boot_time: float | None = None
+_clock_ticks: int | None = None
+
+
+def _linux_proc_stat(pid: int) -> tuple[str, float] | None:
+    """(state letter, create time as epoch seconds) from /proc/<pid>/stat, None if gone."""
+    global _boot_time, _clock_ticks
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # the command name may hold spaces and parentheses: split after the last ')'
+    rest = data[data.rfind(")") + 2 :].split()
+    state = rest[0]
+    start_ticks = int(rest[19])
+    if _boot_time is None:
+        with open("/proc/stat", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"btime"):
+                    _boot_time = float(line.split()[1])
+                    break
+        _clock_ticks = os.sysconf("SC_CLK_TCK")
+    return state, (_boot_time or 0.0) + start_ticks / (_clock_ticks or 100)
+
+
+def process_create_time(pid: int) -> float | None:
+    """The create time of a live (non-zombie) process, or None if there is none."""
+    if sys.platform.startswith("linux") and os.path.isdir("/proc/self"):
+        found = _linux_proc_stat(pid)
+        if found is None or found[0] in ("Z", "X"):
+            return None
+        return found[1]
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def is_same_process(pid: int, create_time: float) -> bool:
+    """True when `pid` is alive and is the very process that was recorded (not a reused pid)."""
+    actual = process_create_time(pid)
+    return actual is not None and abs(actual - create_time) < CREATE_TIME_TOLERANCE
+
+
+def command_matches(pid: int, command: list[str]) -> bool:
+    """A second guard against pid reuse before signalling: the process runs the recorded command."""
+    import psutil
+
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
+    # argv[0] may differ (an interpreter reached through a symlink), and a script launched directly
+    # shows up as `interpreter script …`; the arguments must still be exactly ours
+    return not command or cmdline == command or (len(command) > 1 and cmdline[1:] == command[1:]) or cmdline[1:] == command
+
+
+# -- stopping a process tree -----------------------------------------------------------------------
+def terminate_group(pid: int, timeout: float) -> bool:
+    """Stop the process `pid` leads, its process group and every descendant. True if SIGKILL was needed."""
+    import psutil
+
+    try:
+        leader = psutil.Process(pid)
+        procs = [leader, *leader.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    pgid = pid  # started with start_new_session: the leader's pid is the group id
+    _signal_all(pgid, procs, signal.SIGTERM)
+    _gone, alive = psutil.wait_procs(procs, timeout=timeout)
+    escalated = False
+    stragglers = alive + _group_members(pgid, exclude={p.pid for p in procs})
+    if stragglers:
+        escalated = True
+        _signal_all(pgid, stragglers, signal.SIGKILL)
+        psutil.wait_procs(stragglers, timeout=5.0)
+    _reap(pid)
+    return escalated
+
+
+def _signal_all(pgid: int, procs: list, signum: int) -> None:
+    import psutil
+
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for proc in procs:  # descendants that moved to their own group or session
+        try:
+            proc.send_signal(signum)
+        except psutil.Error:
+            pass
+
+
+def _group_members(pgid: int, exclude: set[int]) -> list:
+    import psutil
+
+    members = []
+    for proc in psutil.process_iter():
+        if proc.pid in exclude:
+            continue
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            pass
+    return members
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: init reaps it
+
+
+# -- ports -----------------------------------------------------------------------------------------
+def port_is_free(host: str, port: int) -> bool:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # like the servers themselves: a port in TIME_WAIT is free, one with a listener is not
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def port_owner(port: int) -> str:
+    """'pid 1234 (python3)' for whoever listens on `port`, as far as this user may see."""
+    import psutil
+
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                try:
+                    name = psutil.Process(conn.pid).name()
+                except psutil.Error:
+                    name = "?"
+                return f"pid {conn.pid} ({name})"
+    except (psutil.AccessDenied, OSError):
+        pass
+    return "another process (its owner is not visible to this user)"
+
+
+def choose_port(host: str, port: int, auto: bool, taken: set[int] | frozenset[int] = frozenset(), span: int = 100) -> int:
+    """`port` if it is free; with `auto` (nobody chose it) the first free one counting up from it."""
+    from lf.errors import StartError
+
+    if not auto:
+        if port in taken or not port_is_free(host, port):
+            raise StartError(
+                f"port {port} on {host} is already in use by {port_owner(port)}",
+                hint="stop that process, or choose another port with --port",
+            )
+        return port
+    for candidate in range(port, port + span):
+        if candidate not in taken and port_is_free(host, candidate):
+            return candidate
+    raise StartError(f"no free port in {port}-{port + span - 1} on {host}", hint="choose one with --port")

@@ -1,0 +1,1 @@
+"""Models: names that resolve to files shipped by Python packages, local model files, ONNX builds."""

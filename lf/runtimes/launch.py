@@ -1,0 +1,125 @@
+"""From an instance's resolved settings (InstanceSpec) to what the supervisor launches (LaunchPlan).
+
+Both are frozen: a runtime's hook receives the spec and returns a plan, and nothing downstream edits
+either. A runtime without a `plan` hook gets its engine's argv template filled in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from lf.daemon.supervisor import LaunchPlan
+from lf.errors import LfError
+from lf.runtimes.registry import OptionalArgs, ResolvedEngine, Runtime
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One instance's settings, resolved (flag > env > llamafarm.yaml > the runtime's defaults)."""
+
+    name: str
+    runtime: Runtime
+    model: str  # the model as the user named it
+    model_path: str | None
+    host: str
+    port: int
+    port_auto: bool  # True when nobody chose the port: lf may move to the next free one
+    settings: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))  # every declared setting (None: unset)
+    api_key: str | None = None
+    overrides: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))  # given on the command line
+    project_folder: Path | None = None  # relative model and checkpoint paths are relative to llamafarm.yaml
+    warnings: tuple[str, ...] = ()  # what the user should hear before it starts (e.g. binding 0.0.0.0)
+
+    @property
+    def context_size(self) -> int | None:
+        return self.settings.get("context_size")  # type: ignore[return-value]
+
+    @property
+    def threads(self) -> int | None:
+        return self.settings.get("threads")  # type: ignore[return-value]
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def make_plan(spec: InstanceSpec, port: int, owner: str = "cli") -> LaunchPlan:
+    """The plan for launching `spec` on `port`: the runtime's `plan` hook's, or its argv template's."""
+    engine = spec.runtime.require_engine()
+    hooks = spec.runtime.hooks()
+    if hooks is not None and hasattr(hooks, "plan"):
+        plan = hooks.plan(spec, engine, port)
+    else:
+        plan = default_plan(spec, engine, port)
+    return replace(plan, owner=owner) if plan.owner != owner else plan
+
+
+def default_plan(spec: InstanceSpec, engine: ResolvedEngine, port: int, **changes) -> LaunchPlan:
+    """The plan a runtime's manifest describes; a hook passes `changes` for what it decides itself."""
+    runtime = spec.runtime
+    if "argv" not in changes:
+        changes["argv"] = tuple(render_argv(engine.engine.argv, argv_values(spec, engine, port), runtime.name))
+    plan = LaunchPlan(
+        name=spec.name,
+        runtime=runtime.name,
+        engine=engine.engine.name,
+        argv=(),
+        host=spec.host,
+        port=port,
+        api_base=runtime.api_base,
+        model=spec.model,
+        model_path=spec.model_path,
+        health_path=runtime.health_path,
+        health_ready=runtime.health_ready,
+        start_timeout=runtime.start_timeout,
+        overrides=MappingProxyType(dict(spec.overrides)),
+        install_hint=runtime.install_hint(),
+    )
+    return replace(plan, **changes)
+
+
+def argv_values(spec: InstanceSpec, engine: ResolvedEngine, port: int) -> dict[str, object]:
+    """What an argv template's {placeholders} stand for: the runtime's settings, then lf's own values."""
+    return {
+        **spec.settings,
+        "exe": engine.exe or "",
+        "python": engine.python,
+        "model": spec.model,
+        "model_path": spec.model_path or spec.model,
+        "host": spec.host,
+        "port": port,
+    }
+
+
+def render_argv(template, values: Mapping[str, object], runtime: str) -> list[str]:
+    """Fill in an argv template. An OptionalArgs group appears only when its setting is set (true)."""
+    argv: list[str] = []
+    for part in template:
+        if isinstance(part, OptionalArgs):
+            value = values.get(part.when)
+            if value is None or value is False:
+                continue
+            argv.extend(_fill(p, values, runtime) for p in part.args)
+        else:
+            argv.append(_fill(part, values, runtime))
+    return argv
+
+
+def _fill(part: str, values: Mapping[str, object], runtime: str) -> str:
+    def value(match: re.Match) -> str:
+        found = values.get(match.group(1))
+        if found is None:
+            raise LfError(f"runtime {runtime!r} needs the setting {match.group(1)!r}", hint=f"set it in llamafarm.yaml (provider_config) or with --set {match.group(1)}=…")
+        return str(found).lower() if isinstance(found, bool) else str(found)
+
+    return _PLACEHOLDER.sub(value, part)

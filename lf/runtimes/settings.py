@@ -1,0 +1,143 @@
+"""Settings a runtime accepts, as its manifest declares them ([settings.<name>] tables).
+
+A few settings mean the same thing for every runtime that takes them and lf itself acts on them (the
+port it checks and records, the host it warns about, the flags of `lf runtime start`): their type and
+limits are defined here once, and a manifest only adds its env var, default or description. Any other
+setting is the runtime's own and its manifest declares it whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+TYPES = ("integer", "number", "string", "boolean")
+SETTING_KEYS = ("type", "description", "default", "enum", "minimum", "maximum", "min_length", "env")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: str  # integer | number | string | boolean
+    description: str = ""
+    default: object = None
+    enum: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    min_length: int | None = None
+    env: str | None = None  # the environment variable that sets it (beats llamafarm.yaml)
+    flag: str | None = None  # the `lf runtime start` option that sets it (standard settings only)
+
+    def problem(self, value) -> str | None:
+        """Why `value` is not allowed for this setting, or None when it is."""
+        if not _type_ok(value, self.type):
+            return f"expected {describe_type(self.type)}, got {describe_value(value)}"
+        if self.enum and value not in self.enum:
+            return f"{value!r} is not allowed"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if self.minimum is not None and value < self.minimum:
+                return f"{value} is below the minimum"
+            if self.maximum is not None and value > self.maximum:
+                return f"{value} is above the maximum"
+        if isinstance(value, str) and self.min_length and len(value) < self.min_length:
+            return "must not be empty"
+        return None
+
+    def allowed(self) -> str | None:
+        if self.enum:
+            return "one of: " + ", ".join(map(str, self.enum))
+        if self.minimum is not None or self.maximum is not None:
+            low = "-∞" if self.minimum is None else self.minimum
+            high = "∞" if self.maximum is None else self.maximum
+            return f"{low} to {high}"
+        return None
+
+    def parse(self, text: str):
+        """The typed value of an environment variable's text; ValueError when it is not one."""
+        if self.type == "integer":
+            return int(text)
+        if self.type == "number":
+            return float(text)
+        if self.type == "boolean":
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(f"{text!r} is not a boolean")
+        return text
+
+    def json_schema(self) -> dict:
+        out: dict = {"type": self.type}
+        if self.enum:
+            out["enum"] = list(self.enum)
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        if self.min_length:
+            out["minLength"] = self.min_length
+        if self.description:
+            out["description"] = self.description
+        return out
+
+
+STANDARD: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting("port", "integer", "port the server listens on", minimum=1, maximum=65535, flag="--port"),
+        Setting("host", "string", "address to bind; 127.0.0.1 unless you ask", min_length=1, flag="--host"),
+        Setting("context_size", "integer", "context window in tokens", minimum=128, maximum=1048576, flag="--ctx-size"),
+        Setting("threads", "integer", "CPU threads (default: every usable core)", minimum=1, maximum=1024, flag="--threads"),
+    )
+}
+
+
+def from_manifest(name: str, table: dict, where: str) -> Setting:
+    """A [settings.<name>] table: merged onto the standard setting of that name, or complete on its own."""
+    from lf.errors import LfError
+
+    if not isinstance(table, dict):
+        raise LfError(f"{where}: [settings.{name}] must be a table")
+    unknown = [k for k in table if k not in SETTING_KEYS]
+    if unknown:
+        raise LfError(f"{where}: [settings.{name}] has unknown keys {', '.join(unknown)}", hint=f"allowed: {', '.join(SETTING_KEYS)}")
+    base = STANDARD.get(name)
+    if base is not None and "type" in table and table["type"] != base.type:
+        raise LfError(f"{where}: the setting {name!r} is always of type {base.type}")
+    kind = table.get("type", base.type if base else None)
+    if kind not in TYPES:
+        raise LfError(f"{where}: [settings.{name}] needs a type, one of {', '.join(TYPES)}")
+    values = {k: (tuple(v) if k == "enum" else v) for k, v in table.items() if k != "type"}
+    setting = replace(base, **values) if base else Setting(name, kind, **values)
+    if setting.default is not None and setting.problem(setting.default):
+        raise LfError(f"{where}: the default of {name!r} is not valid: {setting.problem(setting.default)}")
+    return setting
+
+
+def _type_ok(value, wanted: str) -> bool:
+    if wanted in ("integer", "number") and isinstance(value, bool):
+        return False
+    return isinstance(value, {"integer": int, "number": (int, float), "string": str, "boolean": bool}[wanted])
+
+
+def describe_type(wanted: str) -> str:
+    return {"object": "a mapping", "array": "a list", "integer": "an integer"}.get(wanted, f"a {wanted}")
+
+
+def describe_value(value) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return type(value).__name__
+
