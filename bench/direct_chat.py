@@ -1,4 +1,5 @@
 """The floor for `lf chat`: the smallest httpx script that sends the same streamed chat request.
+It reads the stream with httpx-sse; it is standalone on purpose (no import of lf).
 
 Usage: python bench/direct_chat.py BASE_URL MODEL MESSAGE MAX_TOKENS
 Prints the answer's tokens as they arrive (flushed one by one, like `lf chat`), then a newline; the
@@ -9,6 +10,7 @@ import json
 import sys
 
 import httpx
+from httpx_sse import connect_sse
 
 base_url, model, message, max_tokens = sys.argv[1:5]
 payload = {
@@ -20,15 +22,12 @@ payload = {
 }
 count = 0
 with httpx.Client(timeout=httpx.Timeout(300.0, connect=5.0), trust_env=False) as client:
-    with client.stream("POST", base_url.rstrip("/") + "/chat/completions", json=payload) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
+    with connect_sse(client, "POST", base_url.rstrip("/") + "/chat/completions", json=payload) as event_source:
+        event_source.response.raise_for_status()
+        for sse in event_source.iter_sse():
+            if sse.data == "[DONE]":
                 break
-            for choice in json.loads(data).get("choices") or []:
+            for choice in json.loads(sse.data).get("choices") or []:
                 token = (choice.get("delta") or {}).get("content")
                 if token:
                     count += 1
