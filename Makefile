@@ -9,7 +9,7 @@ LF := $(VENV)/bin/lf
 # Where isolated runtime envs and built models for the tests are cached between runs on this machine.
 export LF_TEST_CACHE ?= $(HOME)/.cache/lf-test
 
-.PHONY: setup demo test test-fast bench completions docs schema clean
+.PHONY: setup demo test test-fast bench completions docs schema readme clean
 
 setup: $(VENV)/.setup-done
 
@@ -43,6 +43,9 @@ docs: setup
 
 schema: setup
 	$(PY) -m lf.config.schema > schema.yaml
+
+readme: setup
+	$(PY) scripts/generate.py readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,6 +1,7 @@
-"""Regenerate the files derived from the app: shell completions, the CLI reference, the schema.
+"""Regenerate the files derived from the app: shell completions, the CLI reference, the schema, and the
+README's runtime tables (from the runtimes' manifests).
 
-    python scripts/generate.py [completions|docs|schema|all] [--check]
+    python scripts/generate.py [completions|docs|schema|readme|all] [--check]
 
 With --check nothing is written; the exit code is 1 when a committed file is stale. The tests run the
 same comparison, so a changed option cannot ship with stale completions or docs.
@@ -44,7 +45,50 @@ def schema() -> dict[Path, str]:
     return {REPO / "schema.yaml": schema_yaml()}
 
 
-TARGETS = {"completions": completions, "docs": docs, "schema": schema}
+def _runtime_tables() -> dict[str, str]:
+    """Markdown tables of every runtime folder lf ships: what it is, its settings, its env vars."""
+    from lf.runtimes.folders import runtime_folders
+    from lf.runtimes.registry import _parse
+
+    runtimes = [_parse(folder) for folder in runtime_folders() if folder.parent.resolve() == (REPO / "runtimes").resolve()]
+    overview = ["| runtime | default port | engine (the first one installed is used) | what it is |", "|---|---|---|---|"]
+    env_rows = ["| runtime | variables |", "|---|---|"]
+    settings = ["| runtime | setting | type | default | env var | what it sets |", "|---|---|---|---|---|---|"]
+    for rt in runtimes:
+        engines = ", ".join(_engine_text(rt, e) for e in rt.engines) or "yours: lf does not start it"
+        overview.append(f"| [{rt.name}](runtimes/{rt.name}/README.md) | {rt.default_port or '—'} | {engines} | {rt.description} |")
+        if rt.env:
+            env_rows.append(f"| {rt.name} | " + ", ".join(f"`{v}`" for v in rt.env.values()) + " |")
+        for s in rt.settings.values():
+            kind = " \\| ".join(f"`{v}`" for v in s.enum) if s.enum else s.type + (f" ({s.allowed()})" if s.allowed() else "")
+            default = "all usable cores" if s.name == "threads" and s.default is None else ("—" if s.default is None else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`")
+            settings.append(f"| {rt.name} | `{s.name}` | {kind} | {default} | {f'`{s.env}`' if s.env else '—'} | {s.description} |")
+    return {"runtimes": "\n".join(overview), "runtime-env": "\n".join(env_rows), "runtime-settings": "\n".join(settings)}
+
+
+def _engine_text(rt, engine) -> str:
+    if engine.executable:
+        return f"`{engine.executable}` on PATH" + (" or in lf's env" if rt.needs_env else "")
+    if engine.python_module:
+        return f"the `{engine.python_module}` package"
+    return f"`{engine.env_module}` in lf's env (`lf runtime install {rt.name}`)"
+
+
+def readme() -> dict[Path, str]:
+    """README.md with every `<!-- generated: NAME -->` … `<!-- end: NAME -->` block filled afresh."""
+    import re
+
+    path = REPO / "README.md"
+    text = path.read_text()
+    for name, table in _runtime_tables().items():
+        pattern = re.compile(rf"(<!-- generated: {name} .*?-->\n).*?(<!-- end: {name} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no '<!-- generated: {name} ... -->' block")
+        text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
+    return {path: text}
+
+
+TARGETS = {"completions": completions, "docs": docs, "schema": schema, "readme": readme}
 
 
 def generate(which: str) -> dict[Path, str]:

@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import generate  # noqa: E402
 
 
-@pytest.mark.parametrize("target", ["completions", "docs", "schema"])
+@pytest.mark.parametrize("target", ["completions", "docs", "schema", "readme"])
 def test_committed_copies_are_fresh(target):
     for path, text in generate.generate(target).items():
         assert path.exists(), f"{path} is missing: run `python scripts/generate.py {target}`"

@@ -86,7 +86,7 @@ STANDARD: dict[str, Setting] = {
     for s in (
         Setting("port", "integer", "port the server listens on", minimum=1, maximum=65535, flag="--port"),
         Setting("host", "string", "address to bind; 127.0.0.1 unless you ask", min_length=1, flag="--host"),
-        Setting("context_size", "integer", "context window in tokens", minimum=128, maximum=1048576, flag="--ctx-size"),
+        Setting("context_size", "integer", "context window in tokens", default=4096, minimum=128, maximum=1048576, flag="--ctx-size"),
         Setting("threads", "integer", "CPU threads (default: every usable core)", minimum=1, maximum=1024, flag="--threads"),
     )
 }

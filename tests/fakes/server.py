@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed tokens")
     parser.add_argument("--tokens", type=int, default=len(TOKENS), help="how many tokens an answer has")
     parser.add_argument("--reject-key", action="store_true", help="answer 401, echoing the key it was sent (as careless servers do)")
+    parser.add_argument("--engine-args", nargs=argparse.REMAINDER, default=[], help="everything after it: flags a real engine would take (logged with argv)")
     return parser.parse_args(argv)
 
 
