@@ -10,26 +10,30 @@ import argparse
 import os
 import signal
 import sys
-import threading
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lf.engines.xllamacpp_server")
+    parser = argparse.ArgumentParser(prog="lf.runtimes.engines.xllamacpp_server")
     parser.add_argument("--model", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ctx-size", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--alias", default=None)
+    # llama-server's defaults: 4 slots sharing one (unified) KV cache, so requests are served at once
+    parser.add_argument("--parallel", type=int, default=4)
     args = parser.parse_args(argv)
 
     if not os.path.isfile(args.model):
         print(f"error: model file not found: {args.model}", file=sys.stderr, flush=True)
         return 2
 
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    # Block SIGTERM/SIGINT before the server's threads exist (they inherit the mask) and take them with
+    # sigwait in this thread. A handler would run only in the main thread, and a process-directed signal
+    # the kernel hands to one of llama.cpp's threads would leave the main thread waiting forever: the
+    # stop then needs SIGKILL.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
     import xllamacpp
 
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     params.port = args.port
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
+    params.n_parallel = args.parallel
+    params.kv_unified = True
     if args.alias:
         params.model_alias = {args.alias}
 
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: llama.cpp server failed to start: {exc}", file=sys.stderr, flush=True)
         return 1
     print(f"lf: llama.cpp server listening on {args.host}:{args.port}", file=sys.stderr, flush=True)
-    stop.wait()
+    signal.sigwait(stop_signals)
     print("lf: shutting down", file=sys.stderr, flush=True)
     del server
     return 0
