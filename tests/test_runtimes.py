@@ -38,7 +38,7 @@ def test_llama_server_on_path_is_preferred(tmp_path, monkeypatch):
     spec = build_spec(default_entry(get_runtime("llamacpp")), None, Overrides(model=str(model), port=12345, threads=3), single=True)
     argv, engine = build_argv(spec)
     assert engine == "llama-server"
-    assert argv == [str(fake), "-m", str(model), "--host", "127.0.0.1", "--port", "12345", "-c", "4096", "-t", "3", "--alias", str(model)]
+    assert argv == [str(fake), "-m", str(model), "--host", "127.0.0.1", "--port", "12345", "-c", "4096", "-t", "3", "-np", "4", "--alias", str(model)]
 
 
 def test_embedded_engine_without_llama_server(tmp_path, monkeypatch):
