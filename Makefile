@@ -17,6 +17,7 @@ $(VENV)/.setup-done: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	$(LF) models fetch smollm2-135m
+	$(LF) models fetch gemma3-270m
 	@touch $@
 
 demo: setup

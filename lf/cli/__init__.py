@@ -39,7 +39,7 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
         {"validate": "lf.cli.config:validate", "show": "lf.cli.config:show", "init": "lf.cli.config:init", "schema": "lf.cli.config:schema"},
     ),
 }
-TOP_LEVEL: dict[str, str] = {"chat": "lf.cli.chat:chat"}
+TOP_LEVEL: dict[str, str] = {"chat": "lf.cli.chat:chat", "serve": "lf.cli.serve:serve"}
 
 
 def _version(value: bool) -> None:

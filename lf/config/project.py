@@ -34,6 +34,9 @@ class ModelEntry:
     provider_config: dict = field(default_factory=dict)
     line: int | None = None  # where the entry starts in the file
     managed: bool | None = None  # started by lf (its provider is a managed runtime and no base_url)
+    keep_loaded: bool = False  # LlamaFarm's "never unload": the gateway neither times it out nor evicts it
+    idle_ttl: float | None = None  # seconds the gateway keeps it loaded after its last request (0: forever)
+    aliases: list[str] = field(default_factory=list)  # more names the gateway routes to this entry
 
     def resolved_api_key(self) -> str | None:
         return expand_env_ref(self.api_key)
@@ -47,6 +50,7 @@ class Project:
     models: list[ModelEntry]
     default_model: str
     shape: str  # "single" or "list"
+    gateway: dict = field(default_factory=dict)  # runtime.gateway: settings of `lf serve` (lf.config.gateway)
 
     @property
     def folder(self) -> Path:
@@ -159,6 +163,7 @@ def _cache_read(path: Path, key: list | None) -> Project | None:
             models=[ModelEntry(**m) for m in p["models"]],
             default_model=p["default_model"],
             shape=p["shape"],
+            gateway=p.get("gateway") or {},
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -187,41 +192,17 @@ def normalise(path: Path, data: dict, root=None) -> Project:
     from lf.config.yamlfile import line_of
 
     runtime = data.get("runtime") or {}
-    models: list[ModelEntry] = []
     if "models" in runtime:
         shape = "list"
-        for i, item in enumerate(runtime.get("models") or []):
-            models.append(
-                ModelEntry(
-                    name=str(item["name"]),
-                    provider=item["provider"],
-                    model=str(item["model"]),
-                    description=item.get("description"),
-                    base_url=item.get("base_url"),
-                    api_key=item.get("api_key"),
-                    model_api_parameters=dict(item.get("model_api_parameters") or {}),
-                    provider_config=dict(item.get("provider_config") or {}),
-                    line=line_of(root, ("runtime", "models", i)),
-                )
-            )
-        marked = [m.name for m, item in zip(models, runtime.get("models") or []) if item.get("default") is True]
+        items = runtime.get("models") or []
+        models = [_entry(item, str(item["name"]), item.get("provider_config"), line_of(root, ("runtime", "models", i))) for i, item in enumerate(items)]
+        marked = [m.name for m, item in zip(models, items) if item.get("default") is True]
         default = runtime.get("default_model") or (marked[0] if marked else (models[0].name if models else ""))
     else:
         shape = "single"
         provider = runtime["provider"]
-        models.append(
-            ModelEntry(
-                name=provider,  # the single shape has no entry name: the instance is named after the runtime
-                provider=provider,
-                model=str(runtime["model"]),
-                description=runtime.get("description"),
-                base_url=runtime.get("base_url"),
-                api_key=runtime.get("api_key"),
-                model_api_parameters=dict(runtime.get("model_api_parameters") or {}),
-                provider_config=dict(runtime.get(provider) or runtime.get("provider_config") or {}),
-                line=line_of(root, ("runtime",)),
-            )
-        )
+        # the single shape has no entry name: the instance is named after the runtime
+        models = [_entry(runtime, provider, runtime.get(provider) or runtime.get("provider_config"), line_of(root, ("runtime",)))]
         default = provider
     from lf.runtimes.registry import get_runtime
 
@@ -234,6 +215,24 @@ def normalise(path: Path, data: dict, root=None) -> Project:
         models=models,
         default_model=default,
         shape=shape,
+        gateway=dict(runtime.get("gateway") or {}),
+    )
+
+
+def _entry(item: dict, name: str, provider_config: dict | None, line: int | None) -> ModelEntry:
+    return ModelEntry(
+        name=name,
+        provider=item["provider"],
+        model=str(item["model"]),
+        description=item.get("description"),
+        base_url=item.get("base_url"),
+        api_key=item.get("api_key"),
+        model_api_parameters=dict(item.get("model_api_parameters") or {}),
+        provider_config=dict(provider_config or {}),
+        line=line,
+        keep_loaded=bool(item.get("keep_loaded")),
+        idle_ttl=item.get("idle_ttl"),
+        aliases=list(item.get("aliases") or []),
     )
 
 

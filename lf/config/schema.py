@@ -48,8 +48,10 @@ def _model_fields(provider_type) -> dict[str, Any]:
         "tools": (list, None),
         "tools_mode": (MODES, None),
         "prompts_mode": (MODES, None),
-        "keep_loaded": (bool, None),
+        "keep_loaded": (bool, Field(None, description="never unloaded by `lf serve` (LlamaFarm's field)")),
         "prompt_format": (str, None),
+        "idle_ttl": (float, Field(None, ge=0, description="seconds `lf serve` keeps it loaded after its last request (0: forever)")),
+        "aliases": (list[str], Field(None, description="more names `lf serve` routes to this model")),
     }
 
 
@@ -93,6 +95,9 @@ def _document(registry_key: tuple) -> tuple[type[BaseModel], TypeAdapter]:
     providers = tuple(sorted(runtimes))
     provider_type = Literal[providers]
     any_settings = settings_model("ProviderConfig", _any_settings(runtimes))
+    from lf.config.gateway import GATEWAY_SETTINGS
+
+    gateway = (settings_model("Gateway", GATEWAY_SETTINGS), Field(None, description="settings of `lf serve` (lf's; LlamaFarm leaves runtime open)"))
     sections = {
         name.replace("-", "_"): (settings_model(f"{name}Settings", dict(rt.settings)), Field(None, alias=name, description=f"settings for the {name} runtime"))
         for name, rt in sorted(runtimes.items())
@@ -103,6 +108,7 @@ def _document(registry_key: tuple) -> tuple[type[BaseModel], TypeAdapter]:
         __doc__="single runtime (seed shape)",
         **_model_fields(provider_type),
         provider_config=(any_settings, None),
+        gateway=gateway,
         **sections,
     )
     entry = create_model(
@@ -119,6 +125,7 @@ def _document(registry_key: tuple) -> tuple[type[BaseModel], TypeAdapter]:
         __doc__="list of models (LlamaFarm shape)",
         default_model=(str, Field(None, description="name of the entry to use by default (else the first)")),
         models=(list[entry], Field(min_length=1)),
+        gateway=gateway,
     )
     runtime_type = typing.Annotated[
         Union[typing.Annotated[single, Tag("single")], typing.Annotated[listed, Tag("list")]],

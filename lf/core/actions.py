@@ -137,6 +137,16 @@ def ensure_running(
     return Endpoint.of(result.record, target.api_key, started=not result.already_running)
 
 
+def running(entry: "ModelEntry", store: "StateStore | None" = None) -> "Endpoint | None":
+    """The endpoint of a managed entry's instance if it is running (and is the process lf started)."""
+    from lf.core.events import Endpoint
+
+    record = _store(store).load_or_none(entry.name)
+    if record is None or not record.process_alive():
+        return None
+    return Endpoint.of(record, entry.resolved_api_key())
+
+
 def chat_endpoint(
     project: "Project | None",
     runtime: str | None,
@@ -172,6 +182,13 @@ def stop(
         raise LfError("name what to stop, or use --all", hint="running: " + (", ".join(store.names()) or "nothing"), exit_status=ExitStatus.USAGE)
     targets = store.names() if every else stop_targets(names or [], store)
     return [supervisor.stop(name, store, timeout=timeout) for name in targets]
+
+
+def stop_instance(name: str, *, only_pid: int | None = None, timeout: float = 10.0, store: "StateStore | None" = None) -> "StopResult":
+    """Stop one instance; with `only_pid`, only if it is still that process (not one started since)."""
+    from lf.daemon import supervisor
+
+    return supervisor.stop(name, _store(store), timeout=timeout, only_pid=only_pid)
 
 
 def stop_targets(names: list[str], store: "StateStore") -> list[str]:

@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from lf.config.project import ModelEntry, Project
-from lf.errors import ConfigError, LfError, UnknownNameError
+from lf.errors import LfError, UnknownNameError
 from lf.runtimes.launch import InstanceSpec, default_threads
 from lf.runtimes.registry import DEFAULT_RUNTIME, Runtime, all_runtimes, get_runtime
 
@@ -84,24 +84,10 @@ def entries_for(target: str | None, project: Project | None) -> list[ModelEntry]
     raise UnknownNameError(f"unknown runtime or model entry {target!r}", hint=did_you_mean(target, names) or f"known: {', '.join(names)}")
 
 
-def _from_env(runtime: Runtime, name: str):
-    setting = runtime.settings[name]
-    text = os.environ.get(setting.env) if setting.env else None
-    if text in (None, ""):
-        return None
-    try:
-        value = setting.parse(text)
-    except ValueError:
-        value = text
-    problem = setting.problem(value)
-    if problem:
-        allowed = setting.allowed()
-        raise ConfigError(f"environment variable {setting.env}: {problem}" + (f" (allowed: {allowed})" if allowed else ""))
-    return value
-
-
-def resolve_settings(runtime: Runtime, entry: ModelEntry, flags: Mapping[str, object], project: Project | None) -> tuple[dict, dict]:
+def resolve_settings(runtime: Runtime, entry: ModelEntry, flags: Mapping[str, object]) -> tuple[dict, dict]:
     """(value, where it came from) of every setting the runtime declares."""
+    from lf.runtimes.settings import resolve
+
     unknown = [name for name in flags if name not in runtime.settings and name not in ("port", "host", "context_size", "threads")]
     if unknown:
         from lf.suggest import did_you_mean
@@ -110,29 +96,13 @@ def resolve_settings(runtime: Runtime, entry: ModelEntry, flags: Mapping[str, ob
             f"runtime {runtime.name!r} has no setting {unknown[0]!r}",
             hint=did_you_mean(unknown[0], runtime.settings) or f"its settings: {', '.join(runtime.settings) or 'none'}",
         )
-    values: dict[str, object] = {}
-    sources: dict[str, str] = {}
-    for name, setting in runtime.settings.items():
-        if name in flags:
-            value, source = flags[name], "flag"
-            problem = setting.problem(value)
-            if problem:
-                raise LfError(f"--set {name}: {problem}", hint=f"allowed: {setting.allowed()}" if setting.allowed() else None)
-        elif (env_value := _from_env(runtime, name)) is not None:
-            value, source = env_value, "env"
-        elif name in entry.provider_config:
-            value, source = entry.provider_config[name], "config"
-        else:
-            value, source = setting.default, "default"
-        values[name] = value
-        sources[name] = source
-    return values, sources
+    return resolve(runtime.settings, flags, entry.provider_config)
 
 
 def build_spec(entry: ModelEntry, project: Project | None, overrides: Overrides, single: bool, resolve_model: bool = True) -> InstanceSpec:
     """Resolve one instance's settings. `single` means the command targets this instance alone."""
     runtime = get_runtime(entry.provider)
-    values, sources = resolve_settings(runtime, entry, overrides.flag_values() if single else {}, project)
+    values, sources = resolve_settings(runtime, entry, overrides.flag_values() if single else {})
     # several instances of one runtime: a port from the environment is where they start counting
     port_auto = values.get("port") is None or (sources.get("port") == "env" and not single)
     port = int(values.get("port") or runtime.default_port or 0)

@@ -9,6 +9,7 @@ setting is the runtime's own and its manifest declares it whole.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Mapping
 
 TYPES = ("integer", "number", "string", "boolean")
 SETTING_KEYS = ("type", "description", "default", "enum", "minimum", "maximum", "min_length", "env")
@@ -90,6 +91,47 @@ STANDARD: dict[str, Setting] = {
         Setting("threads", "integer", "CPU threads (default: every usable core)", minimum=1, maximum=1024, flag="--threads"),
     )
 }
+
+
+def resolve(declared: Mapping[str, Setting], flags: Mapping[str, object], config: Mapping[str, object]) -> tuple[dict, dict]:
+    """(value, where it came from) of every declared setting: a flag, else its env var, else the config
+    file, else its default. Flag and env values are checked against the declaration here; the file's
+    were checked when it was validated."""
+    from lf.errors import ConfigError, LfError
+
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for name, setting in declared.items():
+        if flags.get(name) is not None:
+            value, source = flags[name], "flag"
+            problem = setting.problem(value)
+            if problem:
+                raise LfError(f"{setting.flag or '--set ' + name}: {problem}", hint=f"allowed: {setting.allowed()}" if setting.allowed() else None)
+        elif (env_value := _from_env(setting)) is not None:
+            value, source = env_value, "env"
+            problem = setting.problem(value)
+            if problem:
+                allowed = setting.allowed()
+                raise ConfigError(f"environment variable {setting.env}: {problem}" + (f" (allowed: {allowed})" if allowed else ""))
+        elif config.get(name) is not None:
+            value, source = config[name], "config"
+        else:
+            value, source = setting.default, "default"
+        values[name] = value
+        sources[name] = source
+    return values, sources
+
+
+def _from_env(setting: Setting):
+    import os
+
+    text = os.environ.get(setting.env) if setting.env else None
+    if text in (None, ""):
+        return None
+    try:
+        return setting.parse(text)
+    except ValueError:
+        return text  # reported by the caller as the wrong type
 
 
 def from_manifest(name: str, table: dict, where: str) -> Setting:

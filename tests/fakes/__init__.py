@@ -128,3 +128,61 @@ def stop_process(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
     proc.wait(10)
+
+
+class Gateway:
+    """`lf serve` in a subprocess, as a user runs it; its stderr goes to a file the test can read."""
+
+    def __init__(self, work: Path, port: int, *args: str, env: dict | None = None):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = work / f"serve-{port}-{time.monotonic_ns()}.log"
+        self.args = [sys.executable, "-m", "lf", "serve", "--port", str(port), *args]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ready: bool = True) -> "Gateway":
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        if ready and not wait_until(self.answers, timeout=30):
+            self.kill()
+            raise AssertionError(f"lf serve did not answer on {self.url}:\n{self.text()}")
+        return self
+
+    def answers(self) -> bool:
+        import urllib.request
+
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"lf serve exited with {self.proc.returncode}:\n{self.text()}")
+        try:
+            with urllib.request.urlopen(self.url + "/health/liveness", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> "Gateway":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.terminate()
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def engines(state_dir: Path) -> list[psutil.Process]:
+    """The model servers lf started for this test (not the gateway itself)."""
+    return [p for p in daemons(state_dir) if p.cmdline()[1:4] != ["-m", "lf", "serve"]]

@@ -1,0 +1,33 @@
+"""Prometheus metrics of the gateway (prometheus-client), in a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+disable_created_metrics()  # the *_created series only repeat the start time of each label set
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("lf_gateway_requests", "Requests answered, by model, endpoint and HTTP status", ["model", "endpoint", "status"], registry=r)
+        self.duration = Histogram("lf_gateway_request_duration_seconds", "From the request's arrival to the last byte of its answer", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("lf_gateway_time_to_first_token_seconds", "From the request's arrival to the first token of a streamed answer", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("lf_gateway_tokens_generated", "Tokens generated (streamed events, or usage.completion_tokens)", ["model"], registry=r)
+        self.in_flight = Gauge("lf_gateway_requests_in_flight", "Requests being answered", ["model"], registry=r)
+        self.queue = Gauge("lf_gateway_queue_length", "Requests waiting for a loaded model to become idle", registry=r)
+        self.loaded = Gauge("lf_gateway_instances_loaded", "Instances the gateway started that are loaded (starting, running or stopping)", registry=r)
+        self.starts = Counter("lf_gateway_instance_starts", "Instances started on demand", ["model"], registry=r)
+        self.start_failures = Counter("lf_gateway_instance_start_failures", "Starts on demand that failed", ["model"], registry=r)
+        self.stops = Counter("lf_gateway_instance_stops", "Instances stopped by the gateway, by reason (idle, evicted, shutdown)", ["model", "reason"], registry=r)
+        self.evictions = Counter("lf_gateway_evictions", "Idle instances stopped to make room under max_loaded", ["model"], registry=r)
+        self.start_seconds = Histogram("lf_gateway_instance_start_seconds", "From the start on demand to healthy", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.probe_latency = Histogram("lf_gateway_probe_latency_seconds", "Health probe latency, by model", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.probe_failures = Counter("lf_gateway_probe_failures", "Health probes that failed or timed out", ["model"], registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,171 @@
+"""`lf serve` end to end: the official openai client, two real GGUF models on real llama.cpp engines
+(SmolLM2-135M and Gemma 3 270M, both from packages), started on demand, unloaded when idle, swapped
+under a budget of one, and upstreams that go away mid-answer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from conftest import run_lf
+from fakes import Gateway, daemons, engines, is_gone, read_record, wait_until
+
+pytestmark = pytest.mark.e2e
+QUESTION = "What is the capital of France? Answer in one sentence."
+
+
+@pytest.fixture(scope="session")
+def gemma_installed():
+    fetched = run_lf("models", "fetch", "gemma3-270m", timeout=900)
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def two_models(tmp_path: Path, smol: str = "", gemma: str = "", gateway: str = "") -> list[int]:
+    a, b, port = free_ports(3)
+    (tmp_path / "work" / "llamafarm.yaml").write_text(
+        "version: v1\nname: gw\nnamespace: tests\nruntime:\n" + (f"  gateway: {{{gateway}}}\n" if gateway else "") + "  models:\n"
+        f"    - {{name: smol, provider: llamacpp, model: smollm2-135m, aliases: [small], {smol} provider_config: {{port: {a}}}}}\n"
+        f"    - {{name: gemma, provider: llamacpp, model: gemma3-270m, {gemma} provider_config: {{port: {b}}}}}\n"
+    )
+    return [a, b, port]
+
+
+def test_the_openai_client_talks_to_two_models_through_one_endpoint(tmp_path, gemma_installed):
+    from openai import OpenAI
+
+    *_, port = two_models(tmp_path)
+    state = tmp_path / "state"
+    with Gateway(tmp_path / "work", port) as gateway:
+        client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+        assert sorted(m.id for m in client.models.list()) == ["gemma", "smol"]
+
+        answer = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48)
+        assert "Paris" in answer.choices[0].message.content  # started on demand for this very request
+        streamed = client.chat.completions.create(model="small", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48, stream=True)
+        assert "Paris" in "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+
+        completion = client.completions.create(model="gemma", prompt="The capital of France is", temperature=0, max_tokens=12)
+        assert completion.model == "gemma3-270m" and completion.choices[0].text.strip()  # the other model answered
+        pieces = client.completions.create(model="gemma", prompt="One, two, three,", temperature=0, max_tokens=8, stream=True)
+        assert "".join(p.choices[0].text for p in pieces if p.choices).strip()
+
+        assert {read_record(state, "smol")["model"], read_record(state, "gemma")["model"]} == {"smollm2-135m", "gemma3-270m"}
+        assert read_record(state, "smol")["owner"] == "gateway"
+
+        # a model that was stopped behind the gateway's back comes back on the next request
+        assert run_lf("runtime", "stop", "smol").returncode == 0
+        again = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=8)
+        assert again.choices[0].message.content
+    assert engines(state) == []
+
+
+def test_an_idle_instance_stops_after_its_ttl_but_never_during_a_stream(tmp_path):
+    *_, port = two_models(tmp_path, smol="idle_ttl: 2,")
+    state = tmp_path / "state"
+    with Gateway(tmp_path / "work", port) as gateway:
+        body = {"model": "smol", "stream": True, "max_tokens": 400, "temperature": 0, "messages": [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]}
+        alive_throughout = True
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=120) as response:
+            started = None
+            for line in response.iter_lines():
+                if started is None and line.startswith("data: {"):
+                    started, pid = time.monotonic(), read_record(state, "smol")["pid"]
+                if started is not None:
+                    alive_throughout &= not is_gone(pid)
+            streamed_for = time.monotonic() - started
+        ended = time.monotonic()
+        assert streamed_for > 2 + 0.5, f"the answer took {streamed_for:.1f}s: not longer than the TTL"
+        assert alive_throughout, "the instance went away while it was streaming"
+        assert wait_until(lambda: is_gone(pid), timeout=15)
+        assert time.monotonic() - ended <= 2 + 1, "the idle instance outlived its TTL by more than a second"
+        assert wait_until(lambda: read_record(state, "smol") is None)
+    assert engines(state) == []
+
+
+def test_a_budget_of_one_swaps_two_models_and_never_runs_both(tmp_path, gemma_installed):
+    *_, port = two_models(tmp_path)
+    state = tmp_path / "state"
+    most = [0]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            live = [p for p in engines(state) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            most[0] = max(most[0], len(live))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with Gateway(tmp_path / "work", port, "--max-loaded", "1") as gateway:
+            codes = []
+            for model in ["smol", "gemma"] * 3:
+                answer = httpx.post(gateway.url + "/v1/completions", json={"model": model, "prompt": "Hello", "max_tokens": 4}, timeout=120)
+                codes.append(answer.status_code)
+            assert codes == [200] * 6
+            assert gateway.text().count("(evicted)") == 5
+    finally:
+        sampling.set()
+        sampler.join(5)
+    assert most[0] == 1, f"{most[0]} engines were alive at once under --max-loaded 1"
+    assert engines(state) == []
+
+
+def test_a_client_that_goes_away_frees_the_engine_for_the_next_request(tmp_path):
+    *_, port = two_models(tmp_path, smol="idle_ttl: 0,")
+    (tmp_path / "work" / "llamafarm.yaml").write_text((tmp_path / "work" / "llamafarm.yaml").read_text().replace("provider_config: {port:", "provider_config: {parallel: 1, port:", 1))
+    with Gateway(tmp_path / "work", port) as gateway:
+        long = {"model": "smol", "stream": True, "max_tokens": 2000, "temperature": 0.8, "messages": [{"role": "user", "content": "Write a very long story."}]}
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=long, timeout=120) as response:
+            lines = response.iter_lines()
+            while '"content":"' not in next(lines):  # the answer has begun
+                pass
+        # the only slot was busy with 2000 tokens (~20 s here); the gateway closed that request upstream
+        started = time.monotonic()
+        quick = httpx.post(gateway.url + "/v1/chat/completions", json={"model": "smol", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}, timeout=120)
+        waited = time.monotonic() - started
+        assert quick.status_code == 200
+        assert waited < 5, f"the next request waited {waited:.1f}s: the abandoned answer still held the slot"
+        assert "cancel task" in Path(read_record(tmp_path / "state", "smol")["log_path"]).read_text()
+
+
+def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error(tmp_path):
+    from openai import APIError, OpenAI
+
+    *_, port = two_models(tmp_path)
+    state = tmp_path / "state"
+    with Gateway(tmp_path / "work", port) as gateway:
+        client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        stream = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Write a long story."}], max_tokens=2000, stream=True)
+        received = 0
+        killed_at = None
+        with pytest.raises(APIError, match="stopped answering mid-stream"):
+            for chunk in stream:
+                received += 1
+                if received == 5:
+                    os.kill(read_record(state, "smol")["pid"], signal.SIGKILL)
+                    killed_at = time.monotonic()
+        assert time.monotonic() - killed_at < 2, "the client waited more than 2 s to hear that its stream broke"
+        assert wait_until(lambda: next(c for c in httpx.get(gateway.url + "/health").json()["components"] if c["name"] == "smol")["state"] == "crashed", timeout=15)
+        again = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=8)
+        assert again.choices[0].message.content  # started again on demand
+    assert daemons(state) == []
