@@ -26,6 +26,7 @@ from lf.gateway.metrics import Metrics
 from lf.gateway.monitor import Monitor
 from lf.gateway.pool import Pool, PoolHooks, QueueFull, QueueTimeout, Slot, SlotState, StartFailed
 from lf.gateway.settings import GatewayConfig
+from lf.gateway.upstream import UpstreamClient
 
 KEEPALIVE_SECONDS = 2.0  # a streaming request waiting for its model gets an SSE comment this often
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -87,6 +88,7 @@ class Gateway:
         self.routes = _routes(entries)
         self.external = {e.name: target_of(e) for e in entries if not e.managed}
         self.client: httpx.AsyncClient | None = None
+        self.upstream = UpstreamClient()
         self.monitor: Monitor | None = None
         self.started_at = time.time()
 
@@ -96,7 +98,8 @@ class Gateway:
         async def lifespan(_app):
             self.client = httpx.AsyncClient(
                 timeout=httpx.Timeout(None, connect=5.0),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+                # no kept-alive connections: llama.cpp's server may drop a request sent on one (see upstream.py)
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
                 trust_env=False,
             )
             self.monitor = Monitor(self.pool, self.entries, self.config.probe_interval, self.metrics, self.client)
@@ -229,6 +232,13 @@ class Gateway:
             return await exchange.cold_stream()
         return await exchange.answer()
 
+    async def send(self, url: str, headers: dict, body: bytes):
+        """POST upstream, the answer streamed: plain HTTP (lf's own runtimes) through the lean client,
+        anything else (https, proxies) through httpx."""
+        if url.startswith("http://"):
+            return await self.upstream.send("POST", url, headers, body)
+        return await self.client.send(self.client.build_request("POST", url, content=body, headers=headers), stream=True)
+
     async def _payload(self, request: Request) -> dict:
         limit = self.config.max_body
         declared = request.headers.get("content-length")
@@ -281,8 +291,8 @@ class _Exchange:
             self.acquired = False
             self.gateway.pool.release(self.slot)
 
-    async def _open(self) -> httpx.Response:
-        """Send the request upstream (once more if a managed instance turns out to have died)."""
+    async def _open(self):
+        """Send the request upstream; once more if a managed instance turns out to have died (it is started again)."""
         for attempt in (1, 2):
             endpoint = await self._endpoint()
             self.mask = KeyMask(endpoint.api_key)
@@ -290,12 +300,11 @@ class _Exchange:
             headers = {"content-type": "application/json", "accept": self.request.headers.get("accept", "*/*")}
             if endpoint.api_key:
                 headers["authorization"] = f"Bearer {endpoint.api_key}"
-            upstream = self.gateway.client.build_request("POST", endpoint.base_url.rstrip("/") + self.path, content=body, headers=headers)
             try:
-                return await self.gateway.client.send(upstream, stream=True)
+                return await self.gateway.send(endpoint.base_url.rstrip("/") + self.path, headers, body)
             except httpx.ConnectError as exc:
-                record = endpoint.record
                 self._release()
+                record = endpoint.record
                 if attempt == 1 and record is not None and not record.process_alive():
                     self.gateway.pool.crashed(self.slot, f"its process (pid {record.pid}) exited")
                     continue
