@@ -39,6 +39,7 @@ MEASUREMENTS = {
     "P4": "p4_chat",
     "P5": "p5_status_scale",
     "P6": "p6_engines",
+    "P7": "p7_gateway",
 }
 
 

@@ -20,7 +20,7 @@ from lf.daemon.records import RuntimeRecord, StateStore
 
 # Heavy modules the status path can do without: the probes speak HTTP over a plain socket, process
 # identity comes from /proc, output is plain JSON or text, and typer below 0.29 parses without pydantic.
-STATUS_AVOIDS = ("httpx", "pydantic", "rich", "psutil")
+STATUS_AVOIDS = ("httpx", "pydantic", "rich", "psutil", "lf.gateway", "starlette", "uvicorn", "prometheus_client", "anyio")
 # `lf --help` is rendered by typer with rich; it needs neither an HTTP client nor process tools.
 HELP_AVOIDS = ("httpx", "pydantic", "psutil")
 
