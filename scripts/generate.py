@@ -63,7 +63,17 @@ def _runtime_tables() -> dict[str, str]:
             kind = " \\| ".join(f"`{v}`" for v in s.enum) if s.enum else s.type + (f" ({s.allowed()})" if s.allowed() else "")
             default = "all usable cores" if s.name == "threads" and s.default is None else ("—" if s.default is None else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`")
             settings.append(f"| {rt.name} | `{s.name}` | {kind} | {default} | {f'`{s.env}`' if s.env else '—'} | {s.description} |")
-    return {"runtimes": "\n".join(overview), "runtime-env": "\n".join(env_rows), "runtime-settings": "\n".join(settings)}
+    return {"runtimes": "\n".join(overview), "runtime-env": "\n".join(env_rows), "runtime-settings": "\n".join(settings), "gateway-settings": _gateway_table()}
+
+
+def _gateway_table() -> str:
+    from lf.config.gateway import GATEWAY_SETTINGS
+
+    rows = ["| setting | flag | env var | default | what it sets |", "|---|---|---|---|---|"]
+    for s in GATEWAY_SETTINGS.values():
+        default = "—" if s.default is None else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`"
+        rows.append(f"| `{s.name}` | {f'`{s.flag}`' if s.flag else '—'} | `{s.env}` | {default} | {s.description} |")
+    return "\n".join(rows)
 
 
 def _engine_text(rt, engine) -> str:

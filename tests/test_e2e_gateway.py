@@ -67,6 +67,9 @@ def test_the_openai_client_talks_to_two_models_through_one_endpoint(tmp_path, ge
         assert completion.model == "gemma3-270m" and completion.choices[0].text.strip()  # the other model answered
         pieces = client.completions.create(model="gemma", prompt="One, two, three,", temperature=0, max_tokens=8, stream=True)
         assert "".join(p.choices[0].text for p in pieces if p.choices).strip()
+        last = {c["name"]: c["last_request"] for c in httpx.get(gateway.url + "/health").json()["components"]}
+        assert last["gemma"]["stream"] and last["gemma"]["ttft_ms"] > 0 and last["gemma"]["tokens"] >= 2 and last["gemma"]["tokens_per_s"] > 0
+        assert last["smol"]["tokens"] > 0 and last["smol"]["tokens_per_s"] > 0  # the streamed chat, the latest for smol
 
         assert {read_record(state, "smol")["model"], read_record(state, "gemma")["model"]} == {"smollm2-135m", "gemma3-270m"}
         assert read_record(state, "smol")["owner"] == "gateway"

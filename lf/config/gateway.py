@@ -18,7 +18,7 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("api_key", "string", "clients must send it as `Authorization: Bearer …` (an env reference such as ${env:LF_KEY} works); never printed", min_length=1, env="LF_GATEWAY_API_KEY"),
         Setting("insecure", "boolean", "allow a non-loopback address without api_key", default=False, env="LF_GATEWAY_INSECURE", flag="--insecure"),
         Setting("idle_ttl", "number", "seconds an instance the gateway started stays loaded after its last response (0: forever; a model's own idle_ttl or keep_loaded wins)", default=300, minimum=0, env="LF_GATEWAY_IDLE_TTL", flag="--idle-ttl"),
-        Setting("max_loaded", "integer", "instances the gateway keeps loaded at once; the least recently used idle one is stopped to make room (0: no limit)", default=3, minimum=0, maximum=1024, env="LF_GATEWAY_MAX_LOADED", flag="--max-loaded"),
+        Setting("max_loaded", "integer", "instances the gateway started that stay loaded at once (ones from `lf runtime start` are not counted); the least recently used idle one is stopped to make room (0: no limit)", default=3, minimum=0, maximum=1024, env="LF_GATEWAY_MAX_LOADED", flag="--max-loaded"),
         Setting("max_queue", "integer", "requests that may wait for room at once; more get 503 with Retry-After", default=64, minimum=0, maximum=100000, env="LF_GATEWAY_MAX_QUEUE", flag="--max-queue"),
         Setting("queue_timeout", "number", "seconds a request may wait for room before a 503", default=120, minimum=0.1, env="LF_GATEWAY_QUEUE_TIMEOUT", flag="--queue-timeout"),
         Setting("start_timeout", "number", "seconds a start on demand may take (default: the runtime's)", minimum=0.1, env="LF_GATEWAY_START_TIMEOUT", flag="--start-timeout"),

@@ -402,8 +402,11 @@ class _Exchange:
                 self._finish(self.status)
 
     def _observe(self, chunk: bytes) -> None:
+        """Count generated pieces as they pass (a chat stream's content, a completion stream's text), without
+        parsing the events; a whole answer's count comes from its usage."""
         if self.stream:
-            pieces = chunk.count(b'"content":"') + chunk.count(b'"content": "') - chunk.count(b'"content":""') - chunk.count(b'"content": ""')
+            field = b'"text"' if self.path == "/completions" else b'"content"'
+            pieces = chunk.count(field + b':"') + chunk.count(field + b': "') - chunk.count(field + b':""') - chunk.count(field + b': ""')
             if pieces > 0:
                 if self.first_token is None:
                     self.first_token = time.monotonic()
@@ -422,19 +425,23 @@ class _Exchange:
         gateway.metrics.duration.labels(name).observe(ended - self.arrived)
         if self.tokens:
             gateway.metrics.tokens.labels(name).inc(self.tokens)
-        if self.first_token is not None:
-            ttft = self.first_token - self.arrived
+        ttft = self.first_token - self.arrived if self.first_token is not None else None
+        if ttft is not None:
             gateway.metrics.ttft.labels(name).observe(ttft)
-            span = ended - self.first_token
-            component = gateway.monitor.components.get(name) if gateway.monitor else None
-            if component is not None:
-                component.last_request = {
-                    "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "status": status,
-                    "ttft_ms": round(ttft * 1000, 1),
-                    "tokens": self.tokens,
-                    "tokens_per_s": round((self.tokens - 1) / span, 1) if span > 0 and self.tokens > 1 else None,
-                }
+        component = gateway.monitor.components.get(name) if gateway.monitor else None
+        if component is not None and status < 400 and self.tokens:
+            # tokens/s of the generation itself: from the first token when streamed, else over the whole answer
+            span = ended - (self.first_token if self.first_token is not None else self.arrived)
+            generated = self.tokens - 1 if self.first_token is not None else self.tokens
+            component.last_request = {
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "status": status,
+                "stream": self.stream,
+                "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
+                "duration_ms": round((ended - self.arrived) * 1000, 1),
+                "tokens": self.tokens,
+                "tokens_per_s": round(generated / span, 1) if span > 0 and generated > 0 else None,
+            }
         gateway._log(self.request, name, status, self.arrived)
 
 
