@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import psutil
 import pytest
 
 from conftest import run_lf
-from fakes import Gateway, daemons, engines, is_gone, read_record, wait_until
+from fakes import Gateway, daemons, engines, free_ports, is_gone, read_record, wait_until
 
 pytestmark = pytest.mark.e2e
 QUESTION = "What is the capital of France? Answer in one sentence."
@@ -26,17 +25,6 @@ QUESTION = "What is the capital of France? Answer in one sentence."
 def gemma_installed():
     fetched = run_lf("models", "fetch", "gemma3-270m", timeout=900)
     assert fetched.returncode == 0, fetched.stderr[-2000:]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def two_models(tmp_path: Path, smol: str = "", gemma: str = "", gateway: str = "") -> list[int]:

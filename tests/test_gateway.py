@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,24 +18,13 @@ import httpx
 import pytest
 
 from conftest import run_lf
-from fakes import Gateway, daemons, engines, is_gone, read_record, use_fakes, wait_until
+from fakes import Gateway, daemons, engines, free_ports, is_gone, read_record, use_fakes, wait_until
 
 
 @pytest.fixture(autouse=True)
 def fakes(isolated, monkeypatch):
     use_fakes(monkeypatch)
     return isolated / "state"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def project(tmp_path: Path, models: str, gateway: str = "") -> None:
@@ -267,6 +255,30 @@ def test_when_every_loaded_model_is_busy_requests_queue_then_get_503(tmp_path, f
         assert read_record(fakes, "talker") is None and len(engines(fakes)) == 1
         metrics = httpx.get(gateway.url + "/metrics").text
         assert 'lf_gateway_evictions_total{model="talker"} 1.0' in metrics
+
+
+def test_a_model_started_for_a_request_that_went_away_makes_room_for_the_queue(tmp_path, fakes):
+    a, b, port = free_ports(3)
+    project(tmp_path, f"""\
+        - {{name: slow, provider: fake-loading, model: m, provider_config: {{port: {a}}}}}
+        - {{name: other, provider: fake, model: m, provider_config: {{port: {b}}}}}
+        """)
+    with Gateway(tmp_path / "work", port, "--max-loaded", "1", "--queue-timeout", "60") as gateway:
+        body = {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=60) as leaving:
+            lines = leaving.iter_lines()
+            assert next(lines).startswith(": loading slow")
+            queued = []
+            waiter = threading.Thread(target=lambda: queued.append(chat(gateway, "other", timeout=90)))
+            waiter.start()
+            assert wait_until(lambda: health(gateway)["gateway"]["queued"] == 1, timeout=10)
+        # the client for `slow` went away while it loaded; once loaded and idle, it is the one to evict,
+        # at once: not when the queued request's 60 s have run out
+        waiter.join(20)
+        assert not waiter.is_alive(), "the queued request still waits although an idle instance could make room"
+        assert [r.status_code for r in queued] == [200]
+        assert "stopped slow (evicted)" in gateway.text()
+        assert health(gateway)["gateway"]["queued"] == 0
 
 
 # -- health ------------------------------------------------------------------------------------------------

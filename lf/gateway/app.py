@@ -333,6 +333,9 @@ class _Exchange:
             problem = self._problem(exc)
             self._finish(problem.status)
             return problem.response()
+        except BaseException:
+            self._release()  # never leave the model counted busy (it would never go idle)
+            raise
         self.status = upstream.status_code
         headers = {k: v for k, v in upstream.headers.items() if k in PASSED_HEADERS}
         if "text/event-stream" in headers.get("content-type", ""):
@@ -364,6 +367,10 @@ class _Exchange:
                 yield sse_error(problem.message, problem.code)
                 return
             self.status = upstream.status_code
+            if upstream.status_code >= 400:  # the 200 is sent already: the refusal becomes an error event
+                text = (self.mask.feed(await upstream.aread()) + self.mask.flush()).decode("utf-8", "replace")
+                yield sse_error(f"{self.entry.name} answered HTTP {upstream.status_code}: {text[:2000]}", "upstream_error")
+                return
             async for chunk in self._relay(upstream, finish=False):
                 yield chunk
         finally:

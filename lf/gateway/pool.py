@@ -119,6 +119,7 @@ class Pool:
         slot.last_error = None
         self._set(slot, SlotState.RUNNING)
         self._schedule_expiry(slot)
+        self._wake_waiters()  # running and idle, it may be the one to make room (if its own request went away)
 
     # -- requests ------------------------------------------------------------------------------------
     async def acquire(self, slot: Slot) -> Endpoint:

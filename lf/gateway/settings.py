@@ -48,7 +48,7 @@ def resolve_config(project: Project | None, flags: dict) -> GatewayConfig:
     file_values = dict(project.gateway) if project else {}
     values, _sources = resolve(GATEWAY_SETTINGS, {k: v for k, v in flags.items() if v is not None}, file_values)
     values["api_key"] = expand_env_ref(values.get("api_key")) or None
-    config = GatewayConfig(**{k: v for k, v in values.items() if v is not None or k in ("api_key", "start_timeout")})
+    config = GatewayConfig(**values)
     if not config.loopback and not config.api_key and not config.insecure:
         raise LfError(
             f"the gateway would listen on {config.host} (reachable from other machines) with no API key",

@@ -71,6 +71,20 @@ def kill_daemons(state_dir: Path) -> None:
             pass
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct ports nobody listens on (held together while chosen, so they differ)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
