@@ -53,8 +53,10 @@ def _load(target: str):
     return getattr(importlib.import_module(module), function)
 
 
-def build_app(only: str | None = None, only_command: str | None = None) -> typer.Typer:
-    """The app; with `only`, just that command group (and with `only_command`, just that command of it)."""
+def build_app(only: str | None = None, only_command: str | None = None, listing: bool = False) -> typer.Typer:
+    """The app; with `only`, just that command group (and with `only_command`, just that command of it);
+    with `listing` (`lf --help`, `lf --version`), the groups without their commands: the root help lists
+    groups by their own help, and building every command is most of its cost."""
     app = typer.Typer(
         name="lf",
         help=HELP,
@@ -76,7 +78,7 @@ def build_app(only: str | None = None, only_command: str | None = None) -> typer
         # rich_markup_mode=None: plain help and errors, without importing rich (~60 ms) for them
         sub = typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None)
         for name, target in commands.items():
-            if only_command in (None, name):
+            if only_command in (None, name) and not listing:
                 sub.command(name)(_load(target))
         app.add_typer(sub, name=group)
     for name, target in TOP_LEVEL.items():
@@ -100,4 +102,5 @@ def main() -> None:
     # `lf runtime status …`: the one command, unless the word is not a command (then Typer's own
     # "no such command" message needs the whole group)
     only_command = argv[1] if only in GROUPS and len(argv) > 1 and argv[1] in GROUPS[only][1] else None
-    build_app(only, only_command)(prog_name="lf")
+    listing = not completing and argv[:1] in ([], ["-h"], ["--help"], ["--version"])
+    build_app(only, only_command, listing)(prog_name="lf")

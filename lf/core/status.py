@@ -17,7 +17,7 @@ from lf.errors import ExitStatus, exit_for_state, worst
 STATUS_VERSION = 1
 
 
-@dataclass
+@dataclass(eq=False, repr=False)  # each generated method costs the status path (measured)
 class InstanceStatus:
     name: str
     runtime: str
@@ -70,7 +70,7 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class StatusReport:
     instances: list[InstanceStatus]
     unknown: list[str]
