@@ -61,7 +61,6 @@ def test_entry_marked_default_wins_over_first(tmp_path):
 @pytest.mark.parametrize(
     "name, expected",
     [
-        ("unknown_runtime_key.yaml", ["unknown_runtime_key.yaml:7:3:", "runtime.base_ulr", "did you mean 'base_url'"]),
         ("wrong_port_type.yaml", ["wrong_port_type.yaml:10:15:", "runtime.models[0].provider_config.port", "expected an integer"]),
         ("unknown_provider.yaml", ["unknown_provider.yaml:7:17:", "runtime.models[0].provider", "'lemonaid' is not allowed", "llamacpp"]),
         ("missing_fields.yaml", ["missing required field 'namespace'", "runtime.models[0]: missing required field 'name'"]),
@@ -78,6 +77,21 @@ def test_broken_files_are_rejected_with_location(cli, name, expected):
     assert "Traceback" not in result.stderr
     for text in expected:
         assert text in result.stderr, result.stderr
+
+
+def test_unknown_keys_are_kept_as_warnings_and_strict_makes_them_errors(cli):
+    """LlamaFarm's loader does not forbid extra keys: neither does lf, but it says where they are."""
+    path = FIXTURES / "warnings" / "unknown_runtime_key.yaml"
+    located = "unknown_runtime_key.yaml:7:3: runtime.base_ulr: unknown field 'base_ulr' (did you mean 'base_url'?)"
+    result = cli("config", "validate", str(path))
+    assert result.exit_code == 0 and "valid" in result.stdout
+    assert f"Warning: {path.parent}/{located}" in result.stderr
+    strict = cli("config", "validate", str(path), "--strict")
+    assert strict.exit_code == ExitStatus.CONFIG and located in strict.stderr
+    data = json.loads(cli("config", "validate", str(path), "--json").stdout)
+    assert data["valid"] is True and data["problems"] == []
+    (warning,) = data["warnings"]
+    assert (warning["line"], warning["column"], warning["field"], warning["severity"]) == (7, 3, "runtime.base_ulr", "warning")
 
 
 def test_validate_json_lists_problems_with_positions(cli):
@@ -105,12 +119,12 @@ def test_a_directory_and_an_unreadable_file_are_config_errors(cli, tmp_path):
 
 
 def test_other_commands_show_the_same_located_message(cli):
-    shutil.copy(FIXTURES / "broken" / "unknown_runtime_key.yaml", "llamafarm.yaml")
+    shutil.copy(FIXTURES / "broken" / "wrong_port_type.yaml", "llamafarm.yaml")
     result = cli("runtime", "status")
     assert result.exit_code == ExitStatus.CONFIG
-    assert "llamafarm.yaml:7:3: runtime.base_ulr" in result.stderr
+    assert "llamafarm.yaml:10:15: runtime.models[0].provider_config.port" in result.stderr
     result = cli("chat", "hi")
-    assert result.exit_code == ExitStatus.CONFIG and "runtime.base_ulr" in result.stderr
+    assert result.exit_code == ExitStatus.CONFIG and "runtime.models[0].provider_config.port" in result.stderr
 
 
 def test_discovery_walks_up_and_respects_precedence(tmp_path, monkeypatch):
@@ -209,7 +223,7 @@ def test_schema_validates_fixtures_like_a_standard_validator():
     schema = yaml.safe_load((REPO / "schema.yaml").read_text())
     for path in (FIXTURES / "configs").glob("*.yaml"):
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
-    for name in ("unknown_runtime_key.yaml", "wrong_port_type.yaml", "unknown_provider.yaml", "missing_fields.yaml"):
+    for name in ("wrong_port_type.yaml", "unknown_provider.yaml", "missing_fields.yaml"):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(yaml.safe_load((FIXTURES / "broken" / name).read_text()), schema)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lf.errors import ConfigError, ExitStatus, LfError, NotInstalledError
+from lf.errors import ConfigError, ExitStatus, LfError, NotInstalledError, UnknownNameError
 
 
 # -- a runtime whose env is one tiny local wheel ---------------------------------------------------
@@ -189,8 +189,14 @@ def test_config_accepts_both_lemonade_shapes(tmp_path):
     )
     assert load_project(listed).models[0].provider_config["recipe"] == "oga-cpu"
 
+    # a setting Lemonade does not have is kept and reported (LlamaFarm accepts it), not used
+    odd = tmp_path / "odd.yaml"
+    odd.write_text("version: v1\nname: p\nnamespace: d\nruntime:\n  provider: lemonade\n  model: m\n  lemonade:\n    threads: 2\n")
+    (warning,) = load_project(odd).warnings
+    assert "odd.yaml:8:5: runtime.lemonade.threads: lemonade does not use the setting 'threads'" in warning
+    # a wrong value for one it has is an error: lf needs it
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: v1\nname: p\nnamespace: d\nruntime:\n  provider: lemonade\n  model: m\n  lemonade:\n    threads: 2\n")
+    bad.write_text("version: v1\nname: p\nnamespace: d\nruntime:\n  provider: lemonade\n  model: m\n  lemonade:\n    port: eleven\n")
     with pytest.raises(ConfigError):
         load_project(bad)
 
@@ -324,7 +330,7 @@ def test_model_plans(lemonade, tmp_path, onnx_model, monkeypatch):
     with pytest.raises(NotInstalledError) as missing:
         hooks.model_plan(_spec(rt), "v6")  # the default model, not built in this data dir
     assert "lf models build-onnx" in missing.value.hint
-    with pytest.raises(NotInstalledError):
+    with pytest.raises(UnknownNameError):  # no such folder and no such name: exit 4, as every unknown model
         hooks.model_plan(_spec(rt, model="./no/such/folder"), "v6")
 
 

@@ -7,12 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from lf.cli._common import ConfigOpt, JsonOpt, command, err, load_project, out, print_json
+from lf.cli._common import ConfigOpt, JsonOpt, command, err, load_project, out, print_json, report_error
 
 
 @command
 def validate(
     path: Annotated[Optional[Path], typer.Argument(help="File to check (default: the project's llamafarm.yaml).", show_default=False)] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Unknown keys (kept, unused by lf) are errors too, not warnings.")] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -24,14 +25,18 @@ def validate(
     found = path or find_config(config)
     if found is None:
         raise ConfigError("no llamafarm.yaml here or in any parent folder", hint="create one with: lf config init")
-    result = check_file(found)
+    result = check_file(found, strict=strict)
     if json_out:
-        print_json(result.to_dict())
-        if result.problems:  # all said in the JSON; an unreadable file is also said on stderr
+        print_json(result.to_dict())  # the one object, also for an invalid or unreadable file
+        if not result.valid:
+            if result.unreadable is not None:
+                report_error(result.unreadable)
             raise typer.Exit(int(ExitStatus.CONFIG))
     if not result.valid:
         raise result.error()
     if not json_out:
+        for line in result.warnings:
+            err(line)
         project = result.project
         out(f"{found}: valid ({project.shape} shape, {len(project.models)} model{'s' if len(project.models) != 1 else ''}, default {project.default_model})")
 
@@ -41,7 +46,7 @@ def show(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """The resolved configuration: every model with its runtime settings, defaults filled, secrets redacted."""
     from lf.core.show import resolved_config
 
-    data = resolved_config(load_project(config))
+    data = resolved_config(load_project(config, warn=True))
     if json_out:
         print_json(data)
         return

@@ -34,6 +34,8 @@ class ModelEntry:
     provider_config: dict = field(default_factory=dict)
     line: int | None = None  # where the entry starts in the file
     managed: bool | None = None  # started by lf (its provider is a managed runtime and no base_url)
+    request_defaults: dict = field(default_factory=dict)  # sent with every request: model_api_parameters and
+    # the generation parameters LlamaFarm lets a file place elsewhere (runtime.temperature, provider_config.top_p)
     keep_loaded: bool = False  # LlamaFarm's "never unload": the gateway neither times it out nor evicts it
     idle_ttl: float | None = None  # seconds the gateway keeps it loaded after its last request (0: forever)
     aliases: list[str] = field(default_factory=list)  # more names the gateway routes to this entry
@@ -51,6 +53,7 @@ class Project:
     default_model: str
     shape: str  # "single" or "list"
     gateway: dict = field(default_factory=dict)  # runtime.gateway: settings of `lf serve` (lf.config.gateway)
+    warnings: list[str] = field(default_factory=list)  # what lf keeps without using (unknown keys), located
 
     @property
     def folder(self) -> Path:
@@ -116,12 +119,14 @@ def load_project(path: Path) -> Project:
     cached = _cache_read(path, key)
     if cached is not None:
         return cached
-    from lf.config.schema import validate_document
+    from lf.config.schema import validate_document, without_nulls
     from lf.config.yamlfile import read_yaml
 
     document, root = read_yaml(path)
-    validate_document(path, document, root)
+    document = without_nulls(document)
+    warnings = validate_document(path, document, root)
     project = normalise(path, document, root)
+    project.warnings = warnings
     _cache_write(path, key, project)
     return project
 
@@ -164,6 +169,7 @@ def _cache_read(path: Path, key: list | None) -> Project | None:
             default_model=p["default_model"],
             shape=p["shape"],
             gateway=p.get("gateway") or {},
+            warnings=p.get("warnings") or [],
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -192,17 +198,21 @@ def normalise(path: Path, data: dict, root=None) -> Project:
     from lf.config.yamlfile import line_of
 
     runtime = data.get("runtime") or {}
+    shared = _generation(runtime)  # runtime.temperature and the like: defaults for every model
     if "models" in runtime:
         shape = "list"
         items = runtime.get("models") or []
-        models = [_entry(item, str(item["name"]), item.get("provider_config"), line_of(root, ("runtime", "models", i))) for i, item in enumerate(items)]
+        models = [
+            _entry(item, str(item["name"]), {**(item.get(item["provider"]) or {}), **(item.get("provider_config") or {})}, line_of(root, ("runtime", "models", i)), shared)
+            for i, item in enumerate(items)
+        ]
         marked = [m.name for m, item in zip(models, items) if item.get("default") is True]
         default = runtime.get("default_model") or (marked[0] if marked else (models[0].name if models else ""))
     else:
         shape = "single"
         provider = runtime["provider"]
         # the single shape has no entry name: the instance is named after the runtime
-        models = [_entry(runtime, provider, runtime.get(provider) or runtime.get("provider_config"), line_of(root, ("runtime",)))]
+        models = [_entry(runtime, provider, runtime.get(provider) or runtime.get("provider_config"), line_of(root, ("runtime",)), {})]
         default = provider
     from lf.runtimes.registry import get_runtime
 
@@ -219,7 +229,14 @@ def normalise(path: Path, data: dict, root=None) -> Project:
     )
 
 
-def _entry(item: dict, name: str, provider_config: dict | None, line: int | None) -> ModelEntry:
+def _generation(mapping: dict) -> dict:
+    from lf.config.schema import GENERATION_PARAMS
+
+    return {k: v for k, v in mapping.items() if k in GENERATION_PARAMS}
+
+
+def _entry(item: dict, name: str, provider_config: dict | None, line: int | None, shared: dict) -> ModelEntry:
+    settings = dict(provider_config or {})
     return ModelEntry(
         name=name,
         provider=item["provider"],
@@ -228,7 +245,8 @@ def _entry(item: dict, name: str, provider_config: dict | None, line: int | None
         base_url=item.get("base_url"),
         api_key=item.get("api_key"),
         model_api_parameters=dict(item.get("model_api_parameters") or {}),
-        provider_config=dict(provider_config or {}),
+        provider_config=settings,
+        request_defaults={**shared, **_generation(item), **_generation(settings), **(item.get("model_api_parameters") or {})},
         line=line,
         keep_loaded=bool(item.get("keep_loaded")),
         idle_ttl=item.get("idle_ttl"),
@@ -254,8 +272,7 @@ runtime:
       description: SmolLM2-135M on the embedded llama.cpp runtime
       provider: llamacpp
       model: smollm2-135m
-      provider_config:
-        port: 11634
+      # no port: each model gets the runtime's base port (11634), or the next free one after it
 """
 
 

@@ -1,6 +1,11 @@
 """The llamafarm.yaml schema as pydantic models, built from the runtime registry, and a validator that
 reports every problem with file:line:column, its dotted field path and what is allowed.
 
+lf accepts what LlamaFarm accepts: LlamaFarm's loader does not forbid extra keys and its schema leaves the
+runtime and model objects open, so an unknown key is kept and reported as a warning (with a did-you-mean),
+and `null` means "not set". What lf cannot run is an error: a wrong type where lf needs the value, an
+unknown provider, a broken file. `lf config validate --strict` makes the warnings errors too.
+
 The models are the source of truth: `schema.yaml` at the repository root is their JSON Schema
 (`python -m lf.config.schema > schema.yaml`; a test fails when the two disagree). The provider enum,
 the per-provider sections and what each section accepts come from the runtimes' manifests, so adding a
@@ -25,7 +30,11 @@ from lf.runtimes.settings import Setting, describe_type, describe_value
 from lf.suggest import did_you_mean
 
 ENTRY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-STRICT = ConfigDict(extra="forbid", strict=True)
+# typed where a field is known, open to the rest (reported as warnings by `unknown_keys`)
+OPEN = ConfigDict(extra="allow", strict=True)
+# Request parameters LlamaFarm lets a file set as defaults (runtime.temperature, provider_config.temperature,
+# model_api_parameters): lf sends them with every request to that model; the request's own values win.
+GENERATION_PARAMS = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "frequency_penalty", "presence_penalty", "repeat_penalty", "stop", "seed")
 MODES = Literal["config_only", "api_replace", "api_supplement"]
 
 
@@ -58,7 +67,7 @@ def _model_fields(provider_type) -> dict[str, Any]:
 def _python_type(setting: Setting):
     if setting.enum:
         return Literal[tuple(setting.enum)]
-    return {"integer": int, "number": float, "string": str, "boolean": bool}[setting.type]
+    return {"integer": int, "number": float, "string": str, "boolean": bool, "array": list[str]}[setting.type]
 
 
 def settings_model(title: str, settings: dict[str, Setting]) -> type[BaseModel]:
@@ -67,7 +76,7 @@ def settings_model(title: str, settings: dict[str, Setting]) -> type[BaseModel]:
     for name, s in settings.items():
         constraints = {"ge": s.minimum, "le": s.maximum, "min_length": s.min_length}
         fields[name] = (_python_type(s), Field(None, description=s.description or None, **{k: v for k, v in constraints.items() if v is not None}))
-    return create_model(title, __config__=STRICT, **fields)
+    return create_model(title, __config__=OPEN, **fields)
 
 
 def _any_settings(runtimes: dict) -> dict[str, Setting]:
@@ -104,7 +113,7 @@ def _document(registry_key: tuple) -> tuple[type[BaseModel], TypeAdapter]:
     }
     single = create_model(
         "SingleRuntime",
-        __config__=STRICT,
+        __config__=OPEN,
         __doc__="single runtime (seed shape)",
         **_model_fields(provider_type),
         provider_config=(any_settings, None),
@@ -113,15 +122,16 @@ def _document(registry_key: tuple) -> tuple[type[BaseModel], TypeAdapter]:
     )
     entry = create_model(
         "ModelEntry",
-        __config__=STRICT,
+        __config__=OPEN,
         name=(str, Field(pattern=ENTRY_NAME_PATTERN, description="entry name; also the instance name")),
         **_model_fields(provider_type),
         default=(bool, Field(None, description="mark the default entry (default_model wins when both are set)")),
         provider_config=(any_settings, None),
+        **sections,  # as in the single shape: settings under the provider's own name
     )
     listed = create_model(
         "ModelList",
-        __config__=STRICT,
+        __config__=OPEN,
         __doc__="list of models (LlamaFarm shape)",
         default_model=(str, Field(None, description="name of the entry to use by default (else the first)")),
         models=(list[entry], Field(min_length=1)),
@@ -184,11 +194,12 @@ def schema_yaml() -> str:
 
 # -- problems ----------------------------------------------------------------------------------------
 class Problem:
-    def __init__(self, path: tuple, message: str, allowed: str | None = None, at_key: bool = False):
+    def __init__(self, path: tuple, message: str, allowed: str | None = None, at_key: bool = False, warning: bool = False):
         self.path = path
         self.message = message
         self.allowed = allowed
         self.at_key = at_key
+        self.warning = warning  # kept and reported; an error only with --strict
 
     def dotted(self) -> str:
         out = ""
@@ -197,9 +208,23 @@ class Problem:
         return out or "(top level)"
 
 
+def without_nulls(data):
+    """The document with `key: null` dropped under `runtime` (LlamaFarm's "not set")."""
+    def clean(node):
+        if isinstance(node, dict):
+            return {k: clean(v) for k, v in node.items() if v is not None}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    if isinstance(data, dict) and isinstance(data.get("runtime"), dict):
+        return {**data, "runtime": clean(data["runtime"])}
+    return data
+
+
 def collect_problems(data) -> list[Problem]:
-    """Every problem of a parsed llamafarm.yaml: the models' findings, then (when those pass) what a
-    schema cannot say."""
+    """Every problem of a parsed llamafarm.yaml (nulls already dropped): the models' findings, then (when
+    those pass) what a schema cannot say; warnings among them for what lf keeps but does not use."""
     if not isinstance(data, dict):
         return [Problem((), f"expected a mapping at the top level, got {describe_value(data)}")]
     model, adapter = document_model()
@@ -222,10 +247,6 @@ def _problem(model: type[BaseModel], error: dict) -> Problem:
     field = _field_at(model, raw_loc)
     if kind == "missing":
         return Problem(path[:-1], f"missing required field {path[-1]!r}")
-    if kind == "extra_forbidden":
-        allowed = _field_names(_field_at(model, raw_loc[:-1], container=True))
-        hint = did_you_mean(str(path[-1]), allowed)
-        return Problem(path, f"unknown field {path[-1]!r}" + (f" ({hint})" if hint else ""), ", ".join(allowed), at_key=True)
     if kind == "literal_error":
         choices = [str(c) for c in _literal_choices(field)]
         hint = did_you_mean(value, choices) if isinstance(value, str) else None
@@ -316,15 +337,19 @@ def _range(found) -> str | None:
 
 
 def semantic_checks(data: dict, problems: list[Problem]) -> None:
-    """What a schema cannot say: names unique, default_model names an entry, provider sections fit."""
+    """What a schema cannot say: names unique, default_model names an entry, provider sections fit; and the
+    keys lf keeps without using them (warnings)."""
     from lf.runtimes.registry import all_runtimes
 
     runtime = data.get("runtime")
     if not isinstance(runtime, dict):
         return
     runtimes = all_runtimes()
+    model, _ = document_model()
+    shapes = {name: _field_at(model, ("runtime", name), container=True) for name in ("single", "list")}
     models = runtime.get("models")
     if isinstance(models, list):
+        _unknown_keys(runtime, ("runtime",), _field_names(shapes["list"]), problems)
         names = [m.get("name") for m in models if isinstance(m, dict)]
         seen: set = set()
         for i, name in enumerate(names):
@@ -336,44 +361,78 @@ def semantic_checks(data: dict, problems: list[Problem]) -> None:
             hint = did_you_mean(default, [n for n in names if isinstance(n, str)])
             listed = ", ".join(dict.fromkeys(map(str, names)))
             problems.append(Problem(("runtime", "default_model"), f"{default!r} names no model entry" + (f" ({hint})" if hint else ""), f"one of: {listed}"))
+        entry_fields = _field_names(_field_at(model, ("runtime", "list", "models", 0), container=True))
         for i, item in enumerate(models):
             if isinstance(item, dict):
-                _check_provider_config(item.get("provider"), item.get("provider_config"), ("runtime", "models", i, "provider_config"), runtimes, problems)
-                _check_external(item, ("runtime", "models", i), runtimes, problems)
+                _check_model(item, ("runtime", "models", i), entry_fields, runtimes, problems)
     else:
-        provider = runtime.get("provider")
-        _check_provider_config(provider, runtime.get("provider_config"), ("runtime", "provider_config"), runtimes, problems)
-        _check_external(runtime, ("runtime",), runtimes, problems)
-        for name in runtimes:
-            if name != provider and name in runtime:
-                problems.append(Problem(("runtime", name), f"a {name!r} section, but the provider is {provider!r}", f"a section named after the provider ({provider})", at_key=True))
+        _check_model(runtime, ("runtime",), _field_names(shapes["single"]), runtimes, problems)
 
 
-def _check_provider_config(provider, config, path: tuple, runtimes: dict, problems: list[Problem]) -> None:
-    if not isinstance(config, dict) or provider not in runtimes:
+def _check_model(item: dict, path: tuple, fields: list[str], runtimes: dict, problems: list[Problem]) -> None:
+    provider = item.get("provider")
+    _unknown_keys(item, path, fields, problems, skip=set(runtimes))
+    for name in runtimes:
+        if name in item and name != provider:
+            problems.append(Problem(path + (name,), f"a {name!r} section, but the provider is {provider!r}: kept, lf does not use it", f"a section named after the provider ({provider})", at_key=True, warning=True))
+    for key in (provider, "provider_config"):
+        if isinstance(item.get(key), dict):
+            _check_provider_config(provider, item[key], path + (key,), runtimes, problems)
+    _check_external(item, path, runtimes, problems)
+
+
+def _unknown_keys(mapping: dict, path: tuple, known: list[str], problems: list[Problem], skip: set = frozenset()) -> None:
+    for key in mapping:
+        if key in known or key in skip or key in GENERATION_PARAMS:
+            continue
+        hint = did_you_mean(str(key), [*known, *GENERATION_PARAMS])
+        problems.append(Problem(path + (key,), f"unknown field {key!r}" + (f" ({hint})" if hint else "") + ": kept, lf does not use it", at_key=True, warning=True))
+
+
+def _check_provider_config(provider, config: dict, path: tuple, runtimes: dict, problems: list[Problem]) -> None:
+    if provider not in runtimes:
         return
     allowed = runtimes[provider].settings
     for key, value in config.items():
         setting = allowed.get(key)
         if setting is None:
-            hint = did_you_mean(str(key), allowed)
-            problems.append(Problem(path + (key,), f"{provider} does not use the setting {key!r}" + (f" ({hint})" if hint else ""), ", ".join(allowed), at_key=True))
+            if key in GENERATION_PARAMS:
+                continue  # a request default, as LlamaFarm reads it
+            hint = did_you_mean(str(key), [*allowed, *GENERATION_PARAMS])
+            problems.append(Problem(path + (key,), f"{provider} does not use the setting {key!r}" + (f" ({hint})" if hint else "") + ": kept, not used",
+                                    ", ".join(allowed), at_key=True, warning=True))
         elif setting.problem(value):
             problems.append(Problem(path + (key,), setting.problem(value), setting.allowed()))
 
 
 def _check_external(entry: dict, path: tuple, runtimes: dict, problems: list[Problem]) -> None:
     provider = entry.get("provider")
-    if provider in runtimes and not runtimes[provider].managed and not runtimes[provider].default_port and not entry.get("base_url"):
+    if provider not in runtimes or runtimes[provider].managed:
+        return
+    base_url = entry.get("base_url")
+    if not runtimes[provider].default_port and not base_url:
         problems.append(Problem(path, f"provider {provider!r} needs a base_url", "an http(s):// URL of an OpenAI-compatible API"))
+    elif isinstance(base_url, str) and runtimes[provider].api_base:
+        from urllib.parse import urlsplit
+
+        if urlsplit(base_url).path in ("", "/"):
+            api = runtimes[provider].external_base_url(base_url)
+            problems.append(Problem(path + ("base_url",), f"has no API path: lf uses {api} (LlamaFarm expects the path written out)", warning=True))
 
 
 # -- reporting -----------------------------------------------------------------------------------------
-def validate_document(path: Path, data, root) -> None:
-    """Raise one ConfigError listing every problem, each with file:line:column and its field path."""
+def validate_document(path: Path, data, root) -> list[str]:
+    """Raise one ConfigError listing every error, each with file:line:column and its field path; the
+    warnings, located the same way, as lines for the caller to show."""
     problems = collect_problems(data)
-    if problems:
-        raise ConfigError(format_problems(path, root, problems), hint="see the schema with: lf config schema")
+    errors = [p for p in problems if not p.warning]
+    if errors:
+        raise ConfigError(format_problems(path, root, errors), hint="see the schema with: lf config schema")
+    return warning_lines(path, root, problems)
+
+
+def warning_lines(path: Path, root, problems: list[Problem]) -> list[str]:
+    return [f"Warning: {line.strip()}" for line in format_problems(path, root, [p for p in problems if p.warning]).splitlines()[1:]]
 
 
 def locate(root, problem: Problem) -> tuple[int, int] | None:
@@ -386,7 +445,7 @@ def locate(root, problem: Problem) -> tuple[int, int] | None:
 
 
 def format_problems(path: Path, root, problems: list[Problem]) -> str:
-    lines = [f"{path}: invalid llamafarm.yaml ({len(problems)} problem{'s' if len(problems) != 1 else ''})"]
+    lines = [f"{path}: invalid llamafarm.yaml ({len(problems)} problem{'s' if len(problems) != 1 else ''})"]  # the first line is the summary
     located = sorted(((locate(root, p), p) for p in problems), key=lambda item: item[0] or (0, 0))
     for where, p in located:
         pos = f"{path}:{where[0]}:{where[1]}" if where else str(path)
@@ -409,6 +468,7 @@ def problems_as_json(path: Path, root, problems: list[Problem]) -> list[dict]:
                 "field": p.dotted(),
                 "message": p.message,
                 "allowed": p.allowed,
+                "severity": "warning" if p.warning else "error",
             }
         )
     return out

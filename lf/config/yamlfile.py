@@ -18,6 +18,8 @@ def read_yaml(path: Path):
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file", hint="give the path of a llamafarm.yaml, or create one with: lf config init") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}", hint="check the file's permissions") from exc
     if len(raw) > MAX_CONFIG_BYTES:

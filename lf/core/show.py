@@ -23,6 +23,7 @@ def resolved_config(project) -> dict:
             "managed": bool(entry.managed),
             "api_key": _redact(entry.api_key),
             "model_api_parameters": entry.model_api_parameters,
+            "request_defaults": entry.request_defaults,  # sent with every request (the request's own values win)
         }
         if entry.managed:
             spec = build_spec(entry, project, Overrides(), single=False, resolve_model=False)
