@@ -160,3 +160,19 @@ def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error(tmp_path):
         again = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=8)
         assert again.choices[0].message.content  # started again on demand
     assert daemons(state) == []
+
+
+def test_embeddings_from_an_entry_that_asks_for_them_with_its_own_engine_flags(tmp_path):
+    from openai import OpenAI
+
+    a, port = free_ports(2)
+    (tmp_path / "work" / "llamafarm.yaml").write_text(
+        "version: v1\nname: emb\nnamespace: tests\nruntime:\n  models:\n"
+        f"    - {{name: emb, provider: llamacpp, model: smollm2-135m, provider_config: {{port: {a}, embeddings: true, pooling: mean, engine_args: ['--batch-size=256']}}}}\n"
+    )
+    with Gateway(tmp_path / "work", port) as gateway:
+        client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+        vectors = client.embeddings.create(model="emb", input=["The capital of France is Paris.", "Bonjour"])
+        assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == len(vectors.data[1].embedding) > 100
+        command = read_record(tmp_path / "state", "emb")["command"]
+        assert command[-4:] == ["--embeddings", "--pooling", "mean", "--batch-size=256"]

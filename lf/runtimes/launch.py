@@ -15,7 +15,7 @@ from typing import Mapping
 
 from lf.daemon.supervisor import LaunchPlan
 from lf.errors import LfError
-from lf.runtimes.registry import OptionalArgs, ResolvedEngine, Runtime
+from lf.runtimes.registry import EachArg, OptionalArgs, ResolvedEngine, Runtime
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -102,10 +102,13 @@ def argv_values(spec: InstanceSpec, engine: ResolvedEngine, port: int) -> dict[s
 
 
 def render_argv(template, values: Mapping[str, object], runtime: str) -> list[str]:
-    """Fill in an argv template. An OptionalArgs group appears only when its setting is set (true)."""
+    """Fill in an argv template. An OptionalArgs group appears only when its setting is set (true); an
+    EachArg adds the items of its array setting, each as one argument, as they are."""
     argv: list[str] = []
     for part in template:
-        if isinstance(part, OptionalArgs):
+        if isinstance(part, EachArg):
+            argv.extend(str(item) for item in values.get(part.setting) or ())
+        elif isinstance(part, OptionalArgs):
             value = values.get(part.when)
             if value is None or value is False:
                 continue

@@ -38,11 +38,18 @@ class OptionalArgs:
 
 
 @dataclass(frozen=True)
+class EachArg:
+    """The items of an array setting, each one argument (e.g. extra engine flags a model entry passes)."""
+
+    setting: str
+
+
+@dataclass(frozen=True)
 class Engine:
     """One way of running a runtime's server: an executable, or a Python module."""
 
     name: str
-    argv: tuple = ()  # strings with {placeholders}, and OptionalArgs
+    argv: tuple = ()  # strings with {placeholders}, OptionalArgs and EachArg
     executable: str | None = None  # found on PATH or in the runtime's own env
     python_module: str | None = None  # importable by lf's own interpreter
     env_module: str | None = None  # importable in the runtime's isolated env (lf runtime install)
@@ -239,7 +246,11 @@ def _parse(folder: Path) -> Runtime:
 def _engine(table: dict, settings: dict[str, Setting], path: Path) -> Engine:
     argv = []
     for part in table.get("argv", ()):
-        if isinstance(part, dict):
+        if isinstance(part, dict) and set(part) == {"each"}:
+            if settings.get(part["each"]) is None or settings[part["each"]].type != "array":
+                raise LfError(f"{path}: engine {table.get('name')!r}: {{each = ...}} names {part['each']!r}, which is not a declared array setting")
+            argv.append(EachArg(part["each"]))
+        elif isinstance(part, dict):
             when, args = part.get("when"), part.get("args")
             if when not in settings or not isinstance(args, list) or set(part) != {"when", "args"}:
                 raise LfError(f"{path}: engine {table.get('name')!r}: an optional argument group is {{when = \"<a declared setting>\", args = [...]}}, not {part}")

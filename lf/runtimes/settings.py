@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-TYPES = ("integer", "number", "string", "boolean")
+TYPES = ("integer", "number", "string", "boolean", "array")  # array: of strings (e.g. extra engine flags)
 SETTING_KEYS = ("type", "description", "default", "enum", "minimum", "maximum", "min_length", "env")
 
 
 @dataclass(frozen=True)
 class Setting:
     name: str
-    type: str  # integer | number | string | boolean
+    type: str  # integer | number | string | boolean | array (of strings)
     description: str = ""
     default: object = None
     enum: tuple = ()
@@ -58,6 +58,10 @@ class Setting:
             return int(text)
         if self.type == "number":
             return float(text)
+        if self.type == "array":
+            import shlex
+
+            return shlex.split(text)  # as a shell would split it: `--batch-size 256 --no-warmup`
         if self.type == "boolean":
             lowered = text.strip().lower()
             if lowered in ("1", "true", "yes", "on"):
@@ -69,6 +73,8 @@ class Setting:
 
     def json_schema(self) -> dict:
         out: dict = {"type": self.type}
+        if self.type == "array":
+            out["items"] = {"type": "string"}
         if self.enum:
             out["enum"] = list(self.enum)
         if self.minimum is not None:
@@ -159,11 +165,13 @@ def from_manifest(name: str, table: dict, where: str) -> Setting:
 def _type_ok(value, wanted: str) -> bool:
     if wanted in ("integer", "number") and isinstance(value, bool):
         return False
+    if wanted == "array":
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
     return isinstance(value, {"integer": int, "number": (int, float), "string": str, "boolean": bool}[wanted])
 
 
 def describe_type(wanted: str) -> str:
-    return {"object": "a mapping", "array": "a list", "integer": "an integer"}.get(wanted, f"a {wanted}")
+    return {"object": "a mapping", "array": "a list of strings", "integer": "an integer"}.get(wanted, f"a {wanted}")
 
 
 def describe_value(value) -> str:
