@@ -18,7 +18,7 @@ SHELLS = {"bash": "lf.bash", "zsh": "lf.zsh", "fish": "lf.fish"}
 
 
 def completions() -> dict[Path, str]:
-    from typer.completion import get_completion_script  # the same function `lf --show-completion` uses
+    from typer.completion import get_completion_script  # what `lf --show-completion` prints, from the committed copy
 
     return {
         REPO / "completions" / filename: get_completion_script(prog_name="lf", complete_var="_LF_COMPLETE", shell=shell).rstrip("\n") + "\n"

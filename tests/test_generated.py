@@ -47,6 +47,30 @@ def test_bash_completes_runtimes_instances_and_models(tmp_path):
     models = _complete_in_bash(["lf", "chat", "--model", ""], tmp_path)
     assert {"alpha", "beta", "smollm2-135m"} <= set(models)
     assert _complete_in_bash(["lf", "runtime", "sta"], tmp_path) == ["start", "status"]
+    # start offers only what start accepts: not the servers lf does not run
+    assert not {"ollama", "openai", "universal"} & set(starts)
+    assert {"ollama", "openai"} <= set(_complete_in_bash(["lf", "runtime", "status", ""], tmp_path))
+
+
+@pytest.mark.parametrize("shell, files", [
+    ("bash", [".bash_completions/lf.sh", ".bashrc"]),
+    ("zsh", [".zfunc/_lf", ".zshrc"]),
+    ("fish", [".config/fish/completions/lf.fish"]),
+])
+def test_install_completion_installs_for_the_shell_asked_for(tmp_path, shell, files):
+    env = {**os.environ, "HOME": str(tmp_path), "SHELL": "/bin/bash"}  # asked for, not the login shell's
+    for _ in range(2):  # twice: the rc file gets its lines once
+        result = subprocess.run([sys.executable, "-m", "lf", "--install-completion", shell], capture_output=True, text=True, env=env, timeout=30)
+        assert result.returncode == 0, result.stderr
+    script = (tmp_path / files[0]).read_text()
+    assert script == (REPO / "completions" / {"bash": "lf.bash", "zsh": "lf.zsh", "fish": "lf.fish"}[shell]).read_text()
+    others = {".bash_completions", ".zfunc", ".config"} - {files[0].split("/")[0]}
+    assert not any((tmp_path / o).exists() for o in others)  # nothing installed for another shell
+    if len(files) > 1:
+        rc = (tmp_path / files[1]).read_text().splitlines()
+        assert len(rc) == len(set(rc))
+    bad = subprocess.run([sys.executable, "-m", "lf", "--install-completion", "tcsh"], capture_output=True, text=True, env=env, timeout=30)
+    assert bad.returncode == 2 and "bash, zsh, fish" in bad.stderr
 
 
 def test_completion_path_imports_nothing_heavy():

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from lf.errors import NotInstalledError
+from lf.errors import NotInstalledError, UnknownNameError
 from lf.core.targets import Overrides, build_spec, default_entry
 from lf.runtimes.folders import runtimes_dir
 from lf.runtimes.registry import all_runtimes, get_runtime, runtime_names
@@ -59,7 +59,7 @@ def test_a_model_path_is_resolved_and_a_missing_one_explained(tmp_path):
     model.write_bytes(b"GGUF")
     spec = build_spec(default_entry(runtime), None, Overrides(model=str(model)), single=True)
     assert spec.model_path == str(model.resolve())
-    with pytest.raises(NotInstalledError, match="neither a known model name nor an existing file"):
+    with pytest.raises(UnknownNameError, match="neither a known model name nor an existing file"):  # exit 4, as every unknown name
         build_spec(default_entry(runtime), None, Overrides(model=str(tmp_path / "nope.gguf")), single=True)
 
 

@@ -13,6 +13,7 @@ import sys
 import typer
 
 from lf import __version__
+from lf.errors import ExitStatus, LfError
 
 HELP = "Run local LLM runtimes as supervised daemons, check their health, and chat with them."
 # group → (help, {command: "module:function"}), in the order help lists them
@@ -63,12 +64,15 @@ def build_app(only: str | None = None, only_command: str | None = None, listing:
         no_args_is_help=True,
         pretty_exceptions_enable=False,
         rich_markup_mode=None,
+        add_completion=False,  # ours take the shell to install for (Typer's installed bash's whatever was asked)
         context_settings={"help_option_names": ["-h", "--help"]},
     )
 
     @app.callback()
     def _root(
         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+        install_completion: bool = typer.Option(False, "--install-completion", help="Install completion: --install-completion [bash|zsh|fish] (default: your login shell)."),
+        show_completion: bool = typer.Option(False, "--show-completion", help="Print the completion script: --show-completion [bash|zsh|fish]."),
     ) -> None:
         """Run local LLM runtimes as supervised daemons, check their health, and chat with them."""
 
@@ -95,9 +99,38 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
+def _completion(argv: list[str]) -> None:
+    """`lf --install-completion [SHELL]` / `lf --show-completion [SHELL]`, answered before Typer parses."""
+    from lf.cli.completion import SHELLS, detect_shell, install, script
+
+    shell = argv[1] if len(argv) > 1 else None
+    try:
+        if argv[0] == "--show-completion":
+            shell = shell or detect_shell()
+            if shell not in SHELLS:
+                raise LfError(f"no completion script for {shell!r}", hint=f"shells: {', '.join(SHELLS)}", exit_status=ExitStatus.USAGE)
+            sys.stdout.write(script(shell))
+            return
+        for path in install(shell):
+            print(f"wrote {path}", file=sys.stderr)
+        print("Completion installed: open a new shell to use it.", file=sys.stderr)
+    except LfError as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  {exc.hint}", file=sys.stderr)
+        sys.exit(int(exc.exit_status))
+
+
 def main() -> None:
     argv = sys.argv[1:]
     completing = "_LF_COMPLETE" in os.environ
+    if argv[:1] in (["--install-completion"], ["--show-completion"]) and not completing:
+        _completion(argv)
+        return
+    if completing:
+        from typer.completion import completion_init
+
+        completion_init()  # the shells' completion classes, which Typer registers only with its own options
     only = argv[0] if argv and not completing and argv[0] in (*GROUPS, *TOP_LEVEL) else None
     # `lf runtime status …`: the one command, unless the word is not a command (then Typer's own
     # "no such command" message needs the whole group)

@@ -32,6 +32,12 @@ def complete_runtimes(incomplete: str) -> list[str]:
     return [n for n in runtime_and_instance_names() if n.startswith(incomplete)]
 
 
+def complete_startable(incomplete: str) -> list[str]:
+    from lf.cli.completion import startable_names
+
+    return [n for n in startable_names() if n.startswith(incomplete)]
+
+
 def complete_models(incomplete: str) -> list[str]:
     from lf.cli.completion import model_names
 
@@ -39,18 +45,21 @@ def complete_models(incomplete: str) -> list[str]:
 
 
 def command(func: Callable) -> Callable:
-    """A command behind the one error boundary: LfError → `Error: …` + hint, and its exit code."""
+    """A command behind the one error boundary: LfError → `Error: …` + hint on stderr, and its exit code;
+    with --json, also `{"error": {"message", "hint", "exit_code"}}` on stdout, so a script always has one
+    object to parse."""
 
     @functools.wraps(func)
     def wrapper(*a, **kw):
+        as_json = bool(kw.get("json_out"))
         try:
             return func(*a, **kw)
         except LfError as exc:
             report_error(exc)
-            raise typer.Exit(int(exc.exit_status)) from None
+            _fail(as_json, exc.message, exc.hint, exc.exit_status)
         except KeyboardInterrupt:
             sys.stderr.write("\nInterrupted.\n")
-            raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
+            _fail(as_json, "interrupted", None, ExitStatus.INTERRUPTED)
         except BrokenPipeError:
             _silence_broken_pipe()
             raise typer.Exit(int(ExitStatus.ERROR)) from None
@@ -60,10 +69,17 @@ def command(func: Callable) -> Callable:
             if os.environ.get(AppEnvVars.DEBUG):
                 raise
             err(f"Error: unexpected {type(exc).__name__}: {exc}")
-            err("  (this is a bug in lf; run again with LF_DEBUG=1 for the traceback)")
-            raise typer.Exit(int(ExitStatus.ERROR)) from None
+            hint = "this is a bug in lf; run again with LF_DEBUG=1 for the traceback"
+            err(f"  ({hint})")
+            _fail(as_json, f"unexpected {type(exc).__name__}: {exc}", hint, ExitStatus.ERROR)
 
     return wrapper
+
+
+def _fail(as_json: bool, message: str, hint: str | None, code: ExitStatus):
+    if as_json:
+        print_json({"error": {"message": message, "hint": hint, "exit_code": int(code)}})
+    raise typer.Exit(int(code)) from None
 
 
 def _silence_broken_pipe() -> None:
@@ -155,8 +171,13 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def load_project(config: str | None):
-    """The project's llamafarm.yaml if one is found (or given), else None."""
+def load_project(config: str | None, warn: bool = False):
+    """The project's llamafarm.yaml if one is found (or given), else None. With `warn`, what it holds that lf
+    keeps without using (unknown keys) is said on stderr, located."""
     from lf.config.project import load_optional
 
-    return load_optional(config)
+    project = load_optional(config)
+    if warn and project is not None:
+        for line in project.warnings:
+            err(line)
+    return project

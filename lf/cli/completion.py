@@ -1,4 +1,5 @@
-"""Names for shell completion: from folder names, state records and llamafarm.yaml; never the network."""
+"""Shell completion: the names it offers (from folder names, manifests, state records and llamafarm.yaml;
+never the network), and installing the completion script for the shell asked for."""
 
 from __future__ import annotations
 
@@ -17,17 +18,75 @@ def runtime_and_instance_names() -> list[str]:
     return sorted(set(runtime_names()) | set(instance_names()))
 
 
+def startable_names() -> list[str]:
+    """What `lf runtime start` accepts: runtimes lf runs (not external ones) and configured entries it runs."""
+    from lf.runtimes.registry import all_runtimes
+
+    runtimes = [name for name, rt in all_runtimes().items() if rt.managed]
+    return sorted(set(runtimes) | set(_configured_names(managed_only=True)))
+
+
 def model_names() -> list[str]:
     from lf.models.catalog import CATALOG
 
     return sorted(set(_configured_names()) | set(CATALOG))
 
 
-def _configured_names() -> list[str]:
+def _configured_names(managed_only: bool = False) -> list[str]:
     try:
         from lf.config.project import load_optional
 
         project = load_optional()
     except Exception:  # a broken config must not break the user's shell
         return []
-    return [m.name for m in project.models] if project else []
+    return [m.name for m in project.models if m.managed or not managed_only] if project else []
+
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+def detect_shell() -> str:
+    import os
+
+    name = os.path.basename(os.environ.get("SHELL", ""))
+    return name if name in SHELLS else "bash"
+
+
+def script(shell: str) -> str:
+    """The committed completion script (generated from the app by `make completions`, checked by a test)."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent.parent
+    folder = here / "completions"  # inside an installed wheel
+    if not folder.is_dir():
+        folder = here.parent / "completions"  # a source checkout
+    return (folder / f"lf.{shell}").read_text()
+
+
+def install(shell: str | None) -> list[str]:
+    """Install the completion script for `shell` (the login shell's when None); what was written."""
+    from pathlib import Path
+
+    from lf.errors import ExitStatus, LfError
+
+    shell = shell or detect_shell()
+    if shell not in SHELLS:
+        raise LfError(f"cannot install completion for {shell!r}", hint=f"shells: {', '.join(SHELLS)}", exit_status=ExitStatus.USAGE)
+    home = Path.home()
+    if shell == "bash":
+        target, rc, lines = home / ".bash_completions" / "lf.sh", home / ".bashrc", ["source ~/.bash_completions/lf.sh"]
+    elif shell == "zsh":
+        target, rc, lines = home / ".zfunc" / "_lf", home / ".zshrc", ["fpath+=~/.zfunc", "autoload -Uz compinit && compinit"]
+    else:
+        target, rc, lines = home / ".config" / "fish" / "completions" / "lf.fish", None, []
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(script(shell))
+    written = [str(target)]
+    if rc is not None:
+        existing = rc.read_text() if rc.exists() else ""
+        missing = [line for line in lines if line not in existing.splitlines()]
+        if missing:
+            with open(rc, "a") as fh:
+                fh.write(("\n" if existing and not existing.endswith("\n") else "") + "\n".join(missing) + "\n")
+            written.append(str(rc))
+    return written

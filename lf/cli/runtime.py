@@ -14,6 +14,7 @@ from lf.cli._common import (
     complete_instances,
     complete_models,
     complete_runtimes,
+    complete_startable,
     err,
     load_project,
     out,
@@ -23,7 +24,7 @@ from lf.cli._common import (
 
 TargetArg = Annotated[
     Optional[str],
-    typer.Argument(help="A runtime (all its configured models) or one model entry; default: every model the project needs.", autocompletion=complete_runtimes, show_default=False),
+    typer.Argument(help="A runtime (all its configured models) or one model entry; default: every model the project needs.", autocompletion=complete_startable, show_default=False),
 ]
 TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", help="Seconds to wait until healthy (default: the runtime's).", show_default=False)]
 StopTimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds between SIGTERM and SIGKILL.")]
@@ -63,6 +64,7 @@ def start(
     ctx_size: Annotated[Optional[int], typer.Option("--ctx-size", min=128, help="Context window in tokens.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="CPU threads (default: all cores).")] = None,
     set_: Annotated[Optional[List[str]], typer.Option("--set", help="Any setting the runtime declares, as NAME=VALUE (repeatable; see lf config show).", show_default=False)] = None,
+    engine_arg: Annotated[Optional[List[str]], typer.Option("--engine-arg", help="One more flag for the engine, e.g. --engine-arg=--batch-size=256 (repeatable; runtimes that declare engine_args).", show_default=False)] = None,
     timeout: TimeoutOpt = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return as soon as the process is launched.")] = False,
     config: ConfigOpt = None,
@@ -72,10 +74,13 @@ def start(
     from lf.core import actions
     from lf.core.targets import Overrides
 
-    overrides = Overrides(model=model, port=port, host=host, context_size=ctx_size, threads=threads, settings=_settings(set_))
+    settings = _settings(set_)
+    if engine_arg:
+        settings["engine_args"] = list(engine_arg)
+    overrides = Overrides(model=model, port=port, host=host, context_size=ctx_size, threads=threads, settings=settings)
     progress = Progress()
     try:
-        results = actions.start(target, load_project(config), overrides, wait=not no_wait, timeout=timeout, on_event=progress)
+        results = actions.start(target, load_project(config, warn=True), overrides, wait=not no_wait, timeout=timeout, on_event=progress)
     finally:
         progress.done()
     if json_out:
@@ -170,6 +175,8 @@ def status(
 
 
 def _print_status(report) -> None:
+    if not report.instances:
+        return  # nothing known by those names: the error says so, no empty table
     rows = []
     for inst in report.instances:
         d = inst.to_dict()

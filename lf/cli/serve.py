@@ -34,7 +34,7 @@ def serve(
     """
     from lf.gateway.settings import resolve_config
 
-    project = load_project(config)
+    project = load_project(config, warn=True)
     flags = {
         "host": host, "port": port, "idle_ttl": idle_ttl, "max_loaded": max_loaded, "max_queue": max_queue,
         "queue_timeout": queue_timeout, "start_timeout": start_timeout, "probe_interval": probe_interval,

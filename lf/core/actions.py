@@ -72,7 +72,7 @@ def start_spec(
     """Start one resolved instance (or find it running); `owner` is recorded as who started it."""
     from lf.core.events import Notice, Starting, Waiting
     from lf.daemon import supervisor
-    from lf.daemon.process import choose_port
+    from lf.daemon.supervisor import choose_port
     from lf.runtimes.launch import make_plan
 
     for warning in spec.warnings:
@@ -118,6 +118,10 @@ def ensure_running(
     target = target_of(entry)
     if not target.managed:
         return Endpoint(entry.name, target.base_url, entry.model, target.api_key, managed=False)
+    if model and target.runtime.model_format == "gguf":
+        from lf.models.catalog import resolve_model_path
+
+        resolve_model_path(model, project.folder if project else None)  # an unknown model is exit 4, whatever runs
     store = _store(store)
     record = store.load_or_none(entry.name)
     alive = record is not None and record.process_alive()

@@ -151,8 +151,8 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def port_owner(port: int) -> str:
-    """'pid 1234 (python3)' for whoever listens on `port`, as far as this user may see."""
+def port_owner(port: int) -> tuple[str, int | None]:
+    """Who listens on `port`, as far as this user may see: ('pid 1234 (python3)', 1234)."""
     import psutil
 
     try:
@@ -162,24 +162,17 @@ def port_owner(port: int) -> str:
                     name = psutil.Process(conn.pid).name()
                 except psutil.Error:
                     name = "?"
-                return f"pid {conn.pid} ({name})"
+                return f"pid {conn.pid} ({name})", conn.pid
     except (psutil.AccessDenied, OSError):
         pass
-    return "another process (its owner is not visible to this user)"
+    return "another process (its owner is not visible to this user)", None
 
 
-def choose_port(host: str, port: int, auto: bool, taken: set[int] | frozenset[int] = frozenset(), span: int = 100) -> int:
-    """`port` if it is free; with `auto` (nobody chose it) the first free one counting up from it."""
-    from lf.errors import StartError
+def family(pid: int) -> set[int]:
+    """`pid` and its ancestors: a listener may be a daemon's child."""
+    import psutil
 
-    if not auto:
-        if port in taken or not port_is_free(host, port):
-            raise StartError(
-                f"port {port} on {host} is already in use by {port_owner(port)}",
-                hint="stop that process, or choose another port with --port",
-            )
-        return port
-    for candidate in range(port, port + span):
-        if candidate not in taken and port_is_free(host, candidate):
-            return candidate
-    raise StartError(f"no free port in {port}-{port + span - 1} on {host}", hint="choose one with --port")
+    try:
+        return {pid, *(p.pid for p in psutil.Process(pid).parents())}
+    except psutil.Error:
+        return {pid}

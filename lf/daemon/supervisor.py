@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping
 
 from lf.daemon.health import Health, local_url, probe_once
-from lf.daemon.process import command_matches, process_create_time, terminate_group
+from lf.daemon.process import command_matches, family, port_is_free, port_owner, process_create_time, terminate_group
 from lf.daemon.records import CorruptRecord, RuntimeRecord, StateStore
 from lf.errors import StartError
 from lf.files import read_tail
@@ -76,6 +76,30 @@ class StopResult:
     was_running: bool
     escalated: bool = False  # SIGKILL was needed
     note: str = ""
+
+
+def choose_port(host: str, port: int, auto: bool, taken: set[int] | frozenset[int] = frozenset(), store: StateStore | None = None, span: int = 100) -> int:
+    """`port` if it is free; with `auto` (nobody chose it) the first free one counting up from it. A port
+    held by one of lf's own instances is named as such, with the command that stops it."""
+    if not auto:
+        if port in taken or not port_is_free(host, port):
+            owner, pid = port_owner(port)
+            instance = _instance_holding(pid, store or StateStore()) if pid else None
+            if instance is not None:
+                owner = f"lf's instance {instance!r} (pid {pid})"
+            stop = f"lf runtime stop {instance}" if instance else "stop that process"
+            raise StartError(f"port {port} on {host} is already in use by {owner}", hint=f"{stop}, or choose another port with --port")
+        return port
+    for candidate in range(port, port + span):
+        if candidate not in taken and port_is_free(host, candidate):
+            return candidate
+    raise StartError(f"no free port in {port}-{port + span - 1} on {host}", hint="choose one with --port")
+
+
+def _instance_holding(pid: int, store: StateStore) -> str | None:
+    """The recorded instance `pid` belongs to (the daemon itself or one of its children)."""
+    pids = family(pid)
+    return next((r.name for r in store.records() if r.pid in pids and r.process_alive()), None)
 
 
 def start(

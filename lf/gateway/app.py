@@ -296,7 +296,8 @@ class _Exchange:
         for attempt in (1, 2):
             endpoint = await self._endpoint()
             self.mask = KeyMask(endpoint.api_key)
-            body = json.dumps({**self.payload, "model": endpoint.model}).encode()
+            # the file's request defaults (temperature, …) under what the request itself says
+            body = json.dumps({**self.entry.request_defaults, **self.payload, "model": endpoint.model}).encode()
             headers = {"content-type": "application/json", "accept": self.request.headers.get("accept", "*/*")}
             if endpoint.api_key:
                 headers["authorization"] = f"Bearer {endpoint.api_key}"

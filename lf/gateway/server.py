@@ -12,7 +12,8 @@ from pathlib import Path
 
 from lf.config.project import Project
 from lf.daemon.health import local_url
-from lf.daemon.process import choose_port, process_create_time
+from lf.daemon.process import process_create_time
+from lf.daemon.supervisor import choose_port
 from lf.daemon.records import RuntimeRecord, StateStore
 from lf.errors import LfError
 from lf.gateway.settings import RECORD_RUNTIME, GatewayConfig

