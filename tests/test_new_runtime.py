@@ -48,6 +48,10 @@ type = "boolean"
 default = false
 description = "run the model's own code"
 
+[settings.engine_args]
+type = "array"
+description = "more flags, as they are"
+
 [health]
 path = "/health"
 
@@ -58,7 +62,7 @@ argv = [
   "{python}", "-m", "fakes.server", "--host", "{host}", "--port", "{port}", "--model", "{model}",
   "--engine-args", "--max-batch-prefill-tokens", "{max_batch_prefill_tokens}",
   { when = "quantize", args = ["--quantize", "{quantize}"] },
-  { when = "trust_remote_code", args = ["--trust-remote-code"] },
+  { when = "trust_remote_code", args = ["--trust-remote-code"] }, { each = "engine_args" },
 ]
 """
 
@@ -127,7 +131,7 @@ def test_config_show_env_set_and_argv(tgi_like, tmp_path, free_port):
     assert shown.returncode == 0, shown.stderr
     (model,) = json.loads(shown.stdout)["models"]
     assert model["port"] == free_port
-    assert model["settings"] == {"max_batch_prefill_tokens": 4096, "quantize": "awq", "trust_remote_code": False}
+    assert model["settings"] == {"max_batch_prefill_tokens": 4096, "quantize": "awq", "trust_remote_code": False, "engine_args": None}
 
     started = run_lf("runtime", "start", "big", env={"TGI_LIKE_MAX_BATCH_PREFILL_TOKENS": "512"})
     assert started.returncode == 0, started.stderr
@@ -153,6 +157,27 @@ def test_bad_values_from_env_and_flags_are_refused_before_anything_runs(tgi_like
     unknown = run_lf("runtime", "start", "big", "--set", "quantise=awq")
     assert unknown.returncode == 1 and "has no setting 'quantise'" in unknown.stderr and "did you mean 'quantize'" in unknown.stderr
     assert not (tmp_path / "state" / "instances" / "big.json").exists()
+
+
+def test_engine_args_pass_through_but_may_not_move_what_lf_records(tgi_like, tmp_path):
+    state = tmp_path / "state"
+    project(tmp_path, "{engine_args: ['--sharded=false', '--max-total-tokens', '64']}")
+    started = run_lf("runtime", "start", "big")
+    assert started.returncode == 0, started.stderr
+    assert engine_args(state, "big")[-3:] == ["--sharded=false", "--max-total-tokens", "64"]
+    assert run_lf("runtime", "stop", "big").returncode == 0
+
+    started = run_lf("runtime", "start", "big", "--engine-arg=--cuda-graphs=0")  # the flag beats the file
+    assert started.returncode == 0, started.stderr
+    assert engine_args(state, "big")[-1] == "--cuda-graphs=0" and "--sharded=false" not in engine_args(state, "big")
+    assert run_lf("runtime", "stop", "big").returncode == 0
+
+    # a port given to the engine behind lf's back would leave the record pointing at the wrong port
+    for flag in ("--engine-arg=--port=1234", "--engine-arg=--host"):
+        refused = run_lf("runtime", "start", "big", flag)
+        assert refused.returncode == 2, refused.stderr
+        assert "engine_args may not set --" in refused.stderr and "lf sets it from its own settings" in refused.stderr
+    assert not (state / "instances" / "big.json").exists()
 
 
 def test_a_manifest_that_uses_an_undeclared_setting_is_refused(tgi_like):

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from lf.daemon.supervisor import LaunchPlan
-from lf.errors import LfError
+from lf.errors import ExitStatus, LfError
 from lf.runtimes.registry import EachArg, OptionalArgs, ResolvedEngine, Runtime
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -107,7 +107,9 @@ def render_argv(template, values: Mapping[str, object], runtime: str) -> list[st
     argv: list[str] = []
     for part in template:
         if isinstance(part, EachArg):
-            argv.extend(str(item) for item in values.get(part.setting) or ())
+            extra = [str(item) for item in values.get(part.setting) or ()]
+            _refuse_own_flags(extra, template, part.setting, runtime)
+            argv.extend(extra)
         elif isinstance(part, OptionalArgs):
             value = values.get(part.when)
             if value is None or value is False:
@@ -116,6 +118,28 @@ def render_argv(template, values: Mapping[str, object], runtime: str) -> list[st
         else:
             argv.append(_fill(part, values, runtime))
     return argv
+
+
+def _template_flags(template) -> set[str]:
+    flags: set[str] = set()
+    for part in template:
+        parts = part.args if isinstance(part, OptionalArgs) else (part,) if isinstance(part, str) else ()
+        flags.update(p.split("=", 1)[0] for p in parts if p.startswith("-"))
+    return flags
+
+
+def _refuse_own_flags(extra: list[str], template, setting: str, runtime: str) -> None:
+    """A flag lf already sets (model, port, host, ...) given again would win in the engine and leave lf's
+    record pointing at the wrong place: refuse it and name the setting to use instead."""
+    own = _template_flags(template)
+    for item in extra:
+        flag = item.split("=", 1)[0]
+        if flag in own:
+            raise LfError(
+                f"runtime {runtime!r}: {setting} may not set {flag}: lf sets it from its own settings",
+                hint=f"use the setting instead (lf config schema lists them); remove {item!r} from {setting}",
+                exit_status=ExitStatus.USAGE,
+            )
 
 
 def _fill(part: str, values: Mapping[str, object], runtime: str) -> str:
