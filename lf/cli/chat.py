@@ -1,13 +1,37 @@
-"""`lf chat`: resolve runtime and model, start the runtime if needed, stream the answer."""
+"""`lf chat`: resolve runtime and model, start the runtime if needed, stream the answer; or chat on a terminal."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Optional
 
 import typer
 
 from lf.cli._common import ConfigOpt, JsonOpt, Progress, command, complete_models, err, load_project, print_json
+
+PROMPT = ">>> "
+MORE = "... "  # inside a multi-line block
+BLOCK = '"""'
+HISTORY_FILE = "chat_history"  # in the state dir
+HISTORY_LINES = 1000
+
+HELP = f"""\
+Commands:
+  /help            this help
+  /exit, /quit     leave
+  /clear           forget the conversation (the system prompt stays)
+  /system TEXT     set or replace the system prompt; /system alone shows it
+  //TEXT           send /TEXT: a line starting with / is a command, never sent as it is
+  {BLOCK}              a line starting with {BLOCK} opens a multi-line message; a line ending
+                   with {BLOCK} closes and sends it ({BLOCK}one line{BLOCK} works too; / is plain text inside)
+An empty line sends nothing.
+Keys:
+  Ctrl-C           while an answer streams: stop it (that question and the partial answer are
+                   not kept in the conversation); while typing: discard the line or block;
+                   at an empty prompt: leave
+  Ctrl-D           leave
+"""
 
 
 @command
@@ -25,20 +49,25 @@ def chat(
 ) -> None:
     """Chat with a model. Streams the answer to stdout; starts the runtime first if it is not running."""
     from lf.core.actions import chat_endpoint
+    from lf.errors import ExitStatus, LfError
 
     if message is None and not sys.stdin.isatty():
         message = sys.stdin.read().strip()
         if not message:
-            from lf.errors import ExitStatus, LfError
-
             raise LfError("no message: stdin was empty", exit_status=ExitStatus.USAGE)
+    elif message is not None and not message.strip():  # refused before a runtime is started for nothing
+        raise LfError(
+            "the message is empty",
+            hint='give one (lf chat "Say hi"), or none on a terminal for an interactive chat',
+            exit_status=ExitStatus.USAGE,
+        )
     progress = Progress(starting="waiting for {name} to become healthy", announce=True)
     try:
         endpoint, entry = chat_endpoint(load_project(config), runtime, model, auto_start=not no_auto_start, on_event=progress)
     finally:
         progress.done()
 
-    payload: dict = {"model": endpoint.model, **entry.model_api_parameters}
+    payload: dict = {"model": endpoint.model, **entry.request_defaults}
     if temperature is not None:
         payload["temperature"] = temperature
     if max_tokens is not None:
@@ -48,17 +77,7 @@ def chat(
     if message is not None:
         _ask(endpoint, payload, history, message, stream=not (no_stream or json_out), json_out=json_out)
         return
-    err(f"Chatting with {endpoint.model} at {endpoint.base_url}. Ctrl-D or /exit to leave.")
-    while True:
-        try:
-            line = input(">>> ")
-        except EOFError:
-            err()
-            return
-        if line.strip() in ("/exit", "/quit"):
-            return
-        if line.strip():
-            _ask(endpoint, payload, history, line, stream=True, json_out=False)
+    _Session(endpoint, payload, history).run()
 
 
 def _ask(endpoint, payload: dict, history: list[dict], message: str, *, stream: bool, json_out: bool) -> None:
@@ -84,3 +103,179 @@ def _ask(endpoint, payload: dict, history: list[dict], message: str, *, stream: 
         print_json(result.as_response())
     elif not stream:
         print(result.text, flush=True)
+
+
+class _Session:
+    """The interactive chat: reads lines (a command, a message, a block), asks, keeps the conversation."""
+
+    def __init__(self, endpoint, payload: dict, history: list[dict]):
+        self.endpoint = endpoint
+        self.payload = payload
+        self.history = history
+        self.lines = _LineReader()
+
+    def run(self) -> None:
+        err(f"Chatting with {self.endpoint.model} at {self.endpoint.base_url}. /help for commands; Ctrl-D or /exit to leave.")
+        while True:
+            try:
+                message = self.next_message()
+            except EOFError:  # Ctrl-D, Ctrl-C at an empty prompt, or /exit
+                return
+            if message is None:
+                continue
+            turn = len(self.history)
+            try:
+                _ask(self.endpoint, self.payload, self.history, message, stream=True, json_out=False)
+            except KeyboardInterrupt:
+                # half an answer is nothing to build on: the next question goes out as if this one was never
+                # asked, and the line history still has it for the Up arrow
+                del self.history[turn:]
+                err("(cancelled: this question and its partial answer are not kept in the conversation)")
+
+    def next_message(self) -> str | None:
+        """The next text to send, or None when there is none (an empty line, a command, a discarded line)."""
+        try:
+            line = self.lines.read(PROMPT)
+        except KeyboardInterrupt:
+            if not self.lines.was_typing():
+                err()
+                raise EOFError from None
+            err("^C")
+            return None
+        except EOFError:
+            err()
+            raise
+        text = line.strip()
+        if text.startswith(BLOCK):
+            return self.block(text[len(BLOCK):])
+        if text.startswith("//"):
+            return text[1:]
+        if text.startswith("/"):
+            self.command(text)
+            return None
+        return text or None
+
+    def block(self, first: str) -> str | None:
+        """A multi-line message: from after the opening quotes to before the closing ones."""
+        lines = [first]
+        while not lines[-1].rstrip().endswith(BLOCK):
+            try:
+                lines.append(self.lines.read(MORE))
+            except KeyboardInterrupt:
+                err("^C")
+                return None
+            except EOFError:
+                err()
+                raise
+        lines[-1] = lines[-1].rstrip()[: -len(BLOCK)]
+        return "\n".join(lines).strip() or None
+
+    def command(self, text: str) -> None:
+        name, *rest = text.split(maxsplit=1)
+        argument = rest[0] if rest else ""
+        if name in ("/exit", "/quit"):
+            raise EOFError
+        if name == "/help":
+            err(HELP + self.lines.describe())
+        elif name == "/clear":
+            has_system = bool(self.history) and self.history[0]["role"] == "system"
+            del self.history[1 if has_system else 0 :]
+            err("(conversation cleared; the system prompt stays)" if has_system else "(conversation cleared)")
+        elif name == "/system":
+            self.system(argument)
+        else:
+            err(f"unknown command {name}: /help lists the commands; //{text[1:]} sends the line as a message")
+
+    def system(self, text: str) -> None:
+        current = self.history[0] if self.history and self.history[0]["role"] == "system" else None
+        if not text:
+            err(f"system prompt: {current['content']}" if current else "(no system prompt; /system TEXT sets one)")
+        elif current:
+            current["content"] = text
+            err("(system prompt replaced)")
+        else:
+            self.history.insert(0, {"role": "system", "content": text})
+            err("(system prompt set)")
+
+
+class _LineReader:
+    """Lines from the terminal, with editing and a history kept across sessions when Python has readline."""
+
+    def __init__(self):
+        try:
+            import readline
+        except ImportError:  # some Pythons are built without it: plain lines, no history
+            readline = None
+        self.readline = readline
+        self.history_file = None
+        self.last: str | None = None
+        if readline is not None:
+            readline.set_auto_history(False)  # blank lines and repeats are left out (see remember)
+            self.history_file = self._open_history()
+
+    def _open_history(self):
+        from lf.dirs import ensure_private_dir, state_dir
+        from lf.errors import LfError
+
+        path = state_dir() / HISTORY_FILE
+        try:
+            ensure_private_dir(path.parent)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # appends need the file; created private
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+            self.readline.set_history_length(HISTORY_LINES)
+            self.readline.read_history_file(str(path))
+        except LfError as exc:
+            err(f"warning: chat history not kept: {exc.message}")
+        except OSError as exc:
+            err(f"warning: chat history not kept: {path}: {exc.strerror or exc}")
+        else:
+            return path
+        return None
+
+    def describe(self) -> str:
+        if self.readline is None:
+            return "  (no line editing or history, and Ctrl-C at a prompt always leaves: this Python has no readline)"
+        if self.history_file is None:
+            return "  Up, Down         earlier lines of this session (Ctrl-R searches them)"
+        return f"  Up, Down         earlier lines, also of earlier sessions (Ctrl-R searches them; kept in {self.history_file})"
+
+    def read(self, prompt: str) -> str:
+        line = self._input(prompt)
+        self.remember(line)
+        return line
+
+    def was_typing(self) -> bool:
+        """After Ctrl-C at a prompt: was a line being typed? Without readline there is no telling: no."""
+        return bool(self.readline is not None and self.readline.get_line_buffer())
+
+    def remember(self, line: str) -> None:
+        if self.readline is None or not line.strip() or line == self.last:
+            return
+        self.last = line
+        self.readline.add_history(line)
+        if self.history_file is not None:
+            try:  # line by line: a session that is killed keeps its lines, and sessions side by side interleave
+                self.readline.append_history_file(1, str(self.history_file))
+            except OSError:
+                pass
+
+    @staticmethod
+    def _input(prompt: str) -> str:
+        """input() with the prompt kept out of stdout's data when stdout is not the terminal."""
+        if sys.stdout.isatty():
+            return input(prompt)
+        if not sys.stderr.isatty():
+            sys.stderr.write(prompt)
+            sys.stderr.flush()
+            return input()
+        # input() edits lines only when stdout is a terminal, and prompts and echoes there: point fd 1 at
+        # stderr's terminal while reading, so answers redirected to a file get neither prompt nor echo
+        sys.stdout.flush()
+        saved = os.dup(1)
+        try:
+            os.dup2(2, 1)
+            return input(prompt)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
