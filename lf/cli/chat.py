@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from lf.cli._common import ConfigOpt, JsonOpt, Progress, command, complete_models, err, load_project, print_json
+from lf.core.client import DEFAULT_TIMEOUT  # a light module: httpx is imported when a request is sent
 
 PROMPT = ">>> "
 MORE = "... "  # inside a multi-line block
@@ -44,6 +45,7 @@ def chat(
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Upper bound on the answer's length.")] = None,
     no_stream: Annotated[bool, typer.Option("--no-stream", help="Wait for the whole answer, then print it.")] = False,
     no_auto_start: Annotated[bool, typer.Option("--no-auto-start", help="Fail instead of starting a runtime that is not running.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0, help="Seconds an answer may take, from the question to its last word (0: no limit).")] = DEFAULT_TIMEOUT,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -52,15 +54,17 @@ def chat(
     from lf.errors import ExitStatus, LfError
 
     if message is None and not sys.stdin.isatty():
-        message = sys.stdin.read().strip()
+        message = _utf8(sys.stdin.buffer.read(), "stdin").strip()
         if not message:
             raise LfError("no message: stdin was empty", exit_status=ExitStatus.USAGE)
-    elif message is not None and not message.strip():  # refused before a runtime is started for nothing
+    elif message is not None and not _utf8(message, "the message").strip():  # refused before a runtime is started for nothing
         raise LfError(
             "the message is empty",
             hint='give one (lf chat "Say hi"), or none on a terminal for an interactive chat',
             exit_status=ExitStatus.USAGE,
         )
+    if system is not None:
+        _utf8(system, "--system")
     progress = Progress(starting="waiting for {name} to become healthy", announce=True)
     try:
         endpoint, entry = chat_endpoint(load_project(config), runtime, model, auto_start=not no_auto_start, on_event=progress)
@@ -75,12 +79,34 @@ def chat(
     history: list[dict] = [{"role": "system", "content": system}] if system else []
 
     if message is not None:
-        _ask(endpoint, payload, history, message, stream=not (no_stream or json_out), json_out=json_out)
+        _ask(endpoint, payload, history, message, stream=not (no_stream or json_out), json_out=json_out, timeout=timeout)
         return
-    _Session(endpoint, payload, history).run()
+    _Session(endpoint, payload, history, timeout).run()
 
 
-def _ask(endpoint, payload: dict, history: list[dict], message: str, *, stream: bool, json_out: bool) -> None:
+def _utf8(text: str | bytes, where: str) -> str:
+    """The text of a message, refused (exit 2) unless it is UTF-8: the model would otherwise be asked
+    something other than what was written (a replacement character for each unreadable byte), and only
+    the user knows the encoding it is in."""
+    from lf.errors import ExitStatus, LfError
+
+    try:
+        if isinstance(text, bytes):
+            return text.decode("utf-8")
+        text.encode("utf-8")  # an argument arrives with its undecodable bytes as lone surrogates
+        return text
+    except UnicodeError as exc:
+        bad = exc.object[exc.start]
+        byte = bad if isinstance(bad, int) else ord(bad) - 0xDC00 if 0xDC80 <= ord(bad) <= 0xDCFF else None
+        at = f"byte 0x{byte:02x} at {'offset' if isinstance(text, bytes) else 'character'} {exc.start}" if byte is not None else f"character {exc.start}"
+        raise LfError(
+            f"{where} is not UTF-8 text ({at})",
+            hint="lf sends messages as UTF-8; convert it first, e.g. iconv -f latin1 -t utf-8",
+            exit_status=ExitStatus.USAGE,
+        ) from None
+
+
+def _ask(endpoint, payload: dict, history: list[dict], message: str, *, stream: bool, json_out: bool, timeout: float) -> None:
     from lf.core.client import chat as send
 
     history.append({"role": "user", "content": message})
@@ -93,7 +119,7 @@ def _ask(endpoint, payload: dict, history: list[dict], message: str, *, stream: 
         sys.stdout.flush()
 
     try:
-        result = send(endpoint.base_url, {**payload, "messages": history}, api_key=endpoint.api_key, stream=stream, on_token=on_token)
+        result = send(endpoint.base_url, {**payload, "messages": history}, api_key=endpoint.api_key, stream=stream, on_token=on_token, timeout=timeout)
     finally:
         if printed:
             sys.stdout.write("\n")  # keep what was printed, and end its line, whatever happens next
@@ -108,14 +134,17 @@ def _ask(endpoint, payload: dict, history: list[dict], message: str, *, stream: 
 class _Session:
     """The interactive chat: reads lines (a command, a message, a block), asks, keeps the conversation."""
 
-    def __init__(self, endpoint, payload: dict, history: list[dict]):
+    def __init__(self, endpoint, payload: dict, history: list[dict], timeout: float):
         self.endpoint = endpoint
         self.payload = payload
         self.history = history
+        self.timeout = timeout
         self.lines = _LineReader()
 
     def run(self) -> None:
-        err(f"Chatting with {self.endpoint.model} at {self.endpoint.base_url}. /help for commands; Ctrl-D or /exit to leave.")
+        from lf.secrets import redact_url
+
+        err(f"Chatting with {self.endpoint.model} at {redact_url(self.endpoint.base_url)}. /help for commands; Ctrl-D or /exit to leave.")
         while True:
             try:
                 message = self.next_message()
@@ -125,7 +154,7 @@ class _Session:
                 continue
             turn = len(self.history)
             try:
-                _ask(self.endpoint, self.payload, self.history, message, stream=True, json_out=False)
+                _ask(self.endpoint, self.payload, self.history, message, stream=True, json_out=False, timeout=self.timeout)
             except KeyboardInterrupt:
                 # half an answer is nothing to build on: the next question goes out as if this one was never
                 # asked, and the line history still has it for the Up arrow
@@ -145,6 +174,9 @@ class _Session:
         except EOFError:
             err()
             raise
+        except _NotText:
+            err("(that line is not UTF-8 text: not sent)")
+            return None
         text = line.strip()
         if text.startswith(BLOCK):
             return self.block(text[len(BLOCK):])
@@ -163,6 +195,9 @@ class _Session:
                 lines.append(self.lines.read(MORE))
             except KeyboardInterrupt:
                 err("^C")
+                return None
+            except _NotText:
+                err("(that line is not UTF-8 text: the block is not sent)")
                 return None
             except EOFError:
                 err()
@@ -196,6 +231,10 @@ class _Session:
         else:
             self.history.insert(0, {"role": "system", "content": text})
             err("(system prompt set)")
+
+
+class _NotText(Exception):
+    """A line typed (or pasted) that is not UTF-8 text."""
 
 
 class _LineReader:
@@ -241,7 +280,11 @@ class _LineReader:
         return f"  Up, Down         earlier lines, also of earlier sessions (Ctrl-R searches them; kept in {self.history_file})"
 
     def read(self, prompt: str) -> str:
-        line = self._input(prompt)
+        try:
+            line = self._input(prompt)
+            line.encode("utf-8")  # a byte that is not UTF-8 arrives as a lone surrogate, or fails decoding
+        except UnicodeError:
+            raise _NotText from None
         self.remember(line)
         return line
 

@@ -179,8 +179,14 @@ def _cache_write(path: Path, key: list | None, project: Project) -> None:
     import json
     from dataclasses import asdict
 
-    if key is None or any(m.api_key and not is_env_ref(m.api_key) for m in project.models):
-        return  # a key written into the file itself is not copied anywhere else
+    if key is None:
+        return
+    if any(_holds_secret(m) for m in project.models):  # a secret written into the file itself is not copied anywhere else
+        try:
+            _cache_file(path).unlink(missing_ok=True)  # nor left there by an earlier version of the file, or of lf
+        except OSError:
+            pass
+        return
     try:
         from lf.dirs import ensure_private_dir
         from lf.files import atomic_write
@@ -192,6 +198,14 @@ def _cache_write(path: Path, key: list | None, project: Project) -> None:
         atomic_write(target, json.dumps({"key": key, "project": data}))
     except Exception:  # a cache that cannot be written only costs speed
         pass
+
+
+def _holds_secret(entry: ModelEntry) -> bool:
+    """A key written out in the file, or credentials in base_url (`https://user:key@host`): the cache would
+    need them to work (status probes with them, chat sends them), so such a file is not cached at all."""
+    from lf.secrets import redact_url
+
+    return bool(entry.api_key and not is_env_ref(entry.api_key)) or redact_url(entry.base_url) != entry.base_url
 
 
 def normalise(path: Path, data: dict, root=None) -> Project:

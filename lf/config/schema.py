@@ -260,6 +260,10 @@ def _problem(model: type[BaseModel], error: dict) -> Problem:
     if kind == "too_short":
         return Problem(path, f"needs at least {error.get('ctx', {}).get('min_length', 1)} item(s)")
     if kind == "string_pattern_mismatch":
+        if isinstance(value, str):
+            from lf.secrets import redact_url
+
+            value = redact_url(value)  # a URL, maybe with credentials in it
         return Problem(path, f"{_short(value)} does not match the pattern {error.get('ctx', {}).get('pattern')}")
     if kind == "invalid_key":
         return Problem(path[:-1], f"keys must be text, got {describe_value(value)}")
@@ -416,7 +420,9 @@ def _check_external(entry: dict, path: tuple, runtimes: dict, problems: list[Pro
         from urllib.parse import urlsplit
 
         if urlsplit(base_url).path in ("", "/"):
-            api = runtimes[provider].external_base_url(base_url)
+            from lf.secrets import redact_url
+
+            api = redact_url(runtimes[provider].external_base_url(base_url))
             problems.append(Problem(path + ("base_url",), f"has no API path: lf uses {api} (LlamaFarm expects the path written out)", warning=True))
 
 

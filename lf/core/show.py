@@ -36,7 +36,9 @@ def resolved_config(project) -> dict:
                 settings={k: v for k, v in spec.settings.items() if k not in SHOWN_APART},
             )
         else:
-            item["base_url"] = runtime.external_base_url(entry.base_url)
+            from lf.secrets import redact_url
+
+            item["base_url"] = redact_url(runtime.external_base_url(entry.base_url))
         models.append(item)
     return {
         "config": str(project.path) if project else None,
