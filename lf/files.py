@@ -2,16 +2,68 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from lf.errors import LfError
 
 
+def write_error(path: Path, exc: OSError) -> LfError:
+    """The LfError for a file lf could not write or open, naming the file, its dir and what to do."""
+    from lf.dirs import UnwritableDir, fix_hint
+
+    if exc.errno == errno.ELOOP:
+        return LfError(
+            f"{path} is a symbolic link: lf does not write through links in its own dirs",
+            hint=f"remove it (rm {path}); something else put it there, so check who else can write to {Path(path).parent}",
+        )
+    kind = UnwritableDir if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else LfError
+    return kind(f"could not write {path}: {exc.strerror or exc}", hint=fix_hint(path, exc))
+
+
+def _check_own_file(fd: int, path: Path) -> None:
+    """A file lf writes must be a regular file of ours: not a FIFO, a device, or someone else's file."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise LfError(f"{path} is not a regular file", hint=f"remove it (rm {path}); lf creates it again")
+    if info.st_uid != os.geteuid():
+        raise LfError(
+            f"{path} belongs to another user (uid {info.st_uid})",
+            hint=f"remove it (rm {path}); something else put it there, so check who else can write to {Path(path).parent}",
+        )
+    if info.st_mode & 0o077:
+        os.fchmod(fd, 0o600)
+
+
+def open_append(path: Path) -> int:
+    """Open (create, 0600) a file to append to: never through a symlink, never a FIFO or someone else's file.
+    Returns the fd; an LfError naming the path otherwise."""
+    # O_NONBLOCK: a FIFO planted here must not block the open (it fails the regular-file check instead)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+    try:
+        _check_own_file(fd, path)
+        os.set_blocking(fd, True)
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from exc
+        raise
+    return fd
+
+
 def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` via a private temp file + fsync + rename: readers never see half a file."""
+    """Write `text` to `path` via a private temp file + fsync + rename: readers never see half a file.
+
+    The temp file is created exclusively (O_EXCL never follows a link) and the rename replaces whatever
+    is at `path`, a planted symlink included, without following it."""
     import tempfile  # deferred: the status path only reads
 
     tmp = None
@@ -20,8 +72,8 @@ def atomic_write(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
+            os.fchmod(fh.fileno(), 0o600)
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:
@@ -30,10 +82,7 @@ def atomic_write(path: Path, text: str) -> None:
             except OSError:
                 pass
         if isinstance(exc, OSError):
-            raise LfError(
-                f"could not write {path}: {exc.strerror or exc}",
-                hint="check free disk space and the permissions of the state dir",
-            ) from exc
+            raise write_error(path, exc) from exc
         raise
 
 
@@ -41,16 +90,34 @@ class LockBusy(Exception):
     """The lock was still held by someone else when the timeout ran out."""
 
 
+class LockUnavailable(LfError):
+    """The lock file cannot be created: its dir is read-only or not writable for this user."""
+
+
+def _open_lock(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise write_error(path, exc) from exc
+        try:  # an existing lock file still locks when it cannot be written (flock needs no write access)
+            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            error = write_error(path, exc)
+            raise LockUnavailable(f"cannot create the lock file {path}: {exc.strerror or exc}", hint=error.hint) from exc
+
+
 @contextmanager
 def exclusive_lock(path: Path, timeout: float | None = None) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (created 0600): blocking, or LockBusy after `timeout` s.
+    """Hold an exclusive flock on `path` (created 0600, never through a symlink): blocking, or LockBusy
+    after `timeout` s; LockUnavailable when the file cannot be created (a read-only dir).
 
     The kernel drops the lock when the holder exits, however it exits: no stale lock files. Each call
     opens its own file description, so threads of one process exclude each other too."""
     import fcntl
     import time
 
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _open_lock(path)
     try:
         if timeout is None:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -69,14 +136,122 @@ def exclusive_lock(path: Path, timeout: float | None = None) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+_BLOCK = 64 * 1024
+
+
+def _open_log(path: str | Path) -> BinaryIO:
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0)
+
+
+def _tail_start(fh: BinaryIO, lines: int) -> tuple[int, int]:
+    """(offset where the last `lines` lines of `fh` begin, how many lines that is: fewer when the file has
+    fewer). Reads backwards a block at a time, so any count is exact and a big file costs only its tail."""
+    end = fh.seek(0, os.SEEK_END)
+    if lines <= 0 or end == 0:
+        return end, 0
+    found = 0
+    pos = end
+    while pos > 0:
+        size = min(_BLOCK, pos)
+        pos -= size
+        fh.seek(pos)
+        block = fh.read(size)
+        stop = size - 1 if pos + size == end and block.endswith(b"\n") else size  # a final newline ends a line
+        while (stop := block.rfind(b"\n", 0, stop)) >= 0:
+            found += 1  # each newline (but the final one) starts one more line after it
+            if found == lines:
+                return pos + stop + 1, lines
+    return 0, found + 1
+
+
+def _tail_pieces(path: Path, lines: int) -> list[tuple[BinaryIO, int]]:
+    """Open files and offsets that hold the last `lines` lines of `path`, oldest first: when `path` has fewer
+    lines, its rotated predecessors (path.1, path.2, ...) make up the rest. The last one is `path` itself."""
+    current = _open_log(path)
+    offset, found = _tail_start(current, lines)
+    pieces = [(current, offset)]
+    n = 1
+    while found < lines:
+        try:
+            older = _open_log(f"{path}.{n}")
+        except OSError:
+            break
+        offset, more = _tail_start(older, lines - found)
+        pieces.insert(0, (older, offset))
+        found += more
+        n += 1
+    return pieces
+
+
+def _copy(fh: BinaryIO, offset: int, write: Callable[[bytes], object]) -> int:
+    """Copy `fh` from `offset` to its end into `write`; the offset it ended at."""
+    fh.seek(offset)
+    while chunk := fh.read(_BLOCK):
+        write(chunk)
+        offset += len(chunk)
+    return offset
+
+
+def write_tail(path: str | Path, lines: int, write: Callable[[bytes], object]) -> None:
+    """Write the last `lines` lines of a log (continuing into its rotated files when it has fewer) as bytes.
+    OSError when the log cannot be opened (missing, or a symbolic link)."""
+    for fh, offset in _tail_pieces(Path(path), lines):
+        with fh:
+            _copy(fh, offset, write)
+
+
 def read_tail(path: str | Path, lines: int) -> str:
-    """The last `lines` lines of a text file (from its last 64 KiB), or '(no log)'."""
+    """The last `lines` lines of a log as text (exactly that many, when it has them), or '(no log)'."""
+    chunks: list[bytes] = []
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 64 * 1024))
-            data = fh.read().decode("utf-8", "replace")
+        write_tail(path, lines, chunks.append)
     except OSError:
         return "(no log)"
-    return "\n".join(data.rstrip("\n").splitlines()[-lines:])
+    return b"".join(chunks).decode("utf-8", "replace").removesuffix("\n")
+
+
+def follow(path: str | Path, write: Callable[[bytes], object], lines: int = 0, poll: float = 0.2, on_notice: Callable[[str], object] | None = None) -> None:
+    """Write the last `lines` lines of a log, then whatever is appended to it, forever, like `tail -F`: when
+    the file at `path` is replaced (rotated: another inode) the rest of the old one is written first, then
+    the new one from its start; when it shrinks (truncated) it is read again from its start."""
+    import time
+
+    path = Path(path)
+    pieces = _tail_pieces(path, lines)
+    for fh, offset in pieces[:-1]:
+        with fh:
+            _copy(fh, offset, write)
+    current: BinaryIO | None
+    current, offset = pieces[-1]
+    pos = _copy(current, offset, write)
+    while True:
+        if current is None:  # rotated away and not there again yet
+            try:
+                current, pos = _open_log(path), 0
+            except OSError:
+                time.sleep(poll)
+                continue
+        chunk = current.read(_BLOCK)
+        if chunk:
+            write(chunk)
+            pos += len(chunk)
+            continue
+        try:
+            now = os.stat(path, follow_symlinks=False)
+        except OSError:
+            now = None
+        mine = os.fstat(current.fileno())
+        if now is None or (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev):
+            _copy(current, pos, write)  # lines written just before the switch
+            current.close()
+            current = None
+            if on_notice is not None:
+                on_notice(f"{path} was rotated; following the new file")
+            continue
+        if now.st_size < pos:
+            current.seek(0)
+            pos = 0
+            if on_notice is not None:
+                on_notice(f"{path} was truncated; reading it from its start")
+            continue
+        time.sleep(poll)

@@ -107,6 +107,7 @@ def _start_json(result) -> dict:
         "engine": r.engine,
         "log_path": r.log_path,
         "health": result.health.to_dict() if result.health else None,
+        "changed": list(result.changed),  # already running with other settings: "name: old → new"
     }
 
 
@@ -206,33 +207,42 @@ def _duration(seconds: float) -> str:
 def logs(
     name: Annotated[str, typer.Argument(help="Instance name.", autocompletion=complete_instances)],
     lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="How many lines from the end.")] = 50,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines (Ctrl-C to stop).")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines, across rotation and truncation, like tail -F (Ctrl-C to stop).")] = False,
 ) -> None:
-    """Print the last lines of an instance's log (stdout and stderr of the daemon)."""
+    """Print the last lines of an instance's log (stdout and stderr of the daemon; rotated ones too when needed)."""
     import sys
-    import time
 
     from lf.daemon.records import StateStore
-    from lf.errors import UnknownNameError
-    from lf.files import read_tail
+    from lf.errors import LfError, UnknownNameError
+    from lf.files import follow as follow_log
+    from lf.files import write_tail
 
-    path = StateStore().log_path(name)
+    store = StateStore()
+    path = store.log_path(name)
+    if path.is_symlink():
+        raise LfError(f"{path} is a symbolic link: lf does not read through links in its own dirs", hint=f"remove it (rm {path})")
     if not path.exists():
         raise UnknownNameError(f"no log for {name!r} in {path.parent}", hint="lf runtime status lists the known instances")
-    text = read_tail(path, lines) if lines else ""
-    if text:
-        out(text)
-    if not follow:
-        return
-    with open(path, "rb") as fh:
-        fh.seek(0, 2)
-        while True:
-            chunk = fh.read()
-            if chunk:
-                sys.stdout.write(chunk.decode("utf-8", "replace"))
-                sys.stdout.flush()
-            else:
-                time.sleep(0.2)
+    record = store.load_or_none(name)
+    if record is not None and record.log_pump_lost():
+        err(f"Warning: the process that writes this log (pid {record.log_pump_pid}) is gone: what {name} prints now is lost")
+        err(f"  lf runtime restart {name} starts it with a new one")
+    sys.stdout.flush()
+    stdout = sys.stdout.buffer
+
+    def write(chunk: bytes) -> None:
+        stdout.write(chunk)
+        if follow:
+            stdout.flush()
+
+    try:
+        if follow:
+            follow_log(path, write, lines, on_notice=lambda text: err(f"lf: {text}"))
+        else:
+            write_tail(path, lines, write)
+    except OSError as exc:
+        raise LfError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    stdout.flush()
 
 
 @command

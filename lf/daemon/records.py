@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import re
-from contextlib import contextmanager
+import stat
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
-from lf.dirs import ensure_private_dir, state_dir
+from lf.dirs import UnwritableDir, ensure_private_dir, state_dir
 from lf.errors import LfError, UnknownNameError
-from lf.files import LockBusy, atomic_write, exclusive_lock
+from lf.files import LockBusy, LockUnavailable, atomic_write, exclusive_lock
 
 RECORD_VERSION = 2  # 2: typed fields for what version 1 kept in `extra`
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -57,13 +59,33 @@ class RuntimeRecord:
     overrides: dict = field(default_factory=dict)  # command-line settings, so `restart` reapplies them
     after_start: dict = field(default_factory=dict)  # what the runtime's after-start step needs (its own data)
     owner: str = "cli"  # who started it: "cli" (lf runtime start, lf chat) or "gateway" (lf serve, on demand)
+    settings: dict = field(default_factory=dict)  # the model as named and every resolved setting: what a later start compares with
+    log_pump_pid: int | None = None  # the process that writes and rotates the log (lf.daemon.logpump)
+    log_pump_create_time: float | None = None
     version: int = RECORD_VERSION
+    # what from_dict left out of a record it could still use, as sentences (not written back)
+    warnings: ClassVar[tuple[str, ...]] = ()
 
     def process_alive(self) -> bool:
         """Is the recorded process alive, and the very one lf started (not a reused pid)?"""
         from lf.daemon.process import is_same_process
 
         return is_same_process(self.pid, self.create_time)
+
+    def log_pump_lost(self) -> bool:
+        """True when the process that writes this instance's log is gone while the instance still runs:
+        what it prints from then on is lost (a SIGKILL, the OOM killer)."""
+        from lf.daemon.process import is_same_process
+
+        if self.log_pump_pid is None or self.log_pump_create_time is None:
+            return False
+        return self.process_alive() and not is_same_process(self.log_pump_pid, self.log_pump_create_time)
+
+    def process_frozen(self) -> bool:
+        """Is the recorded process stopped by a signal (SIGSTOP)? Only meaningful when it is alive."""
+        from lf.daemon.process import process_frozen
+
+        return process_frozen(self.pid)
 
     def health_probe(self):
         """The probe of this instance's health endpoint, as its runtime declared it; None if it has none."""
@@ -107,9 +129,10 @@ class RuntimeRecord:
                 raise ValueError(f"{name} is not text")
         if not (isinstance(record.command, list) and all(isinstance(part, str) for part in record.command)):
             raise ValueError("command is not a list of arguments")
-        for name in ("overrides", "after_start"):
+        for name in ("overrides", "after_start", "settings"):
             if not isinstance(getattr(record, name), dict):
                 raise ValueError(f"{name} is not an object")
+        _check_strictly(record)
         return record
 
 
@@ -117,11 +140,136 @@ def _is_int(value, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
+def _is_seconds(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+# the rules lf.daemon.health.interpret reads, besides json:<key>
+HEALTH_RULES = ("http-ok", "answers", "reachable", "loaded-by-lf")
+
+
+def is_health_rule(rule) -> bool:
+    return isinstance(rule, str) and (rule in HEALTH_RULES or (rule.startswith("json:") and len(rule) > 5))
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _is_setting_value(value) -> bool:
+    scalar = (str, int, float, bool, type(None))
+    return isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(item, scalar) for item in value))
+
+
+# what `overrides` may hold: the fields of lf.core.targets.Overrides (a test keeps the two in step)
+OVERRIDE_CHECKS = {
+    "model": _is_text,
+    "port": lambda value: _is_int(value, 1, 65535),
+    "host": _is_text,
+    "context_size": lambda value: _is_int(value, 1, 2**31 - 1),
+    "threads": lambda value: _is_int(value, 1, 2**31 - 1),
+    "settings": lambda value: isinstance(value, dict),
+}
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _usable_overrides(overrides: dict) -> tuple[dict, list[str]]:
+    """The overrides a restart can reapply, and what was left out (a key a newer lf wrote, a wrong type)."""
+    kept: dict = {}
+    dropped: list[str] = []
+    for key, value in overrides.items():
+        check = OVERRIDE_CHECKS.get(key)
+        if check is None:
+            dropped.append(f"an override {_short(key)}, which this lf does not know")
+        elif not check(value):
+            dropped.append(f"an override {key!r} of the wrong type ({_short(value)})")
+        elif key == "settings":
+            settings = {}
+            for name, setting in value.items():
+                if _is_text(name) and _is_setting_value(setting):
+                    settings[name] = setting
+                else:
+                    dropped.append(f"a setting override {_short(name)}: {_short(setting)}, which is not a name with a plain value")
+            kept[key] = settings
+        else:
+            kept[key] = value
+    return kept, dropped
+
+
+def _check_strictly(record: "RuntimeRecord") -> None:
+    """Beyond the types: what lf relies on when it acts on a record. ValueError names the field.
+
+    A field that decides whether a process is ours (command), how to read its health, or where it is makes
+    the record unreadable (state `unknown`); an override only `restart` uses is dropped with a warning."""
+    if not is_valid_name(record.name):
+        raise ValueError("name is not a valid instance name")
+    if not record.command:
+        raise ValueError("command is empty: nothing to tell its process by")
+    if not is_health_rule(record.health_ready):
+        raise ValueError(f"health_ready {_short(record.health_ready)} is not a rule this lf knows ({', '.join(HEALTH_RULES)}, json:KEY)")
+    for name in ("base_url", "health_url"):
+        url = getattr(record, name)
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"{name} is not an http(s) URL")
+    for name in ("create_time", "started_at"):
+        if not _is_seconds(getattr(record, name)):
+            raise ValueError(f"{name} is not a time")
+    if not _is_seconds(record.start_timeout):
+        raise ValueError("start_timeout is not a number of seconds")
+    if not _is_int(record.version, 1, 2**31 - 1):
+        raise ValueError("version is not a record version")
+    if record.log_pump_pid is not None or record.log_pump_create_time is not None:
+        if not _is_int(record.log_pump_pid, 2, 2**31 - 1):
+            raise ValueError("log_pump_pid is not a valid process id")
+        if not _is_seconds(record.log_pump_create_time):
+            raise ValueError("log_pump_create_time is not a time")
+    record.overrides, dropped = _usable_overrides(record.overrides)
+    if dropped:
+        record.warnings = tuple(f"Warning: the record of {record.name} holds {what}: left out" for what in dropped)
+
+
 class CorruptRecord(Exception):
     def __init__(self, path: Path, reason: str):
         super().__init__(reason)
         self.path = path
         self.reason = reason
+
+
+class RecordNotRemoved(LfError):
+    """A record that must go cannot be removed (a read-only state dir): whatever it named is not running."""
+
+    def __init__(self, name: str, path: Path, exc: OSError):
+        from lf.dirs import fix_hint
+
+        self.name = name
+        self.path = path
+        self.reason = exc.strerror or str(exc)
+        self.fix = fix_hint(path, exc)
+        super().__init__(
+            f"could not remove the record of {name} ({path}): {self.reason}",
+            hint=f"{name} is not running: lf stopped its process first, if it had one\n{self.fix}; then `lf runtime stop {name}` removes the record",
+        )
+
+
+MAX_RECORD_BYTES = 1024 * 1024
+
+
+def _read_own_file(path: Path) -> bytes:
+    """The bytes of a record: not through a symlink, only a regular file of ours, bounded in size."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "it is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise OSError(errno.EPERM, f"it belongs to another user (uid {info.st_uid})")
+        if info.st_size > MAX_RECORD_BYTES:
+            raise OSError(errno.EFBIG, f"it is too big for a record ({info.st_size} bytes)")
+        return fh.read(MAX_RECORD_BYTES + 1)
 
 
 class StateStore:
@@ -150,18 +298,19 @@ class StateStore:
         """The record for `name`, None if there is none; CorruptRecord if it cannot be read."""
         path = self.record_path(name)
         try:
-            raw = path.read_bytes()
+            raw = _read_own_file(path)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise CorruptRecord(path, exc.strerror or str(exc)) from exc
+            reason = "it is a symbolic link, which lf does not follow" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+            raise CorruptRecord(path, reason) from exc
         try:
             data = json.loads(raw)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             record = RuntimeRecord.from_dict(data)
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            raise CorruptRecord(path, str(exc)) from exc
+        except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+            raise CorruptRecord(path, str(exc) or type(exc).__name__) from exc
         if record.name != name:
             raise CorruptRecord(path, f"it names the instance {record.name!r}, not {name!r}")
         return record
@@ -190,19 +339,32 @@ class StateStore:
         return [record for name in self.names() if (record := self.load_or_none(name)) is not None]
 
     def remove(self, name: str) -> bool:
+        """Remove the record of `name` (True), or find none (False); RecordNotRemoved when it cannot go."""
+        path = self.record_path(name)
         try:
-            self.record_path(name).unlink()
+            path.unlink()
             return True
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            if not os.path.lexists(path):  # a read-only mount refuses even the unlink of nothing
+                return False
+            raise RecordNotRemoved(name, path, exc) from exc
 
     @contextmanager
     def lock(self, name: str, timeout: float = 60.0) -> Iterator[None]:
         """An exclusive per-instance lock, so concurrent starts and stops serialize (across processes
-        and across threads of one process)."""
-        self.ensure()
-        try:
-            with exclusive_lock(self.lock_path(name), timeout):
-                yield
-        except LockBusy:
-            raise LfError(f"another lf command is busy with {name!r}", hint="try again in a moment") from None
+        and across threads of one process).
+
+        In a state dir that cannot be written (read-only mount, permissions) the lock cannot be created, and
+        is not needed: nothing can write a record there, so nothing can race. What only reads and signals
+        (stop) goes on without it; what must write (start) fails with a clear error when it tries."""
+        with ExitStack() as held:
+            try:
+                self.ensure()
+                held.enter_context(exclusive_lock(self.lock_path(name), timeout))
+            except (UnwritableDir, LockUnavailable):
+                pass
+            except LockBusy:
+                raise LfError(f"another lf command is busy with {name!r}", hint="try again in a moment") from None
+            yield

@@ -50,6 +50,21 @@ def daemons(state_dir: Path) -> list[psutil.Process]:
     return found
 
 
+def log_pumps(state_dir: Path) -> list[psutil.Process]:
+    """Live log pumps (lf.daemon.logpump) writing logs in this state dir: they work from /, so `daemons`
+    does not list them; they go once their daemon's output ends."""
+    found = []
+    logs = str(state_dir) + os.sep
+    for proc in psutil.process_iter():
+        try:
+            argv = proc.cmdline()
+            if proc.status() != psutil.STATUS_ZOMBIE and len(argv) > 4 and argv[3].endswith("logpump.py") and argv[4].startswith(logs):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
 def group_processes(pgid: int) -> list[psutil.Process]:
     """Live (non-zombie) members of a process group: what must be gone after `lf runtime stop`."""
     found = []

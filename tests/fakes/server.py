@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed tokens")
     parser.add_argument("--tokens", type=int, default=len(TOKENS), help="how many tokens an answer has")
     parser.add_argument("--reject-key", action="store_true", help="answer 401, echoing the key it was sent (as careless servers do)")
+    parser.add_argument("--log-requests", action="store_true", help="log a line per request; GET /burst/N logs N numbered lines at once")
     parser.add_argument("--engine-args", nargs=argparse.REMAINDER, default=[], help="everything after it: flags a real engine would take (logged with argv)")
     return parser.parse_args(argv)
 
@@ -126,6 +127,10 @@ def handle(conn: socket.socket, args: argparse.Namespace, started: float) -> Non
         if request is None:
             return
         method, path, headers, body = request
+        if args.log_requests:
+            log_request(conn, method, path)
+            if method == "GET" and path.startswith("/burst/"):
+                return
         if args.reject_key:
             sent = headers.get("authorization", "").removeprefix("Bearer ")
             respond(conn, 401, {"error": {"message": f"Incorrect API key provided: {sent}", "type": "invalid_request_error"}})
@@ -141,6 +146,22 @@ def handle(conn: socket.socket, args: argparse.Namespace, started: float) -> Non
             chat(conn, args, json.loads(body or b"{}"))
         else:
             respond(conn, 404, {"error": {"message": f"no route {method} {path}"}})
+
+
+_requests = iter(range(1, 1 << 62))
+_requests_lock = threading.Lock()
+
+
+def log_request(conn: socket.socket, method: str, path: str) -> None:
+    """One numbered line per request (a test counts them in the log); /burst/N prints N more at once."""
+    with _requests_lock:
+        log(f"request {next(_requests)} {method} {path}")
+        if method == "GET" and path.startswith("/burst/"):
+            count = int(path.rsplit("/", 1)[1])
+            sys.stderr.write("".join(f"fake: burst line {i} of {count} {'.' * 60}\n" for i in range(1, count + 1)))
+            sys.stderr.flush()
+    if method == "GET" and path.startswith("/burst/"):
+        respond(conn, 200, {"lines": count})
 
 
 def chat(conn: socket.socket, args: argparse.Namespace, request: dict) -> None:
