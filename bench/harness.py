@@ -478,6 +478,17 @@ class Bench:
         self.procs.append(proc)
         return proc
 
+    def llamacpp_argv_pair(self, box: "Sandbox") -> tuple[int, list[str], int, list[str]]:
+        """The llamacpp engine argv lf records, for a port of lf's and for another one the bench starts directly:
+        (lf's port, lf's argv, the direct port, the direct argv). Found by one start and stop through lf."""
+        lf_port, direct_port = free_port(), free_port()
+        box.lf("runtime", "start", "llamacpp", "--port", str(lf_port), check=True)
+        argv = box.record("llamacpp")["command"]
+        box.lf("runtime", "stop", "llamacpp", check=True)
+        direct_argv = list(argv)
+        direct_argv[direct_argv.index("--port") + 1] = str(direct_port)
+        return lf_port, argv, direct_port, direct_argv
+
     def running_llamacpp(self) -> tuple[Sandbox, dict]:
         """One llamacpp instance kept running for P4 and P6: its sandbox and its record."""
         if "chat_box" not in self.extra:

@@ -11,18 +11,13 @@ import subprocess
 import time
 
 import importtime
-from harness import Bench, BenchError, Row, Sandbox, alternate, free_port, http_status, lf_argv, median, median_floor, ms, stop_group, wait_http_ok
+from harness import Bench, BenchError, Row, Sandbox, alternate, http_status, lf_argv, median, median_floor, ms, stop_group, wait_http_ok
 
 
 def measure(bench: Bench) -> list[Row]:
     bench.log("P3: lf runtime start llamacpp (until healthy) vs the same engine started directly, /health polled every 10 ms")
     box = Sandbox(bench, "p3")
-    lf_port, direct_port = free_port(), free_port()
-    box.lf("runtime", "start", "llamacpp", "--port", str(lf_port), check=True)
-    argv = box.record("llamacpp")["command"]
-    box.lf("runtime", "stop", "llamacpp", check=True)
-    direct_argv = list(argv)
-    direct_argv[direct_argv.index("--port") + 1] = str(direct_port)
+    lf_port, _argv, direct_port, direct_argv = bench.llamacpp_argv_pair(box)
     launch_delays: list[float] = []
 
     def via_lf() -> float:

@@ -40,6 +40,7 @@ MEASUREMENTS = {
     "P5": "p5_status_scale",
     "P6": "p6_engines",
     "P7": "p7_gateway",
+    "P8": "p8_stop",
 }
 
 

@@ -28,6 +28,7 @@ STATE_EXIT = {
     "external": ExitStatus.OK,
     "starting": ExitStatus.UNHEALTHY,
     "unhealthy": ExitStatus.UNHEALTHY,
+    "frozen": ExitStatus.UNHEALTHY,
     "stopped": ExitStatus.NOT_RUNNING,
     "crashed": ExitStatus.NOT_RUNNING,
     "unknown": ExitStatus.NOT_RUNNING,
@@ -47,6 +48,24 @@ def exit_for_state(state: str, healthy: bool | None = None) -> ExitStatus:
 def worst(codes) -> ExitStatus:
     codes = set(codes)
     return next((code for code in _SEVERITY if code in codes), ExitStatus.OK)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C (a start stops what it launched, chat keeps what it
+    printed), but exiting with the signal's own code (128 + its number)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def raise_terminated(signum: int, _frame=None) -> None:
+    """A signal handler: SIGTERM/SIGHUP become Terminated, raised in the main thread."""
+    raise Terminated(signum)
 
 
 class LfError(Exception):

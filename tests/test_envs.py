@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lf.errors import ConfigError, ExitStatus, LfError, NotInstalledError, UnknownNameError
+from lf.errors import ConfigError, ExitStatus, LfError, NotInstalledError
 
 
 # -- a runtime whose env is one tiny local wheel ---------------------------------------------------
@@ -330,7 +330,7 @@ def test_model_plans(lemonade, tmp_path, onnx_model, monkeypatch):
     with pytest.raises(NotInstalledError) as missing:
         hooks.model_plan(_spec(rt), "v6")  # the default model, not built in this data dir
     assert "lf models build-onnx" in missing.value.hint
-    with pytest.raises(UnknownNameError):  # no such folder and no such name: exit 4, as every unknown model
+    with pytest.raises(NotInstalledError, match="does not exist"):  # a path to nothing: exit 8, the file is not here
         hooks.model_plan(_spec(rt, model="./no/such/folder"), "v6")
 
 

@@ -59,8 +59,10 @@ def test_a_model_path_is_resolved_and_a_missing_one_explained(tmp_path):
     model.write_bytes(b"GGUF")
     spec = build_spec(default_entry(runtime), None, Overrides(model=str(model)), single=True)
     assert spec.model_path == str(model.resolve())
-    with pytest.raises(UnknownNameError, match="neither a known model name nor an existing file"):  # exit 4, as every unknown name
+    with pytest.raises(NotInstalledError, match="does not exist"):  # a path: a file that is not here (exit 8), not an unknown name
         build_spec(default_entry(runtime), None, Overrides(model=str(tmp_path / "nope.gguf")), single=True)
+    with pytest.raises(UnknownNameError, match="neither a known model name nor an existing file"):  # a bare name: exit 4
+        build_spec(default_entry(runtime), None, Overrides(model="nope"), single=True)
 
 
 def test_binding_all_interfaces_warns(tmp_path):

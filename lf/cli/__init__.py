@@ -122,6 +122,12 @@ def _completion(argv: list[str]) -> None:
 
 
 def main() -> None:
+    import signal
+
+    from lf.errors import raise_terminated
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # like Ctrl-C: nothing half-done is left behind
+        signal.signal(signum, raise_terminated)
     argv = sys.argv[1:]
     completing = "_LF_COMPLETE" in os.environ
     if argv[:1] in (["--install-completion"], ["--show-completion"]) and not completing:

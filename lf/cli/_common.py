@@ -57,7 +57,15 @@ def command(func: Callable) -> Callable:
         except LfError as exc:
             report_error(exc)
             _fail(as_json, exc.message, exc.hint, exc.exit_status)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            from lf.errors import Terminated
+
+            if isinstance(exc, Terminated):
+                import signal
+
+                name = signal.Signals(exc.signum).name
+                sys.stderr.write(f"\nTerminated by {name}.\n")
+                _fail(as_json, f"terminated by {name}", None, exc.exit_code)
             sys.stderr.write("\nInterrupted.\n")
             _fail(as_json, "interrupted", None, ExitStatus.INTERRUPTED)
         except BrokenPipeError:

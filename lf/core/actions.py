@@ -9,6 +9,7 @@ processes do), which makes them safe to call concurrently.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
@@ -79,20 +80,37 @@ def start_spec(
         _emit(on_event, Notice(warning))
     _emit(on_event, Starting(spec.name, spec.runtime.name, spec.model))
 
+    store = _store(store)
+
     def plan_for():
-        return make_plan(spec, choose_port(spec.host, spec.port, spec.port_auto, taken_ports), owner)
+        return make_plan(spec, choose_port(spec.host, spec.port, spec.port_auto, taken_ports, store), owner)
 
     hooks = spec.runtime.hooks()
     after = getattr(hooks, "after_healthy", None) if hooks is not None else None
-    return supervisor.start(
+    result = supervisor.start(
         spec.name,
-        _store(store),
+        store,
         plan_for,
         wait=wait,
         timeout=timeout,
         on_wait=(lambda elapsed: _emit(on_event, Waiting(spec.name, elapsed))) if on_event else None,
         after_healthy=after,
     )
+    if result.already_running:
+        from dataclasses import replace
+
+        from lf.runtimes.launch import changed_settings
+
+        changed = changed_settings(spec, result.record)
+        if changed:
+            # restart reapplies the flags the running instance was started with, not these
+            import json
+
+            new_flags = json.loads(json.dumps(dict(spec.overrides), default=str)) != result.record.overrides
+            how = f"lf runtime stop {spec.name}, then this start again" if new_flags else f"lf runtime restart {spec.name}"
+            _emit(on_event, Notice(f"{spec.name} is already running with other settings ({'; '.join(changed)}); to apply them: {how}"))
+            result = replace(result, changed=tuple(changed))
+    return result
 
 
 def ensure_running(
@@ -126,6 +144,10 @@ def ensure_running(
     record = store.load_or_none(entry.name)
     alive = record is not None and record.process_alive()
     if alive:
+        if record.process_frozen():
+            from lf.daemon.supervisor import frozen_error
+
+            raise frozen_error(record, ExitStatus.UNHEALTHY)
         if model and target.runtime.one_model_per_process and model not in (record.model, record.model_path):
             raise LfError(
                 f"{entry.name} is serving {record.model}, not {model}",
@@ -236,6 +258,7 @@ def restart(
     store: "StateStore | None" = None,
 ) -> list["StartResult"]:
     """Stop, then start again: flags given to `start` stay in force, the rest is read afresh."""
+    from lf.core.events import Notice
     from lf.core.targets import Overrides, build_spec, entries_for
     from lf.daemon import supervisor
 
@@ -243,13 +266,28 @@ def restart(
     specs = []
     for entry in entries_for(target, project):
         record = store.load_or_none(entry.name)
-        given = Overrides.from_given(record.overrides) if record else Overrides()
+        given = Overrides()
+        if record is not None:
+            for warning in record.warnings:  # overrides the record holds that this lf cannot reapply
+                _emit(on_event, Notice(warning))
+            given = Overrides.from_given(record.overrides)
+            unknown = _undeclared_settings(entry, given)
+            if unknown:  # a setting the runtime no longer declares (its manifest changed since the start)
+                _emit(on_event, Notice(f"Warning: {entry.name} was started with {', '.join(unknown)}, which {entry.provider} no longer takes: left out"))
+                given = replace(given, settings={k: v for k, v in given.settings.items() if k not in unknown})
         specs.append(build_spec(entry, project, given, single=True))
     results = []
     for spec in specs:
         supervisor.stop(spec.name, store)
         results.append(start_spec(spec, timeout=timeout, on_event=on_event, store=store))
     return results
+
+
+def _undeclared_settings(entry: "ModelEntry", given: "Overrides") -> list[str]:
+    from lf.runtimes.registry import get_runtime
+
+    declared = get_runtime(entry.provider).settings
+    return [name for name in given.settings if name not in declared]
 
 
 # -- status ------------------------------------------------------------------------------------------

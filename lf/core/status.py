@@ -100,10 +100,11 @@ class StatusReport:
 def from_record(record: RuntimeRecord) -> InstanceStatus:
     """An instance as its record and its process say (health comes later, from the probe)."""
     alive = record.process_alive()
+    frozen = alive and record.process_frozen()
     status = InstanceStatus(
         name=record.name,
         runtime=record.runtime,
-        state=classify(record, alive),
+        state=classify(record, alive, frozen=frozen),
         pid=record.pid,
         host=record.host,
         port=record.port,
@@ -119,6 +120,8 @@ def from_record(record: RuntimeRecord) -> InstanceStatus:
 
         status.message = "its process is gone and lf did not stop it"
         status.log_tail = read_tail(record.log_path, 5).splitlines()
+    elif frozen:  # a probe would only time out
+        status.message = f"its process is stopped by a signal; resume it with: kill -CONT {record.pid} (lf runtime stop also works)"
     else:
         status.probe = record.health_probe()
     return status
@@ -173,6 +176,10 @@ def collect(
     for inst, health in zip(instances, probe_all([i.probe for i in instances], probe_timeout)):
         if health is None:
             continue
+        if not inst.managed:  # an error about a bad address quotes it, credentials and all
+            from lf.secrets import mask, secrets_of
+
+            health.message = mask(health.message, secrets_of(None, inst.probe.url))
         inst.health = health
         if inst.record is not None:
             inst.state = classify(inst.record, True, health, now)
@@ -198,6 +205,8 @@ def _configured(project) -> list[InstanceStatus]:
             runtime = get_runtime(entry.provider)  # parses only the manifests of external entries
         except UnknownNameError:
             continue
+        from lf.secrets import redact_url
+
         base_url = runtime.external_base_url(entry.base_url)
         url = origin(base_url) + runtime.health_path if runtime.health_path else base_url + "/models"
         out.append(
@@ -206,7 +215,7 @@ def _configured(project) -> list[InstanceStatus]:
                 runtime=entry.provider,
                 state=State.EXTERNAL,
                 managed=False,
-                base_url=base_url,
+                base_url=redact_url(base_url),  # shown; the probe has the URL as written
                 model=entry.model,
                 probe=Probe(url, runtime.health_ready, entry.resolved_api_key()),
             )

@@ -58,6 +58,19 @@ def process_create_time(pid: int) -> float | None:
         return None
 
 
+def process_frozen(pid: int) -> bool:
+    """True when `pid` is stopped by a signal (SIGSTOP, SIGTSTP, a debugger): alive, but it answers nothing."""
+    if sys.platform.startswith("linux") and os.path.isdir("/proc/self"):
+        found = _linux_proc_stat(pid)
+        return found is not None and found[0] in ("T", "t")
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
+
+
 def is_same_process(pid: int, create_time: float) -> bool:
     """True when `pid` is alive and is the very process that was recorded (not a reused pid)."""
     actual = process_create_time(pid)
@@ -73,8 +86,11 @@ def command_matches(pid: int, command: list[str]) -> bool:
     except psutil.Error:
         return False
     # argv[0] may differ (an interpreter reached through a symlink), and a script launched directly
-    # shows up as `interpreter script …`; the arguments must still be exactly ours
-    return not command or cmdline == command or (len(command) > 1 and cmdline[1:] == command[1:]) or cmdline[1:] == command
+    # shows up as `interpreter script …`; the arguments must still be exactly ours. No recorded
+    # command proves nothing: it never matches.
+    if not command:
+        return False
+    return cmdline == command or (len(command) > 1 and cmdline[1:] == command[1:]) or cmdline[1:] == command
 
 
 # -- stopping a process tree -----------------------------------------------------------------------
@@ -89,15 +105,42 @@ def terminate_group(pid: int, timeout: float) -> bool:
         procs = []
     pgid = pid  # started with start_new_session: the leader's pid is the group id
     _signal_all(pgid, procs, signal.SIGTERM)
-    _gone, alive = psutil.wait_procs(procs, timeout=timeout)
+    _signal_all(pgid, procs, signal.SIGCONT)  # a frozen (SIGSTOPped) process must run to act on SIGTERM
+    alive = _wait_gone(procs, timeout, reap=pid)
     escalated = False
     stragglers = alive + _group_members(pgid, exclude={p.pid for p in procs})
     if stragglers:
         escalated = True
         _signal_all(pgid, stragglers, signal.SIGKILL)
-        psutil.wait_procs(stragglers, timeout=5.0)
+        _wait_gone(stragglers, 5.0, reap=pid)
     _reap(pid)
     return escalated
+
+
+def _wait_gone(procs: list, timeout: float, reap: int) -> list:
+    """The processes still running after up to `timeout` s. An exited process counts as gone at once, even
+    while it waits to be reaped: a daemon is not lf's child, and its parent (init, or a container's PID 1
+    that never reaps) decides when the zombie goes away."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        _reap(reap)  # when lf itself launched it (a start that failed), lf is the parent that must reap
+        alive = [proc for proc in procs if _running(proc)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.05)
+
+
+def _running(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _signal_all(pgid: int, procs: list, signum: int) -> None:
@@ -166,6 +209,61 @@ def port_owner(port: int) -> tuple[str, int | None]:
     except (psutil.AccessDenied, OSError):
         pass
     return "another process (its owner is not visible to this user)", None
+
+
+def session_listens(sid: int, port: int) -> bool | None:
+    """Does a process of session `sid` (a daemon started with start_new_session, and whatever it spawned,
+    even reparented) listen on TCP `port`? None when this cannot be told here (no permission)."""
+    if sys.platform.startswith("linux") and os.path.isdir("/proc/self"):
+        return _linux_session_listens(sid, port)
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) != sid:
+                continue
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                    return True
+        except (ProcessLookupError, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        except (PermissionError, psutil.AccessDenied):
+            return None
+    return False
+
+
+def _linux_session_listens(sid: int, port: int) -> bool | None:
+    """The same from /proc, in 4 ms (psutil takes 18 ms here, measured): the listening sockets on `port`,
+    then whether a process of the session holds one of them."""
+    sockets: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if sockets:
+            break  # each table takes the kernel ~3.5 ms to write out (measured): read the second only if needed
+        try:
+            with open(table) as fh:
+                next(fh, None)
+                for line in fh:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        sockets.add(f"socket:[{fields[9]}]")
+        except OSError:
+            pass
+    if not sockets:
+        return None  # nothing listens in this network namespace: nothing to compare with
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry)) != sid:
+                continue
+            folder = f"/proc/{entry}/fd"
+            if any(os.readlink(f"{folder}/{fd}") in sockets for fd in os.listdir(folder)):
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            continue
+        except PermissionError:
+            return None
+    return False
 
 
 def family(pid: int) -> set[int]:

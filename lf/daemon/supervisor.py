@@ -12,17 +12,20 @@ the plan and nothing here changes it.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 from lf.daemon.health import Health, local_url, probe_once
-from lf.daemon.process import command_matches, family, port_is_free, port_owner, process_create_time, terminate_group
+from lf.daemon.process import command_matches, family, port_is_free, port_owner, process_create_time, session_listens, terminate_group
 from lf.daemon.records import CorruptRecord, RuntimeRecord, StateStore
-from lf.errors import StartError
-from lf.files import read_tail
+from lf.errors import ExitStatus, LfError, StartError
+from lf.files import exclusive_lock, read_tail
 
 LOG_TAIL_LINES = 20
 
@@ -50,6 +53,7 @@ class LaunchPlan:
     env: Mapping[str, str] = field(default_factory=_empty)  # added to the daemon's environment
     after_start: Mapping = field(default_factory=_empty)  # data the runtime's after-start step needs (JSON-able)
     overrides: Mapping = field(default_factory=_empty)  # command-line settings, recorded so `restart` reapplies them
+    settings: Mapping = field(default_factory=_empty)  # the model as named and the resolved settings (JSON-able), recorded
     owner: str = "cli"
     install_hint: str | None = None  # shown when the executable cannot be run
 
@@ -68,6 +72,7 @@ class StartResult:
     already_running: bool
     health: Health | None = None
     note: str | None = None
+    changed: tuple[str, ...] = ()  # already running, but with other settings than asked for: `name: old → new`
 
 
 @dataclass(frozen=True)
@@ -80,18 +85,25 @@ class StopResult:
 
 def choose_port(host: str, port: int, auto: bool, taken: set[int] | frozenset[int] = frozenset(), store: StateStore | None = None, span: int = 100) -> int:
     """`port` if it is free; with `auto` (nobody chose it) the first free one counting up from it. A port
-    held by one of lf's own instances is named as such, with the command that stops it."""
+    held by one of lf's own instances is named as such, with the command that stops it. A port a live
+    instance is recorded with counts as taken even before its engine binds it (callers hold the ports
+    lock of `start`, so two launches never choose the same one)."""
+    store = store or StateStore()
+    recorded = {r.port: r for r in store.records() if r.process_alive()}
     if not auto:
+        if port in recorded:
+            holder = recorded[port]
+            raise StartError(f"port {port} on {host} is already in use by lf's instance {holder.name!r} (pid {holder.pid})", hint=f"lf runtime stop {holder.name}, or choose another port with --port")
         if port in taken or not port_is_free(host, port):
             owner, pid = port_owner(port)
-            instance = _instance_holding(pid, store or StateStore()) if pid else None
+            instance = _instance_holding(pid, store) if pid else None
             if instance is not None:
                 owner = f"lf's instance {instance!r} (pid {pid})"
             stop = f"lf runtime stop {instance}" if instance else "stop that process"
             raise StartError(f"port {port} on {host} is already in use by {owner}", hint=f"{stop}, or choose another port with --port")
         return port
     for candidate in range(port, port + span):
-        if candidate not in taken and port_is_free(host, candidate):
+        if candidate not in taken and candidate not in recorded and port_is_free(host, candidate):
             return candidate
     raise StartError(f"no free port in {port}-{port + span - 1} on {host}", hint="choose one with --port")
 
@@ -119,50 +131,124 @@ def start(
     launched is stopped again: no half-started orphan is left behind.
     """
     launched: subprocess.Popen | None = None
-    with store.lock(name):
-        existing = store.load_or_none(name)  # an unreadable one: a fresh start replaces it
-        if existing is not None and existing.process_alive():
-            record = existing
-        else:
-            record, launched = launch(plan_for(), store)
-    if not wait:
-        return StartResult(record, already_running=launched is None, note="not waiting for health (--no-wait)")
-    timeout = record.start_timeout if timeout is None else timeout
+    record: RuntimeRecord | None = None
     try:
+        with store.lock(name):
+            existing = store.load_or_none(name)  # an unreadable one: a fresh start replaces it
+            if existing is not None and existing.process_alive():
+                record = existing
+            else:
+                # one launch at a time across lf processes, from choosing a port until the record that
+                # claims it is saved: two starts never pick the same free port
+                with _ports_lock(store):
+                    plan = plan_for()
+                    with _signals_deferred():  # a signal now would leave a daemon without a record
+                        record, launched = launch(plan, store)
+        if not wait:
+            return StartResult(record, already_running=launched is None, note="not waiting for health (--no-wait)")
+        timeout = record.start_timeout if timeout is None else timeout
         health = wait_until_healthy(record, timeout, launched, on_wait)
         if after_healthy is not None:
             health = after_healthy(record, health, timeout) or health
     except BaseException:
-        if launched is not None:
+        # Ctrl-C, SIGTERM, SIGHUP or a failure before healthy: what this call launched goes away again
+        # (with --no-wait, only until the record is saved; after that the daemon is on its own)
+        if launched is not None and record is not None and wait:
             stop(name, store, timeout=5.0, only_pid=record.pid)
         raise
     return StartResult(record, already_running=launched is None, health=health)
 
 
+@contextmanager
+def _ports_lock(store: StateStore) -> Iterator[None]:
+    store.ensure()
+    with exclusive_lock(store.root / "locks" / ".ports.lock"):  # not a valid instance name: no clash
+        yield
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP until the block ends, then act on the first one that came. Only
+    the main thread can set handlers; the gateway's worker threads never receive signals anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, _frame: held.append(signum)) for signum in _HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if held:
+            signal.raise_signal(held[0])
+
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subprocess.Popen]:
-    """Launch the plan as a daemon and write its record. The caller holds the instance's lock."""
-    store.remove(plan.name)  # a stale record (crashed process) or a corrupt one
+    """Launch the plan as a daemon and write its record. The caller holds the instance's lock.
+
+    The daemon's stdout and stderr reach its log through its log pump (lf.daemon.logpump), a small process
+    in its process group that appends them and rotates the log at LF_LOG_MAX_BYTES. The log is opened here
+    first, never through a symlink, so a start in a state dir that cannot be written fails before anything runs."""
+    from lf.daemon import logpump
+    from lf.daemon.records import RecordNotRemoved
+    from lf.files import open_append, write_error
+
+    try:
+        max_bytes, backups = logpump.limits()
+    except ValueError as exc:
+        raise LfError(str(exc), hint="set it to a number of bytes (0: never rotate), or unset it for the default") from None
     log_path = store.log_path(plan.name)
     store.ensure()
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.chmod(log_path, 0o600)
-    header = f"\n--- lf: starting {plan.name} ({plan.runtime}, {plan.engine}) on {plan.host}:{plan.port} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-    os.write(fd, header.encode())
     try:
+        store.remove(plan.name)  # a stale record (crashed process) or a corrupt one
+    except RecordNotRemoved as exc:
+        raise LfError(f"cannot start {plan.name}: its old record {exc.path} cannot be removed ({exc.reason})", hint=exc.fix) from None
+    fd = open_append(log_path)
+    header = f"\n--- lf: starting {plan.name} ({plan.runtime}, {plan.engine}) on {plan.host}:{plan.port} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+    status_read, status_write = os.pipe()
+    try:
+        try:
+            os.write(fd, header.encode())
+        except OSError as exc:
+            raise write_error(log_path, exc) from exc
         proc = subprocess.Popen(
-            list(plan.argv),
+            logpump.argv(os.path.abspath(log_path), max_bytes, backups, status_write, list(plan.argv)),  # execs plan.argv in place
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own session and process group: survives the terminal, stoppable as a group
             close_fds=True,
+            pass_fds=(status_write,),
             env={**os.environ, **plan.env},
             cwd=str(store.root),
         )
-    except OSError as exc:
-        raise StartError(f"could not run {plan.argv[0]}: {exc.strerror or exc}", hint=plan.install_hint) from exc
+    except BaseException as exc:
+        os.close(status_read)
+        if isinstance(exc, OSError):
+            raise StartError(f"could not run {exc.filename or plan.argv[0]}: {exc.strerror or exc}", hint=plan.install_hint) from exc
+        raise
     finally:
         os.close(fd)
+        os.close(status_write)
+    try:
+        pump_pid, failure, finished = logpump.read_report(status_read, timeout=30.0)
+    finally:
+        os.close(status_read)
+    if failure is not None:
+        proc.wait(10)  # the launcher exits at once, and its pump with it
+        raise StartError(f"could not run {plan.argv[0]}: {failure}", hint=plan.install_hint)
+    if pump_pid is None or not finished:
+        terminate_group(proc.pid, 2.0)
+        raise StartError(
+            f"could not start {plan.name}: its launcher {'exited' if finished else 'did not run it within 30s'}",
+            hint=f"last lines of {log_path}:\n{read_tail(log_path, LOG_TAIL_LINES)}",
+        )
+    pump_create_time = process_create_time(pump_pid)
+    launched = logpump.Launched(proc, pump_pid, pump_create_time)
     record = RuntimeRecord(
         name=plan.name,
         runtime=plan.runtime,
@@ -182,14 +268,17 @@ def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subproce
         start_timeout=plan.start_timeout,
         overrides=dict(plan.overrides),
         after_start=dict(plan.after_start),
+        settings=dict(plan.settings),
         owner=plan.owner,
+        log_pump_pid=pump_pid if pump_create_time is not None else None,
+        log_pump_create_time=pump_create_time,
     )
     try:
         store.save(record)
     except BaseException:
         terminate_group(proc.pid, 2.0)
         raise
-    return record, proc
+    return record, launched
 
 
 def wait_until_healthy(
@@ -212,10 +301,14 @@ def wait_until_healthy(
                 f"{record.name} exited{detail} before it became healthy",
                 hint=f"last lines of {record.log_path}:\n{read_tail(record.log_path, LOG_TAIL_LINES)}",
             )
+        if record.process_frozen():
+            raise frozen_error(record)
         if probe is None:
             return None
         last = probe_once(probe, timeout=min(1.0, max(0.2, timeout)))
         if last.healthy:
+            if proc is not None:
+                _check_answered_by_daemon(record)
             return last
         elapsed = time.monotonic() - started
         if elapsed > timeout:
@@ -228,6 +321,26 @@ def wait_until_healthy(
         time.sleep(interval)
         if elapsed > 3.0:
             interval = min(interval * 1.5, 0.1)
+
+
+def frozen_error(record: RuntimeRecord, exit_status: ExitStatus = ExitStatus.START_FAILED) -> LfError:
+    """What waiting on a process stopped by a signal (SIGSTOP) would come to: nothing, so say so at once."""
+    return LfError(
+        f"{record.name} is frozen: its process (pid {record.pid}) is stopped by a signal and answers nothing",
+        hint=f"resume it with: kill -CONT {record.pid}, or start it afresh with: lf runtime restart {record.name}",
+        exit_status=exit_status,
+    )
+
+
+def _check_answered_by_daemon(record: RuntimeRecord) -> None:
+    """Health only counts when it comes from the process lf started: a foreign server that took the port
+    between the free-port check and the engine's bind would otherwise pass for it."""
+    if session_listens(record.pid, record.port) is False:
+        owner, _pid = port_owner(record.port)
+        raise StartError(
+            f"port {record.port} is answered by {owner}, not by the {record.runtime} lf started",
+            hint=f"another server took the port while {record.name} was starting; stop that process, or choose another port with --port",
+        )
 
 
 def stop(name: str, store: StateStore, timeout: float = 10.0, only_pid: int | None = None) -> StopResult:

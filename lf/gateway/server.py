@@ -46,8 +46,11 @@ def run(project: Project | None, config: GatewayConfig, on_ready=None) -> None:
             server_header=False,
         )
     )
-    # a closed terminal (SIGHUP) stops the gateway as SIGTERM does, instances included
+    # a closed terminal (SIGHUP) stops the gateway as SIGTERM does, instances included; uvicorn shuts down
+    # gracefully on SIGTERM and then re-raises it, which should end the process as a service manager
+    # expects of a SIGTERM, not as lf's commands turn it into an error
     signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     print(f"lf-serve: listening on {local_url(config.host, config.port)} for {', '.join(e.name for e in entries)}", file=sys.stderr, flush=True)
     try:
         server.run()

@@ -104,6 +104,10 @@ def existing_path(value: str, base: Path | None = None) -> Path | None:
     return candidate.resolve() if candidate.exists() else None
 
 
+def looks_like_path(model: str) -> bool:
+    return model.startswith((".", "~", "/")) or os.sep in model or model.endswith((".gguf", ".onnx"))
+
+
 def resolve_model_path(model: str, base: Path | None = None) -> Path:
     """A model name from the catalog, a file name in lf's models dir, or a path."""
     if model in CATALOG:
@@ -120,6 +124,8 @@ def resolve_model_path(model: str, base: Path | None = None) -> Path:
     in_store = models_dir() / model
     if in_store.exists():
         return in_store
+    if looks_like_path(model):  # a file that is not here, rather than a name nobody knows
+        raise NotInstalledError(f"model file {model!r} does not exist", hint=f"check the path; or use a known model: {', '.join(CATALOG)}")
     from lf.suggest import did_you_mean
 
     raise UnknownNameError(

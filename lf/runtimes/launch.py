@@ -83,9 +83,39 @@ def default_plan(spec: InstanceSpec, engine: ResolvedEngine, port: int, **change
         health_ready=runtime.health_ready,
         start_timeout=runtime.start_timeout,
         overrides=MappingProxyType(dict(spec.overrides)),
+        settings=MappingProxyType(recorded_settings(spec)),
         install_hint=runtime.install_hint(),
     )
     return replace(plan, **changes)
+
+
+def recorded_settings(spec: InstanceSpec) -> dict:
+    """What a record keeps of a spec so a later start can tell that it asks for something else: the model
+    as named and every setting, in their JSON form. Port and host are compared with the record's own."""
+    import json
+
+    settings = {k: v for k, v in spec.settings.items() if k not in ("port", "host")}
+    return json.loads(json.dumps({"model": spec.model, **settings}, default=str))
+
+
+def changed_settings(spec: InstanceSpec, record) -> list[str]:
+    """What `spec` asks for that the running instance (its record) does not have, as `name: old → new`.
+    Nothing for a record from before lf recorded settings."""
+    changes = []
+    if not spec.port_auto and spec.port != record.port:
+        changes.append(f"port: {record.port} → {spec.port}")
+    if spec.host != record.host:
+        changes.append(f"host: {record.host} → {spec.host}")
+    if record.settings:
+        wanted = recorded_settings(spec)
+        for key in wanted.keys() | record.settings.keys():
+            if wanted.get(key) != record.settings.get(key):
+                changes.append(f"{key}: {_shown(record.settings.get(key))} → {_shown(wanted.get(key))}")
+    return sorted(changes)
+
+
+def _shown(value) -> str:
+    return "(not set)" if value is None else str(value)
 
 
 def argv_values(spec: InstanceSpec, engine: ResolvedEngine, port: int) -> dict[str, object]:
