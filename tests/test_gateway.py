@@ -257,6 +257,30 @@ def test_when_every_loaded_model_is_busy_requests_queue_then_get_503(tmp_path, f
         assert 'lf_gateway_evictions_total{model="talker"} 1.0' in metrics
 
 
+def test_a_model_started_for_a_request_is_not_evicted_for_the_queue_before_that_request_gets_it(tmp_path, fakes):
+    """A request queued while another model starts must not evict that model in the instant between its
+    start and the request that started it taking it (both are woken by the same start)."""
+    a, b, port = free_ports(3)
+    project(tmp_path, f"""\
+        - {{name: talker, provider: fake-late-stream, model: m, provider_config: {{port: {a}}}}}
+        - {{name: other, provider: fake, model: m, provider_config: {{port: {b}}}}}
+        """)
+    with Gateway(tmp_path / "work", port, "--max-loaded", "1", "--max-queue", "1", "--queue-timeout", "30") as gateway:
+        body = {"model": "talker", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=60) as busy:
+            lines = busy.iter_lines()
+            assert next(lines).startswith(": loading talker")  # talker starts: 1.5 s until it is healthy
+            queued = []
+            waiter = threading.Thread(target=lambda: queued.append(chat(gateway, "other", timeout=60)), daemon=True)
+            waiter.start()
+            assert wait_until(lambda: health(gateway)["gateway"]["queued"] == 1, timeout=10)  # queued during the start
+            assert next(line for line in lines if line.startswith("data: {"))  # talker answers: the start was not lost
+            assert health(gateway)["gateway"]["queued"] == 1, "the queued request evicted the model its starter was waiting for"
+            assert [p.pid for p in engines(fakes)] == [read_record(fakes, "talker")["pid"]]
+        waiter.join(60)
+        assert [r.status_code for r in queued] == [200]
+
+
 def test_a_model_started_for_a_request_that_went_away_makes_room_for_the_queue(tmp_path, fakes):
     a, b, port = free_ports(3)
     project(tmp_path, f"""\

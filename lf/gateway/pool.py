@@ -61,12 +61,18 @@ class Slot:
     endpoint: Endpoint | None = None
     owned: bool = False  # started by a gateway (this one or one before it): this one may stop it
     in_flight: int = 0
+    awaiting_start: int = 0  # requests waiting for its start: it is theirs, not idle, once it runs
     last_used: float = 0.0  # monotonic: when the last request began or ended (for least-recently-used)
     expires_at: float | None = None  # wall clock: when it will be unloaded if nothing comes
     last_error: str | None = None
     start_task: asyncio.Task | None = None
     stop_task: asyncio.Task | None = None
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    @property
+    def busy(self) -> bool:
+        """Answering a request, or about to (a request waits for its start)."""
+        return self.in_flight > 0 or self.awaiting_start > 0
 
     @property
     def name(self) -> str:
@@ -108,7 +114,7 @@ class Pool:
         """Take over the instances that are already running: a gateway's own from before a kill -9 (their
         TTL applies again), and ones `lf runtime start` made (used, never stopped)."""
         for slot in self.slots.values():
-            endpoint = await anyio.to_thread.run_sync(actions.running, slot.entry)
+            endpoint = await anyio.to_thread.run_sync(actions.running, slot.entry, self.project)
             if endpoint is not None:
                 self._running(slot, endpoint)
 
@@ -137,7 +143,18 @@ class Pool:
                 self.hooks.changed(slot)
                 return slot.endpoint
             if slot.state == SlotState.STARTING:
-                await asyncio.shield(slot.start_task)
+                # counted until this request takes it: a queued request woken by the same start must not
+                # see it idle and evict it first (which one runs first is up to the event loop)
+                slot.awaiting_start += 1
+                try:
+                    await asyncio.shield(slot.start_task)
+                except BaseException:
+                    slot.awaiting_start -= 1
+                    if slot.state == SlotState.RUNNING and not slot.busy:  # its requests went away: idle now
+                        self._schedule_expiry(slot)
+                        self._wake_waiters()
+                    raise
+                slot.awaiting_start -= 1  # and taken at once, below: no await in between
             elif slot.state == SlotState.STOPPING:
                 await asyncio.wait([slot.stop_task])  # how the stop went is not this request's concern
             else:
@@ -202,7 +219,7 @@ class Pool:
     def _least_recently_used_idle(self, exclude: Slot) -> Slot | None:
         idle = [
             s for s in self.slots.values()
-            if s is not exclude and s.state == SlotState.RUNNING and s.owned and s.in_flight == 0 and not s.entry.keep_loaded
+            if s is not exclude and s.state == SlotState.RUNNING and s.owned and not s.busy and not s.entry.keep_loaded
         ]
         return min(idle, key=lambda s: s.last_used) if idle else None
 
@@ -239,7 +256,7 @@ class Pool:
     async def _stop(self, slot: Slot, reason: str) -> None:
         pid = slot.endpoint.record.pid if slot.endpoint and slot.endpoint.record else None
         try:
-            await anyio.to_thread.run_sync(lambda: actions.stop_instance(slot.name, only_pid=pid))
+            await anyio.to_thread.run_sync(lambda: actions.stop_instance(slot.name, self.project, only_pid=pid))
         finally:
             self._set(slot, SlotState.UNLOADED)
             self.hooks.stopped(slot, reason)
@@ -247,7 +264,7 @@ class Pool:
     # -- idle unload ---------------------------------------------------------------------------------
     def _schedule_expiry(self, slot: Slot) -> None:
         self._cancel_expiry(slot)
-        if slot.ttl is None or not slot.owned or slot.state != SlotState.RUNNING or slot.in_flight:
+        if slot.ttl is None or not slot.owned or slot.state != SlotState.RUNNING or slot.busy:
             return
         slot.expires_at = time.time() + slot.ttl
         slot.expiry = asyncio.get_running_loop().call_later(slot.ttl, self._expire, slot)
@@ -260,7 +277,7 @@ class Pool:
 
     def _expire(self, slot: Slot) -> None:
         slot.expiry = None
-        if slot.state == SlotState.RUNNING and slot.in_flight == 0 and slot.owned and not self._closing:
+        if slot.state == SlotState.RUNNING and not slot.busy and slot.owned and not self._closing:
             self._begin_stop(slot, "idle")
 
     # -- shutdown ------------------------------------------------------------------------------------
