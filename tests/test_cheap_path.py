@@ -137,7 +137,7 @@ def test_status_with_running_stopped_external_and_crashed_instances_stays_light(
             """
         )
     )
-    store = StateStore()
+    store = StateStore(project="tests/cheap")  # the project's own instances
     log = tmp_path / "old.log"
     log.write_text("loading\nsegfault\n")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -29,6 +29,7 @@ from fakes import (
     lf_process,
     read_record,
     record_file,
+    record_files,
     spawn_sentinel,
     stop_process,
     use_fakes,
@@ -43,7 +44,7 @@ def state(isolated, monkeypatch):
     state_dir = isolated / "state"
     yield state_dir
     kill_daemons(state_dir)  # before conftest does: the records below must go only once nothing runs
-    for path in (state_dir / "instances").glob("*.json"):
+    for path in record_files(state_dir):
         path.unlink()  # all killed above; some records here are corrupt on purpose
 
 
@@ -329,7 +330,7 @@ def test_hung_runtime_status_is_bounded_and_unhealthy(state, tmp_path):
     project = load_optional()
     reports = []
     started = time.monotonic()
-    worker = threading.Thread(target=lambda: reports.append(collect(None, project, StateStore(), probe_timeout)), daemon=True)
+    worker = threading.Thread(target=lambda: reports.append(collect(None, project, StateStore.of(project), probe_timeout)), daemon=True)
     worker.start()
     worker.join(probe_timeout + 10)  # fail, rather than hang, if a probe has no deadline
     elapsed = time.monotonic() - started

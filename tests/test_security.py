@@ -290,7 +290,7 @@ def test_api_keys_never_appear_in_output_logs_or_errors(state, tmp_path, key_rej
     lf("config", "validate", str(bad), "--json", code=5)
     lf("runtime", "status", "-c", str(bad), code=5)
 
-    files = [*state.glob("logs/*"), *state.glob("instances/*")]  # what lf writes about its instances
+    files = [*state.glob("**/logs/*"), *state.glob("**/instances/*")]  # what lf writes about its instances, of every project
     assert any(p.suffix == ".log" for p in files)
     for path in files:
         outputs.append((str(path), path.read_text(errors="replace")))

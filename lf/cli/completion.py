@@ -5,10 +5,12 @@ from __future__ import annotations
 
 
 def instance_names() -> list[str]:
+    """This project's instances (what a bare name reaches) and its configured entries."""
     from lf.daemon.records import StateStore
 
-    names = set(StateStore().names())
-    names.update(_configured_names())
+    project = _project()
+    names = set(StateStore.of(project).names())
+    names.update(_entry_names(project))
     return sorted(names)
 
 
@@ -32,14 +34,21 @@ def model_names() -> list[str]:
     return sorted(set(_configured_names()) | set(CATALOG))
 
 
-def _configured_names(managed_only: bool = False) -> list[str]:
+def _project():
     try:
         from lf.config.project import load_optional
 
-        project = load_optional()
+        return load_optional()
     except Exception:  # a broken config must not break the user's shell
-        return []
+        return None
+
+
+def _entry_names(project, managed_only: bool = False) -> list[str]:
     return [m.name for m in project.models if m.managed or not managed_only] if project else []
+
+
+def _configured_names(managed_only: bool = False) -> list[str]:
+    return _entry_names(_project(), managed_only)
 
 
 SHELLS = ("bash", "zsh", "fish")

@@ -28,6 +28,36 @@ TargetArg = Annotated[
 ]
 TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", help="Seconds to wait until healthy (default: the runtime's).", show_default=False)]
 StopTimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds between SIGTERM and SIGKILL.")]
+ProjectOpt = Annotated[
+    Optional[str],
+    typer.Option("--project", help="Another project's instances: NAMESPACE/NAME as status --all-projects shows it, or none for those of no project.", show_default=False),
+]
+AllProjectsOpt = Annotated[bool, typer.Option("--all-projects", "-A", help="Every project's instances, not only this project's.")]
+
+
+def _scope(config: str | None, project: str | None, *, lenient: bool = False):
+    """(the project, the store of its instances) a command acts on: --project names one by its key; else
+    the llamafarm.yaml found (none: the instances of no project). With `lenient` (stop, logs), a file that
+    cannot be read does not block: its folder's instances are found by the folder their records name."""
+    from lf.daemon.records import StateStore, parse_project
+    from lf.errors import ConfigError
+
+    if project is not None:
+        return None, StateStore(project=parse_project(project))
+    try:
+        loaded = load_project(config)
+    except ConfigError as exc:
+        if not lenient:
+            raise
+        from lf.config.project import find_config
+
+        path = find_config(config)
+        store = StateStore().of_folder(path.resolve().parent) if path is not None else None
+        if store is None:
+            raise
+        err(f"Warning: {exc.message}; acting on the instances started from {path.parent} (project {store.project})")
+        return None, store
+    return loaded, StateStore.of(loaded)
 
 
 def _settings(pairs: list[str] | None) -> dict:
@@ -114,21 +144,32 @@ def _start_json(result) -> dict:
 @command
 def stop(
     names: Annotated[Optional[List[str]], typer.Argument(help="Instances or runtimes to stop.", autocompletion=complete_instances, show_default=False)] = None,
-    all_: Annotated[bool, typer.Option("--all", "-a", help="Stop every instance lf knows about.")] = False,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Stop every instance of this project.")] = False,
+    all_projects: AllProjectsOpt = False,
     timeout: StopTimeoutOpt = 10.0,
+    project: ProjectOpt = None,
+    config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Stop daemons: SIGTERM to the process group, SIGKILL after --timeout. Stopping a stopped one succeeds."""
+    """Stop daemons of this project (or --project's): SIGTERM to the process group, SIGKILL after --timeout. Stopping a stopped one succeeds."""
     from lf.core import actions
 
-    results = actions.stop(names, every=all_, timeout=timeout)
+    loaded, store = _scope(config, project, lenient=True)
+    results = actions.stop(names, loaded, every=all_, all_projects=all_projects, timeout=timeout, store=store)
     if json_out:
-        print_json({"stopped": [{"name": r.name, "was_running": r.was_running, "escalated": r.escalated, "note": r.note} for r in results]})
+        print_json(
+            {
+                "stopped": [
+                    {"name": r.name, "project": r.project, "was_running": r.was_running, "escalated": r.escalated, "note": r.note, "running_elsewhere": list(r.elsewhere)}
+                    for r in results
+                ]
+            }
+        )
         return
     if not results:
         out("nothing to stop")
     for r in results:
-        out(f"{r.name}: {r.note}")
+        out(f"{r.name}{f' ({r.project})' if all_projects and r.project else ''}: {r.note}")
 
 
 @command
@@ -157,13 +198,16 @@ def restart(
 def status(
     names: Annotated[Optional[List[str]], typer.Argument(help="Instances or runtimes (default: all known).", autocompletion=complete_runtimes, show_default=False)] = None,
     probe_timeout: Annotated[float, typer.Option("--probe-timeout", min=0.05, help="Seconds each health probe may take.")] = 1.0,
+    all_projects: AllProjectsOpt = False,
+    project: ProjectOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """State and health of every instance. Exit 0 all healthy, 3 not running, 4 unknown, 6 unhealthy."""
+    """State and health of this project's instances (or every project's). Exit 0 all healthy, 3 not running, 4 unknown, 6 unhealthy."""
     from lf.core import actions
 
-    report = actions.status(names, load_project(config), probe_timeout=probe_timeout)
+    loaded, store = _scope(config, project)
+    report = actions.status(names, loaded, probe_timeout=probe_timeout, all_projects=all_projects, store=store)
     for warning in report.warnings:
         err(warning)
     if json_out:
@@ -186,7 +230,11 @@ def _print_status(report) -> None:
         latency = f"{h['latency_ms']:.0f}ms" if h and h["latency_ms"] is not None else "-"
         uptime = _duration(d["uptime_s"]) if d["uptime_s"] is not None else "-"
         rows.append([d["name"], d["runtime"], d["state"], str(d["pid"] or "-"), d["base_url"] or "-", d["model"] or "-", uptime, health, latency])
-    out(table(rows, ["NAME", "RUNTIME", "STATE", "PID", "URL", "MODEL", "UPTIME", "HEALTH", "LATENCY"]))
+    headers = ["NAME", "RUNTIME", "STATE", "PID", "URL", "MODEL", "UPTIME", "HEALTH", "LATENCY"]
+    if any(inst.project for inst in report.instances):  # whose each one is, once a project is involved
+        rows = [[inst.project or "-", *row] for inst, row in zip(report.instances, rows)]
+        headers = ["PROJECT", *headers]
+    out(table(rows, headers))
     for inst in report.instances:
         if inst.log_tail:
             err(f"{inst.name} {inst.state.value}; last lines of {inst.log_path}:")
@@ -208,21 +256,28 @@ def logs(
     name: Annotated[str, typer.Argument(help="Instance name.", autocompletion=complete_instances)],
     lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="How many lines from the end.")] = 50,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines, across rotation and truncation, like tail -F (Ctrl-C to stop).")] = False,
+    project: ProjectOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Print the last lines of an instance's log (stdout and stderr of the daemon; rotated ones too when needed)."""
     import sys
 
-    from lf.daemon.records import StateStore
     from lf.errors import LfError, UnknownNameError
     from lf.files import follow as follow_log
     from lf.files import write_tail
 
-    store = StateStore()
+    _, store = _scope(config, project, lenient=True)
     path = store.log_path(name)
     if path.is_symlink():
         raise LfError(f"{path} is a symbolic link: lf does not read through links in its own dirs", hint=f"remove it (rm {path})")
     if not path.exists():
-        raise UnknownNameError(f"no log for {name!r} in {path.parent}", hint="lf runtime status lists the known instances")
+        others = [each.project for each in store.every_project()[1:] if each.log_path(name).exists()]
+        hint = "lf runtime status lists the known instances"
+        if others:
+            from lf.daemon.records import NO_PROJECT
+
+            hint = "; ".join(f"lf runtime logs {name} --project {key or NO_PROJECT}" for key in others) + " (another project's)"
+        raise UnknownNameError(f"no log for {name!r} in {path.parent}", hint=hint)
     record = store.load_or_none(name)
     if record is not None and record.log_pump_lost():
         err(f"Warning: the process that writes this log (pid {record.log_pump_pid}) is gone: what {name} prints now is lost")

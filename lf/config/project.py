@@ -59,6 +59,15 @@ class Project:
     def folder(self) -> Path:
         return self.path.parent
 
+    @property
+    def key(self) -> str:
+        """The project's identity, "namespace/name" as llamafarm.yaml gives them: its instances are its own
+        (two projects with an entry of the same name never share one). A file without them is named by its folder."""
+        namespace = self.namespace if isinstance(self.namespace, str) and self.namespace else "default"
+        name = self.name if isinstance(self.name, str) and self.name else self.folder.name or "project"
+        # the first slash separates the two: one in the namespace is written %2F (and % as %25)
+        return f"{namespace.replace('%', '%25').replace('/', '%2F')}/{name}"
+
     def model(self, name: str | None = None) -> ModelEntry:
         wanted = name or self.default_model
         for entry in self.models:

@@ -29,10 +29,11 @@ def _emit(on_event: OnEvent | None, event: object) -> None:
         on_event(event)
 
 
-def _store(store: "StateStore | None") -> "StateStore":
+def _store(store: "StateStore | None", project: "Project | None") -> "StateStore":
+    """The store given, or the project's: an instance belongs to its project (no project: the default's)."""
     from lf.daemon.records import StateStore
 
-    return store or StateStore()
+    return store or StateStore.of(project)
 
 
 # -- start -------------------------------------------------------------------------------------------
@@ -51,6 +52,7 @@ def start(
     from lf.core.targets import Overrides, specs_for
 
     specs = specs_for(target, project, overrides or Overrides())
+    store = _store(store, project)
     taken: set[int] = set()
     results = []
     for spec in specs:
@@ -80,7 +82,10 @@ def start_spec(
         _emit(on_event, Notice(warning))
     _emit(on_event, Starting(spec.name, spec.runtime.name, spec.model))
 
-    store = _store(store)
+    if store is None or store.project != spec.project:
+        from lf.daemon.records import StateStore
+
+        store = (store or StateStore()).scoped(spec.project)  # the record goes where its project's are
 
     def plan_for():
         return make_plan(spec, choose_port(spec.host, spec.port, spec.port_auto, taken_ports, store), owner)
@@ -140,7 +145,7 @@ def ensure_running(
         from lf.models.catalog import resolve_model_path
 
         resolve_model_path(model, project.folder if project else None)  # an unknown model is exit 4, whatever runs
-    store = _store(store)
+    store = _store(store, project)
     record = store.load_or_none(entry.name)
     alive = record is not None and record.process_alive()
     if alive:
@@ -163,11 +168,11 @@ def ensure_running(
     return Endpoint.of(result.record, target.api_key, started=not result.already_running)
 
 
-def running(entry: "ModelEntry", store: "StateStore | None" = None) -> "Endpoint | None":
+def running(entry: "ModelEntry", project: "Project | None", store: "StateStore | None" = None) -> "Endpoint | None":
     """The endpoint of a managed entry's instance if it is running (and is the process lf started)."""
     from lf.core.events import Endpoint
 
-    record = _store(store).load_or_none(entry.name)
+    record = _store(store, project).load_or_none(entry.name)
     if record is None or not record.process_alive():
         return None
     return Endpoint.of(record, entry.resolved_api_key())
@@ -194,38 +199,74 @@ def chat_endpoint(
 # -- stop, restart -----------------------------------------------------------------------------------
 def stop(
     names: list[str] | None,
+    project: "Project | None" = None,
     *,
     every: bool = False,
+    all_projects: bool = False,
     timeout: float = 10.0,
     store: "StateStore | None" = None,
 ) -> list["StopResult"]:
-    """Stop the named instances (a runtime's name: all its instances), or every recorded one."""
+    """Stop the named instances of the project (a runtime's name: all its instances), or all of them
+    (`every`), or every instance of every project (`all_projects`). A name the project does not run but
+    another project does is left alone: its result says which project runs it, and how to stop it there."""
     from lf.daemon import supervisor
     from lf.errors import ExitStatus, LfError
 
-    store = _store(store)
+    store = _store(store, project)
+    if all_projects:
+        return [_stopped(supervisor.stop(name, each, timeout=timeout), each) for each in store.every_project() for name in each.names()]
     if not names and not every:
         raise LfError("name what to stop, or use --all", hint="running: " + (", ".join(store.names()) or "nothing"), exit_status=ExitStatus.USAGE)
-    targets = store.names() if every else stop_targets(names or [], store)
-    return [supervisor.stop(name, store, timeout=timeout) for name in targets]
+    targets = store.names() if every else stop_targets(names or [], store, project)
+    results = [_stopped(supervisor.stop(name, store, timeout=timeout), store) for name in targets]
+    if not every:
+        results = [_elsewhere(result, store) if not result.was_running else result for result in results]
+    return results
 
 
-def stop_instance(name: str, *, only_pid: int | None = None, timeout: float = 10.0, store: "StateStore | None" = None) -> "StopResult":
-    """Stop one instance; with `only_pid`, only if it is still that process (not one started since)."""
+def _stopped(result: "StopResult", store: "StateStore") -> "StopResult":
+    from dataclasses import replace
+
+    return replace(result, project=store.project)
+
+
+def _elsewhere(result: "StopResult", store: "StateStore") -> "StopResult":
+    """A result that was not running here, with the other projects that run an instance of that name."""
+    from dataclasses import replace
+
+    from lf.daemon.records import project_label
+    from lf.daemon.supervisor import stop_command
+
+    others = [
+        record
+        for each in store.every_project()[1:]
+        for record in each.records()
+        if record.name == result.name and record.process_alive()
+    ]
+    if not others:
+        return result
+    where = "; ".join(f"{project_label(r.project, r.project_folder)} runs one (stop it with: {stop_command(r, store)})" for r in others)
+    return replace(result, note=f"{result.note}; not in {project_label(store.project)}, but {where}", elsewhere=tuple(r.project for r in others))
+
+
+def stop_instance(name: str, project: "Project | None", *, only_pid: int | None = None, timeout: float = 10.0, store: "StateStore | None" = None) -> "StopResult":
+    """Stop one instance of the project; with `only_pid`, only if it is still that process (not one started since)."""
     from lf.daemon import supervisor
 
-    return supervisor.stop(name, _store(store), timeout=timeout, only_pid=only_pid)
+    return supervisor.stop(name, _store(store, project), timeout=timeout, only_pid=only_pid)
 
 
-def stop_targets(names: list[str], store: "StateStore") -> list[str]:
+def stop_targets(names: list[str], store: "StateStore", project: "Project | None" = None) -> list[str]:
     """Instance names as given; a runtime name means every instance of it. A name lf knows but that is
-    not running passes through (stopping it is a no-op success); a name nothing knows is an error."""
+    not running here passes through (stopping it is a no-op success); a name nothing knows is an error."""
     from lf.daemon.records import validate_name
-    from lf.errors import ConfigError, UnknownNameError
+    from lf.errors import UnknownNameError
     from lf.runtimes.folders import runtime_names
 
     records = store.records()
     known = set(store.names())  # unreadable records too: stop removes them
+    configured = {m.name for m in project.models} if project is not None else set()
+    elsewhere = {r.name for each in store.every_project()[1:] for r in each.records()}
     targets: list[str] = []
     for name in names:
         validate_name(name)  # a path-like name is refused as such, before anything else
@@ -234,18 +275,12 @@ def stop_targets(names: list[str], store: "StateStore") -> list[str]:
             targets.append(name)
         elif of_runtime:
             targets.extend(of_runtime)
-        else:
-            try:  # a configured model entry that is not running; a broken config must not block a stop
-                from lf.config.project import load_optional
-
-                project = load_optional()
-            except ConfigError:
-                project = None
-            if project is None or name not in {m.name for m in project.models}:
-                from lf.suggest import did_you_mean
-
-                raise UnknownNameError(f"unknown runtime or instance {name!r}", hint=did_you_mean(name, [*known, *runtime_names()]))
+        elif name in configured or name in elsewhere:  # not running here; maybe in another project
             targets.append(name)
+        else:
+            from lf.suggest import did_you_mean
+
+            raise UnknownNameError(f"unknown runtime or instance {name!r}", hint=did_you_mean(name, [*known, *runtime_names()]))
     return list(dict.fromkeys(targets))
 
 
@@ -262,7 +297,7 @@ def restart(
     from lf.core.targets import Overrides, build_spec, entries_for
     from lf.daemon import supervisor
 
-    store = _store(store)
+    store = _store(store, project)
     specs = []
     for entry in entries_for(target, project):
         record = store.load_or_none(entry.name)
@@ -296,9 +331,11 @@ def status(
     project: "Project | None",
     *,
     probe_timeout: float = 1.0,
+    all_projects: bool = False,
     store: "StateStore | None" = None,
 ) -> "StatusReport":
-    """State and health of the named instances or runtimes, or of everything known."""
+    """State and health of the project's named instances or runtimes, or of everything it knows; with
+    `all_projects`, of every project's instances too."""
     from lf.core.status import collect
 
-    return collect(names or None, project, _store(store), probe_timeout)
+    return collect(names or None, project, _store(store, project), probe_timeout, all_projects=all_projects)

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from lf.daemon.health import DEFAULT_PROBE_TIMEOUT, Health, Probe, probe_all
-from lf.daemon.records import CorruptRecord, RuntimeRecord, StateStore
+from lf.daemon.records import NO_PROJECT, CorruptRecord, RuntimeRecord, StateStore
 from lf.daemon.states import UNREADABLE, State, classify
 from lf.errors import ExitStatus, exit_for_state, worst
 
@@ -36,6 +36,7 @@ class InstanceStatus:
     log_tail: list[str] = field(default_factory=list)
     record: RuntimeRecord | None = None
     probe: Probe | None = None
+    project: str | None = None  # "namespace/name" of the project it belongs to; None: no project
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -46,6 +47,7 @@ class InstanceStatus:
         alive = self.state.is_alive
         return {
             "name": self.name,
+            "project": self.project,
             "runtime": self.runtime,
             "state": self.state.value,
             "managed": self.managed,
@@ -77,6 +79,7 @@ class StatusReport:
     config_path: str | None
     state_dir: str
     warnings: list[str] = field(default_factory=list)
+    project: str | None = None  # the project status was asked in
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -91,6 +94,7 @@ class StatusReport:
             "version": STATUS_VERSION,
             "state_dir": self.state_dir,
             "config": self.config_path,
+            "project": self.project,
             "instances": [i.to_dict() for i in self.instances],
             "unknown": self.unknown,
             "exit_code": int(self.exit_status),
@@ -110,6 +114,7 @@ def from_record(record: RuntimeRecord) -> InstanceStatus:
         port=record.port,
         base_url=record.base_url,
         model=record.model,
+        project=record.project,
         engine=record.engine,
         started_at=record.started_at,
         log_path=record.log_path,
@@ -132,32 +137,39 @@ def collect(
     project,
     store: StateStore,
     probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
+    all_projects: bool = False,
 ) -> StatusReport:
-    """Status of the named instances/runtimes, or of everything known when `names` is empty."""
-    statuses: dict[str, InstanceStatus] = {}
+    """Status of the project's named instances/runtimes, or of everything it knows when `names` is empty;
+    with `all_projects`, every other project's recorded instances as well."""
+    statuses: dict[tuple, InstanceStatus] = {}  # (project, name)
     warnings: list[str] = []
-    for name in store.names():
-        try:
-            record = store.load(name)
-        except CorruptRecord as exc:
-            warnings.append(f"Warning: the record {exc.path} is unreadable ({exc.reason}); `lf runtime stop {name}` removes it")
-            statuses[name] = InstanceStatus(name=name, runtime="?", state=classify(UNREADABLE, False), message=f"unreadable record: {exc.reason}")
-            continue
-        if record is not None:
-            statuses[name] = from_record(record)
+    for each in store.every_project() if all_projects else [store]:
+        for name in each.names():
+            try:
+                record = each.load(name)
+            except CorruptRecord as exc:
+                scope = "" if each is store else f" --project {each.project or NO_PROJECT}"
+                warnings.append(f"Warning: the record {exc.path} is unreadable ({exc.reason}); `lf runtime stop {name}{scope}` removes it")
+                statuses[each.project, name] = InstanceStatus(name=name, runtime="?", state=classify(UNREADABLE, False), message=f"unreadable record: {exc.reason}", project=each.project)
+                continue
+            if record is not None:
+                statuses[each.project, name] = from_record(record)
+    here = store.project
     for item in _configured(project):
-        statuses.setdefault(item.name, item)
-    if project is None and not names:
+        item.project = here
+        statuses.setdefault((here, item.name), item)
+    if project is None and not names and not all_projects:  # the embedded default, as a stopped one
         from lf.runtimes.folders import DEFAULT_RUNTIME
 
-        statuses.setdefault(DEFAULT_RUNTIME, InstanceStatus(name=DEFAULT_RUNTIME, runtime=DEFAULT_RUNTIME, state=State.STOPPED))
+        statuses.setdefault((here, DEFAULT_RUNTIME), InstanceStatus(name=DEFAULT_RUNTIME, runtime=DEFAULT_RUNTIME, state=State.STOPPED))
 
     unknown: list[str] = []
     if names:
-        selected: dict[str, InstanceStatus] = {}
+        selected: dict[tuple, InstanceStatus] = {}
         for name in names:
-            if name in statuses:
-                selected[name] = statuses[name]
+            named = {k: v for k, v in statuses.items() if k[1] == name}
+            if named:
+                selected.update(named)
                 continue
             of_runtime = {k: v for k, v in statuses.items() if v.runtime == name}
             if of_runtime:
@@ -166,12 +178,13 @@ def collect(
             from lf.runtimes.folders import runtime_names
 
             if name in runtime_names():
-                selected[name] = InstanceStatus(name=name, runtime=name, state=State.STOPPED)
+                selected[here, name] = InstanceStatus(name=name, runtime=name, state=State.STOPPED, project=here)
             else:
                 unknown.append(name)
         statuses = selected
 
-    instances = sorted(statuses.values(), key=lambda s: (not s.managed, s.name))
+    # this project's first (the order status always had), then the others by name
+    instances = sorted(statuses.values(), key=lambda s: (s.project != here, s.project or "", not s.managed, s.name))
     now = time.time()
     for inst, health in zip(instances, probe_all([i.probe for i in instances], probe_timeout)):
         if health is None:
@@ -185,7 +198,7 @@ def collect(
             inst.state = classify(inst.record, True, health, now)
         if not inst.message:
             inst.message = health.message
-    return StatusReport(instances, unknown, str(project.path) if project else None, str(store.root), warnings)
+    return StatusReport(instances, unknown, str(project.path) if project else None, str(store.root), warnings, project=here)
 
 
 def _configured(project) -> list[InstanceStatus]:

@@ -133,6 +133,7 @@ def build_spec(entry: ModelEntry, project: Project | None, overrides: Overrides,
         api_key=entry.resolved_api_key(),
         overrides=MappingProxyType(overrides.given() if single else {}),
         project_folder=project.folder if project else None,
+        project=project.key if project else None,
         warnings=warnings,
     )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import ClassVar, Iterator
 
 from lf.dirs import UnwritableDir, ensure_private_dir, state_dir
-from lf.errors import LfError, UnknownNameError
+from lf.errors import ExitStatus, LfError, UnknownNameError
 from lf.files import LockBusy, LockUnavailable, atomic_write, exclusive_lock
 
 RECORD_VERSION = 2  # 2: typed fields for what version 1 kept in `extra`
@@ -62,6 +62,8 @@ class RuntimeRecord:
     settings: dict = field(default_factory=dict)  # the model as named and every resolved setting: what a later start compares with
     log_pump_pid: int | None = None  # the process that writes and rotates the log (lf.daemon.logpump)
     log_pump_create_time: float | None = None
+    project: str | None = None  # "namespace/name" of the project it belongs to (None: no project)
+    project_folder: str | None = None  # where that project's llamafarm.yaml is
     version: int = RECORD_VERSION
     # what from_dict left out of a record it could still use, as sentences (not written back)
     warnings: ClassVar[tuple[str, ...]] = ()
@@ -124,7 +126,7 @@ class RuntimeRecord:
         for name in ("name", "runtime", "host", "base_url", "model", "log_path", "health_ready", "owner"):
             if not isinstance(getattr(record, name), str):
                 raise ValueError(f"{name} is not text")
-        for name in ("model_path", "engine", "health_url"):
+        for name in ("model_path", "engine", "health_url", "project", "project_folder"):
             if not isinstance(getattr(record, name), (str, type(None))):
                 raise ValueError(f"{name} is not text")
         if not (isinstance(record.command, list) and all(isinstance(part, str) for part in record.command)):
@@ -232,6 +234,55 @@ def _check_strictly(record: "RuntimeRecord") -> None:
         record.warnings = tuple(f"Warning: the record of {record.name} holds {what}: left out" for what in dropped)
 
 
+NO_PROJECT = "none"  # what --project takes for the instances of no project (a project's key has a slash)
+
+
+def project_label(project: str | None, folder: str | None = None) -> str:
+    if project is None:
+        return "no project"
+    return f"project {project}" + (f" ({folder})" if folder else "")
+
+
+def parse_project(text: str) -> str | None:
+    """--project as given: "namespace/name", or NO_PROJECT for the instances of no project."""
+    if text == NO_PROJECT:
+        return None
+    namespace, slash, name = text.partition("/")
+    if not (slash and namespace and name):
+        raise LfError(f"--project {text!r} is not NAMESPACE/NAME", hint=f"as lf runtime status --all-projects shows it, or {NO_PROJECT} for what runs outside any project", exit_status=ExitStatus.USAGE)
+    return text
+
+
+def _project_dir(key: str) -> str:
+    """projects/<namespace>/<name> of a project's key (lf.config.project.Project.key), each part made one safe folder name."""
+    from urllib.parse import unquote
+
+    namespace, _, name = key.partition("/")
+    return f"{_quote(unquote(namespace))}/{_quote(name)}"
+
+
+def _quote(part: str) -> str:
+    """A namespace or project name as one safe folder name (any text LlamaFarm allows; reversible)."""
+    from urllib.parse import quote
+
+    text = quote(part, safe="")
+    return "%2E" + text[1:] if text.startswith(".") else text
+
+
+def _unquote(part: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(part)
+
+
+def _subdirs(folder: Path) -> list[str]:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [e.name for e in entries if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+
+
 class CorruptRecord(Exception):
     def __init__(self, path: Path, reason: str):
         super().__init__(reason)
@@ -273,25 +324,62 @@ def _read_own_file(path: Path) -> bytes:
 
 
 class StateStore:
-    """The state dir: instances/<name>.json, logs/<name>.log, locks/<name>.lock."""
+    """One project's instances in the state dir: <base>/instances/<name>.json, <base>/logs/<name>.log,
+    <base>/locks/<name>.lock. An instance belongs to its project (llamafarm.yaml's namespace and name), so
+    two projects with an entry of the same name never share a record; without a project (the embedded
+    default) the base is the state dir itself, and for project NS/NAME it is <state dir>/projects/NS/NAME."""
 
-    def __init__(self, root: Path | None = None):
+    def __init__(self, root: Path | None = None, project: str | None = None):
         self.root = root or state_dir()
+        self.project = project
+        self.base = self.root if project is None else self.root / "projects" / _project_dir(project)
+
+    @classmethod
+    def of(cls, project, root: Path | None = None) -> "StateStore":
+        """The store of a loaded project (lf.config.project.Project), or of no project (None)."""
+        return cls(root, project.key if project is not None else None)
+
+    def scoped(self, project: str | None) -> "StateStore":
+        return self if project == self.project else StateStore(self.root, project)
+
+    def every_project(self) -> list["StateStore"]:
+        """This store first, then the store of every other project that has a folder in the state dir."""
+        keys: list[str | None] = [None]
+        projects = self.root / "projects"
+        for namespace in _subdirs(projects):
+            for name in _subdirs(projects / namespace):
+                keys.append(f"{_unquote(namespace).replace('%', '%25').replace('/', '%2F')}/{_unquote(name)}")
+        return [self, *(self.scoped(key) for key in keys if key != self.project)]
+
+    def of_folder(self, folder: Path) -> "StateStore | None":
+        """The store of the project whose instances were started from `folder` (its llamafarm.yaml cannot
+        be read now, so its namespace and name are not known), None when no record names that folder."""
+        for each in self.every_project():
+            if each.project is not None and any(r.project_folder == str(folder) for r in each.records()):
+                return each
+        return None
+
+    def all_records(self) -> list[RuntimeRecord]:
+        """Every readable record of every project (what holds ports, what uses a runtime's env)."""
+        return [record for store in self.every_project() for record in store.records()]
 
     # -- paths -------------------------------------------------------------------------------
     def record_path(self, name: str) -> Path:
-        return self.root / "instances" / f"{validate_name(name)}.json"
+        return self.base / "instances" / f"{validate_name(name)}.json"
 
     def log_path(self, name: str) -> Path:
-        return self.root / "logs" / f"{validate_name(name)}.log"
+        return self.base / "logs" / f"{validate_name(name)}.log"
 
     def lock_path(self, name: str) -> Path:
-        return self.root / "locks" / f"{validate_name(name)}.lock"
+        return self.base / "locks" / f"{validate_name(name)}.lock"
 
     def ensure(self) -> None:
         ensure_private_dir(self.root)
+        if self.base != self.root:
+            for folder in (self.root / "projects", self.base.parent, self.base):
+                ensure_private_dir(folder)
         for sub in ("instances", "logs", "locks"):
-            ensure_private_dir(self.root / sub)
+            ensure_private_dir(self.base / sub)
 
     # -- records -----------------------------------------------------------------------------
     def load(self, name: str) -> RuntimeRecord | None:
@@ -313,10 +401,11 @@ class StateStore:
             raise CorruptRecord(path, str(exc) or type(exc).__name__) from exc
         if record.name != name:
             raise CorruptRecord(path, f"it names the instance {record.name!r}, not {name!r}")
+        record.project = self.project  # where a record lies says whose it is (a record of an earlier lf names none)
         return record
 
     def names(self) -> list[str]:
-        folder = self.root / "instances"
+        folder = self.base / "instances"
         try:
             entries = os.listdir(folder)
         except OSError:

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Mapping
 
 from lf.daemon.health import Health, local_url, probe_once
 from lf.daemon.process import command_matches, family, port_is_free, port_owner, process_create_time, session_listens, terminate_group
-from lf.daemon.records import CorruptRecord, RuntimeRecord, StateStore
+from lf.daemon.records import NO_PROJECT, CorruptRecord, RuntimeRecord, StateStore, project_label
 from lf.errors import ExitStatus, LfError, StartError
 from lf.files import exclusive_lock, read_tail
 
@@ -56,6 +56,7 @@ class LaunchPlan:
     settings: Mapping = field(default_factory=_empty)  # the model as named and the resolved settings (JSON-able), recorded
     owner: str = "cli"
     install_hint: str | None = None  # shown when the executable cannot be run
+    project_folder: str | None = None  # the folder of the llamafarm.yaml it comes from (shown by status)
 
     @property
     def base_url(self) -> str:
@@ -81,6 +82,8 @@ class StopResult:
     was_running: bool
     escalated: bool = False  # SIGKILL was needed
     note: str = ""
+    project: str | None = None  # the project whose instance it is ("namespace/name"; None: no project)
+    elsewhere: tuple = ()  # not running here: the projects that run an instance of this name
 
 
 def choose_port(host: str, port: int, auto: bool, taken: set[int] | frozenset[int] = frozenset(), store: StateStore | None = None, span: int = 100) -> int:
@@ -89,18 +92,19 @@ def choose_port(host: str, port: int, auto: bool, taken: set[int] | frozenset[in
     instance is recorded with counts as taken even before its engine binds it (callers hold the ports
     lock of `start`, so two launches never choose the same one)."""
     store = store or StateStore()
-    recorded = {r.port: r for r in store.records() if r.process_alive()}
+    recorded = {r.port: r for r in store.all_records() if r.process_alive()}  # every project's
     if not auto:
-        if port in recorded:
-            holder = recorded[port]
-            raise StartError(f"port {port} on {host} is already in use by lf's instance {holder.name!r} (pid {holder.pid})", hint=f"lf runtime stop {holder.name}, or choose another port with --port")
-        if port in taken or not port_is_free(host, port):
+        holder = recorded.get(port)
+        if holder is None and (port in taken or not port_is_free(host, port)):
             owner, pid = port_owner(port)
-            instance = _instance_holding(pid, store) if pid else None
-            if instance is not None:
-                owner = f"lf's instance {instance!r} (pid {pid})"
-            stop = f"lf runtime stop {instance}" if instance else "stop that process"
-            raise StartError(f"port {port} on {host} is already in use by {owner}", hint=f"{stop}, or choose another port with --port")
+            holder = _instance_holding(pid, store) if pid else None
+            if holder is None:
+                raise StartError(f"port {port} on {host} is already in use by {owner}", hint="stop that process, or choose another port with --port")
+        if holder is not None:
+            raise StartError(
+                f"port {port} on {host} is already in use by lf's instance {describe_instance(holder, store)} (pid {holder.pid})",
+                hint=f"{stop_command(holder, store)}, or choose another port with --port",
+            )
         return port
     for candidate in range(port, port + span):
         if candidate not in taken and candidate not in recorded and port_is_free(host, candidate):
@@ -108,10 +112,24 @@ def choose_port(host: str, port: int, auto: bool, taken: set[int] | frozenset[in
     raise StartError(f"no free port in {port}-{port + span - 1} on {host}", hint="choose one with --port")
 
 
-def _instance_holding(pid: int, store: StateStore) -> str | None:
-    """The recorded instance `pid` belongs to (the daemon itself or one of its children)."""
+def _instance_holding(pid: int, store: StateStore) -> RuntimeRecord | None:
+    """The recorded instance (of any project) `pid` belongs to: the daemon itself or one of its children."""
     pids = family(pid)
-    return next((r.name for r in store.records() if r.pid in pids and r.process_alive()), None)
+    return next((r for r in store.all_records() if r.pid in pids and r.process_alive()), None)
+
+
+def describe_instance(record: RuntimeRecord, store: StateStore) -> str:
+    """`'name'`, with its project when it is not the one `store` holds."""
+    if record.project == store.project:
+        return repr(record.name)
+    return f"{record.name!r} of {project_label(record.project, record.project_folder)}"
+
+
+def stop_command(record: RuntimeRecord, store: StateStore) -> str:
+    """The command that stops `record`'s instance, from where the user is (`store`'s project)."""
+    if record.project == store.project:
+        return f"lf runtime stop {record.name}"
+    return f"lf runtime stop {record.name} --project {record.project or NO_PROJECT}"
 
 
 def start(
@@ -161,8 +179,11 @@ def start(
 
 @contextmanager
 def _ports_lock(store: StateStore) -> Iterator[None]:
+    from lf.dirs import ensure_private_dir
+
     store.ensure()
-    with exclusive_lock(store.root / "locks" / ".ports.lock"):  # not a valid instance name: no clash
+    # one lock for the whole state dir (every project's ports); not a valid instance name: no clash
+    with exclusive_lock(ensure_private_dir(store.root / "locks") / ".ports.lock"):
         yield
 
 
@@ -270,6 +291,8 @@ def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subproce
         after_start=dict(plan.after_start),
         settings=dict(plan.settings),
         owner=plan.owner,
+        project=store.project,
+        project_folder=plan.project_folder,
         log_pump_pid=pump_pid if pump_create_time is not None else None,
         log_pump_create_time=pump_create_time,
     )

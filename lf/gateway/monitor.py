@@ -85,7 +85,7 @@ class Monitor:
         from lf.daemon.records import StateStore
         from lf.files import read_tail
 
-        if StateStore().load_or_none(slot.name) is None:
+        if StateStore.of(self.pool.project).load_or_none(slot.name) is None:
             self.pool.gone(slot)  # someone stopped it (lf runtime stop): not a crash
         else:
             self.pool.crashed(slot, f"its process (pid {record.pid}) exited\n{read_tail(record.log_path, 10)}")

@@ -30,7 +30,7 @@ def run(project: Project | None, config: GatewayConfig, on_ready=None) -> None:
 
     entries = list(project.models) if project else [_default_entry()]
     default = project.default_model if project else entries[0].name
-    store = StateStore()
+    store = StateStore.of(project)  # the gateway's record lies with its project's instances
     own = _claim_record(store, project, config, len(entries))
     release = (lambda: _release_record(store, config)) if own else None
     gateway = Gateway(project, config, entries, default, on_stop=release)
@@ -136,7 +136,7 @@ def detach(project: Project | None, config: GatewayConfig, on_wait=None):
             env={"PYTHONUNBUFFERED": "1"},
         )
 
-    return supervisor.start(config.record_name, StateStore(), plan, on_wait=on_wait)
+    return supervisor.start(config.record_name, StateStore.of(project), plan, on_wait=on_wait)
 
 
 def _flags(config: GatewayConfig) -> list[str]:

@@ -15,7 +15,7 @@ def collect_models(project, probe_timeout: float) -> dict:
         for e in (project.models if project else [])
     ]
     served, errors = [], []
-    for record in StateStore().records():
+    for record in StateStore().all_records():  # every project's
         name = record.name
         if not record.process_alive():
             continue

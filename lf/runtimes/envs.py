@@ -226,7 +226,7 @@ def require_env_python(runtime: Runtime) -> str:
 def _running_instances(runtime_name: str) -> list[str]:
     from lf.daemon.records import StateStore
 
-    return [r.name for r in StateStore().records() if r.runtime == runtime_name and r.process_alive()]
+    return [r.name for r in StateStore().all_records() if r.runtime == runtime_name and r.process_alive()]
 
 
 def run_to_log(argv: list[str], log: IO[str], **kwargs) -> int:

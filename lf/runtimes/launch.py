@@ -35,6 +35,7 @@ class InstanceSpec:
     api_key: str | None = None
     overrides: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))  # given on the command line
     project_folder: Path | None = None  # relative model and checkpoint paths are relative to llamafarm.yaml
+    project: str | None = None  # the project it belongs to ("namespace/name"; None: no project): whose record it has
     warnings: tuple[str, ...] = ()  # what the user should hear before it starts (e.g. binding 0.0.0.0)
 
     @property
@@ -61,7 +62,8 @@ def make_plan(spec: InstanceSpec, port: int, owner: str = "cli") -> LaunchPlan:
         plan = hooks.plan(spec, engine, port)
     else:
         plan = default_plan(spec, engine, port)
-    return replace(plan, owner=owner) if plan.owner != owner else plan
+    folder = str(spec.project_folder) if spec.project_folder else None
+    return replace(plan, owner=owner, project_folder=folder)
 
 
 def default_plan(spec: InstanceSpec, engine: ResolvedEngine, port: int, **changes) -> LaunchPlan:

@@ -109,8 +109,17 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool
     return predicate()
 
 
+def record_files(state_dir: Path) -> list[Path]:
+    """Every record in the state dir: of no project (instances/) and of each project (projects/NS/NAME/instances/)."""
+    return sorted([*state_dir.glob("instances/*.json"), *state_dir.glob("projects/*/*/instances/*.json")])
+
+
 def record_file(state_dir: Path, name: str) -> Path:
-    return state_dir / "instances" / f"{name}.json"
+    """The record of the instance `name`, whichever project it belongs to (a test runs one project at a
+    time); where a record of no project would be when there is none."""
+    found = [path for path in record_files(state_dir) if path.name == f"{name}.json"]
+    assert len(found) <= 1, f"more than one record named {name}: {found}"
+    return found[0] if found else state_dir / "instances" / f"{name}.json"
 
 
 def read_record(state_dir: Path, name: str) -> dict | None:
