@@ -24,6 +24,7 @@ from conftest import default_model_installed, run_lf
 from fakes import (
     SENTINEL,
     daemons,
+    drop_dac_override,
     is_gone,
     kill_daemons,
     lf_process,
@@ -449,19 +450,6 @@ def test_corrupt_record_warns_and_stop_cleans_it_up(state, free_port, content):
     assert_nothing_left(state, "fake")
 
 
-def _drop_dac_override() -> None:
-    """In a child: make root obey file permissions, as any other user does (no CAP_DAC_OVERRIDE)."""
-    if os.geteuid() != 0:
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
-    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 def run_lf_limited(*args: str, preexec) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "lf", *args], capture_output=True, text=True, timeout=60, preexec_fn=preexec, env=dict(os.environ)
@@ -480,7 +468,7 @@ def test_unwritable_state_dir_is_a_clear_error(state, free_port, readonly):
         folder.mkdir()
     folder.chmod(0o500)
     try:
-        result = run_lf_limited("runtime", "start", "fake", "--port", str(free_port), preexec=_drop_dac_override)
+        result = run_lf_limited("runtime", "start", "fake", "--port", str(free_port), preexec=drop_dac_override)
     finally:
         folder.chmod(0o700)
     assert_clean_exit(result, 1)

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from conftest import run_lf
-from fakes import daemons, is_gone, kill_daemons, log_pumps, read_record, record_file, spawn_sentinel, stop_process, use_fakes, wait_until
+from fakes import daemons, drop_dac_override, is_gone, kill_daemons, log_pumps, read_record, record_file, spawn_sentinel, stop_process, use_fakes, wait_until
 
 BUG = "this is a bug in lf"
 
@@ -138,19 +138,6 @@ def test_state_dir_of_another_user_is_refused_with_how_to_fix_it(state, tmp_path
 
 
 # == 8. a read-only state dir ====================================================================
-def _drop_dac_override() -> None:
-    """In a child: make root obey file permissions, as any other user does (no CAP_DAC_OVERRIDE)."""
-    if os.geteuid() != 0:
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
-    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 READ_ONLY_MOUNT = """
 import os, subprocess, sys
 folder = sys.argv[1]
@@ -172,7 +159,7 @@ class ReadOnly:
             probe.mkdir()
             if not shutil.which("unshare") or subprocess.run(self._mount_argv(probe, ["/bin/true"]), capture_output=True, timeout=30).returncode != 0:
                 pytest.skip("no private mount namespace here (unshare --mount and mount need privileges)")
-        elif subprocess.run([sys.executable, "-c", "pass"], preexec_fn=_drop_dac_override, capture_output=True).returncode != 0:
+        elif subprocess.run([sys.executable, "-c", "pass"], preexec_fn=drop_dac_override, capture_output=True).returncode != 0:
             pytest.skip("cannot drop CAP_DAC_OVERRIDE here")
 
     def _mount_argv(self, folder: Path, argv: list[str]) -> list[str]:
@@ -193,7 +180,7 @@ class ReadOnly:
             return run_lf(*args)
         if self.how == "mount":
             return subprocess.run(self._mount_argv(self.state, argv), capture_output=True, text=True, timeout=120, env=dict(os.environ))
-        return subprocess.run(argv, capture_output=True, text=True, timeout=120, preexec_fn=_drop_dac_override, env=dict(os.environ))
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, preexec_fn=drop_dac_override, env=dict(os.environ))
 
 
 @pytest.fixture(params=["chmod", "mount"])

@@ -7,7 +7,6 @@ Real `lf` processes and real (fake) servers; each project is a folder with its o
 from __future__ import annotations
 
 import json
-import socket
 import textwrap
 from pathlib import Path
 
@@ -15,24 +14,13 @@ import psutil
 import pytest
 
 from conftest import run_lf
-from fakes import daemons, use_fakes
+from fakes import daemons, free_ports, use_fakes
 
 
 @pytest.fixture
 def state(isolated, monkeypatch):
     use_fakes(monkeypatch)
     return isolated / "state"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def project(root: Path, folder: str, name: str, model: str, port: int, namespace: str = "tests") -> Path:

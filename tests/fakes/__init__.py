@@ -86,6 +86,19 @@ def kill_daemons(state_dir: Path) -> None:
             pass
 
 
+def drop_dac_override() -> None:
+    """In a child: make root obey file permissions, as any other user does (no CAP_DAC_OVERRIDE)."""
+    if os.geteuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
 def free_ports(n: int) -> list[int]:
     """n distinct ports nobody listens on (held together while chosen, so they differ)."""
     import socket
