@@ -111,7 +111,7 @@ def test_runtime_list_json(cli):
 def test_missing_engine_says_how_to_install(cli):
     result = cli("runtime", "start", "vllm", "--model", "some/model")
     assert result.exit_code == ExitStatus.NOT_INSTALLED
-    assert "pip install vllm" in result.stderr
+    assert "lf runtime install vllm" in result.stderr
 
 
 def test_models_list_json(cli):

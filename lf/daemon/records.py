@@ -64,6 +64,7 @@ class RuntimeRecord:
     log_pump_create_time: float | None = None
     project: str | None = None  # "namespace/name" of the project it belongs to (None: no project)
     project_folder: str | None = None  # where that project's llamafarm.yaml is
+    leftover_files: list[str] = field(default_factory=list)  # globs of files its processes may leave behind (stop removes theirs)
     version: int = RECORD_VERSION
     # what from_dict left out of a record it could still use, as sentences (not written back)
     warnings: ClassVar[tuple[str, ...]] = ()
@@ -131,6 +132,8 @@ class RuntimeRecord:
                 raise ValueError(f"{name} is not text")
         if not (isinstance(record.command, list) and all(isinstance(part, str) for part in record.command)):
             raise ValueError("command is not a list of arguments")
+        if not (isinstance(record.leftover_files, list) and all(isinstance(p, str) and p.startswith("/") for p in record.leftover_files)):
+            raise ValueError("leftover_files is not a list of absolute patterns")
         for name in ("overrides", "after_start", "settings"):
             if not isinstance(getattr(record, name), dict):
                 raise ValueError(f"{name} is not an object")

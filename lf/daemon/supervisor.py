@@ -57,6 +57,7 @@ class LaunchPlan:
     owner: str = "cli"
     install_hint: str | None = None  # shown when the executable cannot be run
     project_folder: str | None = None  # the folder of the llamafarm.yaml it comes from (shown by status)
+    leftover_files: tuple[str, ...] = ()  # globs of files its processes may leave behind (stop removes theirs)
 
     @property
     def base_url(self) -> str:
@@ -295,6 +296,7 @@ def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subproce
         project_folder=plan.project_folder,
         log_pump_pid=pump_pid if pump_create_time is not None else None,
         log_pump_create_time=pump_create_time,
+        leftover_files=list(plan.leftover_files),
     )
     try:
         store.save(record)
@@ -381,7 +383,48 @@ def stop(name: str, store: StateStore, timeout: float = 10.0, only_pid: int | No
         if not record.process_alive() or not command_matches(record.pid, record.command):
             store.remove(name)
             return StopResult(name, False, note="was not running (its process had exited); record cleaned up")
+        leftovers = held_files(record.pid, record.leftover_files) if record.leftover_files else []
         escalated = terminate_group(record.pid, timeout)
+        removed = remove_files(leftovers)
         store.remove(name)
-        return StopResult(name, True, escalated, note="stopped" + (" (needed SIGKILL)" if escalated else ""))
+        note = "stopped" + (" (needed SIGKILL)" if escalated else "") + (f"; removed {removed} file(s) it left behind" if removed else "")
+        return StopResult(name, True, escalated, note=note)
+
+
+def held_files(pid: int, patterns: list[str]) -> list[str]:
+    """The files matching `patterns` that `pid` or its descendants have open or mapped now: the ones this
+    instance made. Taken before it is stopped, since a process killed in the middle leaves them behind,
+    and another instance's files (same names, same user) are never anyone's but their own processes'."""
+    import fnmatch
+
+    import psutil
+
+    try:
+        leader = psutil.Process(pid)
+        procs = [leader, *leader.children(recursive=True)]
+    except psutil.Error:
+        return []
+    found: set[str] = set()
+    for proc in procs:
+        paths: list[str] = []
+        try:
+            paths += [f.path for f in proc.open_files()]
+            paths += [m.path for m in proc.memory_maps(grouped=True)]
+        except psutil.Error:
+            continue
+        found.update(p for p in paths if any(fnmatch.fnmatchcase(p, pattern) for pattern in patterns))
+    return sorted(found)
+
+
+def remove_files(paths: list[str]) -> int:
+    removed = 0
+    for path in paths:
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            pass  # the process removed it itself on its way out
+        except OSError:
+            pass  # not ours to remove after all (permissions): left as it is
+    return removed
 

@@ -136,7 +136,7 @@ def fix_tokenizer_config(folder: Path) -> None:
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def _run(argv: list[str], work: Path, log: IO[str]) -> None:
+def _run(argv: list[str], work: Path, log: IO[str], what: str = "ONNX") -> None:
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",  # everything comes from the GGUF file: never wait on a model hub
@@ -151,4 +151,4 @@ def _run(argv: list[str], work: Path, log: IO[str]) -> None:
     except OSError as exc:
         raise BuildError(f"could not run {argv[0]}: {exc.strerror or exc}") from exc
     if code != 0:
-        raise BuildError(f"the ONNX build failed (exit code {code})", hint="see its output above")
+        raise BuildError(f"the {what} build failed (exit code {code})", hint="see its output above")

@@ -15,7 +15,9 @@ or with alternative plans, tried in order (the first whose `available_if` packag
     available_if = "lemonade-sdk"
     steps = [{ requirements = "requirements-sdk.txt", constraints = "constraints.txt" }]
 
-Each step is one `pip install` run; later steps can re-pin what an earlier resolution chose.
+Each step is one `pip install` run; later steps can re-pin what an earlier resolution chose. A plan may also
+apply only on some machines (`when = "cuda"`: a CUDA GPU is present) and name packages to uninstall once its
+steps are done (`remove = ["torchvision"]`: a dependency that comes in but breaks the engine on this machine).
 """
 
 from __future__ import annotations
@@ -62,6 +64,17 @@ class InstallPlan:
     steps: tuple[InstallStep, ...]
     available_if: str | None = None  # a distribution name: the plan applies only if the index has it
     description: str = ""
+    when: str | None = None  # a machine condition (MACHINE_CONDITIONS): the plan applies only where it holds
+    remove: tuple[str, ...] = ()  # distributions uninstalled after the steps
+
+
+def has_cuda_gpu(proc_driver: Path = Path("/proc/driver/nvidia"), which=shutil.which) -> bool:
+    """An NVIDIA driver is loaded, or its nvidia-smi is on PATH: CUDA builds of an engine can run here."""
+    return proc_driver.exists() or which("nvidia-smi") is not None
+
+
+# what an [[install]] plan's `when` may name
+MACHINE_CONDITIONS = {"cuda": has_cuda_gpu}
 
 
 @dataclass
@@ -79,7 +92,12 @@ def install_plans(runtime: Runtime) -> list[InstallPlan]:
         steps = tuple(InstallStep(s["requirements"], s.get("constraints")) for s in raw.get("steps", ()))
         if not steps:
             raise LfError(f"{runtime.folder / 'manifest.toml'}: an [[install]] plan has no steps")
-        plans.append(InstallPlan(raw.get("generation"), steps, raw.get("available_if"), raw.get("description", "")))
+        when, remove = raw.get("when"), raw.get("remove", [])
+        if when is not None and when not in MACHINE_CONDITIONS:
+            raise LfError(f"{runtime.folder / 'manifest.toml'}: an [[install]] plan's when = {when!r} is not one of {', '.join(MACHINE_CONDITIONS)}")
+        if not (isinstance(remove, list) and all(isinstance(name, str) and name for name in remove)):
+            raise LfError(f"{runtime.folder / 'manifest.toml'}: an [[install]] plan's remove must be a list of package names")
+        plans.append(InstallPlan(raw.get("generation"), steps, raw.get("available_if"), raw.get("description", ""), when, tuple(remove)))
     if not plans and runtime.install_requirements:
         plans.append(InstallPlan(None, (InstallStep(runtime.install_requirements),)))
     return plans
@@ -89,6 +107,8 @@ def requirements_digest(runtime: Runtime) -> str:
     """A hash of every requirement file the runtime's plans name: tells when an env is out of date."""
     digest = hashlib.sha256()
     for plan in install_plans(runtime):
+        if plan.remove:  # (only then: the digest of envs built before plans could remove stays the same)
+            digest.update(("remove:" + ",".join(plan.remove)).encode() + b"\0")
         for step in plan.steps:
             for name in step.files():
                 digest.update(name.encode() + b"\0")
@@ -168,6 +188,9 @@ def _build(runtime: Runtime, plans: list[InstallPlan], base_python: str, log: IO
         _progress(log, f"[{i}/{len(plan.steps)}] pip install {' '.join(step.pip_args(Path('.')))}")
         _run(args, log, f"pip could not install {step.requirements} for {runtime.name}")
         steps_run.append(step.pip_args(Path(".")))
+    if plan.remove:
+        _progress(log, f"pip uninstall {' '.join(plan.remove)} (they break {runtime.name} on this machine)")
+        _run([python, "-m", "pip", "uninstall", "-y", "--disable-pip-version-check", *plan.remove], log, f"pip could not uninstall {', '.join(plan.remove)}")
     return {
         "runtime": runtime.name,
         "generation": plan.generation,
@@ -175,14 +198,19 @@ def _build(runtime: Runtime, plans: list[InstallPlan], base_python: str, log: IO
         "python": _python_version(python),
         "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "steps": steps_run,
+        "removed": list(plan.remove),
         "requirements_digest": requirements_digest(runtime),
         "packages": _packages(python),
     }
 
 
 def choose_plan(plans: list[InstallPlan], python: str, log: IO[str]) -> InstallPlan:
-    """The first plan whose `available_if` package the index offers (for this env's Python); the last otherwise."""
+    """The first plan that fits this machine (`when`) and whose `available_if` package the index offers (for
+    this env's Python); the last otherwise."""
     for plan in plans[:-1]:
+        if plan.when is not None and not MACHINE_CONDITIONS[plan.when]():
+            _progress(log, f"not using {plan.description or plan.generation}: this machine has no {plan.when}")
+            continue
         if plan.available_if is None or index_has(python, plan.available_if):
             return plan
         _progress(log, f"{plan.available_if} is not available from the package index here; trying the next way")

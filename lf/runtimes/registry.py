@@ -22,7 +22,7 @@ from lf.runtimes.settings import Setting, from_manifest
 MANIFEST_KEYS = (
     "name", "description", "managed", "default_port", "api_base", "models_path", "default_model", "model_format",
     "model_env", "one_model_per_process", "start_timeout", "install_requirements", "health", "settings", "engines", "install",
-    "builders",
+    "builders", "leftover_files",
 )
 # placeholders every engine's argv may use besides the runtime's settings
 ARGV_VALUES = ("exe", "python", "model", "model_path", "host", "port")
@@ -86,6 +86,9 @@ class Runtime:
     install_requirements: str | None = None  # file in the folder: lf runtime install builds an env from it
     install_plans: tuple[dict, ...] = ()  # [[install]] tables: alternative ways to build that env (lf.runtimes.envs)
     builders: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # model kind → script run in its env
+    # glob patterns of files the server's processes may leave behind when killed (e.g. shared memory in
+    # /dev/shm): stop removes the ones this instance's own processes held open or mapped
+    leftover_files: tuple[str, ...] = ()
 
     @property
     def env(self) -> dict[str, str]:
@@ -240,7 +243,14 @@ def _parse(folder: Path) -> Runtime:
         install_requirements=m.get("install_requirements"),
         install_plans=tuple(m.get("install", ())),
         builders=MappingProxyType(dict(m.get("builders", {}))),
+        leftover_files=_leftover_files(m.get("leftover_files", []), path),
     )
+
+
+def _leftover_files(patterns, path: Path) -> tuple[str, ...]:
+    if not (isinstance(patterns, list) and all(isinstance(p, str) and p.startswith("/") and "*" in p for p in patterns)):
+        raise LfError(f"{path}: leftover_files must be a list of absolute glob patterns, e.g. [\"/dev/shm/psm_*\"]")
+    return tuple(patterns)
 
 
 def _engine(table: dict, settings: dict[str, Setting], path: Path) -> Engine:
