@@ -18,6 +18,7 @@ class ExitStatus(IntEnum):
     START_FAILED = 7  # the runtime exited or timed out before it became healthy
     NOT_INSTALLED = 8  # the runtime's engine or the model is not installed here
     REQUEST_FAILED = 9  # a chat or API request failed, or the runtime died mid-answer
+    CHECK_FAILED = 10  # doctor: at least one check failed (each says how to fix it)
     INTERRUPTED = 130  # Ctrl-C
 
 

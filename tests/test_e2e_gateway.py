@@ -168,11 +168,11 @@ def test_embeddings_from_an_entry_that_asks_for_them_with_its_own_engine_flags(t
     a, port = free_ports(2)
     (tmp_path / "work" / "llamafarm.yaml").write_text(
         "version: v1\nname: emb\nnamespace: tests\nruntime:\n  models:\n"
-        f"    - {{name: emb, provider: llamacpp, model: smollm2-135m, provider_config: {{port: {a}, embeddings: true, pooling: mean, engine_args: ['--batch-size=256']}}}}\n"
+        f"    - {{name: emb, provider: llamacpp, model: smollm2-135m, provider_config: {{port: {a}, embeddings: true, pooling: mean, batch_size: 256, engine_args: ['--ubatch-size=256']}}}}\n"
     )
     with Gateway(tmp_path / "work", port) as gateway:
         client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
         vectors = client.embeddings.create(model="emb", input=["The capital of France is Paris.", "Bonjour"])
         assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == len(vectors.data[1].embedding) > 100
         command = read_record(tmp_path / "state", "emb")["command"]
-        assert command[-4:] == ["--embeddings", "--pooling", "mean", "--batch-size=256"]
+        assert command[-6:] == ["--embeddings", "--pooling", "mean", "--batch-size", "256", "--ubatch-size=256"]

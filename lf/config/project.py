@@ -18,6 +18,7 @@ from lf.envvars import AppEnvVars
 from lf.errors import ConfigError, UnknownNameError
 
 CONFIG_NAMES = ("llamafarm.yaml", "llamafarm.yml")
+_CACHE_FORMAT = 2  # bumped when ModelEntry gains a field, so a cached copy without it is not read back
 # ${VAR}, ${VAR:-default}, and LlamaFarm's ${env:VAR}
 _ENV_REF = re.compile(r"^\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$")
 
@@ -39,6 +40,8 @@ class ModelEntry:
     keep_loaded: bool = False  # LlamaFarm's "never unload": the gateway neither times it out nor evicts it
     idle_ttl: float | None = None  # seconds the gateway keeps it loaded after its last request (0: forever)
     aliases: list[str] = field(default_factory=list)  # more names the gateway routes to this entry
+    extra_body: dict = field(default_factory=dict)  # LlamaFarm's per-model parameters: its GGUF ones (n_ctx, n_gpu_layers, …)
+    # set the runtime settings that declare them (lf.runtimes.settings), below provider_config
 
     def resolved_api_key(self) -> str | None:
         return expand_env_ref(self.api_key)
@@ -157,7 +160,7 @@ def _cache_key(path: Path) -> list | None:
         st = path.stat()
     except OSError:
         return None
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, __version__, fingerprint()]
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, __version__, fingerprint(), _CACHE_FORMAT]
 
 
 def _cache_read(path: Path, key: list | None) -> Project | None:
@@ -274,6 +277,7 @@ def _entry(item: dict, name: str, provider_config: dict | None, line: int | None
         keep_loaded=bool(item.get("keep_loaded")),
         idle_ttl=item.get("idle_ttl"),
         aliases=list(item.get("aliases") or []),
+        extra_body=dict(item.get("extra_body") or {}),
     )
 
 

@@ -382,7 +382,27 @@ def _check_model(item: dict, path: tuple, fields: list[str], runtimes: dict, pro
     for key in (provider, "provider_config"):
         if isinstance(item.get(key), dict):
             _check_provider_config(provider, item[key], path + (key,), runtimes, problems)
+    if isinstance(item.get("extra_body"), dict):
+        config = {k: v for key in (provider, "provider_config") if isinstance(item.get(key), dict) for k, v in item[key].items()}
+        _check_extra_body(provider, item["extra_body"], config, path + ("extra_body",), runtimes, problems)
     _check_external(item, path, runtimes, problems)
+
+
+def _check_extra_body(provider, body: dict, config: dict, path: tuple, runtimes: dict, problems: list[Problem]) -> None:
+    """LlamaFarm's GGUF parameters in extra_body set the settings that declare their key, so they are checked
+    as those are; other keys are LlamaFarm's own (sent with requests) and left alone."""
+    if provider not in runtimes:
+        return
+    by_key = {s.extra_body: s for s in runtimes[provider].settings.values() if s.extra_body}
+    for key, value in body.items():
+        setting = by_key.get(key)
+        if setting is None or value is None:
+            continue
+        if setting.problem(value):
+            problems.append(Problem(path + (key,), f"{setting.problem(value)} (it sets {provider}'s setting {setting.name!r})", setting.allowed()))
+        elif config.get(setting.name) is not None and config[setting.name] != value:
+            problems.append(Problem(path + (key,), f"{value!r} is overridden by {setting.name}: {config[setting.name]!r} in provider_config "
+                                    f"(lf's precedence: provider_config > extra_body)", warning=True))
 
 
 def _unknown_keys(mapping: dict, path: tuple, known: list[str], problems: list[Problem], skip: set = frozenset()) -> None:

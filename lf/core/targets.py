@@ -1,7 +1,8 @@
 """Which instances a command means, and the settings each one starts with.
 
 Precedence for each setting a runtime declares: command-line flag > the setting's env var > llamafarm.yaml
-> the runtime's default. A runtime that serves one model per process gets one instance per configured
+(provider_config, or the section named after the provider) > the model entry's extra_body (LlamaFarm's
+GGUF parameters) > what this machine suggests (lf.runtimes.launch.hardware_defaults) > the runtime's default. A runtime that serves one model per process gets one instance per configured
 model, named after the model entry.
 """
 
@@ -14,7 +15,7 @@ from typing import Mapping
 
 from lf.config.project import ModelEntry, Project
 from lf.errors import LfError, UnknownNameError
-from lf.runtimes.launch import InstanceSpec, default_threads
+from lf.runtimes.launch import InstanceSpec, hardware_defaults
 from lf.runtimes.registry import DEFAULT_RUNTIME, Runtime, all_runtimes, get_runtime
 
 DEFAULT_HOST = "127.0.0.1"
@@ -96,7 +97,7 @@ def resolve_settings(runtime: Runtime, entry: ModelEntry, flags: Mapping[str, ob
             f"runtime {runtime.name!r} has no setting {unknown[0]!r}",
             hint=did_you_mean(unknown[0], runtime.settings) or f"its settings: {', '.join(runtime.settings) or 'none'}",
         )
-    return resolve(runtime.settings, flags, entry.provider_config)
+    return resolve(runtime.settings, flags, entry.provider_config, entry.extra_body)
 
 
 def build_spec(entry: ModelEntry, project: Project | None, overrides: Overrides, single: bool, resolve_model: bool = True) -> InstanceSpec:
@@ -108,8 +109,9 @@ def build_spec(entry: ModelEntry, project: Project | None, overrides: Overrides,
     port = int(values.get("port") or runtime.default_port or 0)
     host = str(values.get("host") or DEFAULT_HOST)
     values["port"], values["host"] = port, host
-    if "threads" in runtime.settings and values.get("threads") is None:
-        values["threads"] = default_threads()
+    for name, value in hardware_defaults(runtime).items():
+        if values.get(name) is None:
+            values[name], sources[name] = value, "hardware"
     model = overrides.model if (overrides.model and single) else None
     model_env = os.environ.get(runtime.model_env) if runtime.model_env else None
     model = model or model_env or entry.model or runtime.default_model or ""

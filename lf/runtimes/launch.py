@@ -6,7 +6,6 @@ either. A runtime without a `plan` hook gets its engine's argv template filled i
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,11 +46,19 @@ class InstanceSpec:
         return self.settings.get("threads")  # type: ignore[return-value]
 
 
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+def hardware_defaults(runtime: Runtime) -> dict[str, object]:
+    """What this machine suggests for the settings `runtime` declares, used where nothing else set them:
+    one thread per physical core (lf.hardware), and every layer offloaded where a GPU is present (-1:
+    all, as LlamaFarm's n_gpu_layers says; a runtime that declares gpu_layers runs a llama.cpp build that
+    can offload, and one built without a GPU backend ignores it)."""
+    from lf import hardware
+
+    defaults: dict[str, object] = {}
+    if "threads" in runtime.settings:
+        defaults["threads"] = hardware.physical_cores()
+    if "gpu_layers" in runtime.settings and hardware.gpus():
+        defaults["gpu_layers"] = -1
+    return defaults
 
 
 def make_plan(spec: InstanceSpec, port: int, owner: str = "cli") -> LaunchPlan:
@@ -87,6 +94,7 @@ def default_plan(spec: InstanceSpec, engine: ResolvedEngine, port: int, **change
         overrides=MappingProxyType(dict(spec.overrides)),
         settings=MappingProxyType(recorded_settings(spec)),
         install_hint=runtime.install_hint(),
+        leftover_files=runtime.leftover_files,
     )
     return replace(plan, **changes)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping
 
 TYPES = ("integer", "number", "string", "boolean", "array")  # array: of strings (e.g. extra engine flags)
-SETTING_KEYS = ("type", "description", "default", "enum", "minimum", "maximum", "min_length", "env")
+SETTING_KEYS = ("type", "description", "default", "enum", "minimum", "maximum", "min_length", "env", "extra_body")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Setting:
     min_length: int | None = None
     env: str | None = None  # the environment variable that sets it (beats llamafarm.yaml)
     flag: str | None = None  # the `lf runtime start` option that sets it (standard settings only)
+    extra_body: str | None = None  # the key of a model entry's `extra_body` (LlamaFarm's GGUF parameters) that sets it
 
     def problem(self, value) -> str | None:
         """Why `value` is not allowed for this setting, or None when it is."""
@@ -94,15 +95,18 @@ STANDARD: dict[str, Setting] = {
         Setting("port", "integer", "port the server listens on", minimum=1, maximum=65535, flag="--port"),
         Setting("host", "string", "address to bind; 127.0.0.1 unless you ask", min_length=1, flag="--host"),
         Setting("context_size", "integer", "context window in tokens", default=4096, minimum=128, maximum=1048576, flag="--ctx-size"),
-        Setting("threads", "integer", "CPU threads (default: every usable core)", minimum=1, maximum=1024, flag="--threads"),
+        Setting("threads", "integer", "CPU threads (default: one per physical core)", minimum=1, maximum=1024, flag="--threads"),
     )
 }
 
 
-def resolve(declared: Mapping[str, Setting], flags: Mapping[str, object], config: Mapping[str, object]) -> tuple[dict, dict]:
+def resolve(declared: Mapping[str, Setting], flags: Mapping[str, object], config: Mapping[str, object],
+            extra_body: Mapping[str, object] | None = None) -> tuple[dict, dict]:
     """(value, where it came from) of every declared setting: a flag, else its env var, else the config
-    file, else its default. Flag and env values are checked against the declaration here; the file's
-    were checked when it was validated."""
+    file (provider_config, or the section named after the provider), else the model entry's `extra_body`
+    (LlamaFarm's GGUF parameters, for a setting that declares its key there), else its default. Flag and
+    env values are checked against the declaration here; the file's were checked when it was validated."""
+    extra_body = extra_body or {}
     from lf.errors import ConfigError, LfError
 
     values: dict[str, object] = {}
@@ -121,6 +125,8 @@ def resolve(declared: Mapping[str, Setting], flags: Mapping[str, object], config
                 raise ConfigError(f"environment variable {setting.env}: {problem}" + (f" (allowed: {allowed})" if allowed else ""))
         elif config.get(name) is not None:
             value, source = config[name], "config"
+        elif setting.extra_body and extra_body.get(setting.extra_body) is not None:
+            value, source = extra_body[setting.extra_body], "extra_body"
         else:
             value, source = setting.default, "default"
         values[name] = value

@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ubatch-size", "-ub", type=int)
     parser.add_argument("--n-gpu-layers", "--gpu-layers", "-ngl", type=int)
     parser.add_argument("--flash-attn", "-fa", choices=["on", "off", "auto"])
+    mmap = parser.add_mutually_exclusive_group()
+    mmap.add_argument("--mmap", dest="mmap", action="store_true", default=None, help="memory-map the model file (the default)")
+    mmap.add_argument("--no-mmap", dest="mmap", action="store_false", help="read the model into memory instead")
+    parser.add_argument("--mlock", action="store_true", help="lock the model in RAM")
     parser.add_argument("--cache-type-k", "-ctk")
     parser.add_argument("--cache-type-v", "-ctv")
     parser.add_argument("--pooling", choices=["none", "mean", "cls", "last", "rank"])
@@ -64,6 +68,8 @@ def configure(params, args) -> None:
     for flag, field in (("cache_type_k", "cache_type_k"), ("cache_type_v", "cache_type_v")):
         if getattr(args, flag):
             setattr(params, field, getattr(xllamacpp.ggml_type, f"GGML_TYPE_{getattr(args, flag).upper()}"))
+    if args.mmap is not None or args.mlock:
+        _set_load_mode(params, xllamacpp, mmap=args.mmap is not False, mlock=args.mlock)
     if args.pooling:
         params.pooling_type = getattr(xllamacpp.llama_pooling_type, f"LLAMA_POOLING_TYPE_{args.pooling.upper()}")
     if args.no_warmup:
@@ -73,6 +79,15 @@ def configure(params, args) -> None:
         current = getattr(params, name)  # AttributeError: a field CommonParams does not have
         value = text.lower() in ("1", "true", "yes", "on") if isinstance(current, bool) else type(current)(text)
         setattr(params, name, value)
+
+
+def _set_load_mode(params, xllamacpp, mmap: bool, mlock: bool) -> None:
+    """llama.cpp's --mmap/--no-mmap and --mlock: one load mode in recent builds, two booleans in older ones."""
+    if hasattr(params, "load_mode"):
+        kind = {(True, True): "MMAP_MLOCK", (True, False): "MMAP", (False, True): "MLOCK", (False, False): "NONE"}[(mmap, mlock)]
+        params.load_mode = getattr(xllamacpp.llama_load_mode, f"LLAMA_LOAD_MODE_{kind}")
+    else:
+        params.use_mmap, params.use_mlock = mmap, mlock
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,311 @@
+"""`lf doctor`: can this machine run what the project asks? Each check is ok, warn or fail, with the fix.
+
+Checks only look, with one exception the state dir check says out loud: a state dir of yours that others
+can open is made private (0700) as every lf command does before writing there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from lf.errors import ExitStatus
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+GIB = 1024**3
+LOW_MEMORY = 1 * GIB  # less available than this: a small model may still run, little else will
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str  # stable: python, lf, cpu, memory, gpus, npus, engine:<runtime>, port:<runtime>, state_dir, config, model:<entry>
+    status: str  # ok | warn | fail
+    detail: str  # one line: what was found
+    fix: str | None = None  # one line: what to do (None when nothing is needed)
+
+
+@dataclass(frozen=True)
+class Report:
+    checks: tuple[Check, ...]
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        return ExitStatus.CHECK_FAILED if any(c.status == FAIL for c in self.checks) else ExitStatus.OK
+
+    def as_json(self) -> dict:
+        return {
+            "checks": [{"name": c.name, "status": c.status, "detail": c.detail, "fix": c.fix} for c in self.checks],
+            "exit_code": int(self.exit_status),
+        }
+
+
+def run(config: str | None = None) -> Report:
+    checks: list[Check] = [check_python(), check_lf(), check_cpu(), check_memory()]
+    checks += check_accelerators()
+    checks.append(check_state_dir())  # before anything else writes there (the config cache does)
+    config_check, project = check_config(config)
+    needed = _needed_specs(project, config_check)
+    checks += check_engines(needed)
+    checks += check_ports(needed)
+    checks.append(config_check)
+    checks += check_models(project, config_check)
+    return Report(tuple(checks))
+
+
+# -- the machine -----------------------------------------------------------------------------------------
+def check_python() -> Check:
+    version = ".".join(map(str, sys.version_info[:3]))
+    if sys.version_info < (3, 10):
+        return Check("python", FAIL, f"Python {version}: lf needs 3.10 or newer", "install Python 3.10+ and lf in it")
+    return Check("python", OK, f"Python {version} ({sys.executable})")
+
+
+def check_lf() -> Check:
+    from lf import __version__
+
+    return Check("lf", OK, f"lf {__version__} ({os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})")
+
+
+def check_cpu() -> Check:
+    from lf import hardware
+
+    cpu = hardware.cpu_info()
+    usable = hardware.usable_cpus()
+    extensions = ", ".join(name for name, has in (("AVX2", cpu.avx2), ("AVX-512", cpu.avx512)) if has) or "neither AVX2 nor AVX-512"
+    cores = f"{cpu.physical} cores, {cpu.logical} threads" + (f" ({usable} usable by lf)" if usable != cpu.logical else "")
+    detail = f"{cpu.model}: {cores}; {extensions}; engines get {hardware.physical_cores()} threads by default (one per physical core)"
+    x86 = any(flag in cpu.flags for flag in ("sse2", "sse4_2"))
+    if x86 and not cpu.avx2:
+        return Check("cpu", WARN, detail, "llama.cpp runs several times slower without AVX2: use a smaller model, or a machine with AVX2")
+    return Check("cpu", OK, detail)
+
+
+def check_memory() -> Check:
+    from lf import hardware
+
+    mem = hardware.memory()
+    detail = f"{_gib(mem.total)} total, {_gib(mem.available)} available"
+    if mem.available < LOW_MEMORY:
+        return Check("memory", WARN, detail, "free memory (stop other programs or lf instances: lf runtime stop --all), or use a smaller model")
+    return Check("memory", OK, detail)
+
+
+def check_accelerators() -> list[Check]:
+    from lf import hardware
+
+    gpus, npus = hardware.gpus(), hardware.npus()
+    if gpus:
+        listed = "; ".join(_describe(a) for a in gpus)
+        gpu = Check("gpus", OK, f"{listed}: llamacpp and llama-cpp-python offload every layer by default (gpu_layers -1) when their build has {_backends(gpus)}")
+    else:
+        gpu = Check("gpus", OK, "none found (NVML/nvidia-smi, rocm-smi, sysfs, Metal): engines run on the CPU")
+    if npus:
+        npu = Check("npus", OK, f"{'; '.join(_describe(a) for a in npus)}: Lemonade's ONNX backend (ryzenai recipes) can use it; llama.cpp engines cannot")
+    else:
+        npu = Check("npus", OK, "none found (AMD XDNA: /dev/accel with the amdxdna driver)")
+    return [gpu, npu]
+
+
+def _describe(a) -> str:
+    memory = f", {_gib(a.memory)}" if a.memory else ""
+    return f"{a.vendor.upper() if a.vendor == 'amd' else a.vendor.capitalize()} {a.name}{memory} (via {a.source})"
+
+
+def _backends(gpus) -> str:
+    return " or ".join(sorted({a.backend.upper() if a.backend != "metal" else "Metal" for a in gpus if a.backend}))
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+# -- lf's own files ----------------------------------------------------------------------------------------
+def check_state_dir() -> Check:
+    """Private and writable: `ensure_private_dir` is what every command runs before writing there (it refuses
+    a dir of another user and makes one of yours private); a temp file proves it can be written."""
+    import stat
+    import tempfile
+
+    from lf.dirs import ensure_private_dir, fix_hint, state_dir
+    from lf.envvars import AppEnvVars
+    from lf.errors import LfError
+
+    path = state_dir()
+    try:
+        before = stat.S_IMODE(path.stat().st_mode) if path.is_dir() else None
+    except OSError:
+        before = None
+    try:
+        ensure_private_dir(path)
+    except LfError as exc:
+        return Check("state_dir", FAIL, exc.message, exc.hint)
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        return Check("state_dir", FAIL, f"{path} cannot be written: {exc.strerror or exc}", fix_hint(path / "x", exc))
+    if before is not None and before & 0o077:
+        return Check("state_dir", WARN, f"{path} was open to other users (mode {before:04o}): lf made it 0700",
+                     f"nothing more to do; keep it private (whatever set mode {before:04o} may do it again), or point {AppEnvVars.STATE_DIR} elsewhere")
+    return Check("state_dir", OK, f"{path}: private (0700) and writable")
+
+
+def check_config(config: str | None):
+    from lf.config.project import load_optional
+    from lf.errors import ConfigError
+
+    try:
+        project = load_optional(config)
+    except ConfigError as exc:
+        first = exc.message.splitlines()
+        detail = first[0] + (f": {first[1].strip()}" if len(first) > 1 else "") + (f" (and {len(first) - 2} more)" if len(first) > 2 else "")
+        return Check("config", FAIL, detail, "see every problem with: lf config validate"), None
+    if project is None:
+        return Check("config", OK, "no llamafarm.yaml here: the embedded default (llamacpp with smollm2-135m)"), None
+    detail = f"{project.path}: valid ({project.shape} shape, {len(project.models)} model{'s' if len(project.models) != 1 else ''})"
+    if project.warnings:
+        return Check("config", WARN, f"{detail}; {len(project.warnings)} warning(s): {project.warnings[0].removeprefix('Warning: ')}",
+                     "see them all with: lf config validate (keys lf does not use are kept)"), project
+    return Check("config", OK, detail), project
+
+
+def _needed_specs(project, config_check: Check) -> list:
+    """The instances `lf runtime start` would start here (without resolving models: that is the model check's)."""
+    if config_check.status == FAIL:
+        return []
+    from lf.core.targets import Overrides, build_spec, entries_for
+    from lf.errors import LfError
+
+    entries = entries_for(None, project)
+    specs = []
+    for entry in entries:
+        try:
+            specs.append(build_spec(entry, project, Overrides(), single=len(entries) == 1, resolve_model=False))
+        except LfError:
+            continue  # a setting from the environment that is not valid: the start says so
+    return specs
+
+
+# -- engines and ports -----------------------------------------------------------------------------------
+def check_engines(needed) -> list[Check]:
+    from lf.runtimes.registry import all_runtimes
+
+    used = {spec.runtime.name for spec in needed}
+    checks = []
+    for name, runtime in sorted(all_runtimes().items()):
+        if not runtime.managed:
+            continue
+        engine = runtime.find_engine()
+        if engine is None:
+            if name in used:
+                checks.append(Check(f"engine:{name}", FAIL, "no engine installed, and the project needs it", runtime.install_hint()))
+            else:
+                checks.append(Check(f"engine:{name}", OK, f"not installed (not needed here; when it is: {runtime.install_hint()})"))
+            continue
+        checks.append(Check(f"engine:{name}", OK, f"{engine.engine.name} from {engine.source}; can use: {engine_devices(runtime, engine)}"))
+    return checks
+
+
+def engine_devices(runtime, engine) -> str:
+    """What an installed engine can run on, as far as it can be asked without starting it."""
+    if engine.engine.python_module == "xllamacpp":
+        try:
+            import xllamacpp
+
+            kinds = [f"{d['description'] or d['name']} ({getattr(d['type'], 'name', str(d['type'])).rsplit('_', 1)[-1].lower()})" for d in xllamacpp.get_device_info()]
+            return ", ".join(kinds) or "CPU"
+        except Exception:  # noqa: BLE001 - an engine too old to say: the CPU it always has
+            return "CPU"
+    if engine.engine.env_module == "llama_cpp":
+        from lf.hardware import run_tool
+
+        out = run_tool([engine.python, "-c", "import llama_cpp; print(llama_cpp.llama_supports_gpu_offload())"], timeout=30)
+        if out is None:
+            return "CPU (its GPU support could not be asked)"
+        return "CPU and GPU offload" if out.strip() == "True" else "CPU (built without a GPU backend)"
+    if runtime.settings.get("gpu_layers") is not None:
+        return "CPU, and a GPU when its build has one"
+    return "what its own server finds (see its README)"
+
+
+def check_ports(needed) -> list[Check]:
+    """The port each needed instance would take, and the default port of every other managed runtime."""
+    from lf.daemon.process import port_is_free, port_owner
+    from lf.daemon.records import StateStore
+    from lf.runtimes.registry import all_runtimes
+
+    try:
+        recorded = {r.port: r for r in StateStore().all_records() if r.process_alive()}
+    except Exception:  # noqa: BLE001 - an unreadable state dir is the state_dir check's to report
+        recorded = {}
+    wanted = [(spec.runtime.name, spec.name, spec.host, spec.port, spec.port_auto) for spec in needed]
+    used = {spec.runtime.name for spec in needed}
+    wanted += [(name, None, "127.0.0.1", rt.default_port, True) for name, rt in sorted(all_runtimes().items())
+               if rt.managed and rt.default_port and name not in used]
+    checks = []
+    for runtime, instance, host, port, auto in wanted:
+        name = f"port:{instance or runtime}"
+        record = recorded.get(port)
+        if record is not None:
+            mine = instance is not None and record.name == instance
+            detail = f"{port} is held by lf's instance {record.name!r} (pid {record.pid})"
+            checks.append(Check(name, OK if mine or instance is None else WARN, detail + (": the one configured here" if mine else ""),
+                                None if mine or instance is None else f"lf runtime stop {record.name}, or give {instance} another port"))
+        elif port_is_free(host, port):
+            checks.append(Check(name, OK, f"{port} on {host} is free"))
+        else:
+            owner, _pid = port_owner(port)
+            if auto:
+                checks.append(Check(name, WARN, f"{port} on {host} is in use by {owner}: lf will take the next free port",
+                                    f"stop that process to keep {runtime} on its usual port, or set another port"))
+            else:
+                checks.append(Check(name, FAIL, f"{port} on {host} is in use by {owner}: lf runtime start would refuse it",
+                                    f"stop that process, or choose another port for {instance} (provider_config.port, --port, or its env var)"))
+    return checks
+
+
+# -- the project's models ----------------------------------------------------------------------------------
+def check_models(project, config_check: Check) -> list[Check]:
+    if config_check.status == FAIL:
+        return []
+    from lf.core.targets import entries_for
+    from lf.errors import LfError
+    from lf.runtimes.registry import get_runtime
+
+    checks = []
+    for entry in entries_for(None, project):
+        runtime = get_runtime(entry.provider)
+        if runtime.model_format != "gguf":
+            checks.append(Check(f"model:{entry.name}", OK, f"{entry.model}: served by {runtime.name}, which finds it itself (not checked)"))
+            continue
+        from lf.models.catalog import resolve_model_path
+
+        try:
+            path = resolve_model_path(entry.model, project.folder if project else None)
+        except LfError as exc:
+            checks.append(Check(f"model:{entry.name}", FAIL, exc.message, exc.hint))
+            continue
+        size = path.stat().st_size if path.is_file() else None
+        detail = f"{entry.model}: {path}" + (f" ({size / 1024**2:.0f} MiB)" if size else "")
+        checks.append(_with_fit(Check(f"model:{entry.name}", OK, detail), path, entry, project))
+    return checks
+
+
+def _with_fit(check: Check, path, entry, project) -> Check:
+    """Whether the model fits in available memory, by the estimate `lf runtime start` checks against."""
+    from lf import hardware
+    from lf.core.actions import memory_estimate
+    from lf.core.targets import Overrides, build_spec
+
+    try:
+        needed = memory_estimate(build_spec(entry, project, Overrides(), single=True))
+    except Exception as exc:  # noqa: BLE001 - an estimate that cannot be made is said, never fatal
+        return Check(check.name, check.status, check.detail + f"; fits: not checked ({type(exc).__name__}: {exc})", check.fix)
+    if needed is None:
+        return Check(check.name, check.status, check.detail + "; fits: not checked (lf cannot estimate this model's memory)", check.fix)
+    available = hardware.memory().available
+    if needed.total > available:
+        return Check(check.name, FAIL, check.detail + f"; needs about {_gib(needed.total)}, {_gib(available)} available",
+                     "free memory, lower context_size (n_ctx), quantize the KV cache (cache_type_k/v: q8_0), or use a smaller quantization")
+    return Check(check.name, check.status, check.detail + f"; fits: needs about {_gib(needed.total)} of {_gib(available)} available", check.fix)
