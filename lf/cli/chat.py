@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from lf.cli._common import ConfigOpt, JsonOpt, Progress, command, complete_models, err, load_project, print_json
+from lf.cli.models_pull import PullOpt, with_pull
 from lf.core.client import DEFAULT_TIMEOUT  # a light module: httpx is imported when a request is sent
 
 PROMPT = ">>> "
@@ -45,6 +46,7 @@ def chat(
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Upper bound on the answer's length.")] = None,
     no_stream: Annotated[bool, typer.Option("--no-stream", help="Wait for the whole answer, then print it.")] = False,
     no_auto_start: Annotated[bool, typer.Option("--no-auto-start", help="Fail instead of starting a runtime that is not running.")] = False,
+    pull: PullOpt = False,
     timeout: Annotated[float, typer.Option("--timeout", min=0, help="Seconds an answer may take, from the question to its last word (0: no limit).")] = DEFAULT_TIMEOUT,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -67,7 +69,8 @@ def chat(
         _utf8(system, "--system")
     progress = Progress(starting="waiting for {name} to become healthy", announce=True)
     try:
-        endpoint, entry = chat_endpoint(load_project(config), runtime, model, auto_start=not no_auto_start, on_event=progress)
+        project = load_project(config)
+        endpoint, entry = with_pull(pull, lambda: chat_endpoint(project, runtime, model, auto_start=not no_auto_start, on_event=progress))
     finally:
         progress.done()
 

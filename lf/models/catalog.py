@@ -109,7 +109,8 @@ def looks_like_path(model: str) -> bool:
 
 
 def resolve_model_path(model: str, base: Path | None = None) -> Path:
-    """A model name from the catalog, a file name in lf's models dir, or a path."""
+    """A model name from the catalog, a file name in lf's models dir, a path, or a Hugging Face reference
+    (org/repo:QUANT, org/repo/file.gguf) pulled into the Hugging Face cache."""
     if model in CATALOG:
         path = CATALOG[model].path()
         if path is None:
@@ -124,6 +125,13 @@ def resolve_model_path(model: str, base: Path | None = None) -> Path:
     in_store = models_dir() / model
     if in_store.exists():
         return in_store
+    from lf.models.hub import parse_ref
+
+    ref = parse_ref(model)
+    if ref is not None:  # org/repo[:QUANT] or org/repo/file.gguf: from the Hugging Face cache, never the network
+        from lf.models.hub import resolve_cached
+
+        return resolve_cached(ref)
     if looks_like_path(model):  # a file that is not here, rather than a name nobody knows
         raise NotInstalledError(f"model file {model!r} does not exist", hint=f"check the path; or use a known model: {', '.join(CATALOG)}")
     from lf.suggest import did_you_mean
