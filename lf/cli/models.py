@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lf.cli._common import ConfigOpt, JsonOpt, command, err, load_project, out, print_json, table
+from lf.cli._common import ConfigOpt, JsonOpt, command, complete_models, err, load_project, out, print_json, table
 
 
 @command
@@ -18,7 +18,11 @@ def list_models(
     """Models configured in llamafarm.yaml, served by running runtimes, and available on this machine."""
     from lf.models.listing import collect_models
 
-    report = collect_models(load_project(config), probe_timeout)
+    from lf.models.listing import describe, local_gguf_files
+
+    project = load_project(config)
+    report = collect_models(project, probe_timeout)
+    report["gguf"] = [describe(f) for f in local_gguf_files(project)]
     if json_out:
         print_json(report)
         return
@@ -27,6 +31,9 @@ def list_models(
     rows += [[m["name"], "installed" if m["installed"] else "fetchable", m["format"], m["path"] or f"lf models fetch {m['name']}"] for m in report["known"]]
     rows += [[m["name"], "local file", m["format"], m["path"]] for m in report["local"]]
     out(table(rows, ["NAME", "WHERE", "RUNTIME/FORMAT", "DETAIL"]))
+    if report["gguf"]:
+        out("")
+        out(table([_gguf_row(m) for m in report["gguf"]], ["GGUF", "SOURCE", "ARCH", "PARAMS", "QUANT", "CONTEXT", "SIZE", "PATH"]))
     for problem in report["errors"]:
         err(f"Warning: {problem}")
 
@@ -69,3 +76,64 @@ def build_onnx(
         print_json({"name": result.name, "path": str(result.path), "already_built": result.cached, "tiny": result.info.get("tiny", tiny), "onnxruntime_genai": result.info.get("onnxruntime_genai")})
     else:
         out(f"{result.name}: {result.path}" + (" (already built)" if result.cached else f" (built in {result.info.get('duration_s', 0):.0f}s)"))
+
+
+def _gguf_row(m: dict) -> list:
+    from lf.models.gguf_meta import human_bytes, human_count
+
+    if "error" in m:
+        return [m["name"], m["source"], "?", "?", "?", "?", "?", f"{m['path']} (unreadable: {m['error']})"]
+    return [m["name"], m["source"], m["architecture"], human_count(m["parameters"]), m["quantization"], str(m["context_length"] or "?"), human_bytes(m["file_size"]), m["path"]]
+
+
+@command
+def info(
+    name: Annotated[str, typer.Argument(help="A model: a name from lf models list, an org/repo:QUANT reference, or a .gguf path.", autocompletion=complete_models)],
+    ctx_size: Annotated[Optional[int], typer.Option("--ctx-size", min=128, help="Context size for the memory estimate (default: llamacpp's configured or default).")] = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """What a local GGUF is (from its header), where it lives, and the memory an instance of it needs."""
+    from lf.models.gguf_meta import human_bytes, human_count
+    from lf.models.listing import model_info
+
+    from lf.core.targets import Overrides, build_spec, default_entry
+    from lf.runtimes.registry import get_runtime
+
+    project = load_project(config)
+    entry = next((e for e in (project.models if project else []) if e.provider == "llamacpp"), None) or default_entry(get_runtime("llamacpp"))
+    settings = build_spec(entry, project, Overrides(context_size=ctx_size), single=True, resolve_model=False).settings
+    data = model_info(name, project, dict(settings))
+    if json_out:
+        print_json(data)
+        return
+    e = data["estimate"]
+    lines = [
+        ("name", data["name"]), ("source", data["source"]), ("path", data["path"]), ("file size", human_bytes(data["file_size"])),
+        ("architecture", data["architecture"]), ("model name", data["model_name"] or "—"), ("parameters", f"{human_count(data['parameters'])} ({data['parameters']})"),
+        ("quantization", data["quantization"]), ("trained context", data["context_length"]), ("layers", data["layers"]),
+        ("embedding size", data["embedding_size"]), ("heads (KV)", f"{data['head_count']} ({data['head_count_kv']})"),
+        ("head size (K/V)", f"{data['key_length']}/{data['value_length']}"), ("sliding window", data["sliding_window"] or "—"), ("vocabulary", data["vocab_size"]),
+        ("memory", f"about {human_bytes(e['total'])} at {e['context_size']} tokens × {e['parallel']} slots: weights {human_bytes(e['weights'] + e['repacked'])}, "
+                   f"KV cache {human_bytes(e['kv_cache'])} ({e['cache_type_k']}/{e['cache_type_v']}), compute {human_bytes(e['compute'])}, engine {human_bytes(e['vocab'] + e['base'])}"),
+        ("in use by", ", ".join(data["in_use_by"]) or "—"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    out("\n".join(f"{k.ljust(width)}  {v}" for k, v in lines))
+
+
+@command
+def rm(
+    name: Annotated[str, typer.Argument(help="A model lf installed or pulled (see lf models list).", autocompletion=complete_models)],
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove a model from lf's models dir or the Hugging Face cache; refused while a running instance serves it."""
+    from lf.models.gguf_meta import human_bytes
+    from lf.models.listing import remove
+
+    result = remove(name, load_project(config))
+    if json_out:
+        print_json(result)
+    else:
+        out(f"{result['name']}: removed {result['path']} ({human_bytes(result['freed_bytes'])} freed)")

@@ -46,9 +46,11 @@ def start(
     timeout: float | None = None,
     on_event: OnEvent | None = None,
     store: "StateStore | None" = None,
+    force: bool = False,
 ) -> list["StartResult"]:
     """Start what `target` names (an entry, a runtime, or everything the project needs) and wait
-    until each is healthy. Already running is a success."""
+    until each is healthy. Already running is a success. An instance whose memory estimate exceeds the
+    memory available is refused (exit 7) unless `force`."""
     from lf.core.targets import Overrides, specs_for
 
     specs = specs_for(target, project, overrides or Overrides())
@@ -56,7 +58,7 @@ def start(
     taken: set[int] = set()
     results = []
     for spec in specs:
-        result = start_spec(spec, wait=wait, timeout=timeout, taken_ports=taken, on_event=on_event, store=store)
+        result = start_spec(spec, wait=wait, timeout=timeout, taken_ports=taken, on_event=on_event, store=store, force=force)
         taken.add(result.record.port)
         results.append(result)
     return results
@@ -71,8 +73,10 @@ def start_spec(
     taken_ports: set[int] | frozenset[int] = frozenset(),
     on_event: OnEvent | None = None,
     store: "StateStore | None" = None,
+    force: bool = False,
 ) -> "StartResult":
-    """Start one resolved instance (or find it running); `owner` is recorded as who started it."""
+    """Start one resolved instance (or find it running); `owner` is recorded as who started it. One that
+    must be launched and does not fit in available memory is refused, unless `force`."""
     from lf.core.events import Notice, Starting, Waiting
     from lf.daemon import supervisor
     from lf.daemon.supervisor import choose_port
@@ -87,7 +91,11 @@ def start_spec(
 
         store = (store or StateStore()).scoped(spec.project)  # the record goes where its project's are
 
+    needed = None if force else memory_estimate(spec)
+
     def plan_for():
+        if needed is not None:  # checked only when something is launched: a running instance is no new memory
+            require_memory(spec, needed)
         return make_plan(spec, choose_port(spec.host, spec.port, spec.port_auto, taken_ports, store), owner)
 
     hooks = spec.runtime.hooks()
@@ -116,6 +124,66 @@ def start_spec(
             _emit(on_event, Notice(f"{spec.name} is already running with other settings ({'; '.join(changed)}); to apply them: {how}"))
             result = replace(result, changed=tuple(changed))
     return result
+
+
+def memory_estimate(spec: "InstanceSpec"):
+    """lf.models.memory.Estimate of what the instance will take; None when lf cannot tell (not a GGUF
+    runtime, or a header it cannot read): such a start is not held back."""
+    if spec.runtime.model_format != "gguf" or not spec.model_path:
+        return None
+    from lf.models.memory import estimate_settings
+
+    try:
+        return estimate_settings(spec.model_path, spec.settings)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def require_memory(spec: "InstanceSpec", needed) -> None:
+    """StartError (exit 7) when the estimate exceeds the memory available now (lf.hardware.memory)."""
+    from lf.errors import StartError
+    from lf.hardware import memory
+    from lf.models.gguf_meta import human_bytes
+
+    available = memory().available
+    if needed.total <= available:
+        return
+    raise StartError(
+        f"{spec.name} needs about {human_bytes(needed.total)} ({spec.model} at {needed.context_size} tokens of context: "
+        f"weights {human_bytes(needed.weights + needed.repacked)}, KV cache {human_bytes(needed.kv_cache)}), "
+        f"but only {human_bytes(available)} is available",
+        hint="use a smaller --ctx-size, free memory (lf runtime status -A lists what lf runs), or start it anyway with --force",
+    )
+
+
+def dry_run(target: str | None, project: "Project | None", overrides: "Overrides | None" = None, store: "StateStore | None" = None) -> list[dict]:
+    """What `start` would launch, without launching anything: for each instance its argv, port, model, the
+    memory estimate and whether it fits, or that it is already running."""
+    from lf.core.targets import Overrides, specs_for
+    from lf.daemon.records import StateStore
+    from lf.daemon.supervisor import choose_port
+    from lf.hardware import memory
+    from lf.runtimes.launch import make_plan
+
+    store = _store(store, project)
+    taken: set[int] = set()
+    plans = []
+    available = memory().available
+    for spec in specs_for(target, project, overrides or Overrides()):
+        scoped = store if store.project == spec.project else StateStore().scoped(spec.project)
+        record = scoped.load_or_none(spec.name)
+        running = record is not None and record.process_alive()
+        port = record.port if running else choose_port(spec.host, spec.port, spec.port_auto, taken, scoped)
+        taken.add(port)
+        plan = make_plan(spec, port)
+        needed = memory_estimate(spec)
+        plans.append({
+            "name": spec.name, "runtime": spec.runtime.name, "engine": plan.engine, "already_running": running,
+            "argv": list(plan.argv), "host": plan.host, "port": port, "model": spec.model, "model_path": spec.model_path,
+            "estimate": needed.to_dict() if needed else None, "available_bytes": available,
+            "fits": None if needed is None else needed.total <= available,
+        })
+    return plans
 
 
 def ensure_running(
