@@ -9,7 +9,7 @@ LF := $(VENV)/bin/lf
 # Where isolated runtime envs and built models for the tests are cached between runs on this machine.
 export LF_TEST_CACHE ?= $(HOME)/.cache/lf-test
 
-.PHONY: setup demo test test-fast bench completions docs schema readme clean
+.PHONY: setup demo test test-fast bench completions docs schema readme screenshot clean
 
 setup: $(VENV)/.setup-done
 
@@ -31,9 +31,16 @@ demo: setup
 	$(LF) runtime stop llamacpp
 
 test: setup
+	bash scripts/ensure-browser
 	bash scripts/run-tests
 
+# the README's picture of the dashboard, taken by its browser test
+screenshot: setup
+	bash scripts/ensure-browser
+	LF_SCREENSHOT=$(CURDIR)/docs/dashboard.png bash scripts/run-tests tests/test_dashboard.py -k real_browser
+
 bench: setup
+	bash scripts/ensure-browser
 	$(PY) bench/run.py
 
 completions: setup

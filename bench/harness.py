@@ -307,26 +307,40 @@ class Sandbox:
             raise BenchError(f"lf {' '.join(args)} exited {result.rc}\n{result.stderr.strip()}")
         return result
 
+    def record_files(self) -> list[Path]:
+        """Every record in the sandbox's state dir: of no project (instances/), of a project (projects/NS/NAME/instances/)."""
+        return [*self.state.glob("instances/*.json"), *self.state.glob("projects/*/*/instances/*.json")]
+
+    def record_path(self, name: str) -> Path:
+        found = [path for path in self.record_files() if path.name == f"{name}.json"]
+        if len(found) != 1:
+            raise BenchError(f"{len(found)} records named {name} in {self.state}")
+        return found[0]
+
     def record(self, name: str) -> dict:
-        return json.loads((self.state / "instances" / f"{name}.json").read_text())
+        return json.loads(self.record_path(name).read_text())
 
     def borrow(self, other: Sandbox, name: str) -> None:
-        folder = self.state / "instances"
-        folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state, 0o700)
-        shutil.copy(other.state / "instances" / f"{name}.json", folder / f"{name}.json")
+        """A copy of `other`'s record of `name`, where the same project's record lies here (the sandboxes'
+        llamafarm.yaml all name one project)."""
+        source = other.record_path(name)
+        target = self.state / source.relative_to(other.state)
+        for folder in reversed([self.state, *[p for p in target.parents if self.state in p.parents]]):
+            folder.mkdir(exist_ok=True)
+            os.chmod(folder, 0o700)
+        shutil.copy(source, target)
 
     def cleanup(self) -> None:
-        folder = self.state / "instances"
         if self.borrowed:
-            shutil.rmtree(folder, ignore_errors=True)
+            for path in self.record_files():
+                path.unlink(missing_ok=True)
             return
-        if folder.is_dir() and any(folder.glob("*.json")):
+        if self.record_files():
             try:
-                run([*lf_argv(), "runtime", "stop", "--all", "--timeout", "5"], self.env, self.work, timeout=120)
+                run([*lf_argv(), "runtime", "stop", "--all-projects", "--timeout", "5"], self.env, self.work, timeout=120)
             except Exception as exc:  # the safety net below still runs
-                print(f"warning: lf runtime stop --all in {self.name} failed: {exc}", file=sys.stderr)
-        for path in folder.glob("*.json") if folder.is_dir() else ():
+                print(f"warning: lf runtime stop --all-projects in {self.name} failed: {exc}", file=sys.stderr)
+        for path in self.record_files():
             try:
                 pid = json.loads(path.read_text())["pid"]
                 os.killpg(pid, signal.SIGKILL)  # lf starts each daemon as its own group leader

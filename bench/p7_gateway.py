@@ -13,6 +13,8 @@ engine, and one pointing at a socket that accepts and never answers.
 - P7f 1/4/8/16 concurrent streaming clients through the gateway to lf's instance (the `parallel` setting's
   default) vs the engine started directly with llama-server's defaults (4 slots, one unified KV cache); the
   engine with a single slot (what lf started before the setting) is measured alongside for reference.
+- P7g time to first token through the gateway while its dashboard is open in a headless Chromium (live updates
+  on every request) vs with no page open (target: nothing measurable, ≤ +1 ms)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def measure(bench: Bench) -> list[Row]:
     bench.log("P7: lf serve vs the engine it forwards to, called directly")
     setup = _Setup(bench)
     try:
-        rows = [*_overhead(bench, setup), _cold(bench, setup), _health(bench, setup), *_concurrency(bench, setup)]
+        rows = [*_overhead(bench, setup), _with_page(bench, setup), _cold(bench, setup), _health(bench, setup), *_concurrency(bench, setup)]
     finally:
         setup.close()
     return rows
@@ -116,6 +118,47 @@ def clients(port: int, model: str, k: int) -> dict:
     ended = max(r["times"][-1] for r in results)
     ttfts = sorted(r["ttft"] for r in results)
     return {"ttft_p50": statistics.median(ttfts), "ttft_max": ttfts[-1], "aggregate": sum(len(r["times"]) for r in results) / (ended - begun)}
+
+
+# -- P7g: with the dashboard open ------------------------------------------------------------------------
+def _with_page(bench: Bench, s: _Setup) -> Row:
+    import shutil
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        webdriver = None
+    if webdriver is None or not (chromium and driver):
+        return Row("P7g", "time to first token with the dashboard open vs without", "-", "-", None, "≤ +1 ms", None, "not measured: needs chromium, chromedriver and selenium (make test installs them)")
+    reps = max(bench.chat_reps, 21)
+    ttft = lambda: ask(s.port, "smol", 8)["ttft"]  # noqa: E731
+    for _ in range(bench.warmup):
+        ttft()
+    before = [ttft() for _ in range(reps)]
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+    try:
+        browser.get(f"http://127.0.0.1:{s.port}/")
+        deadline = time.monotonic() + 10
+        while browser.find_elements("css selector", "#conn.live") == [] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        opened = [ttft() for _ in range(reps)]
+        rows_seen = len(browser.find_elements("css selector", "#requests tbody tr"))
+    finally:
+        browser.quit()
+    after = [ttft() for _ in range(reps)]
+    without = (median(before) + median(after)) / 2
+    with_page = median(opened)
+    added = (with_page - without) * 1000
+    return Row("P7g", "time to first token with the dashboard open in Chromium vs without (added, median)", f"{with_page * 1000:.1f} ms", f"{without * 1000:.1f} ms",
+               with_page / without, "≤ +1 ms", added <= 1.0,
+               f"added {added:+.2f} ms; {reps} streamed requests of 8 tokens without the page, {reps} with it, {reps} without again "
+               f"(floor: the mean of the two medians without); the page showed {rows_seen} requests")
 
 
 # -- P7a, P7b, P7c --------------------------------------------------------------------------------------

@@ -210,10 +210,18 @@ def read_tail(path: str | Path, lines: int) -> str:
     return b"".join(chunks).decode("utf-8", "replace").removesuffix("\n")
 
 
-def follow(path: str | Path, write: Callable[[bytes], object], lines: int = 0, poll: float = 0.2, on_notice: Callable[[str], object] | None = None) -> None:
-    """Write the last `lines` lines of a log, then whatever is appended to it, forever, like `tail -F`: when
-    the file at `path` is replaced (rotated: another inode) the rest of the old one is written first, then
-    the new one from its start; when it shrinks (truncated) it is read again from its start."""
+def follow(
+    path: str | Path,
+    write: Callable[[bytes], object],
+    lines: int = 0,
+    poll: float = 0.2,
+    on_notice: Callable[[str], object] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
+    """Write the last `lines` lines of a log, then whatever is appended to it, like `tail -F`, until
+    `should_stop()` says so (never, without it): when the file at `path` is replaced (rotated: another
+    inode) the rest of the old one is written first, then the new one from its start; when it shrinks
+    (truncated) it is read again from its start."""
     import time
 
     path = Path(path)
@@ -224,7 +232,7 @@ def follow(path: str | Path, write: Callable[[bytes], object], lines: int = 0, p
     current: BinaryIO | None
     current, offset = pieces[-1]
     pos = _copy(current, offset, write)
-    while True:
+    while should_stop is None or not should_stop():
         if current is None:  # rotated away and not there again yet
             try:
                 current, pos = _open_log(path), 0
@@ -255,3 +263,5 @@ def follow(path: str | Path, write: Callable[[bytes], object], lines: int = 0, p
                 on_notice(f"{path} was truncated; reading it from its start")
             continue
         time.sleep(poll)
+    if current is not None:
+        current.close()

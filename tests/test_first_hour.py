@@ -4,7 +4,6 @@ that says it is lf's own, one JSON object on every --json error, one exit code p
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -446,11 +446,11 @@ def test_sigterm_stops_its_own_instances_and_leaves_the_others(tmp_path, fakes):
 def test_after_a_kill_9_the_next_gateway_adopts_and_its_sigterm_leaves_nothing(tmp_path, fakes):
     a, port = free_ports(2)
     project(tmp_path, f"- {{name: alpha, provider: fake, model: m, idle_ttl: 60, provider_config: {{port: {a}}}}}\n")
-    first = Gateway(tmp_path / "work", port).start()
-    assert chat(first, "alpha").status_code == 200
-    pid = read_record(fakes, "alpha")["pid"]
-    first.proc.send_signal(signal.SIGKILL)
-    first.proc.wait(10)
+    with Gateway(tmp_path / "work", port) as first:  # killed below; its exit only cleans up after a failure
+        assert chat(first, "alpha").status_code == 200
+        pid = read_record(fakes, "alpha")["pid"]
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
 
     status = json.loads(run_lf("runtime", "status", "--json").stdout)
     states = {i["name"]: i["state"] for i in status["instances"]}

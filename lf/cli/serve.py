@@ -22,6 +22,7 @@ def serve(
     max_body: Annotated[Optional[int], typer.Option("--max-body", min=1024, help="Largest request body accepted, in bytes (default 10 MiB).", show_default=False)] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback address without an API key.")] = False,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run as a supervised daemon (record, log; lf runtime stop lf-serve) and return once it answers.")] = False,
+    open_page: Annotated[bool, typer.Option("--open", help="Open the gateway's page (its dashboard) in the default browser once it answers.")] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -44,7 +45,7 @@ def serve(
     if not detach:
         from lf.gateway.server import run
 
-        run(project, settings)
+        run(project, settings, on_ready=(lambda: _open_page(settings)) if open_page else None)
         return
     from lf.gateway.server import detach as run_detached
 
@@ -60,5 +61,17 @@ def serve(
     verb = "already running" if result.already_running else "serving"
     out(f"{record.name}: {verb} at {record.base_url} (pid {record.pid})")
     out(f"  log: {record.log_path}; stop it with: lf runtime stop {record.name}")
+    if open_page:
+        _open_page(settings)
     if not settings.loopback:
         err(f"Warning: listening on {settings.host}: reachable from other machines" + ("" if settings.api_key else ", with no API key (--insecure)"))
+
+
+def _open_page(settings) -> None:
+    import webbrowser
+
+    from lf.daemon.health import local_url
+
+    url = local_url("127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host, settings.port, "/")
+    if not webbrowser.open(url):
+        err(f"lf: no browser to open here; the dashboard is at {url}")

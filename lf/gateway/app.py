@@ -22,6 +22,7 @@ from lf.config.project import ModelEntry, Project
 from lf.core.events import Endpoint
 from lf.core.targets import target_of
 from lf.errors import LfError
+from lf.gateway.dashboard import Dashboard, wants_page
 from lf.gateway.metrics import Metrics
 from lf.gateway.monitor import Monitor
 from lf.gateway.pool import Pool, PoolHooks, QueueFull, QueueTimeout, Slot, SlotState, StartFailed
@@ -91,6 +92,7 @@ class Gateway:
         self.upstream = UpstreamClient()
         self.monitor: Monitor | None = None
         self.started_at = time.time()
+        self.dashboard = Dashboard(self)
 
     # -- the application ---------------------------------------------------------------------------
     def app(self) -> Starlette:
@@ -102,7 +104,7 @@ class Gateway:
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
                 trust_env=False,
             )
-            self.monitor = Monitor(self.pool, self.entries, self.config.probe_interval, self.metrics, self.client)
+            self.monitor = Monitor(self.pool, self.entries, self.config.probe_interval, self.metrics, self.client, on_probed=self.dashboard.changed)
             await self.pool.adopt()
             monitor = asyncio.get_running_loop().create_task(self.monitor.run())
             try:
@@ -126,6 +128,9 @@ class Gateway:
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/", self.index, methods=["GET"]),
+            Route("/ui/events", self.dashboard.events, methods=["GET"]),
+            Route("/ui/action", self.dashboard.action, methods=["POST"]),
+            Route("/ui/log/{name}", self.dashboard.log, methods=["GET"]),
         ]
         return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: self.not_found, 405: self.not_allowed})
 
@@ -134,6 +139,8 @@ class Gateway:
         return JSONResponse({"status": "ok"})
 
     async def index(self, request: Request) -> Response:
+        if wants_page(request):  # a browser: the dashboard
+            return await self.dashboard.page(request)
         return JSONResponse({"name": "lf serve", "models": list(self.routes_by_name()), "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/metrics"]})
 
     async def health(self, request: Request) -> Response:
@@ -260,9 +267,11 @@ class Gateway:
     def _unknown_model(self, name) -> HTTPProblem:
         return HTTPProblem(404, f"The model {name!r} does not exist here. Models: {', '.join(self.routes_by_name()) or 'none'}", "model_not_found")
 
-    def _log(self, request: Request, model: str, status: int, arrived: float) -> None:
+    def _log(self, request: Request, model: str, status: int, arrived: float, answer: dict | None = None) -> None:
         # what was asked of which model and how it went; never a message's content, never a key
-        print(f"lf-serve: {request.method} {request.url.path} model={model} {status} {time.monotonic() - arrived:.3f}s", file=sys.stderr, flush=True)
+        seconds = time.monotonic() - arrived
+        print(f"lf-serve: {request.method} {request.url.path} model={model} {status} {seconds:.3f}s", file=sys.stderr, flush=True)
+        self.dashboard.request_done(model, request.url.path, status, seconds, answer)
 
 
 class _Exchange:
@@ -437,6 +446,7 @@ class _Exchange:
         if ttft is not None:
             gateway.metrics.ttft.labels(name).observe(ttft)
         component = gateway.monitor.components.get(name) if gateway.monitor else None
+        answer = None
         if component is not None and status < 400 and self.tokens:
             # tokens/s of the generation itself: from the first token when streamed, else over the whole answer
             span = ended - (self.first_token if self.first_token is not None else self.arrived)
@@ -450,7 +460,8 @@ class _Exchange:
                 "tokens": self.tokens,
                 "tokens_per_s": round(generated / span, 1) if span > 0 and generated > 0 else None,
             }
-        gateway._log(self.request, name, status, self.arrived)
+            answer = component.last_request
+        gateway._log(self.request, name, status, self.arrived, answer)
 
 
 class _Hooks(PoolHooks):
@@ -458,6 +469,7 @@ class _Hooks(PoolHooks):
         self.gateway = gateway
 
     def changed(self, slot: Slot) -> None:
+        self.gateway.dashboard.changed()
         metrics = self.gateway.metrics
         metrics.in_flight.labels(slot.name).set(slot.in_flight)
         metrics.loaded.set(self.gateway.pool.loaded_count())

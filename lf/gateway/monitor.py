@@ -39,8 +39,9 @@ class Component:
 
 
 class Monitor:
-    def __init__(self, pool: Pool, entries: list[ModelEntry], interval: float, metrics, client: httpx.AsyncClient):
+    def __init__(self, pool: Pool, entries: list[ModelEntry], interval: float, metrics, client: httpx.AsyncClient, on_probed=None):
         self.pool = pool
+        self.on_probed = on_probed  # after each round of probes (the dashboard's pages update)
         self.interval = interval
         self.metrics = metrics
         self.client = client
@@ -61,9 +62,13 @@ class Monitor:
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self._probe(c) for c in self.components.values()))
+        if self.on_probed is not None:
+            self.on_probed()
 
     async def _probe(self, component: Component) -> None:
         slot = component.slot
+        if slot is not None:
+            await self.pool.refresh(slot)  # started by lf runtime start since: report it as running
         if slot is not None and slot.state == SlotState.RUNNING and slot.endpoint and slot.endpoint.record:
             record = slot.endpoint.record
             if not record.process_alive():

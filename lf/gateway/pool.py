@@ -162,6 +162,28 @@ class Pool:
                 if slot.state in (SlotState.UNLOADED, SlotState.CRASHED):
                     self._begin_start(slot)
 
+    async def refresh(self, slot: Slot) -> None:
+        """Take in an instance started outside the gateway since it looked (lf runtime start): it is used,
+        shown and stoppable, never unloaded for idleness (not owned)."""
+        if slot.state in (SlotState.UNLOADED, SlotState.CRASHED) and not self._closing:
+            endpoint = await anyio.to_thread.run_sync(actions.running, slot.entry, self.project)
+            if endpoint is not None and slot.state in (SlotState.UNLOADED, SlotState.CRASHED):
+                self._running(slot, endpoint)
+
+    async def start_now(self, slot: Slot) -> None:
+        """Start it (or find it running) as a request would, room made the same way, without a request."""
+        await self.acquire(slot)
+        self.release(slot)  # idle from now: its TTL runs
+
+    async def stop_now(self, slot: Slot, reason: str) -> None:
+        """Stop it now, whoever started it (a start in progress finishes first; requests in flight end)."""
+        while slot.state in (SlotState.STARTING, SlotState.STOPPING):
+            task = slot.start_task if slot.state == SlotState.STARTING else slot.stop_task
+            await asyncio.wait([task])
+        if slot.state == SlotState.RUNNING:
+            self._begin_stop(slot, reason)
+            await asyncio.wait([slot.stop_task])
+
     def release(self, slot: Slot) -> None:
         slot.in_flight -= 1
         slot.last_used = time.monotonic()

@@ -34,6 +34,8 @@ def run(project: Project | None, config: GatewayConfig, on_ready=None) -> None:
     own = _claim_record(store, project, config, len(entries))
     release = (lambda: _release_record(store, config)) if own else None
     gateway = Gateway(project, config, entries, default, on_stop=release)
+    if on_ready is not None:
+        _when_listening(config, on_ready)
     server = uvicorn.Server(
         uvicorn.Config(
             gateway.app(),
@@ -59,6 +61,27 @@ def run(project: Project | None, config: GatewayConfig, on_ready=None) -> None:
             release()  # when the lifespan never ran (the port was taken after all)
     if not server.started:
         raise LfError(f"the gateway could not listen on {config.host}:{config.port}", hint="see the messages above")
+
+
+def _when_listening(config: GatewayConfig, then, timeout: float = 30.0) -> None:
+    """Call `then()` from a thread once the gateway accepts connections (uvicorn binds after its startup)."""
+    import socket
+    import threading
+
+    def wait() -> None:
+        deadline = time.monotonic() + timeout
+        host = "127.0.0.1" if config.host in ("0.0.0.0", "") else "::1" if config.host == "::" else config.host
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((host, config.port), timeout=0.5):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            return
+        then()
+
+    threading.Thread(target=wait, name="when-listening", daemon=True).start()
 
 
 def _default_entry():

@@ -1,0 +1,340 @@
+"""The gateway's page for people, at / (for a browser; scripts asking for JSON get the index as before).
+
+One HTML file (dashboard.html: plain JavaScript and CSS, no build step, nothing from a CDN) shows every
+model with its state, port, memory, uptime, TTL countdown, latency p50/p95 with the probe history, the
+latest answer's time to first token and tokens/s, the loaded-model budget, the request log (model,
+status, duration: never a message) and a crashed instance's last log lines. It is live through one
+server-sent event stream per open page, pushed when something changes and at most 4 times a second
+(never polled). Its buttons start, stop, restart and unload through the pool, which calls the same core
+functions as the CLI (lf.core.actions).
+
+Who may do what: viewing needs what /health needs (the gateway's API key, when it has one: as a Bearer
+header or as the cookie the page sets when asked for it). An action is a POST with a JSON body and a
+header of lf's own, so a page on another origin cannot send one without a CORS preflight that is never
+granted; an Origin or Sec-Fetch-Site header saying another site, or a Host that is not this gateway's
+(DNS rebinding), is refused too. From another machine an action needs the API key, and is refused
+outright when the gateway has none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import secrets
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+
+from lf.gateway.pool import SlotState
+
+PAGE = Path(__file__).with_name("dashboard.html")
+COOKIE = "lf_gateway_key"
+ACTION_HEADER = "x-lf-action"
+ACTIONS = ("start", "stop", "restart", "unload")
+REQUESTS_KEPT = 50
+PUSH_INTERVAL = 0.25  # seconds: at most this often a snapshot per open page, however busy the gateway
+HEARTBEAT = 15.0  # seconds: an SSE comment when nothing changed, so proxies and the browser keep the stream
+MAX_ACTION_BODY = 4096
+SHOWN_STATES = {  # the words the page uses
+    SlotState.UNLOADED: "stopped",
+    SlotState.STARTING: "starting",
+    SlotState.RUNNING: "running",
+    SlotState.STOPPING: "stopping",
+    SlotState.CRASHED: "crashed",
+}
+
+
+class Dashboard:
+    def __init__(self, gateway):  # lf.gateway.app.Gateway, which builds it
+        self.gateway = gateway
+        self.requests: deque[dict] = deque(maxlen=REQUESTS_KEPT)
+        self.version = 0
+        self._changed: asyncio.Event | None = None
+        self._page = PAGE.read_text(encoding="utf-8")
+
+    # -- what changes ----------------------------------------------------------------------------------
+    def changed(self) -> None:
+        """Something the page shows changed (called on the event loop: pool hooks, probes, requests)."""
+        self.version += 1
+        if self._changed is not None:
+            self._changed.set()
+
+    def request_done(self, model: str, path: str, status: int, seconds: float, answer: dict | None = None) -> None:
+        self.requests.appendleft(
+            {
+                "at": time.time(),
+                "model": model,
+                "path": path,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 1),
+                "ttft_ms": (answer or {}).get("ttft_ms"),
+                "tokens_per_s": (answer or {}).get("tokens_per_s"),
+            }
+        )
+        self.changed()
+
+    # -- the page and its data ----------------------------------------------------------------------------
+    async def page(self, request: Request) -> Response:
+        if (refused := self._foreign_host(request)) is not None:
+            return refused
+        nonce = secrets.token_urlsafe(16)
+        html = self._page.replace("{{nonce}}", nonce)
+        return HTMLResponse(html, headers=_page_headers(nonce))
+
+    def snapshot(self) -> dict:
+        gateway = self.gateway
+        document, _ = gateway.monitor.document()
+        components = {c["name"]: c for c in document["components"]}
+        models = []
+        for entry in gateway.entries:
+            item = components[entry.name]
+            slot = gateway.pool.slots.get(entry.name)
+            record = slot.endpoint.record if slot is not None and slot.endpoint is not None else None
+            history = list(gateway.monitor.components[entry.name].latencies)
+            models.append(
+                {
+                    "name": entry.name,
+                    "state": SHOWN_STATES[slot.state] if slot is not None else "external",
+                    "managed": slot is not None,
+                    "owned": bool(slot and slot.owned),
+                    "status": item["status"],
+                    "message": item["message"],
+                    "provider": entry.provider,
+                    "model": item["details"]["models"][0] if item["details"]["models"] else entry.model,
+                    "url": item["details"]["host"],
+                    "port": record.port if record else None,
+                    "pid": record.pid if record else None,
+                    "memory_bytes": _memory(record.pid) if record else None,
+                    "started_at": record.started_at if record else None,
+                    "ttl_s": slot.ttl if slot else None,
+                    "expires_at": slot.expires_at if slot else None,
+                    "in_flight": slot.in_flight if slot else 0,
+                    "latency_p50_ms": item["latency_p50_ms"],
+                    "latency_p95_ms": item["latency_p95_ms"],
+                    "latencies_ms": [round(v, 2) for v in history],
+                    "last_request": item["last_request"],
+                    "log_tail": item.get("log_tail", []),
+                }
+            )
+        return {
+            "now": time.time(),
+            "version": self.version,
+            "gateway": {
+                "status": document["status"],
+                "summary": document["summary"],
+                "started_at": gateway.started_at,
+                "project": gateway.project.key if gateway.project else None,
+                **document["gateway"],
+            },
+            "models": models,
+            "requests": list(self.requests),
+        }
+
+    async def events(self, request: Request) -> Response:
+        if (refused := self._foreign_host(request) or self._viewer_refused(request)) is not None:
+            return refused
+        if request.method == "HEAD":  # the page asking whether it may (401 when the key is missing)
+            return Response(media_type="text/event-stream")
+        if self._changed is None:
+            self._changed = asyncio.Event()
+
+        async def stream():
+            sent = -1
+            while True:
+                if self.version != sent:
+                    sent = self.version
+                    yield b"data: " + json.dumps(self.snapshot(), separators=(",", ":")).encode() + b"\n\n"
+                    await asyncio.sleep(PUSH_INTERVAL)  # what changes meanwhile goes out in one snapshot
+                    continue
+                self._changed.clear()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), HEARTBEAT)
+                except asyncio.TimeoutError:
+                    yield b": still here\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    async def log(self, request: Request) -> Response:
+        """An instance's log, followed (SSE: each event one chunk of text), across rotation like logs -f."""
+        if (refused := self._foreign_host(request) or self._viewer_refused(request)) is not None:
+            return refused
+        name = request.path_params["name"]
+        if name not in self.gateway.pool.slots:
+            return _problem(404, f"no model {name!r} that lf runs here", "not_found")
+        from lf.daemon.records import StateStore
+        from lf.files import follow
+
+        path = StateStore.of(self.gateway.project).log_path(name)
+        if not path.exists():
+            return _problem(404, f"{name} has no log yet (it has not been started)", "not_found")
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=256)
+        done = threading.Event()
+
+        def put(chunk: bytes) -> None:
+            if done.is_set():
+                raise _Gone
+            asyncio.run_coroutine_threadsafe(chunks.put(chunk), loop).result()
+
+        def reader() -> None:
+            try:
+                follow(path, put, lines=100, should_stop=done.is_set)
+            except (_Gone, OSError, RuntimeError):
+                pass
+
+        threading.Thread(target=reader, name=f"log-{name}", daemon=True).start()
+
+        async def stream():
+            try:
+                while True:
+                    try:
+                        chunk = await asyncio.wait_for(chunks.get(), HEARTBEAT)
+                    except asyncio.TimeoutError:
+                        yield b": still here\n\n"
+                        continue
+                    yield b"data: " + json.dumps(chunk.decode("utf-8", "replace")).encode() + b"\n\n"
+            finally:
+                done.set()
+                while not chunks.empty():  # let a reader blocked on a full queue see `done`
+                    chunks.get_nowait()
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    # -- actions -------------------------------------------------------------------------------------------
+    async def action(self, request: Request) -> Response:
+        if (refused := self._foreign_host(request) or self._action_refused(request)) is not None:
+            return refused
+        body = await request.body()
+        try:
+            if len(body) > MAX_ACTION_BODY:
+                raise ValueError("too long")
+            data = json.loads(body)
+            what, name = data["action"], data["model"]
+            if what not in ACTIONS or not isinstance(name, str):
+                raise ValueError("unknown action")
+        except (ValueError, KeyError, TypeError):
+            return _problem(400, f'send {{"action": one of {", ".join(ACTIONS)}, "model": a model name}}', "bad_action")
+        pool = self.gateway.pool
+        slot = pool.slots.get(name)
+        if slot is None:
+            known = name in {e.name for e in self.gateway.entries}
+            return _problem(409 if known else 404, f"{name} is an external endpoint: lf does not start or stop it" if known else f"no model {name!r}", "not_managed" if known else "not_found")
+        await pool.refresh(slot)  # one lf runtime start made since the gateway looked
+        if what == "unload" and not slot.owned and slot.state == SlotState.RUNNING:
+            return _problem(409, f"{name} was started by lf runtime start, not by the gateway: stop it instead", "not_owned")
+        try:
+            if what in ("stop", "unload", "restart"):
+                await pool.stop_now(slot, "unloaded from the page" if what == "unload" else "stopped from the page")
+            if what in ("start", "restart"):
+                await pool.start_now(slot)
+        except Exception as exc:  # a failed start: its message is what the page shows
+            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            return _problem(502, message.splitlines()[0], "action_failed")
+        return JSONResponse({"model": name, "action": what, "state": SHOWN_STATES[slot.state]})
+
+    # -- who may -------------------------------------------------------------------------------------------
+    def _key_given(self, request: Request) -> bool:
+        key = self.gateway.config.api_key
+        if not key:
+            return False
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            given = token.strip()
+        else:
+            from urllib.parse import unquote
+
+            given = unquote(request.cookies.get(COOKIE, ""))  # the page writes it URL-encoded
+        return hmac.compare_digest(given.encode(), key.encode())
+
+    def _viewer_refused(self, request: Request) -> Response | None:
+        if not self.gateway.config.api_key or self._key_given(request):
+            return None
+        return _problem(401, "this gateway has an API key: give it (the page asks for it)", "invalid_api_key")
+
+    def _action_refused(self, request: Request) -> Response | None:
+        if request.headers.get(ACTION_HEADER) != "1" or "application/json" not in request.headers.get("content-type", ""):
+            return _problem(403, f"an action is a JSON POST with the header {ACTION_HEADER}: 1 (as the page sends)", "forbidden")
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
+            return _problem(403, f"refused: an action from another origin ({origin})", "cross_origin")
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return _problem(403, "refused: an action from another site", "cross_origin")
+        if self.gateway.config.api_key:
+            return None if self._key_given(request) else self._viewer_refused(request)
+        if not _is_loopback(request.client.host if request.client else None):
+            return _problem(403, "actions from another machine need the gateway's API key, and this gateway has none (set LF_GATEWAY_API_KEY)", "forbidden")
+        return None
+
+    def _foreign_host(self, request: Request) -> Response | None:
+        """A Host that is not this gateway's: a page whose name was made to point here (DNS rebinding)."""
+        host = request.headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1 : host.find("]")]
+        config = self.gateway.config
+        if name in ("localhost", config.host) or _is_ip(name):
+            return None
+        return _problem(403, f"refused: this gateway is not {name!r} (open it by its address, e.g. http://127.0.0.1:{config.port}/)", "wrong_host")
+
+
+class _Gone(Exception):
+    """The page that followed a log has gone."""
+
+
+def _problem(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}, status_code=status)
+
+
+def _page_headers(nonce: str) -> dict:
+    return {
+        "content-security-policy": (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; "
+            "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        ),
+        "x-frame-options": "DENY",
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "no-referrer",
+        "cache-control": "no-store",
+    }
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _memory(pid: int) -> int | None:
+    """Resident memory of a process and its children (an engine may run workers)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        total = proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+    except psutil.Error:
+        return None
+
+
+def wants_page(request: Request) -> bool:
+    """A browser asking for / (HTML first in Accept), not a script asking for the JSON index."""
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept
