@@ -41,6 +41,8 @@ MEASUREMENTS = {
     "P6": "p6_engines",
     "P7": "p7_gateway",
     "P8": "p8_stop",
+    "P9": "p9_vllm",
+    "P10": "p10_memory",
 }
 
 

@@ -33,14 +33,14 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "models": (
         "List and fetch models.",
-        {"list": "lf.cli.models:list_models", "fetch": "lf.cli.models:fetch", "build-onnx": "lf.cli.models:build_onnx"},
+        {"list": "lf.cli.models:list_models", "info": "lf.cli.models:info", "rm": "lf.cli.models:rm", "fetch": "lf.cli.models:fetch", "pull": "lf.cli.models_pull:pull", "build-onnx": "lf.cli.models:build_onnx", "build-hf": "lf.cli.models_hf:build_hf"},
     ),
     "config": (
         "Validate, show and create llamafarm.yaml.",
         {"validate": "lf.cli.config:validate", "show": "lf.cli.config:show", "init": "lf.cli.config:init", "schema": "lf.cli.config:schema"},
     ),
 }
-TOP_LEVEL: dict[str, str] = {"chat": "lf.cli.chat:chat", "serve": "lf.cli.serve:serve"}
+TOP_LEVEL: dict[str, str] = {"chat": "lf.cli.chat:chat", "serve": "lf.cli.serve:serve", "doctor": "lf.cli.doctor:doctor"}
 
 
 def _version(value: bool) -> None:

@@ -21,6 +21,7 @@ from lf.cli._common import (
     print_json,
     table,
 )
+from lf.cli.models_pull import PullOpt, with_pull
 
 TargetArg = Annotated[
     Optional[str],
@@ -94,9 +95,12 @@ def start(
     ctx_size: Annotated[Optional[int], typer.Option("--ctx-size", min=128, help="Context window in tokens.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="CPU threads (default: all cores).")] = None,
     set_: Annotated[Optional[List[str]], typer.Option("--set", help="Any setting the runtime declares, as NAME=VALUE (repeatable; see lf config show).", show_default=False)] = None,
-    engine_arg: Annotated[Optional[List[str]], typer.Option("--engine-arg", help="One more flag for the engine, e.g. --engine-arg=--batch-size=256 (repeatable; runtimes that declare engine_args).", show_default=False)] = None,
+    engine_arg: Annotated[Optional[List[str]], typer.Option("--engine-arg", help="One more flag for the engine, e.g. --engine-arg=--ubatch-size=512 (repeatable; runtimes that declare engine_args).", show_default=False)] = None,
     timeout: TimeoutOpt = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return as soon as the process is launched.")] = False,
+    pull: PullOpt = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be started (command, port, model, memory estimate); start nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start even when the memory estimate exceeds the memory available.")] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -108,9 +112,13 @@ def start(
     if engine_arg:
         settings["engine_args"] = list(engine_arg)
     overrides = Overrides(model=model, port=port, host=host, context_size=ctx_size, threads=threads, settings=settings)
+    if dry_run:
+        _print_plans(actions.dry_run(target, load_project(config, warn=True), overrides), json_out)
+        return
     progress = Progress()
     try:
-        results = actions.start(target, load_project(config, warn=True), overrides, wait=not no_wait, timeout=timeout, on_event=progress)
+        project = load_project(config, warn=True)
+        results = with_pull(pull, lambda: actions.start(target, project, overrides, wait=not no_wait, timeout=timeout, on_event=progress, force=force))
     finally:
         progress.done()
     if json_out:
@@ -121,6 +129,25 @@ def start(
         verb = "already running" if result.already_running else ("launched" if no_wait else "running")
         out(f"{r.name}: {verb} at {r.base_url} (pid {r.pid}, model {r.model})")
         out(f"  log: {r.log_path}")
+
+
+def _print_plans(plans: list[dict], json_out: bool) -> None:
+    import shlex
+
+    from lf.models.gguf_meta import human_bytes
+
+    if json_out:
+        print_json({"plan": plans})
+        return
+    for p in plans:
+        out(f"{p['name']}: {'already running' if p['already_running'] else 'would start'} {p['runtime']} ({p['engine']}) on {p['host']}:{p['port']}, model {p['model']}")
+        out(f"  command: {shlex.join(p['argv'])}")
+        e = p["estimate"]
+        if e:
+            verdict = "fits" if p["fits"] else "does NOT fit (start refuses it without --force)"
+            out(f"  memory: about {human_bytes(e['total'])} (weights {human_bytes(e['weights'] + e['repacked'])}, KV cache {human_bytes(e['kv_cache'])} "
+                f"for {e['context_size']} tokens × {e['parallel']} slots, compute {human_bytes(e['compute'])}, engine {human_bytes(e['vocab'] + e['base'])}); "
+                f"available {human_bytes(p['available_bytes'])}: {verdict}")
 
 
 def _start_json(result) -> dict:
