@@ -352,3 +352,19 @@ def test_the_page_in_a_real_browser_with_two_real_models(tmp_path, isolated):
         finally:
             other.close()
             browser.quit()
+
+
+def test_serve_open_opens_the_page_in_the_browser_once_it_answers(tmp_path, fakes):
+    """--open hands the page's address to the user's browser ($BROWSER here: a script that notes it)."""
+    a, b, port = free_ports(3)
+    project(tmp_path / "work", fake_models(a, b))
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser"
+    browser.write_text(f"#!/bin/sh\nprintf '%s' \"$1\" > {opened}\n")
+    browser.chmod(0o755)
+    with Gateway(tmp_path / "work", port, "--open", env={"BROWSER": str(browser), "DISPLAY": ""}) as gateway:
+        assert wait_until(opened.exists, timeout=10), gateway.text()
+        url = opened.read_text()
+        assert url == f"http://127.0.0.1:{port}/"
+        page = httpx.get(url, headers={"Accept": "text/html"})
+        assert page.status_code == 200 and "<title>lf serve</title>" in page.text
