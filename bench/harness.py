@@ -325,7 +325,7 @@ class Sandbox:
         llamafarm.yaml all name one project)."""
         source = other.record_path(name)
         target = self.state / source.relative_to(other.state)
-        for folder in reversed([self.state, *[p for p in target.parents if self.state in p.parents]]):
+        for folder in [p for p in reversed(target.parents) if p == self.state or self.state in p.parents]:  # outermost first
             folder.mkdir(exist_ok=True)
             os.chmod(folder, 0o700)
         shutil.copy(source, target)

@@ -139,3 +139,27 @@ def test_start_refuses_what_does_not_fit_and_force_passes_that_check(isolated, f
         holder.listen()
         forced = run_lf("runtime", "start", "llamacpp", "--ctx-size", str(huge), "--port", str(free_port), "--force")
     assert forced.returncode == 7 and "needs about" not in forced.stderr and str(free_port) in forced.stderr
+
+
+def test_the_kv_cache_type_table_is_ggmls():
+    """lf.models.memory writes the KV cache types' sizes out (a start does not import gguf for them)."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from lf.models.memory import KV_CACHE_TYPES
+
+    assert {name: GGML_QUANT_SIZES[GGMLQuantizationType[name.upper()]] for name in KV_CACHE_TYPES} == KV_CACHE_TYPES
+
+
+def test_a_start_reads_a_models_header_once_then_from_the_cache(isolated):
+    """The header is read with gguf (numpy with it) the first time only: a start's estimate then costs a small JSON."""
+    import subprocess
+    import sys
+
+    from conftest import default_model_installed
+
+    if not default_model_installed():
+        pytest.skip("needs the default model: lf models fetch smollm2-135m")
+    probe = "import sys, runpy; sys.argv = ['lf', 'runtime', 'start', 'llamacpp', '--dry-run']\ntry:\n    runpy.run_module('lf', run_name='__main__')\nexcept SystemExit:\n    pass\nprint('GGUF-IMPORTED' if 'gguf' in sys.modules else 'NO-GGUF', file=sys.stderr)"
+    runs = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120) for _ in range(2)]
+    assert "GGUF-IMPORTED" in runs[0].stderr and "fits" in runs[0].stdout, runs[0].stderr
+    assert "NO-GGUF" in runs[1].stderr and runs[1].stdout == runs[0].stdout, runs[1].stderr

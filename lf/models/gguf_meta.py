@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 LONG_ARRAY = 1024  # arrays longer than this are skipped, not parsed element by element
+CACHE_FORMAT = 1  # of the cached form; raise it when GgufMeta's fields change
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,70 @@ def _reader_class():
 
 
 def read(path: str | os.PathLike) -> GgufMeta:
-    """The metadata of one GGUF file. ValueError for a file that is not GGUF."""
+    """The metadata of one GGUF file. ValueError for a file that is not GGUF.
+
+    Kept in lf's cache (keyed by the file's path, size, times and inode, and lf's version), like the checked
+    form of llamafarm.yaml: every `start` estimates its memory from it, and importing `gguf` (numpy with it)
+    alone costs more than the rest of a start's own work."""
+    path = Path(path)
+    key = _cache_key(path)
+    cached = _cache_read(key)
+    if cached is not None:
+        return cached
+    meta = _read_header(path)
+    _cache_write(key, meta)
+    return meta
+
+
+def _cache_key(path: Path) -> list | None:
+    from lf import __version__
+
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, __version__, CACHE_FORMAT]
+
+
+def _cache_file(key: list) -> Path:
+    import zlib
+
+    from lf.dirs import state_dir
+
+    return state_dir() / "cache" / f"gguf-{zlib.crc32(key[0].encode()):08x}.json"
+
+
+def _cache_read(key: list | None) -> GgufMeta | None:
+    if key is None:
+        return None
+    import json
+
+    try:
+        data = json.loads(_cache_file(key).read_text(encoding="utf-8"))
+        return GgufMeta(**data["meta"]) if data.get("key") == key else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # none yet, or written by another version of lf: read the file again
+
+
+def _cache_write(key: list | None, meta: GgufMeta) -> None:
+    if key is None:
+        return
+    import json
+
+    from lf.dirs import ensure_private_dir
+    from lf.errors import LfError
+    from lf.files import atomic_write
+
+    try:
+        ensure_private_dir(_cache_file(key).parent)
+        atomic_write(_cache_file(key), json.dumps({"key": key, "meta": meta.to_dict()}))
+    except (OSError, LfError):
+        pass  # a cache that cannot be written (read-only state dir) costs time, nothing else
+
+
+def _read_header(path: Path) -> GgufMeta:
     from gguf import GGUFValueType, LlamaFileType
 
-    path = Path(path)
     with open(path, "rb") as fh:
         if fh.read(4) != b"GGUF":
             raise ValueError(f"{path} is not a GGUF file")

@@ -58,13 +58,24 @@ def _pad(n: int, to: int = KV_PAD) -> int:
     return -(-n // to) * to
 
 
-def bytes_per_element(cache_type: str) -> float:
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+# (elements per block, bytes per block) of the types llama.cpp takes for its KV cache (--cache-type-k/-v), as
+# ggml defines them: written out so a start need not import gguf (and numpy) for them; a test checks the table
+KV_CACHE_TYPES = {
+    "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20),
+    "iq4_nl": (32, 18), "q5_0": (32, 22), "q5_1": (32, 24),
+}
 
-    try:
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[cache_type.upper()]]
-    except KeyError:
-        raise ValueError(f"unknown KV cache type {cache_type!r}") from None
+
+def bytes_per_element(cache_type: str) -> float:
+    sizes = KV_CACHE_TYPES.get(cache_type.lower())
+    if sizes is None:
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        try:
+            sizes = GGML_QUANT_SIZES[GGMLQuantizationType[cache_type.upper()]]
+        except KeyError:
+            raise ValueError(f"unknown KV cache type {cache_type!r}") from None
+    block, size = sizes
     return size / block
 
 
