@@ -4,7 +4,7 @@ One HTML file (dashboard.html: plain JavaScript and CSS, no build step, nothing 
 model with its state, port, memory, uptime, TTL countdown, latency p50/p95 with the probe history, the
 latest answer's time to first token and tokens/s, the loaded-model budget, the request log (model,
 status, duration: never a message) and a crashed instance's last log lines. It is live through one
-server-sent event stream per open page, pushed when something changes and at most 4 times a second
+server-sent event stream per open page, pushed when something changes and at most once a second
 (never polled). Its buttons start, stop, restart and unload through the pool, which calls the same core
 functions as the CLI (lf.core.actions).
 
@@ -38,7 +38,8 @@ COOKIE = "lf_gateway_key"
 ACTION_HEADER = "x-lf-action"
 ACTIONS = ("start", "stop", "restart", "unload")
 REQUESTS_KEPT = 50
-PUSH_INTERVAL = 0.25  # seconds: at most this often a snapshot per open page, however busy the gateway
+PUSH_INTERVAL = 1.0  # seconds: at most this often a snapshot per open page, however busy the gateway
+MEMORY_AGE = 5.0  # seconds a process tree's memory reading is shown before it is read again
 HEARTBEAT = 15.0  # seconds: an SSE comment when nothing changed, so proxies and the browser keep the stream
 MAX_ACTION_BODY = 4096
 SHOWN_STATES = {  # the words the page uses
@@ -57,6 +58,7 @@ class Dashboard:
         self.version = 0
         self._changed: asyncio.Event | None = None
         self._page = PAGE.read_text(encoding="utf-8")
+        self._memory: dict[int, tuple[float, int | None]] = {}  # pid → (when read, bytes)
 
     # -- what changes ----------------------------------------------------------------------------------
     def changed(self) -> None:
@@ -110,7 +112,7 @@ class Dashboard:
                     "url": item["details"]["host"],
                     "port": record.port if record else None,
                     "pid": record.pid if record else None,
-                    "memory_bytes": _memory(record.pid) if record else None,
+                    "memory_bytes": self._memory_of(record.pid) if record else None,
                     "started_at": record.started_at if record else None,
                     "ttl_s": slot.ttl if slot else None,
                     "expires_at": slot.expires_at if slot else None,
@@ -135,6 +137,17 @@ class Dashboard:
             "models": models,
             "requests": list(self.requests),
         }
+
+    def _memory_of(self, pid: int) -> int | None:
+        """A process tree's resident memory, read at most every MEMORY_AGE seconds: finding a process's
+        children walks all of /proc, which a snapshot on every request would do again and again."""
+        now = time.monotonic()
+        when, value = self._memory.get(pid, (0.0, None))
+        if now - when > MEMORY_AGE:
+            value = _memory(pid)
+            self._memory = {p: v for p, v in self._memory.items() if now - v[0] <= MEMORY_AGE}  # gone pids go
+            self._memory[pid] = (now, value)
+        return value
 
     async def events(self, request: Request) -> Response:
         if (refused := self._foreign_host(request) or self._viewer_refused(request)) is not None:
