@@ -430,3 +430,21 @@ def test_the_gateway_does_not_pull_it_names_the_command(hub, isolated, free_port
     assert answer.status_code == 503
     assert f"lf models pull {REPO}:Q4_K_M" in answer.json()["error"]["message"]
     assert not hub.requests
+
+
+@pytest.mark.e2e
+@needs_model
+def test_the_gateway_pulls_on_the_first_request_when_its_pull_setting_allows(smol_hub, isolated, free_port):
+    import httpx
+
+    from fakes import Gateway, free_ports
+
+    (port,) = free_ports(1)
+    _config(isolated / "work", f"{SMOL}:Q4_1", port)
+    with Gateway(isolated / "work", free_port, "--pull") as gateway:
+        body = {"model": "local", "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 48}
+        answer = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=600)
+        assert answer.status_code == 200, answer.text
+        assert "Paris" in answer.json()["choices"][0]["message"]["content"]
+        assert smol_hub.sent("SmolLM2-135M-Instruct.Q4_1.gguf") > 90 * MB
+        assert f"pulling {SMOL}:Q4_1 for local" in gateway.text()

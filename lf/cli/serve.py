@@ -21,6 +21,7 @@ def serve(
     probe_interval: Annotated[Optional[float], typer.Option("--probe-interval", min=0.1, help="Seconds between health probes (default 5).", show_default=False)] = None,
     max_body: Annotated[Optional[int], typer.Option("--max-body", min=1024, help="Largest request body accepted, in bytes (default 10 MiB).", show_default=False)] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback address without an API key.")] = False,
+    pull: Annotated[bool, typer.Option("--pull", help="Pull a model's Hugging Face reference that is not in the cache on its first request (default: 503 naming the pull command).")] = False,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run as a supervised daemon (record, log; lf runtime stop lf-serve) and return once it answers.")] = False,
     open_page: Annotated[bool, typer.Option("--open", help="Open the gateway's page (its dashboard) in the default browser once it answers.")] = False,
     config: ConfigOpt = None,
@@ -39,7 +40,7 @@ def serve(
     flags = {
         "host": host, "port": port, "idle_ttl": idle_ttl, "max_loaded": max_loaded, "max_queue": max_queue,
         "queue_timeout": queue_timeout, "start_timeout": start_timeout, "probe_interval": probe_interval,
-        "max_body": max_body, "insecure": insecure or None,
+        "max_body": max_body, "insecure": insecure or None, "pull": pull or None,
     }
     settings = resolve_config(project, flags)
     if not detach:

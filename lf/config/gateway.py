@@ -23,6 +23,7 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("queue_timeout", "number", "seconds a request may wait for room before a 503", default=120, minimum=0.1, env="LF_GATEWAY_QUEUE_TIMEOUT", flag="--queue-timeout"),
         Setting("start_timeout", "number", "seconds a start on demand may take (default: the runtime's)", minimum=0.1, env="LF_GATEWAY_START_TIMEOUT", flag="--start-timeout"),
         Setting("probe_interval", "number", "seconds between health probes of every model (/health answers from the last ones)", default=5, minimum=0.1, maximum=3600, env="LF_GATEWAY_PROBE_INTERVAL", flag="--probe-interval"),
+        Setting("pull", "boolean", "pull a model entry's Hugging Face reference (org/repo:QUANT) that is not in the cache on its first request, which then waits for the download (off: that request gets 503 with the `lf models pull` command)", default=False, env="LF_GATEWAY_PULL", flag="--pull"),
         Setting("max_body", "integer", "largest request body accepted, in bytes", default=10 * 1024 * 1024, minimum=1024, env="LF_GATEWAY_MAX_BODY", flag="--max-body"),
     )
 }

@@ -11,6 +11,7 @@ and one start serves every request that waits for it.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -268,7 +269,18 @@ class Pool:
         self.hooks.started(slot, time.monotonic() - started)
 
     def _ensure_running(self, entry: ModelEntry) -> Endpoint:
-        return actions.ensure_running(entry, self.project, owner="gateway", timeout=self.config.start_timeout)
+        from lf.models.hub import ModelNotPulledError
+
+        try:
+            return actions.ensure_running(entry, self.project, owner="gateway", timeout=self.config.start_timeout)
+        except ModelNotPulledError as exc:
+            if not self.config.pull:
+                raise
+            from lf.models.hub import pull
+
+            print(f"lf-serve: pulling {exc.ref} for {entry.name} (pull is on)", file=sys.stderr, flush=True)
+            pull(exc.ref)
+            return actions.ensure_running(entry, self.project, owner="gateway", timeout=self.config.start_timeout)
 
     def _begin_stop(self, slot: Slot, reason: str) -> None:
         self._set(slot, SlotState.STOPPING)

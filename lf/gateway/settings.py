@@ -26,6 +26,7 @@ class GatewayConfig:
     start_timeout: float | None = None
     probe_interval: float = 5.0
     max_body: int = 10 * 1024 * 1024
+    pull: bool = False
 
     @property
     def loopback(self) -> bool:
