@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from fakes import wait_until
+from fakes.server import read_request
 from test_chat_repl import CTRL_D, PROMPT, Terminal
 
 BUG = "this is a bug in lf"  # what the error boundary says about an unexpected exception
@@ -111,19 +112,7 @@ class HostileHandler(socketserver.BaseRequestHandler):
             pass
 
     def read_request(self):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = self.request.recv(65536)
-            if not chunk:
-                return None
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        method, path, _ = lines[0].split(" ", 2)
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        while len(body) < int(headers.get("content-length", 0)):
-            body += self.request.recv(65536)
-        return method, path, headers, body
+        return read_request(self.request)  # the fakes' own HTTP request reader
 
     def send(self, data: bytes) -> None:
         self.request.sendall(data)
