@@ -58,14 +58,16 @@ def pull_ref(ref):
 
 def with_pull(pull_missing: bool, start: Callable[[], T]) -> T:
     """`start()`; with `--pull`, each Hub model it stops at for not being cached is pulled, then it runs again."""
-    from lf.models.hub import ModelNotPulledError
+    from lf.errors import NotInstalledError
 
     pulled: set[str] = set()
     while True:
         try:
             return start()
-        except ModelNotPulledError as exc:
-            if not pull_missing or str(exc.ref) in pulled:
+        except NotInstalledError as exc:
+            from lf.models.hub import ModelNotPulledError  # only now: a start that succeeds never loads the Hub code
+
+            if not isinstance(exc, ModelNotPulledError) or not pull_missing or str(exc.ref) in pulled:
                 raise
             err(f"Pulling {exc.ref} (--pull)…")
             pull_ref(exc.ref)

@@ -21,7 +21,7 @@ import anyio
 from lf.config.project import ModelEntry, Project
 from lf.core import actions
 from lf.core.events import Endpoint
-from lf.errors import LfError
+from lf.errors import LfError, NotInstalledError
 from lf.gateway.settings import GatewayConfig
 
 
@@ -269,14 +269,13 @@ class Pool:
         self.hooks.started(slot, time.monotonic() - started)
 
     def _ensure_running(self, entry: ModelEntry) -> Endpoint:
-        from lf.models.hub import ModelNotPulledError
-
         try:
             return actions.ensure_running(entry, self.project, owner="gateway", timeout=self.config.start_timeout)
-        except ModelNotPulledError as exc:
-            if not self.config.pull:
+        except NotInstalledError as exc:
+            from lf.models.hub import ModelNotPulledError, pull  # only now: a start that succeeds never loads the Hub code
+
+            if not self.config.pull or not isinstance(exc, ModelNotPulledError):
                 raise
-            from lf.models.hub import pull
 
             print(f"lf-serve: pulling {exc.ref} for {entry.name} (pull is on)", file=sys.stderr, flush=True)
             pull(exc.ref)
