@@ -94,15 +94,20 @@ def command_matches(pid: int, command: list[str]) -> bool:
 
 
 # -- stopping a process tree -----------------------------------------------------------------------
-def terminate_group(pid: int, timeout: float) -> bool:
-    """Stop the process `pid` leads, its process group and every descendant. True if SIGKILL was needed."""
+def tree(pid: int) -> list:
+    """The process `pid` and every descendant (psutil.Process), [] when it is gone."""
     import psutil
 
     try:
         leader = psutil.Process(pid)
-        procs = [leader, *leader.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
+        return [leader, *leader.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def terminate_group(pid: int, timeout: float) -> bool:
+    """Stop the process `pid` leads, its process group and every descendant. True if SIGKILL was needed."""
+    procs = tree(pid)
     pgid = pid  # started with start_new_session: the leader's pid is the group id
     _signal_all(pgid, procs, signal.SIGTERM)
     _signal_all(pgid, procs, signal.SIGCONT)  # a frozen (SIGSTOPped) process must run to act on SIGTERM

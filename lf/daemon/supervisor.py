@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Callable, Iterator, Mapping
 
 from lf.daemon.health import Health, local_url, probe_once
-from lf.daemon.process import command_matches, family, port_is_free, port_owner, process_create_time, session_listens, terminate_group
+from lf.daemon.process import command_matches, family, port_is_free, port_owner, process_create_time, session_listens, terminate_group, tree
 from lf.daemon.records import NO_PROJECT, CorruptRecord, RuntimeRecord, StateStore, project_label
 from lf.errors import ExitStatus, LfError, StartError
 from lf.files import exclusive_lock, read_tail
@@ -399,13 +399,8 @@ def held_files(pid: int, patterns: list[str]) -> list[str]:
 
     import psutil
 
-    try:
-        leader = psutil.Process(pid)
-        procs = [leader, *leader.children(recursive=True)]
-    except psutil.Error:
-        return []
     found: set[str] = set()
-    for proc in procs:
+    for proc in tree(pid):
         paths: list[str] = []
         try:
             paths += [f.path for f in proc.open_files()]

@@ -334,17 +334,15 @@ def _memory(pid: int) -> int | None:
     """Resident memory of a process and its children (an engine may run workers)."""
     import psutil
 
-    try:
-        proc = psutil.Process(pid)
-        total = proc.memory_info().rss
-        for child in proc.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-    except psutil.Error:
-        return None
+    from lf.daemon.process import tree
+
+    total = None
+    for proc in tree(pid):
+        try:
+            total = (total or 0) + proc.memory_info().rss
+        except psutil.Error:
+            pass  # gone meanwhile
+    return total
 
 
 def wants_page(request: Request) -> bool:
