@@ -235,5 +235,12 @@ class Gateway:
 
 
 def engines(state_dir: Path) -> list[psutil.Process]:
-    """The model servers lf started for this test (not the gateway itself)."""
-    return [p for p in daemons(state_dir) if p.cmdline()[1:4] != ["-m", "lf", "serve"]]
+    """The model servers lf started for this test (not the gateway itself); one that exits meanwhile is not one."""
+    found = []
+    for proc in daemons(state_dir):
+        try:
+            if proc.cmdline()[1:4] != ["-m", "lf", "serve"]:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
