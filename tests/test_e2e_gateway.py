@@ -27,6 +27,13 @@ def gemma_installed():
     assert fetched.returncode == 0, fetched.stderr[-2000:]
 
 
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # gone between being listed and being asked
+        return False
+
+
 def two_models(tmp_path: Path, smol: str = "", gemma: str = "", gateway: str = "") -> list[int]:
     a, b, port = free_ports(3)
     (tmp_path / "work" / "llamafarm.yaml").write_text(
@@ -100,7 +107,7 @@ def test_a_budget_of_one_swaps_two_models_and_never_runs_both(tmp_path, gemma_in
 
     def sample() -> None:
         while not sampling.is_set():
-            live = [p for p in engines(state) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            live = [p for p in engines(state) if _alive(p)]
             most[0] = max(most[0], len(live))
             time.sleep(0.01)
 
