@@ -26,7 +26,18 @@ PY = sys.executable
 FLOOR_IMPORT = [PY, "-c", "import typer"]
 CHAT_MESSAGE = "Write a short story about a robot who learns to paint."
 # variables that would make lf pick up the user's settings instead of the bench's
-FOREIGN_ENV_PREFIXES = ("LF_", "LLAMACPP_", "LEMONADE_", "OLLAMA_", "VLLM_", "LLAMA_CPP_PYTHON_", "TYPER_", "PYTHONPROFILEIMPORTTIME", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+FOREIGN_ENV_PREFIXES = (
+    "LF_",
+    "LLAMACPP_",
+    "LEMONADE_",
+    "OLLAMA_",
+    "VLLM_",
+    "LLAMA_CPP_PYTHON_",
+    "TYPER_",
+    "PYTHONPROFILEIMPORTTIME",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONPYCACHEPREFIX",
+)
 
 
 class BenchError(Exception):
@@ -102,7 +113,9 @@ def run(argv: list[str], env: dict, cwd: Path, timeout: float = 300, stream: boo
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         chunks: list[tuple[float, bytes]] = []
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if stream else out, stderr=err, env=env, cwd=cwd)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if stream else out, stderr=err, env=env, cwd=cwd
+        )
         _live.add(proc)
         if stream:
             fd = proc.stdout.fileno()
@@ -117,7 +130,11 @@ def run(argv: list[str], env: dict, cwd: Path, timeout: float = 300, stream: boo
         _live.discard(proc)
         out.seek(0)
         err.seek(0)
-        stdout = b"".join(c for _, c in chunks).decode("utf-8", "replace") if stream else out.read().decode("utf-8", "replace")
+        stdout = (
+            b"".join(c for _, c in chunks).decode("utf-8", "replace")
+            if stream
+            else out.read().decode("utf-8", "replace")
+        )
         return Run(wall, usage.ru_maxrss, rc, stdout, err.read().decode("utf-8", "replace"), chunks)
 
 
@@ -160,7 +177,9 @@ def parse_json(result: Run, what: str) -> dict:
     try:
         return json.loads(result.stdout)
     except ValueError:
-        raise BenchError(f"{what} did not print JSON (exit {result.rc}): {result.stdout[:200]!r} {result.stderr[:500]}") from None
+        raise BenchError(
+            f"{what} did not print JSON (exit {result.rc}): {result.stdout[:200]!r} {result.stderr[:500]}"
+        ) from None
 
 
 def checked(result: Run, what: str) -> Run:
@@ -208,10 +227,21 @@ def wait_http_ok(port: int, path: str, proc: subprocess.Popen | None, timeout: f
 
 def stream_chat(port: int, model: str, message: str, max_tokens: int) -> dict:
     """One streamed chat request from this process; token arrival times, counted per SSE content event."""
-    payload = {"model": model, "temperature": 0.0, "max_tokens": max_tokens, "messages": [{"role": "user", "content": message}], "stream": True}
+    payload = {
+        "model": model,
+        "temperature": 0.0,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": message}],
+        "stream": True,
+    }
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     try:
-        conn.request("POST", "/v1/chat/completions", body=json.dumps(payload), headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps(payload),
+            headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+        )
         response = conn.getresponse()
         if response.status != 200:
             raise BenchError(f"port {port}: HTTP {response.status}: {response.read()[:300]!r}")
@@ -325,7 +355,9 @@ class Sandbox:
         llamafarm.yaml all name one project)."""
         source = other.record_path(name)
         target = self.state / source.relative_to(other.state)
-        for folder in [p for p in reversed(target.parents) if p == self.state or self.state in p.parents]:  # outermost first
+        for folder in [
+            p for p in reversed(target.parents) if p == self.state or self.state in p.parents
+        ]:  # outermost first
             folder.mkdir(exist_ok=True)
             os.chmod(folder, 0o700)
         shutil.copy(source, target)
@@ -337,7 +369,12 @@ class Sandbox:
             return
         if self.record_files():
             try:
-                run([*lf_argv(), "runtime", "stop", "--all-projects", "--timeout", "5"], self.env, self.work, timeout=120)
+                run(
+                    [*lf_argv(), "runtime", "stop", "--all-projects", "--timeout", "5"],
+                    self.env,
+                    self.work,
+                    timeout=120,
+                )
             except Exception as exc:  # the safety net below still runs
                 print(f"warning: lf runtime stop --all-projects in {self.name} failed: {exc}", file=sys.stderr)
         for path in self.record_files():
@@ -394,8 +431,10 @@ def interpreter_note(bench: Bench, row: Row) -> list[str]:
     """For a cheap command's target not met: how much of the floor is the interpreter (measured by P1)."""
     if "interpreter" not in bench.extra:
         return []
-    return [f"- For scale: the interpreter alone (`python -c pass`) takes {bench.extra['interpreter'] * 1000:.0f} ms, so the floor "
-            f"spends {(median_floor(row) - bench.extra['interpreter']) * 1000:.0f} ms importing typer."]
+    return [
+        f"- For scale: the interpreter alone (`python -c pass`) takes {bench.extra['interpreter'] * 1000:.0f} ms, so the floor "
+        f"spends {(median_floor(row) - bench.extra['interpreter']) * 1000:.0f} ms importing typer."
+    ]
 
 
 # -- the bench: one isolated run ----------------------------------------------------------------------
@@ -409,7 +448,9 @@ class Bench:
         self.args = args
         self.reps = args.reps or (5 if args.quick else 21)
         self.heavy_reps = args.heavy_reps or (3 if args.quick else 9)
-        self.chat_reps = max(self.heavy_reps, 5 if args.quick else 15)  # a chat is ~1 s and generation speed is the noisiest part
+        self.chat_reps = max(
+            self.heavy_reps, 5 if args.quick else 15
+        )  # a chat is ~1 s and generation speed is the noisiest part
         self.warmup = 1 if args.quick else 2
         self.root = Path(tempfile.mkdtemp(prefix="lf-bench-"))
         self.data_dir = self.root / "data"
@@ -418,7 +459,13 @@ class Bench:
         # Bytecode goes to a cache of the bench's own, written by the warm-up runs: a user's lf has its .pyc files,
         # and PYTHONDONTWRITEBYTECODE (set on some of these machines) would make lf, whose sources change often,
         # recompile on every run while site-packages did not.
-        self.base_env = {**base, "NO_COLOR": "1", "COLUMNS": "120", "PYTHONUNBUFFERED": "1", "PYTHONPYCACHEPREFIX": str(self.root / "pycache")}
+        self.base_env = {
+            **base,
+            "NO_COLOR": "1",
+            "COLUMNS": "120",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPYCACHEPREFIX": str(self.root / "pycache"),
+        }
         self.user_data_dir = self._user_data_dir()
         self.sandboxes: list[Sandbox] = []
         self.procs: list[subprocess.Popen] = []
@@ -488,11 +535,19 @@ class Bench:
     def spawn(self, argv: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
         """Start a process of the bench's own (a direct engine) in its own group; stopped by cleanup()."""
         with open(log, "ab") as fh:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc
 
-    def llamacpp_argv_pair(self, box: "Sandbox") -> tuple[int, list[str], int, list[str]]:
+    def llamacpp_argv_pair(self, box: Sandbox) -> tuple[int, list[str], int, list[str]]:
         """The llamacpp engine argv lf records, for a port of lf's and for another one the bench starts directly:
         (lf's port, lf's argv, the direct port, the direct argv). Found by one start and stop through lf."""
         lf_port, direct_port = free_port(), free_port()

@@ -9,7 +9,12 @@ import json
 from harness import PY, Bench, Sandbox, run
 
 HEAVY = ("httpx", "pydantic", "rich", "psutil")
-COMMANDS = {"status": "lf runtime status --json", "help": "lf --help", "chat": "lf chat … --max-tokens 64", "start": "lf runtime start llamacpp"}
+COMMANDS = {
+    "status": "lf runtime status --json",
+    "help": "lf --help",
+    "chat": "lf chat … --max-tokens 64",
+    "start": "lf runtime start llamacpp",
+}
 
 
 def profile(bench: Bench, box: Sandbox, args: list[str], after=None) -> list:
@@ -34,7 +39,10 @@ def profile(bench: Bench, box: Sandbox, args: list[str], after=None) -> list:
 
 
 def floor_profile(bench: Bench) -> list:
-    runs = [parse_importtime(run([PY, "-X", "importtime", "-c", "import typer"], bench.base_env, bench.root).stderr) for _ in range(3)]
+    runs = [
+        parse_importtime(run([PY, "-X", "importtime", "-c", "import typer"], bench.base_env, bench.root).stderr)
+        for _ in range(3)
+    ]
     runs.sort(key=lambda entries: sum(e[0] for e in entries))
     return runs[1]
 
@@ -148,8 +156,11 @@ def reasons(bench: Bench, key: str) -> list[str]:
     packages = by_package(entries)
     extra = sorted(((t, i) for t, i in packages.items() if t not in floor), key=lambda kv: -kv[1]["self_us"])
     extra_ms = sum(i["self_us"] for _, i in extra) / 1000
-    lines = [f"Imports beyond the floor's packages: {extra_ms:.0f} ms of import self time (under -X importtime), led by "
-             + ", ".join(f"{t} {i['self_us'] / 1000:.0f} ms (via {import_site(bench, entries, t)})" for t, i in extra[:6]) + "."]
+    lines = [
+        f"Imports beyond the floor's packages: {extra_ms:.0f} ms of import self time (under -X importtime), led by "
+        + ", ".join(f"{t} {i['self_us'] / 1000:.0f} ms (via {import_site(bench, entries, t)})" for t, i in extra[:6])
+        + "."
+    ]
     seen = set()
     for top, _ in extra[:8]:
         remedy = REMEDIES.get(top)
@@ -158,8 +169,11 @@ def reasons(bench: Bench, key: str) -> list[str]:
             lines.append(f"- {top}: {remedy}")
     lf_modules = sorted((e for e in entries if e[3].startswith("lf.") or e[3] == "lf"), key=lambda e: -e[0])[:5]
     if lf_modules:
-        lines.append("- lf's own modules, slowest first (self ms): " + ", ".join(f"{n} {u / 1000:.1f}" for u, _, _, n in lf_modules)
-                     + " — module bodies that build dataclasses, compile regexes or parse files at import time.")
+        lines.append(
+            "- lf's own modules, slowest first (self ms): "
+            + ", ".join(f"{n} {u / 1000:.1f}" for u, _, _, n in lf_modules)
+            + " — module bodies that build dataclasses, compile regexes or parse files at import time."
+        )
     return lines
 
 
@@ -169,23 +183,32 @@ def section(bench: Bench) -> list[str]:
         return []
     floor = by_package(bench.floor_imports)
     floor_total = sum(e[0] for e in bench.floor_imports) / 1000
-    lines = [f"`python -X importtime` (median of 3 runs), self time summed per top-level package; `python -c 'import typer'` "
-             f"imports {len(bench.floor_imports)} modules in {floor_total:.0f} ms under importtime.", ""]
+    lines = [
+        f"`python -X importtime` (median of 3 runs), self time summed per top-level package; `python -c 'import typer'` "
+        f"imports {len(bench.floor_imports)} modules in {floor_total:.0f} ms under importtime.",
+        "",
+    ]
     for key, entries in bench.profiles.items():
         packages = by_package(entries)
         total = sum(e[0] for e in entries) / 1000
         heavy = [h for h in HEAVY if h in packages]
-        lines.append(f"**`{COMMANDS[key]}`**: {len(entries)} modules, {total:.0f} ms of imports "
-                     f"({total - floor_total:+.0f} ms over the floor); of httpx/pydantic/rich/psutil it imports: {', '.join(heavy) or 'none'}")
+        lines.append(
+            f"**`{COMMANDS[key]}`**: {len(entries)} modules, {total:.0f} ms of imports "
+            f"({total - floor_total:+.0f} ms over the floor); of httpx/pydantic/rich/psutil it imports: {', '.join(heavy) or 'none'}"
+        )
         lines.append("")
         lines.append("| package | self ms (sum) | modules | imported via | in floor |")
         lines.append("|---|---|---|---|---|")
         ranked = sorted(packages.items(), key=lambda kv: -kv[1]["self_us"])[:14]
         for top, info in ranked:
             via = import_site(bench, entries, top)
-            lines.append(f"| {top} | {info['self_us'] / 1000:.1f} | {info['modules']} | {via} | {'yes' if top in floor else 'no'} |")
+            lines.append(
+                f"| {top} | {info['self_us'] / 1000:.1f} | {info['modules']} | {via} | {'yes' if top in floor else 'no'} |"
+            )
         lines.append("")
         slowest = sorted(entries, key=lambda e: -e[0])[:10]
-        lines.append("Slowest modules (self ms): " + ", ".join(f"{name} {self_us / 1000:.1f}" for self_us, _, _, name in slowest))
+        lines.append(
+            "Slowest modules (self ms): " + ", ".join(f"{name} {self_us / 1000:.1f}" for self_us, _, _, name in slowest)
+        )
         lines.append("")
     return lines

@@ -20,7 +20,9 @@ from pathlib import Path
 CASES = (("smollm2-135m", 2048), ("smollm2-135m", 8192), ("gemma3-270m", 4096), ("gemma3-270m", 32768))
 TOLERANCE = 0.15
 # about a thousand tokens: longer than llama.cpp's physical batch (512), well inside every context above
-WARM_UP_PROMPT = "Summarize this list. " + " ".join(f"Item {i} is the number {i * 7} and it is fine." for i in range(70))
+WARM_UP_PROMPT = "Summarize this list. " + " ".join(
+    f"Item {i} is the number {i * 7} and it is fine." for i in range(70)
+)
 
 
 def tree_rss(pid: int) -> int:
@@ -39,7 +41,9 @@ def tree_rss(pid: int) -> int:
 
 def warm_up(base_url: str, timeout: float = 600) -> None:
     body = json.dumps({"prompt": WARM_UP_PROMPT, "max_tokens": 4, "temperature": 0}).encode()
-    request = urllib.request.Request(base_url.rstrip("/") + "/completions", data=body, headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        base_url.rstrip("/") + "/completions", data=body, headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         response.read()
 
@@ -85,8 +89,18 @@ def measure(bench) -> list:
     results = run_cases(lambda *args: box.lf(*args, check=True).stdout)
     worst = max(results, key=lambda r: abs(r[2] / r[3] - 1))
     note = "; ".join(f"{m}@{c}: {e / 2**20:.0f}/{r / 2**20:.0f} MiB = {e / r:.2f}" for m, c, e, r in results)
-    return [Row("P10", "memory estimate vs measured RSS (worst of 4: 2 models × 2 context sizes)", f"{worst[2] / 2**20:.0f} MiB",
-                f"{worst[3] / 2**20:.0f} MiB", worst[2] / worst[3], f"within ±{TOLERANCE:.0%}", abs(worst[2] / worst[3] - 1) <= TOLERANCE, note)]
+    return [
+        Row(
+            "P10",
+            "memory estimate vs measured RSS (worst of 4: 2 models × 2 context sizes)",
+            f"{worst[2] / 2**20:.0f} MiB",
+            f"{worst[3] / 2**20:.0f} MiB",
+            worst[2] / worst[3],
+            f"within ±{TOLERANCE:.0%}",
+            abs(worst[2] / worst[3] - 1) <= TOLERANCE,
+            note,
+        )
+    ]
 
 
 def main() -> int:
@@ -100,7 +114,9 @@ def main() -> int:
         env.update(LF_STATE_DIR=f"{tmp}/state", LF_DATA_DIR=f"{tmp}/data")
 
         def lf(*args: str) -> str:
-            proc = subprocess.run([sys.executable, "-m", "lf", *args], capture_output=True, text=True, env=env, cwd=tmp, timeout=600)
+            proc = subprocess.run(
+                [sys.executable, "-m", "lf", *args], capture_output=True, text=True, env=env, cwd=tmp, timeout=600
+            )
             if proc.returncode != 0:
                 raise SystemExit(f"lf {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
             return proc.stdout
@@ -108,7 +124,9 @@ def main() -> int:
         try:
             results = run_cases(lf)
         finally:
-            subprocess.run([sys.executable, "-m", "lf", "runtime", "stop", "--all"], capture_output=True, env=env, cwd=tmp)
+            subprocess.run(
+                [sys.executable, "-m", "lf", "runtime", "stop", "--all"], capture_output=True, env=env, cwd=tmp
+            )
     print(table(results))
     bad = [r for r in results if abs(r[2] / r[3] - 1) > TOLERANCE]
     print(f"\n{len(results) - len(bad)} of {len(results)} within ±{TOLERANCE:.0%}")

@@ -25,7 +25,21 @@ import statistics
 import threading
 import time
 
-from harness import CHAT_MESSAGE, Bench, BenchError, HungServer, Row, Sandbox, alternate, free_port, lf_argv, median, rates, stop_group, wait_http_ok
+from harness import (
+    CHAT_MESSAGE,
+    Bench,
+    BenchError,
+    HungServer,
+    Row,
+    Sandbox,
+    alternate,
+    free_port,
+    lf_argv,
+    median,
+    rates,
+    stop_group,
+    wait_http_ok,
+)
 
 STREAM_TOKENS = 128
 CONCURRENT_TOKENS = 64
@@ -35,7 +49,13 @@ def measure(bench: Bench) -> list[Row]:
     bench.log("P7: lf serve vs the engine it forwards to, called directly")
     setup = _Setup(bench)
     try:
-        rows = [*_overhead(bench, setup), _with_page(bench, setup), _cold(bench, setup), _health(bench, setup), *_concurrency(bench, setup)]
+        rows = [
+            *_overhead(bench, setup),
+            _with_page(bench, setup),
+            _cold(bench, setup),
+            _health(bench, setup),
+            *_concurrency(bench, setup),
+        ]
     finally:
         setup.close()
     return rows
@@ -56,8 +76,12 @@ class _Setup:
             f"    - {{name: e2, provider: openai, model: smollm2-135m, base_url: '{direct}'}}\n"
             f"    - {{name: hung, provider: openai, model: x, base_url: 'http://127.0.0.1:{bench.hung.port}/v1'}}\n"
         )
-        self.gateway = bench.spawn([*lf_argv(), "serve", "--port", str(self.port), "--max-loaded", "0", "--probe-interval", "1"],
-                                   self.box.env, self.box.work, self.box.root / "serve.log")
+        self.gateway = bench.spawn(
+            [*lf_argv(), "serve", "--port", str(self.port), "--max-loaded", "0", "--probe-interval", "1"],
+            self.box.env,
+            self.box.work,
+            self.box.root / "serve.log",
+        )
         wait_http_ok(self.port, "/health/liveness", self.gateway, timeout=60)
         ask(self.port, "smol", 4)  # starts smol through the gateway
         self.record = self.box.record("smol")
@@ -68,11 +92,19 @@ class _Setup:
 
 # -- a streaming client that also times the first token -------------------------------------------------
 def ask(port: int, model: str, max_tokens: int, message: str = CHAT_MESSAGE) -> dict:
-    payload = {"model": model, "temperature": 0.0, "max_tokens": max_tokens, "messages": [{"role": "user", "content": message}], "stream": True}
+    payload = {
+        "model": model,
+        "temperature": 0.0,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": message}],
+        "stream": True,
+    }
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     started = time.perf_counter()
     try:
-        conn.request("POST", "/v1/chat/completions", body=json.dumps(payload), headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST", "/v1/chat/completions", body=json.dumps(payload), headers={"Content-Type": "application/json"}
+        )
         response = conn.getresponse()
         if response.status != 200:
             raise BenchError(f"port {port} model {model}: HTTP {response.status}: {response.read()[:300]!r}")
@@ -117,7 +149,11 @@ def clients(port: int, model: str, k: int) -> dict:
         raise BenchError(f"{k} clients on port {port}: {errors[0]}")
     ended = max(r["times"][-1] for r in results)
     ttfts = sorted(r["ttft"] for r in results)
-    return {"ttft_p50": statistics.median(ttfts), "ttft_max": ttfts[-1], "aggregate": sum(len(r["times"]) for r in results) / (ended - begun)}
+    return {
+        "ttft_p50": statistics.median(ttfts),
+        "ttft_max": ttfts[-1],
+        "aggregate": sum(len(r["times"]) for r in results) / (ended - begun),
+    }
 
 
 # -- P7g: with the dashboard open ------------------------------------------------------------------------
@@ -131,7 +167,16 @@ def _with_page(bench: Bench, s: _Setup) -> Row:
     except ImportError:
         webdriver = None
     if webdriver is None or not (chromium and driver):
-        return Row("P7g", "time to first token with the dashboard open vs without", "-", "-", None, "≤ +1 ms", None, "not measured: needs chromium, chromedriver and selenium (make test installs them)")
+        return Row(
+            "P7g",
+            "time to first token with the dashboard open vs without",
+            "-",
+            "-",
+            None,
+            "≤ +1 ms",
+            None,
+            "not measured: needs chromium, chromedriver and selenium (make test installs them)",
+        )
     reps = max(bench.chat_reps, 21)
     ttft = lambda: ask(s.port, "smol", 8)["ttft"]  # noqa: E731
     for _ in range(bench.warmup):
@@ -155,31 +200,69 @@ def _with_page(bench: Bench, s: _Setup) -> Row:
     without = (median(before) + median(after)) / 2
     with_page = median(opened)
     added = (with_page - without) * 1000
-    return Row("P7g", "time to first token with the dashboard open in Chromium vs without (added, median)", f"{with_page * 1000:.1f} ms", f"{without * 1000:.1f} ms",
-               with_page / without, "≤ +1 ms", added <= 1.0,
-               f"added {added:+.2f} ms; {reps} streamed requests of 8 tokens without the page, {reps} with it, {reps} without again "
-               f"(floor: the mean of the two medians without); the page showed {rows_seen} requests")
+    return Row(
+        "P7g",
+        "time to first token with the dashboard open in Chromium vs without (added, median)",
+        f"{with_page * 1000:.1f} ms",
+        f"{without * 1000:.1f} ms",
+        with_page / without,
+        "≤ +1 ms",
+        added <= 1.0,
+        f"added {added:+.2f} ms; {reps} streamed requests of 8 tokens without the page, {reps} with it, {reps} without again "
+        f"(floor: the mean of the two medians without); the page showed {rows_seen} requests",
+    )
 
 
 # -- P7a, P7b, P7c --------------------------------------------------------------------------------------
 def _overhead(bench: Bench, s: _Setup) -> list[Row]:
-    gateway, direct = alternate(lambda: ask(s.port, "smol", 8), lambda: ask(s.smol_port, "x", 8), max(bench.chat_reps, 21), bench.warmup)
+    gateway, direct = alternate(
+        lambda: ask(s.port, "smol", 8), lambda: ask(s.smol_port, "x", 8), max(bench.chat_reps, 21), bench.warmup
+    )
     g, d = median([r["ttft"] for r in gateway]), median([r["ttft"] for r in direct])
     added = (g - d) * 1000
-    ttft = Row("P7a", "time to first token through `lf serve` vs the engine directly (added, median)", f"{g * 1000:.1f} ms", f"{d * 1000:.1f} ms", g / d,
-               "≤ +2 ms", added <= 2.0, f"added {added:+.2f} ms; {len(gateway)} alternating streamed requests of 8 tokens each side; median of per-round differences "
-               f"{median([(a['ttft'] - b['ttft']) * 1000 for a, b in zip(gateway, direct)]):+.2f} ms")
+    ttft = Row(
+        "P7a",
+        "time to first token through `lf serve` vs the engine directly (added, median)",
+        f"{g * 1000:.1f} ms",
+        f"{d * 1000:.1f} ms",
+        g / d,
+        "≤ +2 ms",
+        added <= 2.0,
+        f"added {added:+.2f} ms; {len(gateway)} alternating streamed requests of 8 tokens each side; median of per-round differences "
+        f"{median([(a['ttft'] - b['ttft']) * 1000 for a, b in zip(gateway, direct)]):+.2f} ms",
+    )
 
-    gateway, direct = alternate(lambda: ask(s.port, "smol", STREAM_TOKENS), lambda: ask(s.smol_port, "x", STREAM_TOKENS), bench.heavy_reps, bench.warmup)
+    gateway, direct = alternate(
+        lambda: ask(s.port, "smol", STREAM_TOKENS),
+        lambda: ask(s.smol_port, "x", STREAM_TOKENS),
+        bench.heavy_reps,
+        bench.warmup,
+    )
     rg, rd = median([r["steady"] for r in gateway]), median([r["steady"] for r in direct])
-    speed = Row("P7b", "streamed tokens/s (steady) through `lf serve` vs direct", f"{rg:.1f} tok/s", f"{rd:.1f} tok/s", rg / rd, "≥ 0.98×", rg / rd >= 0.98,
-                f"up to {STREAM_TOKENS} tokens, temperature 0; first-to-last rate {median([r['overall'] for r in gateway]):.1f} vs {median([r['overall'] for r in direct]):.1f} tok/s")
+    speed = Row(
+        "P7b",
+        "streamed tokens/s (steady) through `lf serve` vs direct",
+        f"{rg:.1f} tok/s",
+        f"{rd:.1f} tok/s",
+        rg / rd,
+        "≥ 0.98×",
+        rg / rd >= 0.98,
+        f"up to {STREAM_TOKENS} tokens, temperature 0; first-to-last rate {median([r['overall'] for r in gateway]):.1f} vs {median([r['overall'] for r in direct]):.1f} tok/s",
+    )
 
     gateway, direct = alternate(lambda: clients(s.port, "smol", 16), lambda: clients(s.smol_port, "x", 16), 3, 1)
     ag, ad = median([r["aggregate"] for r in gateway]), median([r["aggregate"] for r in direct])
-    many = Row("P7c", "16 concurrent streaming clients: aggregate tokens/s through `lf serve` vs direct", f"{ag:.1f} tok/s", f"{ad:.1f} tok/s", ag / ad, "≥ 0.95×", ag / ad >= 0.95,
-               f"{CONCURRENT_TOKENS} tokens per client, 3 rounds each side; time to first token p50 {median([r['ttft_p50'] for r in gateway]) * 1000:.0f} vs "
-               f"{median([r['ttft_p50'] for r in direct]) * 1000:.0f} ms")
+    many = Row(
+        "P7c",
+        "16 concurrent streaming clients: aggregate tokens/s through `lf serve` vs direct",
+        f"{ag:.1f} tok/s",
+        f"{ad:.1f} tok/s",
+        ag / ad,
+        "≥ 0.95×",
+        ag / ad >= 0.95,
+        f"{CONCURRENT_TOKENS} tokens per client, 3 rounds each side; time to first token p50 {median([r['ttft_p50'] for r in gateway]) * 1000:.0f} vs "
+        f"{median([r['ttft_p50'] for r in direct]) * 1000:.0f} ms",
+    )
     return [ttft, speed, many]
 
 
@@ -210,9 +293,17 @@ def _cold(bench: Bench, s: _Setup) -> Row:
     through_gateway()  # the first cold start records the engine's argv, used by the direct starts
     gateway, direct = alternate(through_gateway, directly, bench.heavy_reps, 0)
     g, d = median(gateway), median(direct)
-    return Row("P7d", "request for an unloaded model to its first token vs the engine started directly, then asked", f"{g * 1000:.0f} ms", f"{d * 1000:.0f} ms", g / d,
-               "≤ 1.10×", g / d <= 1.10, f"{len(gateway)} cold starts each side; the direct side spawns the argv lf recorded, polls /health every 10 ms, then sends "
-               "the same streamed request; the gateway side includes lf's own start (spec, plan, record, health wait) and the forward")
+    return Row(
+        "P7d",
+        "request for an unloaded model to its first token vs the engine started directly, then asked",
+        f"{g * 1000:.0f} ms",
+        f"{d * 1000:.0f} ms",
+        g / d,
+        "≤ 1.10×",
+        g / d <= 1.10,
+        f"{len(gateway)} cold starts each side; the direct side spawns the argv lf recorded, polls /health every 10 ms, then sends "
+        "the same streamed request; the gateway side includes lf's own start (spec, plan, record, health wait) and the forward",
+    )
 
 
 def _wait_state(port: int, name: str, state: str, timeout: float = 30) -> None:
@@ -243,9 +334,17 @@ def _health(bench: Bench, s: _Setup) -> Row:
         conn.close()
     hung = next(c for c in doc["components"] if c["name"] == "hung")
     m = median(times) * 1000
-    return Row("P7e", "`GET /health` with 5 models, one of them hung", f"{m:.1f} ms", "-", None, "≤ 10 ms", m <= 10.0,
-               f"{len(times)} requests, max {max(times) * 1000:.1f} ms; the hung one reported as {hung['status']!r} ({hung['message']}); "
-               "answered from the monitor's last probes, which run every second in the background")
+    return Row(
+        "P7e",
+        "`GET /health` with 5 models, one of them hung",
+        f"{m:.1f} ms",
+        "-",
+        None,
+        "≤ 10 ms",
+        m <= 10.0,
+        f"{len(times)} requests, max {max(times) * 1000:.1f} ms; the hung one reported as {hung['status']!r} ({hung['message']}); "
+        "answered from the monitor's last probes, which run every second in the background",
+    )
 
 
 # -- P7f ------------------------------------------------------------------------------------------------------
@@ -269,12 +368,20 @@ def _concurrency(bench: Bench, s: _Setup) -> list[Row]:
             theirs = clients(engines["defaults"][0], "x", k)
             single = clients(engines["one-slot"][0], "x", k)
             ratio = ours["aggregate"] / theirs["aggregate"]
-            rows.append(Row(
-                f"P7f-{k}", f"{k} concurrent clients through `lf serve` to lf's instance vs the engine with llama-server's defaults",
-                f"{ours['aggregate']:.1f} tok/s", f"{theirs['aggregate']:.1f} tok/s", ratio, "≥ 0.95×", ratio >= 0.95,
-                f"time to first token p50/max: lf {ours['ttft_p50']:.2f}/{ours['ttft_max']:.2f} s, llama-server defaults {theirs['ttft_p50']:.2f}/{theirs['ttft_max']:.2f} s, "
-                f"one slot (lf before `parallel`) {single['ttft_p50']:.2f}/{single['ttft_max']:.2f} s at {single['aggregate']:.1f} tok/s; lf's instance has "
-                f"parallel={parallel}; {CONCURRENT_TOKENS} tokens per client"))
+            rows.append(
+                Row(
+                    f"P7f-{k}",
+                    f"{k} concurrent clients through `lf serve` to lf's instance vs the engine with llama-server's defaults",
+                    f"{ours['aggregate']:.1f} tok/s",
+                    f"{theirs['aggregate']:.1f} tok/s",
+                    ratio,
+                    "≥ 0.95×",
+                    ratio >= 0.95,
+                    f"time to first token p50/max: lf {ours['ttft_p50']:.2f}/{ours['ttft_max']:.2f} s, llama-server defaults {theirs['ttft_p50']:.2f}/{theirs['ttft_max']:.2f} s, "
+                    f"one slot (lf before `parallel`) {single['ttft_p50']:.2f}/{single['ttft_max']:.2f} s at {single['aggregate']:.1f} tok/s; lf's instance has "
+                    f"parallel={parallel}; {CONCURRENT_TOKENS} tokens per client",
+                )
+            )
         return rows
     finally:
         for _port, proc in engines.values():
@@ -283,12 +390,17 @@ def _concurrency(bench: Bench, s: _Setup) -> list[Row]:
 
 def explain(bench: Bench, row: Row) -> list[str]:
     if row.id == "P7a":
-        return ["The gateway's added latency is its request parsing, the model lookup, one httpx request upstream and the first "
-                "chunk's way back through uvicorn. Profile `lf serve` with py-spy while P7a runs to see which dominates."]
+        return [
+            "The gateway's added latency is its request parsing, the model lookup, one httpx request upstream and the first "
+            "chunk's way back through uvicorn. Profile `lf serve` with py-spy while P7a runs to see which dominates."
+        ]
     if row.id in ("P7b", "P7c") or row.id.startswith("P7f"):
-        return ["On 2 cores the gateway's own CPU time per chunk competes with the engine's; compare `top` for both while it runs."]
+        return [
+            "On 2 cores the gateway's own CPU time per chunk competes with the engine's; compare `top` for both while it runs."
+        ]
     if row.id == "P7d":
-        return ["A cold request pays lf's start path (config, spec, plan, record with fsync) before the engine's spawn; see P3's "
-                "reasons for where that time goes."]
+        return [
+            "A cold request pays lf's start path (config, spec, plan, record with fsync) before the engine's spawn; see P3's "
+            "reasons for where that time goes."
+        ]
     return []
-

@@ -28,7 +28,9 @@ def measure(bench: Bench) -> list[Row]:
     box.env["LF_DATA_DIR"] = str(data_dir)  # vLLM's env and the converted model live there
     port = free_port()
     started = time.perf_counter()
-    box.lf("runtime", "start", "vllm", "--model", MODEL, "--port", str(port), "--ctx-size", "2048", timeout=900, check=True)
+    box.lf(
+        "runtime", "start", "vllm", "--model", MODEL, "--port", str(port), "--ctx-size", "2048", timeout=900, check=True
+    )
     vllm_start = time.perf_counter() - started
     record = box.record("vllm")
     rss = tree_rss_mib(record["pid"])
@@ -50,11 +52,19 @@ def measure(bench: Bench) -> list[Row]:
     llama.lf("runtime", "stop", "llamacpp", timeout=120)
     v, l = median([r["steady"] for r in ours]), median([r["steady"] for r in theirs])
     bench.memory.append(("vLLM process tree (serving SmolLM2)", rss, f"llamacpp's: {llama_rss:.0f} MiB"))
-    return [Row(
-        "P9", what, f"{vllm_start:.1f} s; {v:.1f} tok/s", f"{llama_start:.1f} s; {l:.1f} tok/s", v / l, "informational", None,
-        f"vLLM from {source}, bf16, --enforce-eager, KV cache 1 GiB; llamacpp Q4_1 GGUF; up to {TOKENS} tokens, temperature 0, "
-        f"one client; ratio is of tok/s; process tree RSS {rss:.0f} MiB vs {llama_rss:.0f} MiB",
-    )]
+    return [
+        Row(
+            "P9",
+            what,
+            f"{vllm_start:.1f} s; {v:.1f} tok/s",
+            f"{llama_start:.1f} s; {l:.1f} tok/s",
+            v / l,
+            "informational",
+            None,
+            f"vLLM from {source}, bf16, --enforce-eager, KV cache 1 GiB; llamacpp Q4_1 GGUF; up to {TOKENS} tokens, temperature 0, "
+            f"one client; ratio is of tok/s; process tree RSS {rss:.0f} MiB vs {llama_rss:.0f} MiB",
+        )
+    ]
 
 
 def vllm_data_dir(bench: Bench) -> tuple[Path | None, str]:
@@ -62,10 +72,14 @@ def vllm_data_dir(bench: Bench) -> tuple[Path | None, str]:
     cache = Path(os.environ.get("LF_TEST_CACHE") or Path.home() / ".cache" / "lf-test")
     candidates = [bench.user_data_dir, cache / "data"]
     for data in candidates:
-        if (data / "envs" / "vllm" / "lf-installed.json").exists() and (data / "models" / MODEL / "config.json").exists():
+        if (data / "envs" / "vllm" / "lf-installed.json").exists() and (
+            data / "models" / MODEL / "config.json"
+        ).exists():
             return data, f"lf's env {data / 'envs' / 'vllm'}"
-    return None, (f"vLLM and {MODEL} are not installed in {' or '.join(map(str, candidates))}: "
-                  "run `lf runtime install vllm` and `lf models build-hf`")
+    return None, (
+        f"vLLM and {MODEL} are not installed in {' or '.join(map(str, candidates))}: "
+        "run `lf runtime install vllm` and `lf models build-hf`"
+    )
 
 
 def tree_rss_mib(pid: int) -> float:

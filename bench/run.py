@@ -60,8 +60,10 @@ def run_all(bench: Bench) -> None:
     bench.started = time.time()
     bench.load_before = os.getloadavg()
     if bench.load_before[0] > 0.5 * len(os.sched_getaffinity(0)):
-        bench.log(f"warning: load average {bench.load_before[0]:.2f} before the bench: other work is running; ratios stay "
-                  "comparable, absolute times and tokens/s will be low")
+        bench.log(
+            f"warning: load average {bench.load_before[0]:.2f} before the bench: other work is running; ratios stay "
+            "comparable, absolute times and tokens/s will be low"
+        )
     measured_by = {}
     for key, module in modules.items():
         if bench.wanted(key):
@@ -74,18 +76,32 @@ def run_all(bench: Bench) -> None:
     for row in bench.rows:  # for every target not met, the measured reason and what would be needed
         if row.met is False:
             explain = getattr(measured_by[row.id], "explain", None)
-            bench.reasons += [f"**{row.id}** ({row.what}): {row.subject} vs {row.floor}, {row.ratio:.2f}× against {row.target}.",
-                              *(explain(bench, row) if explain else []), ""]
+            bench.reasons += [
+                f"**{row.id}** ({row.what}): {row.subject} vs {row.floor}, {row.ratio:.2f}× against {row.target}.",
+                *(explain(bench, row) if explain else []),
+                "",
+            ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/run.py", description="lf start-up and overhead benchmark (ratios against floors, one run).")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (5 cheap / 3 heavy); prints only unless --out is given")
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py", description="lf start-up and overhead benchmark (ratios against floors, one run)."
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repetitions (5 cheap / 3 heavy); prints only unless --out is given"
+    )
     parser.add_argument("--reps", type=int, help="repetitions per cheap command pair (default 21)")
     parser.add_argument("--heavy-reps", type=int, help="repetitions per start/chat/engine pair (default 9)")
-    parser.add_argument("--only", type=lambda s: {x.strip().upper() for x in s.split(",")}, help="comma-separated subset, e.g. P1,P4")
-    parser.add_argument("--out", type=Path, help="where to write the results (default bench/RESULTS.md; a quick run writes nothing)")
-    parser.add_argument("--llama-cpp-python", help="python of a llama-cpp-python[server] install for P6 (default: lf's env, if installed)")
+    parser.add_argument(
+        "--only", type=lambda s: {x.strip().upper() for x in s.split(",")}, help="comma-separated subset, e.g. P1,P4"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="where to write the results (default bench/RESULTS.md; a quick run writes nothing)"
+    )
+    parser.add_argument(
+        "--llama-cpp-python",
+        help="python of a llama-cpp-python[server] install for P6 (default: lf's env, if installed)",
+    )
     args = parser.parse_args(argv)
     if args.reps is not None and args.reps < 1 or args.heavy_reps is not None and args.heavy_reps < 1:
         parser.error("repetitions must be at least 1")

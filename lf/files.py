@@ -5,9 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 from lf.errors import LfError
 
@@ -104,7 +105,9 @@ def _open_lock(path: Path) -> int:
             return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             error = write_error(path, exc)
-            raise LockUnavailable(f"cannot create the lock file {path}: {exc.strerror or exc}", hint=error.hint) from exc
+            raise LockUnavailable(
+                f"cannot create the lock file {path}: {exc.strerror or exc}", hint=error.hint
+            ) from exc
 
 
 @contextmanager

@@ -87,7 +87,15 @@ def parse_cpuinfo(text: str) -> CpuInfo:
     if current:
         processors.append(current)
     listed = [p for p in processors if "processor" in p]
-    model = next((p[k] for p in processors for k in ("model name", "cpu model", "hardware", "model") if p.get(k) and not p[k].isdigit()), "unknown")
+    model = next(
+        (
+            p[k]
+            for p in processors
+            for k in ("model name", "cpu model", "hardware", "model")
+            if p.get(k) and not p[k].isdigit()
+        ),
+        "unknown",
+    )
     flags = next((p.get("flags") or p.get("features") for p in listed if p.get("flags") or p.get("features")), "")
     cores = {(p.get("physical id", "0"), p["core id"]) for p in listed if "core id" in p}
     logical = len(listed) or 1
@@ -100,7 +108,12 @@ def cpu_info() -> CpuInfo:
     except OSError:
         import platform
 
-        return CpuInfo(model=platform.processor() or platform.machine() or "unknown", logical=os.cpu_count() or 1, physical=os.cpu_count() or 1, flags=frozenset())
+        return CpuInfo(
+            model=platform.processor() or platform.machine() or "unknown",
+            logical=os.cpu_count() or 1,
+            physical=os.cpu_count() or 1,
+            flags=frozenset(),
+        )
 
 
 # -- GPUs and NPUs ---------------------------------------------------------------------------------------
@@ -151,7 +164,14 @@ def parse_rocm_smi(text: str) -> list[Accelerator]:
         if not card.startswith("card") or not isinstance(info, dict):
             continue
         fields = {k.lower(): v for k, v in info.items()}
-        name = next((str(fields[k]).strip() for k in ("card series", "card model", "card sku") if str(fields.get(k, "")).strip() not in ("", "N/A")), "AMD GPU")
+        name = next(
+            (
+                str(fields[k]).strip()
+                for k in ("card series", "card model", "card sku")
+                if str(fields.get(k, "")).strip() not in ("", "N/A")
+            ),
+            "AMD GPU",
+        )
         try:
             mem = int(fields.get("vram total memory (b)"))
         except (TypeError, ValueError):
@@ -174,7 +194,11 @@ def read_sysfs_gpus(drm: Path = Path("/sys/class/drm")) -> list[Accelerator]:
             continue
         total = _read(device / "mem_info_vram_total")
         name = _read(device / "product_name") or f"AMD GPU {_read(device / 'device') or card.name}"
-        gpus.append(Accelerator("gpu", "amd", name, int(total) if total and total.isdigit() else None, "sysfs", "amdgpu", "rocm"))
+        gpus.append(
+            Accelerator(
+                "gpu", "amd", name, int(total) if total and total.isdigit() else None, "sysfs", "amdgpu", "rocm"
+            )
+        )
     return gpus
 
 
@@ -232,8 +256,17 @@ def _nvml_gpus() -> list[Accelerator] | None:
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             name = pynvml.nvmlDeviceGetName(handle)
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle).total
-            gpus.append(Accelerator("gpu", "nvidia", name.decode() if isinstance(name, bytes) else name, mem, "nvml",
-                                    driver.decode() if isinstance(driver, bytes) else driver, "cuda"))
+            gpus.append(
+                Accelerator(
+                    "gpu",
+                    "nvidia",
+                    name.decode() if isinstance(name, bytes) else name,
+                    mem,
+                    "nvml",
+                    driver.decode() if isinstance(driver, bytes) else driver,
+                    "cuda",
+                )
+            )
         return gpus
     except Exception:  # noqa: BLE001
         return []

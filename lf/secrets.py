@@ -20,7 +20,7 @@ def redact_url(url: str | None) -> str | None:
     at = rest.rfind("@", 0, end)
     if at < 0:
         return url
-    return f"{scheme}://{MASK}@{rest[at + 1:]}"
+    return f"{scheme}://{MASK}@{rest[at + 1 :]}"
 
 
 def url_secrets(url: str | None) -> list[str]:
@@ -35,7 +35,13 @@ def url_secrets(url: str | None) -> list[str]:
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     userinfo = rest[: rest.rfind("@", 0, end)]
     plain = unquote(userinfo)
-    found = {userinfo, plain, userinfo.partition(":")[2], plain.partition(":")[2], base64.b64encode(plain.encode()).decode()}
+    found = {
+        userinfo,
+        plain,
+        userinfo.partition(":")[2],
+        plain.partition(":")[2],
+        base64.b64encode(plain.encode()).decode(),
+    }
     return [s for s in found if s]
 
 

@@ -21,14 +21,30 @@ def completions() -> dict[Path, str]:
     from typer.completion import get_completion_script  # what `lf --show-completion` prints, from the committed copy
 
     return {
-        REPO / "completions" / filename: get_completion_script(prog_name="lf", complete_var="_LF_COMPLETE", shell=shell).rstrip("\n") + "\n"
+        REPO / "completions" / filename: get_completion_script(
+            prog_name="lf", complete_var="_LF_COMPLETE", shell=shell
+        ).rstrip("\n")
+        + "\n"
         for shell, filename in SHELLS.items()
     }
 
 
 def docs() -> dict[Path, str]:
     text = subprocess.run(
-        [sys.executable, "-m", "typer", "--app", "app", "lf.cli", "utils", "docs", "--name", "lf", "--title", "lf command-line reference"],
+        [
+            sys.executable,
+            "-m",
+            "typer",
+            "--app",
+            "app",
+            "lf.cli",
+            "utils",
+            "docs",
+            "--name",
+            "lf",
+            "--title",
+            "lf command-line reference",
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -50,20 +66,46 @@ def _runtime_tables() -> dict[str, str]:
     from lf.runtimes.folders import runtime_folders
     from lf.runtimes.registry import _parse
 
-    runtimes = [_parse(folder) for folder in runtime_folders() if folder.parent.resolve() == (REPO / "runtimes").resolve()]
-    overview = ["| runtime | default port | engine (the first one installed is used) | what it is |", "|---|---|---|---|"]
+    runtimes = [
+        _parse(folder) for folder in runtime_folders() if folder.parent.resolve() == (REPO / "runtimes").resolve()
+    ]
+    overview = [
+        "| runtime | default port | engine (the first one installed is used) | what it is |",
+        "|---|---|---|---|",
+    ]
     env_rows = ["| runtime | variables |", "|---|---|"]
     settings = ["| runtime | setting | type | default | env var | what it sets |", "|---|---|---|---|---|---|"]
     for rt in runtimes:
         engines = ", ".join(_engine_text(rt, e) for e in rt.engines) or "yours: lf does not start it"
-        overview.append(f"| [{rt.name}](runtimes/{rt.name}/README.md) | {rt.default_port or '—'} | {engines} | {rt.description} |")
+        overview.append(
+            f"| [{rt.name}](runtimes/{rt.name}/README.md) | {rt.default_port or '—'} | {engines} | {rt.description} |"
+        )
         if rt.env:
             env_rows.append(f"| {rt.name} | " + ", ".join(f"`{v}`" for v in rt.env.values()) + " |")
         for s in rt.settings.values():
-            kind = " \\| ".join(f"`{v}`" for v in s.enum) if s.enum else s.type + (f" ({s.allowed()})" if s.allowed() else "")
-            default = "all usable cores" if s.name == "threads" and s.default is None else ("—" if s.default is None else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`")
-            settings.append(f"| {rt.name} | `{s.name}` | {kind} | {default} | {f'`{s.env}`' if s.env else '—'} | {s.description} |")
-    return {"runtimes": "\n".join(overview), "runtime-env": "\n".join(env_rows), "runtime-settings": "\n".join(settings), "gateway-settings": _gateway_table()}
+            kind = (
+                " \\| ".join(f"`{v}`" for v in s.enum)
+                if s.enum
+                else s.type + (f" ({s.allowed()})" if s.allowed() else "")
+            )
+            default = (
+                "all usable cores"
+                if s.name == "threads" and s.default is None
+                else (
+                    "—"
+                    if s.default is None
+                    else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`"
+                )
+            )
+            settings.append(
+                f"| {rt.name} | `{s.name}` | {kind} | {default} | {f'`{s.env}`' if s.env else '—'} | {s.description} |"
+            )
+    return {
+        "runtimes": "\n".join(overview),
+        "runtime-env": "\n".join(env_rows),
+        "runtime-settings": "\n".join(settings),
+        "gateway-settings": _gateway_table(),
+    }
 
 
 def _gateway_table() -> str:
@@ -71,7 +113,9 @@ def _gateway_table() -> str:
 
     rows = ["| setting | flag | env var | default | what it sets |", "|---|---|---|---|---|"]
     for s in GATEWAY_SETTINGS.values():
-        default = "—" if s.default is None else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`"
+        default = (
+            "—" if s.default is None else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`"
+        )
         rows.append(f"| `{s.name}` | {f'`{s.flag}`' if s.flag else '—'} | `{s.env}` | {default} | {s.description} |")
     return "\n".join(rows)
 

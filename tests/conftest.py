@@ -59,7 +59,9 @@ def run_lf(*args: str, input: str | None = None, timeout: float = 180, env: dict
         env={**os.environ, **(env or {})},
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"lf {' '.join(args)} exited {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
+        raise AssertionError(
+            f"lf {' '.join(args)} exited {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}"
+        )
     return proc
 
 

@@ -12,7 +12,16 @@ import ast
 from pathlib import Path
 
 LF = Path(__file__).resolve().parent.parent / "lf"
-RANKS = {"base": 0, "lf.daemon": 1, "lf.runtimes": 2, "lf.config": 3, "lf.models": 3, "lf.core": 4, "lf.gateway": 5, "lf.cli": 6}
+RANKS = {
+    "base": 0,
+    "lf.daemon": 1,
+    "lf.runtimes": 2,
+    "lf.config": 3,
+    "lf.models": 3,
+    "lf.core": 4,
+    "lf.gateway": 5,
+    "lf.cli": 6,
+}
 NEVER_OUTSIDE_CLI = ("typer", "rich", "click", "lf.cli")
 
 
@@ -68,7 +77,9 @@ def test_imports_run_one_way_down_the_layers():
             if theirs == mine:
                 continue
             if RANKS[theirs] >= RANKS[mine]:
-                offences.append(f"{path.relative_to(LF.parent)}:{line}: {mine} imports {name} ({theirs}), which is not below it")
+                offences.append(
+                    f"{path.relative_to(LF.parent)}:{line}: {mine} imports {name} ({theirs}), which is not below it"
+                )
     assert offences == []
 
 
@@ -81,7 +92,7 @@ def test_no_module_cycles():
 
     def visit(node: str, stack: list[str]) -> None:
         if node in stack:
-            cycles.append(" -> ".join(stack[stack.index(node):] + [node]))
+            cycles.append(" -> ".join(stack[stack.index(node) :] + [node]))
             return
         for nxt in sorted(graph.get(node, ())):
             if nxt not in done:

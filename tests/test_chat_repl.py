@@ -19,8 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from conftest import run_lf
+
 from fakes import read_record, use_fakes
 
 UP = "\x1b[A"
@@ -96,7 +96,9 @@ class Terminal:
         deadline = time.monotonic() + timeout
         while self.alive():
             if time.monotonic() > deadline:
-                raise AssertionError(f"lf chat still running after {timeout}s; the terminal showed:\n{self.transcript()}")
+                raise AssertionError(
+                    f"lf chat still running after {timeout}s; the terminal showed:\n{self.transcript()}"
+                )
             self._read(0.05)  # keep draining: a child blocked on a full terminal never exits
         return self.status
 
@@ -110,7 +112,7 @@ class Terminal:
             self.status = os.waitstatus_to_exitcode(status)
         os.close(self.fd)
 
-    def __enter__(self) -> "Terminal":
+    def __enter__(self) -> Terminal:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -208,7 +210,9 @@ def system(text: str) -> dict:
 def test_ctrl_c_stops_a_streaming_answer_and_the_session_goes_on(monkeypatch, free_port):
     use_fakes(monkeypatch)
     try:
-        run_lf("runtime", "start", "fake-slow-stream", "--port", str(free_port), check=True)  # not the default port: tests may run side by side
+        run_lf(
+            "runtime", "start", "fake-slow-stream", "--port", str(free_port), check=True
+        )  # not the default port: tests may run side by side
         with Terminal("--runtime", "fake-slow-stream") as term:
             term.expect(PROMPT)
             term.enter("Tell me a long story")
@@ -277,7 +281,11 @@ def test_up_arrow_recalls_earlier_lines_also_in_a_new_session(recorder, isolated
         term.expect(PROMPT)
         term.type(CTRL_D)
         assert term.wait() == 0
-    assert recorder.messages(1) == [user("What is two plus two?"), assistant("Answer 1."), user("What is two plus two?")]
+    assert recorder.messages(1) == [
+        user("What is two plus two?"),
+        assistant("Answer 1."),
+        user("What is two plus two?"),
+    ]
 
     history = isolated / "state" / "chat_history"
     assert history.stat().st_mode & 0o777 == 0o600
@@ -332,7 +340,18 @@ def test_help_lists_commands_and_keys_and_nothing_with_a_slash_is_sent(recorder)
         term.expect(PROMPT)
         term.enter("/help")
         shown = term.expect(PROMPT)
-        for item in ("/exit", "/quit", "/clear", "/system", "//TEXT", '"""', "Ctrl-C", "Ctrl-D", "Up, Down", "chat_history"):
+        for item in (
+            "/exit",
+            "/quit",
+            "/clear",
+            "/system",
+            "//TEXT",
+            '"""',
+            "Ctrl-C",
+            "Ctrl-D",
+            "Up, Down",
+            "chat_history",
+        ):
             assert item in shown, item
         term.enter("/foo bar")
         assert "unknown command /foo" in term.expect(PROMPT)
@@ -451,7 +470,9 @@ def test_an_empty_message_is_refused_with_exit_2(monkeypatch, isolated):
 def test_generation_settings_from_llamafarm_yaml_are_sent_and_flags_win(recorder):
     # LlamaFarm puts them on the model (temperature, max_tokens) and in model_api_parameters
     text = Path("llamafarm.yaml").read_text()
-    Path("llamafarm.yaml").write_text(text + "      temperature: 0.2\n      model_api_parameters: {top_p: 0.9, max_tokens: 64}\n")
+    Path("llamafarm.yaml").write_text(
+        text + "      temperature: 0.2\n      model_api_parameters: {top_p: 0.9, max_tokens: 64}\n"
+    )
     assert run_lf("chat", "Hi").returncode == 0
     assert run_lf("chat", "Hi", "--temperature", "0.7").returncode == 0
     first, second = recorder.requests

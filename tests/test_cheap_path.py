@@ -20,7 +20,17 @@ from lf.daemon.records import RuntimeRecord, StateStore
 
 # Heavy modules the status path can do without: the probes speak HTTP over a plain socket, process
 # identity comes from /proc, output is plain JSON or text, and typer below 0.29 parses without pydantic.
-STATUS_AVOIDS = ("httpx", "pydantic", "rich", "psutil", "lf.gateway", "starlette", "uvicorn", "prometheus_client", "anyio")
+STATUS_AVOIDS = (
+    "httpx",
+    "pydantic",
+    "rich",
+    "psutil",
+    "lf.gateway",
+    "starlette",
+    "uvicorn",
+    "prometheus_client",
+    "anyio",
+)
 # `lf --help` is rendered by typer with rich; it needs neither an HTTP client nor process tools.
 HELP_AVOIDS = ("httpx", "pydantic", "psutil")
 
@@ -62,7 +72,13 @@ HEALTHY_SERVER = textwrap.dedent(
 
 def run_lf_reporting_modules(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, int, set[str]]:
     report = tmp_path / "modules.json"
-    proc = subprocess.run([sys.executable, "-c", WRAPPER, str(report), *args], capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    proc = subprocess.run(
+        [sys.executable, "-c", WRAPPER, str(report), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
     assert report.exists(), f"lf {' '.join(args)} did not finish normally\nstdout:{proc.stdout}\nstderr:{proc.stderr}"
     data = json.loads(report.read_text())
     return proc, data["exit_code"], set(data["modules"])
@@ -111,7 +127,9 @@ def test_importing_the_status_command_imports_nothing_heavy():
     modules = set(json.loads(proc.stdout))
     assert "lf.core.status" in modules
     loaded = [m for m in (*STATUS_AVOIDS, "yaml") if imported(modules, m)]
-    assert not loaded, f"importing the status command's modules imported {loaded}: import them inside the function that needs them"
+    assert not loaded, (
+        f"importing the status command's modules imported {loaded}: import them inside the function that needs them"
+    )
 
 
 def test_status_with_running_stopped_external_and_crashed_instances_stays_light(tmp_path, healthy_server):
@@ -145,7 +163,10 @@ def test_status_with_running_stopped_external_and_crashed_instances_stays_light(
     store.save(_record("m1", server.pid, process_create_time(server.pid), port, log))
     store.save(_record("old", gone.pid, 1.0, port + 1 if port < 65535 else port - 1, log))
 
-    for attempt in ("first call", "repeated call"):  # a script's loop: the second call may reuse what the first prepared
+    for attempt in (
+        "first call",
+        "repeated call",
+    ):  # a script's loop: the second call may reuse what the first prepared
         proc, code, modules = run_lf_reporting_modules(tmp_path, "runtime", "status", "--json")
 
         data = json.loads(proc.stdout)

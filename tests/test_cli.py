@@ -30,7 +30,10 @@ runtime:
 
 
 def sse(*tokens: str, done: bool = True, finish: bool = True) -> list[bytes]:
-    chunks = [f'data: {{"id":"c1","model":"gpt-test","choices":[{{"index":0,"delta":{{"content":{json.dumps(t)}}}}}]}}\n\n'.encode() for t in tokens]
+    chunks = [
+        f'data: {{"id":"c1","model":"gpt-test","choices":[{{"index":0,"delta":{{"content":{json.dumps(t)}}}}}]}}\n\n'.encode()
+        for t in tokens
+    ]
     if finish:
         chunks.append(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
     if done:
@@ -123,7 +126,9 @@ def test_models_list_json(cli):
 
 
 def test_chat_streams_tokens_from_config(cli, remote_project, httpx_mock):
-    httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", headers=SSE_HEADERS, stream=IteratorStream(sse("Hel", "lo", "!")))
+    httpx_mock.add_response(
+        url=f"{BASE}/chat/completions", method="POST", headers=SSE_HEADERS, stream=IteratorStream(sse("Hel", "lo", "!"))
+    )
     result = cli("chat", "hi", "--system", "be brief", "--max-tokens", "5")
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "Hello!\n"
@@ -136,14 +141,20 @@ def test_chat_streams_tokens_from_config(cli, remote_project, httpx_mock):
 
 
 def test_chat_reads_stdin(cli, remote_project, httpx_mock):
-    httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", headers=SSE_HEADERS, stream=IteratorStream(sse("ok")))
+    httpx_mock.add_response(
+        url=f"{BASE}/chat/completions", method="POST", headers=SSE_HEADERS, stream=IteratorStream(sse("ok"))
+    )
     result = cli("chat", input="Say hi\n")
     assert result.exit_code == 0 and result.stdout == "ok\n"
     assert json.loads(httpx_mock.get_request().content)["messages"][-1]["content"] == "Say hi"
 
 
 def test_chat_json_prints_the_response_object(cli, remote_project, httpx_mock):
-    response = {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}, "finish_reason": "stop"}]}
+    response = {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}, "finish_reason": "stop"}],
+    }
     httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", json=response)
     result = cli("chat", "capital?", "--json")
     assert result.exit_code == 0
@@ -152,7 +163,9 @@ def test_chat_json_prints_the_response_object(cli, remote_project, httpx_mock):
 
 
 def test_chat_no_stream(cli, remote_project, httpx_mock):
-    response = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "whole"}, "finish_reason": "stop"}]}
+    response = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "whole"}, "finish_reason": "stop"}]
+    }
     httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", json=response)
     result = cli("chat", "q", "--no-stream")
     assert result.exit_code == 0 and result.stdout == "whole\n"
@@ -174,14 +187,21 @@ def test_chat_keeps_text_when_the_stream_breaks(cli, remote_project, httpx_mock)
 
 
 def test_chat_stream_ending_without_finish_is_an_error(cli, remote_project, httpx_mock):
-    httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", headers=SSE_HEADERS, stream=IteratorStream(sse("par", done=False, finish=False)))
+    httpx_mock.add_response(
+        url=f"{BASE}/chat/completions",
+        method="POST",
+        headers=SSE_HEADERS,
+        stream=IteratorStream(sse("par", done=False, finish=False)),
+    )
     result = cli("chat", "q")
     assert result.exit_code == ExitStatus.REQUEST_FAILED
     assert result.stdout == "par\n" and "before the answer was complete" in result.stderr
 
 
 def test_chat_http_errors_are_reported(cli, remote_project, httpx_mock):
-    httpx_mock.add_response(url=f"{BASE}/chat/completions", method="POST", status_code=401, json={"error": {"message": "bad key"}})
+    httpx_mock.add_response(
+        url=f"{BASE}/chat/completions", method="POST", status_code=401, json={"error": {"message": "bad key"}}
+    )
     result = cli("chat", "q")
     assert result.exit_code == ExitStatus.REQUEST_FAILED
     assert "HTTP 401" in result.stderr and "bad key" in result.stderr and "api_key" in result.stderr

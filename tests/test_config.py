@@ -61,9 +61,18 @@ def test_entry_marked_default_wins_over_first(tmp_path):
 @pytest.mark.parametrize(
     "name, expected",
     [
-        ("wrong_port_type.yaml", ["wrong_port_type.yaml:10:15:", "runtime.models[0].provider_config.port", "expected an integer"]),
-        ("unknown_provider.yaml", ["unknown_provider.yaml:7:17:", "runtime.models[0].provider", "'lemonaid' is not allowed", "llamacpp"]),
-        ("missing_fields.yaml", ["missing required field 'namespace'", "runtime.models[0]: missing required field 'name'"]),
+        (
+            "wrong_port_type.yaml",
+            ["wrong_port_type.yaml:10:15:", "runtime.models[0].provider_config.port", "expected an integer"],
+        ),
+        (
+            "unknown_provider.yaml",
+            ["unknown_provider.yaml:7:17:", "runtime.models[0].provider", "'lemonaid' is not allowed", "llamacpp"],
+        ),
+        (
+            "missing_fields.yaml",
+            ["missing required field 'namespace'", "runtime.models[0]: missing required field 'name'"],
+        ),
         ("bad_default.yaml", ["runtime.default_model", "names no model entry", "duplicate model name 'local'"]),
         ("syntax_error.yaml", ["syntax_error.yaml:7:1: invalid YAML"]),
         ("empty.yaml", ["the file is empty"]),
@@ -91,7 +100,12 @@ def test_unknown_keys_are_kept_as_warnings_and_strict_makes_them_errors(cli):
     data = json.loads(cli("config", "validate", str(path), "--json").stdout)
     assert data["valid"] is True and data["problems"] == []
     (warning,) = data["warnings"]
-    assert (warning["line"], warning["column"], warning["field"], warning["severity"]) == (7, 3, "runtime.base_ulr", "warning")
+    assert (warning["line"], warning["column"], warning["field"], warning["severity"]) == (
+        7,
+        3,
+        "runtime.base_ulr",
+        "warning",
+    )
 
 
 def test_validate_json_lists_problems_with_positions(cli):
@@ -156,7 +170,9 @@ def test_env_references(monkeypatch):
 def test_config_show_redacts_keys_and_fills_defaults(cli, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-live-do-not-print")
     shutil.copy(FIXTURES / "configs" / "list_full.yaml", "llamafarm.yaml")
-    Path("llamafarm.yaml").write_text(Path("llamafarm.yaml").read_text().replace("${OPENAI_API_KEY}", "sk-inline-secret"))
+    Path("llamafarm.yaml").write_text(
+        Path("llamafarm.yaml").read_text().replace("${OPENAI_API_KEY}", "sk-inline-secret")
+    )
     result = cli("config", "show", "--json")
     assert result.exit_code == 0, result.stderr
     assert "sk-inline-secret" not in result.stdout and "sk-live-do-not-print" not in result.stdout

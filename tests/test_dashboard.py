@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import run_lf
+
 from fakes import Gateway, engines, free_ports, read_record, use_fakes, wait_until
 
 QUESTION = "What is the capital of France? Answer in one sentence."
@@ -27,7 +27,10 @@ PAGE_BUDGET = 100 * 1024  # bytes the page may transfer (it is one HTML file; th
 
 def project(work: Path, models: str, gateway: str = "") -> None:
     (work / "llamafarm.yaml").write_text(
-        "version: v1\nname: dash\nnamespace: tests\nruntime:\n" + (f"  gateway: {{{gateway}}}\n" if gateway else "") + "  models:\n" + models
+        "version: v1\nname: dash\nnamespace: tests\nruntime:\n"
+        + (f"  gateway: {{{gateway}}}\n" if gateway else "")
+        + "  models:\n"
+        + models
     )
 
 
@@ -40,7 +43,13 @@ def fake_models(a: int, b: int) -> str:
 
 
 def act(gateway: Gateway, action: str, model: str, headers: dict | None = None, **kwargs) -> httpx.Response:
-    return httpx.post(gateway.url + "/ui/action", content=json.dumps({"action": action, "model": model}), headers=ACTION if headers is None else headers, timeout=60, **kwargs)
+    return httpx.post(
+        gateway.url + "/ui/action",
+        content=json.dumps({"action": action, "model": model}),
+        headers=ACTION if headers is None else headers,
+        timeout=60,
+        **kwargs,
+    )
 
 
 def first_event(url: str, **kwargs) -> dict:
@@ -204,7 +213,9 @@ def test_from_another_machine_actions_need_the_key(tmp_path, fakes):
     project(tmp_path / "work", fake_models(a, b))
     with Gateway(tmp_path / "work", port, "--host", "0.0.0.0", "--insecure") as gateway:
         outside = f"http://{address}:{port}"
-        refused = httpx.post(outside + "/ui/action", content='{"action": "start", "model": "alpha"}', headers=ACTION, timeout=30)
+        refused = httpx.post(
+            outside + "/ui/action", content='{"action": "start", "model": "alpha"}', headers=ACTION, timeout=30
+        )
         assert refused.status_code == 403 and "API key" in refused.json()["error"]["message"]
         assert engines(fakes) == []
         assert act(gateway, "start", "alpha").status_code == 200  # from this machine: allowed
@@ -212,7 +223,9 @@ def test_from_another_machine_actions_need_the_key(tmp_path, fakes):
         outside = f"http://{address}:{port}"
         body = '{"action": "start", "model": "beta"}'
         assert httpx.post(outside + "/ui/action", content=body, headers=ACTION, timeout=30).status_code == 401
-        allowed = httpx.post(outside + "/ui/action", content=body, headers={**ACTION, "Authorization": "Bearer sekret-key-1"}, timeout=30)
+        allowed = httpx.post(
+            outside + "/ui/action", content=body, headers={**ACTION, "Authorization": "Bearer sekret-key-1"}, timeout=30
+        )
         assert allowed.status_code == 200 and allowed.json()["state"] == "running"
 
 
@@ -235,10 +248,19 @@ def _browser():
     from selenium.webdriver.chrome.service import Service
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "the browser test needs Debian's chromium and chromium-driver: make test installs them (scripts/ensure-browser)"
+    assert chromium and driver, (
+        "the browser test needs Debian's chromium and chromium-driver: make test installs them (scripts/ensure-browser)"
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000", "--no-first-run"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--no-first-run",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(executable_path=driver), options=options)
 
@@ -309,7 +331,9 @@ def test_the_page_in_a_real_browser_with_two_real_models(tmp_path, isolated):
     )
     with Gateway(work, port) as gateway:
         client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
-        answer = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48)
+        answer = client.chat.completions.create(
+            model="smol", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48
+        )
         assert "Paris" in answer.choices[0].message.content
         client.completions.create(model="gemma", prompt="The capital of France is", temperature=0, max_tokens=8)
 
@@ -317,19 +341,31 @@ def test_the_page_in_a_real_browser_with_two_real_models(tmp_path, isolated):
         other = _OtherOrigin(gateway.url, "smol")
         try:
             browser.get(gateway.url + "/")
-            cards = lambda: {c.get_attribute("data-model"): c for c in browser.find_elements(By.CSS_SELECTOR, "article.card")}  # noqa: E731
+            cards = lambda: {
+                c.get_attribute("data-model"): c for c in browser.find_elements(By.CSS_SELECTOR, "article.card")
+            }  # noqa: E731
             state = lambda name: name in (found := cards()) and found[name].find_element(By.CSS_SELECTOR, ".state").text  # noqa: E731
-            WebDriverWait(browser, 10).until(lambda _: set(cards()) == {"smol", "gemma"} and state("smol") == state("gemma") == "running")
+            WebDriverWait(browser, 10).until(
+                lambda _: set(cards()) == {"smol", "gemma"} and state("smol") == state("gemma") == "running"
+            )
             assert browser.find_element(By.ID, "conn").text == "live"
             rows = lambda: browser.find_elements(By.CSS_SELECTOR, "#requests tbody tr")  # noqa: E731
             before = len(rows())
             assert before == 2
 
             # a request made elsewhere appears within 2 s, without a reload
-            streamed = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=16, stream=True)
+            streamed = client.chat.completions.create(
+                model="smol",
+                messages=[{"role": "user", "content": QUESTION}],
+                temperature=0,
+                max_tokens=16,
+                stream=True,
+            )
             assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
             WebDriverWait(browser, 2, poll_frequency=0.05).until(lambda _: len(rows()) == before + 1)
-            newest = WebDriverWait(browser, 5).until(lambda _: [td.text for td in rows()[0].find_elements(By.TAG_NAME, "td")])
+            newest = WebDriverWait(browser, 5).until(
+                lambda _: [td.text for td in rows()[0].find_elements(By.TAG_NAME, "td")]
+            )
             assert (newest[1], newest[3]) == ("smol", "200")
             screenshot = browser.get_screenshot_as_png()
             target = os.environ.get("LF_SCREENSHOT")
@@ -345,7 +381,9 @@ def test_the_page_in_a_real_browser_with_two_real_models(tmp_path, isolated):
             WebDriverWait(browser, 10).until(lambda _: state("smol") == "running")
 
             # the stop button stops it: lf says so, and so does the page
-            WebDriverWait(browser, 5).until(lambda _: cards()["gemma"].find_element(By.CSS_SELECTOR, '[data-action="stop"]').click() or True)
+            WebDriverWait(browser, 5).until(
+                lambda _: cards()["gemma"].find_element(By.CSS_SELECTOR, '[data-action="stop"]').click() or True
+            )
             WebDriverWait(browser, 30).until(lambda _: state("gemma") == "stopped")
             assert _state_of(work, "gemma") == "stopped"
             assert _state_of(work, "smol") == "running"

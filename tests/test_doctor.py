@@ -10,7 +10,6 @@ import socket
 import stat
 
 import pytest
-
 from conftest import default_model_installed, run_lf
 
 CHECK_FAILED = 10
@@ -30,8 +29,21 @@ def write_config(folder, models: str) -> None:
 @pytest.mark.skipif(not default_model_installed(), reason="needs the default model: lf models fetch smollm2-135m")
 def test_every_check_is_present_and_this_machine_passes():
     proc, checks, data = doctor()
-    for name in ("python", "lf", "cpu", "memory", "gpus", "npus", "state_dir", "config", "engine:llamacpp",
-                 "engine:llama-cpp-python", "port:llamacpp", "port:llama-cpp-python", "model:llamacpp"):
+    for name in (
+        "python",
+        "lf",
+        "cpu",
+        "memory",
+        "gpus",
+        "npus",
+        "state_dir",
+        "config",
+        "engine:llamacpp",
+        "engine:llama-cpp-python",
+        "port:llamacpp",
+        "port:llama-cpp-python",
+        "model:llamacpp",
+    ):
         assert name in checks, name
     assert all(set(c) == {"name", "status", "detail", "fix"} for c in data["checks"])
     assert all(c["status"] in ("ok", "warn", "fail") for c in data["checks"])
@@ -61,7 +73,10 @@ def test_a_taken_default_port_nobody_chose_is_a_warning(tmp_path):
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        write_config(tmp_path / "work", "    - {name: a, provider: llamacpp, model: smollm2-135m}\n    - {name: b, provider: llamacpp, model: smollm2-135m}\n")
+        write_config(
+            tmp_path / "work",
+            "    - {name: a, provider: llamacpp, model: smollm2-135m}\n    - {name: b, provider: llamacpp, model: smollm2-135m}\n",
+        )
         # two instances: a port from the environment is where they start counting, so a taken one is skipped
         proc, checks, _ = doctor(env={"LLAMACPP_PORT": str(port)})
     assert checks["port:a"]["status"] == "warn" and "next free port" in checks["port:a"]["detail"]
@@ -111,8 +126,11 @@ def test_an_invalid_config_fails_with_where_and_how(tmp_path):
 
 
 def test_a_missing_model_fails_with_its_hint(tmp_path):
-    write_config(tmp_path / "work", "    - {name: gone, provider: llamacpp, model: ./missing.gguf}\n"
-                                   "    - {name: typo, provider: llamacpp, model: smollm2-135}\n")
+    write_config(
+        tmp_path / "work",
+        "    - {name: gone, provider: llamacpp, model: ./missing.gguf}\n"
+        "    - {name: typo, provider: llamacpp, model: smollm2-135}\n",
+    )
     proc, checks, _ = doctor()
     gone, typo = checks["model:gone"], checks["model:typo"]
     assert gone["status"] == "fail" and "does not exist" in gone["detail"] and "check the path" in gone["fix"]
@@ -143,7 +161,10 @@ def test_a_model_that_cannot_fit_fails_by_the_estimate_start_uses(tmp_path):
     from lf.hardware import memory
 
     huge = 1 << 20  # tokens of context: SmolLM2's KV cache alone is 22.5 GiB
-    write_config(tmp_path / "work", f"    - {{name: small, provider: llamacpp, model: smollm2-135m}}\n    - {{name: huge, provider: llamacpp, model: smollm2-135m, provider_config: {{context_size: {huge}}}}}\n")
+    write_config(
+        tmp_path / "work",
+        f"    - {{name: small, provider: llamacpp, model: smollm2-135m}}\n    - {{name: huge, provider: llamacpp, model: smollm2-135m, provider_config: {{context_size: {huge}}}}}\n",
+    )
     proc, checks, _ = doctor()
     assert checks["model:small"]["status"] == "ok" and "fits: needs about" in checks["model:small"]["detail"]
     if memory().available > 40 * 1024**3:

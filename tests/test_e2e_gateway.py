@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
 from conftest import run_lf
+
 from fakes import Gateway, daemons, engines, free_ports, is_gone, read_record, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +37,9 @@ def _alive(proc: psutil.Process) -> bool:
 def two_models(tmp_path: Path, smol: str = "", gemma: str = "", gateway: str = "") -> list[int]:
     a, b, port = free_ports(3)
     (tmp_path / "work" / "llamafarm.yaml").write_text(
-        "version: v1\nname: gw\nnamespace: tests\nruntime:\n" + (f"  gateway: {{{gateway}}}\n" if gateway else "") + "  models:\n"
+        "version: v1\nname: gw\nnamespace: tests\nruntime:\n"
+        + (f"  gateway: {{{gateway}}}\n" if gateway else "")
+        + "  models:\n"
         f"    - {{name: smol, provider: llamacpp, model: smollm2-135m, aliases: [small], {smol} provider_config: {{port: {a}}}}}\n"
         f"    - {{name: gemma, provider: llamacpp, model: gemma3-270m, {gemma} provider_config: {{port: {b}}}}}\n"
     )
@@ -53,25 +55,43 @@ def test_the_openai_client_talks_to_two_models_through_one_endpoint(tmp_path, ge
         client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
         assert sorted(m.id for m in client.models.list()) == ["gemma", "smol"]
 
-        answer = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48)
+        answer = client.chat.completions.create(
+            model="smol", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48
+        )
         assert "Paris" in answer.choices[0].message.content  # started on demand for this very request
-        streamed = client.chat.completions.create(model="small", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48, stream=True)
+        streamed = client.chat.completions.create(
+            model="small", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48, stream=True
+        )
         assert "Paris" in "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
 
-        completion = client.completions.create(model="gemma", prompt="The capital of France is", temperature=0, max_tokens=12)
+        completion = client.completions.create(
+            model="gemma", prompt="The capital of France is", temperature=0, max_tokens=12
+        )
         assert completion.model == "gemma3-270m" and completion.choices[0].text.strip()  # the other model answered
-        pieces = client.completions.create(model="gemma", prompt="One, two, three,", temperature=0, max_tokens=8, stream=True)
+        pieces = client.completions.create(
+            model="gemma", prompt="One, two, three,", temperature=0, max_tokens=8, stream=True
+        )
         assert "".join(p.choices[0].text for p in pieces if p.choices).strip()
         last = {c["name"]: c["last_request"] for c in httpx.get(gateway.url + "/health").json()["components"]}
-        assert last["gemma"]["stream"] and last["gemma"]["ttft_ms"] > 0 and last["gemma"]["tokens"] >= 2 and last["gemma"]["tokens_per_s"] > 0
+        assert (
+            last["gemma"]["stream"]
+            and last["gemma"]["ttft_ms"] > 0
+            and last["gemma"]["tokens"] >= 2
+            and last["gemma"]["tokens_per_s"] > 0
+        )
         assert last["smol"]["tokens"] > 0 and last["smol"]["tokens_per_s"] > 0  # the streamed chat, the latest for smol
 
-        assert {read_record(state, "smol")["model"], read_record(state, "gemma")["model"]} == {"smollm2-135m", "gemma3-270m"}
+        assert {read_record(state, "smol")["model"], read_record(state, "gemma")["model"]} == {
+            "smollm2-135m",
+            "gemma3-270m",
+        }
         assert read_record(state, "smol")["owner"] == "gateway"
 
         # a model that was stopped behind the gateway's back comes back on the next request
         assert run_lf("runtime", "stop", "smol").returncode == 0
-        again = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=8)
+        again = client.chat.completions.create(
+            model="smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=8
+        )
         assert again.choices[0].message.content
     assert engines(state) == []
 
@@ -80,7 +100,13 @@ def test_an_idle_instance_stops_after_its_ttl_but_never_during_a_stream(tmp_path
     *_, port = two_models(tmp_path, smol="idle_ttl: 2,")
     state = tmp_path / "state"
     with Gateway(tmp_path / "work", port) as gateway:
-        body = {"model": "smol", "stream": True, "max_tokens": 400, "temperature": 0, "messages": [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]}
+        body = {
+            "model": "smol",
+            "stream": True,
+            "max_tokens": 400,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Write a long story about a robot who learns to paint."}],
+        }
         alive_throughout = True
         with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=120) as response:
             started = None
@@ -117,7 +143,11 @@ def test_a_budget_of_one_swaps_two_models_and_never_runs_both(tmp_path, gemma_in
         with Gateway(tmp_path / "work", port, "--max-loaded", "1") as gateway:
             codes = []
             for model in ["smol", "gemma"] * 3:
-                answer = httpx.post(gateway.url + "/v1/completions", json={"model": model, "prompt": "Hello", "max_tokens": 4}, timeout=120)
+                answer = httpx.post(
+                    gateway.url + "/v1/completions",
+                    json={"model": model, "prompt": "Hello", "max_tokens": 4},
+                    timeout=120,
+                )
                 codes.append(answer.status_code)
             assert codes == [200] * 6
             assert gateway.text().count("(evicted)") == 5
@@ -130,16 +160,30 @@ def test_a_budget_of_one_swaps_two_models_and_never_runs_both(tmp_path, gemma_in
 
 def test_a_client_that_goes_away_frees_the_engine_for_the_next_request(tmp_path):
     *_, port = two_models(tmp_path, smol="idle_ttl: 0,")
-    (tmp_path / "work" / "llamafarm.yaml").write_text((tmp_path / "work" / "llamafarm.yaml").read_text().replace("provider_config: {port:", "provider_config: {parallel: 1, port:", 1))
+    (tmp_path / "work" / "llamafarm.yaml").write_text(
+        (tmp_path / "work" / "llamafarm.yaml")
+        .read_text()
+        .replace("provider_config: {port:", "provider_config: {parallel: 1, port:", 1)
+    )
     with Gateway(tmp_path / "work", port) as gateway:
-        long = {"model": "smol", "stream": True, "max_tokens": 2000, "temperature": 0.8, "messages": [{"role": "user", "content": "Write a very long story."}]}
+        long = {
+            "model": "smol",
+            "stream": True,
+            "max_tokens": 2000,
+            "temperature": 0.8,
+            "messages": [{"role": "user", "content": "Write a very long story."}],
+        }
         with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=long, timeout=120) as response:
             lines = response.iter_lines()
             while '"content":"' not in next(lines):  # the answer has begun
                 pass
         # the only slot was busy with 2000 tokens (~20 s here); the gateway closed that request upstream
         started = time.monotonic()
-        quick = httpx.post(gateway.url + "/v1/chat/completions", json={"model": "smol", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}, timeout=120)
+        quick = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": "smol", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]},
+            timeout=120,
+        )
         waited = time.monotonic() - started
         assert quick.status_code == 200
         assert waited < 5, f"the next request waited {waited:.1f}s: the abandoned answer still held the slot"
@@ -153,7 +197,9 @@ def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error(tmp_path):
     state = tmp_path / "state"
     with Gateway(tmp_path / "work", port) as gateway:
         client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-        stream = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Write a long story."}], max_tokens=2000, stream=True)
+        stream = client.chat.completions.create(
+            model="smol", messages=[{"role": "user", "content": "Write a long story."}], max_tokens=2000, stream=True
+        )
         received = 0
         killed_at = None
         with pytest.raises(APIError, match="stopped answering mid-stream"):
@@ -163,8 +209,16 @@ def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error(tmp_path):
                     os.kill(read_record(state, "smol")["pid"], signal.SIGKILL)
                     killed_at = time.monotonic()
         assert time.monotonic() - killed_at < 2, "the client waited more than 2 s to hear that its stream broke"
-        assert wait_until(lambda: next(c for c in httpx.get(gateway.url + "/health").json()["components"] if c["name"] == "smol")["state"] == "crashed", timeout=15)
-        again = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=8)
+        assert wait_until(
+            lambda: (
+                next(c for c in httpx.get(gateway.url + "/health").json()["components"] if c["name"] == "smol")["state"]
+                == "crashed"
+            ),
+            timeout=15,
+        )
+        again = client.chat.completions.create(
+            model="smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=8
+        )
         assert again.choices[0].message.content  # started again on demand
     assert daemons(state) == []
 

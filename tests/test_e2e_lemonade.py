@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
 from conftest import run_lf
+
 from fakes import group_processes, read_record
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +43,9 @@ def lemonade_ready():
         installed = json.loads(install.stdout)
         tiny = run_lf("models", "build-onnx", "--tiny", "--json", env=env, timeout=900)
         assert tiny.returncode == 0, f"lf models build-onnx --tiny failed:\n{tiny.stderr[-4000:]}"
-        print(f"\nlemonade env ready in {time.monotonic() - started:.0f}s (already installed: {installed['already_installed']})")
+        print(
+            f"\nlemonade env ready in {time.monotonic() - started:.0f}s (already installed: {installed['already_installed']})"
+        )
         yield {"generation": installed["generation"], "tiny": json.loads(tiny.stdout)["path"], "env": env}
         fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -59,16 +61,14 @@ def api_base(generation: str) -> str:
     return "/api/v0" if generation == "v6" else "/api/v1"
 
 
-
-
-
-
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
     return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
 def _listening(port: int) -> bool:
-    return any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in psutil.net_connections(kind="inet"))
+    return any(
+        c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in psutil.net_connections(kind="inet")
+    )
 
 
 def _another_free_port(not_this: int) -> int:
@@ -186,7 +186,9 @@ def test_a_missing_model_names_the_build_command(cached_data, isolated, free_por
     result = run_lf("runtime", "start", "lemonade", "--model", "./no-such-model", "--port", str(free_port))
     assert result.returncode == 8
     assert "does not exist" in result.stderr or "neither a known model" in result.stderr
-    missing_default = run_lf("runtime", "start", "lemonade", "--port", str(free_port), env={"LF_DATA_DIR": str(isolated / "empty-data")})
+    missing_default = run_lf(
+        "runtime", "start", "lemonade", "--port", str(free_port), env={"LF_DATA_DIR": str(isolated / "empty-data")}
+    )
     assert missing_default.returncode == 8  # no env in an empty data dir: the install command is named
     assert "lf runtime install lemonade" in missing_default.stderr
 
@@ -201,7 +203,16 @@ def test_real_smollm2_onnx_answers(cached_data, isolated, free_port):
     assert started.returncode == 0, started.stderr
     record = read_record(isolated / "state", "lemonade")
     try:
-        answer = run_lf("chat", "-r", "lemonade", "What is the capital of France? Answer in one sentence.", "--temperature", "0", "--max-tokens", "32")
+        answer = run_lf(
+            "chat",
+            "-r",
+            "lemonade",
+            "What is the capital of France? Answer in one sentence.",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "32",
+        )
         assert answer.returncode == 0, answer.stderr
         assert "Paris" in answer.stdout
         _status_polling_does_not_cut_an_answer_short()
@@ -215,10 +226,21 @@ def _status_polling_does_not_cut_an_answer_short() -> None:
     import subprocess
     import sys
 
-    ask = ["chat", "-r", "lemonade", "Tell me a long story about a dragon.", "--max-tokens", "160", "--temperature", "0"]
+    ask = [
+        "chat",
+        "-r",
+        "lemonade",
+        "Tell me a long story about a dragon.",
+        "--max-tokens",
+        "160",
+        "--temperature",
+        "0",
+    ]
     quiet = run_lf(*ask)
     assert quiet.returncode == 0, quiet.stderr
-    busy = subprocess.Popen([sys.executable, "-m", "lf", *ask], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    busy = subprocess.Popen(
+        [sys.executable, "-m", "lf", *ask], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     probes = 0
     while busy.poll() is None:
         status = run_lf("runtime", "status", "lemonade", "--json")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import run_lf
+
 from fakes import group_processes
 
 pytestmark = pytest.mark.e2e
@@ -33,14 +33,14 @@ def llama_cpp_python_ready():
     started = time.monotonic()
     install = run_lf("runtime", "install", "llama-cpp-python", "--json", env=env, timeout=3600)
     assert install.returncode == 0, f"lf runtime install llama-cpp-python failed:\n{install.stderr[-4000:]}"
-    print(f"\nllama-cpp-python env ready in {time.monotonic() - started:.0f}s (already installed: {json.loads(install.stdout)['already_installed']})")
+    print(
+        f"\nllama-cpp-python env ready in {time.monotonic() - started:.0f}s (already installed: {json.loads(install.stdout)['already_installed']})"
+    )
 
 
 @pytest.fixture
 def cached_data(isolated, monkeypatch, llama_cpp_python_ready):
     monkeypatch.setenv("LF_DATA_DIR", str(CACHED_DATA))
-
-
 
 
 def test_start_status_chat_stop(cached_data, isolated, free_port):
@@ -50,7 +50,11 @@ def test_start_status_chat_stop(cached_data, isolated, free_port):
     record = json.loads((isolated / "state" / "instances" / "llama-cpp-python.json").read_text())
     pid = record["pid"]
     # the server runs on the env's interpreter, not lf's
-    assert psutil.Process(pid).cmdline()[:3] == [str(CACHED_DATA / "envs" / "llama-cpp-python" / "bin" / "python"), "-m", "llama_cpp.server"]
+    assert psutil.Process(pid).cmdline()[:3] == [
+        str(CACHED_DATA / "envs" / "llama-cpp-python" / "bin" / "python"),
+        "-m",
+        "llama_cpp.server",
+    ]
     assert record["model_path"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
 
     status = run_lf("runtime", "status", "llama-cpp-python", "--json")
@@ -74,7 +78,17 @@ def test_start_status_chat_stop(cached_data, isolated, free_port):
 
 
 def test_env_var_port_and_chat_auto_start(cached_data, isolated, free_port):
-    chat = run_lf("chat", "-r", "llama-cpp-python", QUESTION, "--temperature", "0", "--max-tokens", "48", env={"LLAMA_CPP_PYTHON_PORT": str(free_port)})
+    chat = run_lf(
+        "chat",
+        "-r",
+        "llama-cpp-python",
+        QUESTION,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "48",
+        env={"LLAMA_CPP_PYTHON_PORT": str(free_port)},
+    )
     try:
         assert chat.returncode == 0, chat.stderr
         assert "Starting llama-cpp-python" in chat.stderr and "Paris" in chat.stdout

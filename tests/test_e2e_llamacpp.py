@@ -9,17 +9,13 @@ import time
 
 import psutil
 import pytest
-
 from conftest import run_lf
+
 from fakes import group_processes, read_record
 
 pytestmark = pytest.mark.e2e
 
 QUESTION = "What is the capital of France? Answer in one sentence."
-
-
-
-
 
 
 @pytest.fixture
@@ -88,7 +84,11 @@ def test_sigkill_is_reported_as_crashed(started, isolated):
     record, _ = started
     os.kill(record["pid"], signal.SIGKILL)
     deadline = time.time() + 5
-    while psutil.pid_exists(record["pid"]) and psutil.Process(record["pid"]).status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
+    while (
+        psutil.pid_exists(record["pid"])
+        and psutil.Process(record["pid"]).status() != psutil.STATUS_ZOMBIE
+        and time.time() < deadline
+    ):
         time.sleep(0.05)
 
     status = run_lf("runtime", "status", "--json")

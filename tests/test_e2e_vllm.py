@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import run_lf
+
 from fakes import group_processes, read_record, wait_until
 
 CACHE = Path(os.environ.get("LF_TEST_CACHE") or "~/.cache/lf-test").expanduser()
@@ -149,7 +149,14 @@ def _lf_in(folder: Path, env: dict, *args: str, timeout: float):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "lf", *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **env}, cwd=folder)
+    return subprocess.run(
+        [sys.executable, "-m", "lf", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+        cwd=folder,
+    )
 
 
 @pytest.fixture
@@ -210,7 +217,11 @@ def test_the_official_openai_client_gets_paris(shared):
     )
     assert "Paris" in reply.choices[0].message.content
     streamed = client.chat.completions.create(
-        model="smollm2-135m-hf", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=40, stream=True
+        model="smollm2-135m-hf",
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=40,
+        stream=True,
     )
     assert "Paris" in "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
 
@@ -252,7 +263,9 @@ def test_sigterm_while_loading_stop_kills_and_cleans_up(project, isolated):
     record = read_record(state, "vllm")
     _note_socket_dir_of(record["pid"])
     # loading: the engine core is up and shares memory with the server, which does not answer yet
-    assert wait_until(lambda: len(_tree(record["pid"])) >= 2 and _shm_files_of(_tree(record["pid"])), timeout=300, interval=0.2)
+    assert wait_until(
+        lambda: len(_tree(record["pid"])) >= 2 and _shm_files_of(_tree(record["pid"])), timeout=300, interval=0.2
+    )
     family = _tree(record["pid"])
     own = _shm_files_of(family)
     foreign = _foreign_shm_file()
@@ -295,7 +308,6 @@ def test_engine_core_killed_is_crashed_with_the_log_tail(project, isolated):
         Path(path).unlink(missing_ok=True)
 
 
-
 # -- fast: what lf launches and installs, no engine ---------------------------------------------------------
 @pytest.fixture
 def fake_vllm_env(isolated):
@@ -320,7 +332,9 @@ def _plan(model: str, **settings):
     from lf.runtimes.launch import make_plan
     from lf.runtimes.registry import get_runtime
 
-    spec = build_spec(default_entry(get_runtime("vllm")), None, Overrides(model=model, port=11811, settings=settings), single=True)
+    spec = build_spec(
+        default_entry(get_runtime("vllm")), None, Overrides(model=model, port=11811, settings=settings), single=True
+    )
     plan = make_plan(spec, spec.port)
     _note_socket_dir(dict(plan.env))
     return plan
@@ -339,10 +353,19 @@ def test_default_argv_is_the_cpu_recipe(fake_vllm_env, isolated):
     assert (_flag(argv, "--host"), _flag(argv, "--port")) == ("127.0.0.1", "11811")
     assert (_flag(argv, "--dtype"), _flag(argv, "--max-model-len")) == ("bfloat16", "2048")
     assert "--enforce-eager" in argv
-    for flag in ("--tensor-parallel-size", "--pipeline-parallel-size", "--gpu-memory-utilization", "--distributed-executor-backend"):
+    for flag in (
+        "--tensor-parallel-size",
+        "--pipeline-parallel-size",
+        "--gpu-memory-utilization",
+        "--distributed-executor-backend",
+    ):
         assert flag not in argv  # vLLM's own defaults unless asked
     assert plan.model == str(folder) and plan.leftover_files == ("/dev/shm/psm_*", "/dev/shm/sem.mp-*")
-    assert plan.env["HF_HUB_OFFLINE"] == "1" and plan.env["VLLM_CPU_KVCACHE_SPACE"] == "1" and "RAY_ADDRESS" not in plan.env
+    assert (
+        plan.env["HF_HUB_OFFLINE"] == "1"
+        and plan.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+        and "RAY_ADDRESS" not in plan.env
+    )
     scratch = isolated / "state" / "scratch" / "vllm"
     assert (plan.env["VLLM_CACHE_ROOT"], plan.env["TMPDIR"]) == (str(scratch / "cache"), str(scratch / "tmp"))
     assert (scratch / "cache").stat().st_mode & 0o777 == 0o700 and (scratch / "tmp").stat().st_mode & 0o777 == 0o700
@@ -425,7 +448,10 @@ def test_cuda_is_detected_by_driver_or_nvidia_smi(tmp_path):
     from lf.runtimes.envs import has_cuda_gpu
 
     assert has_cuda_gpu(tmp_path / "no-driver", which=lambda name: None) is False
-    assert has_cuda_gpu(tmp_path / "no-driver", which=lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None) is True
+    assert (
+        has_cuda_gpu(tmp_path / "no-driver", which=lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
+        is True
+    )
     (tmp_path / "driver").mkdir()
     assert has_cuda_gpu(tmp_path / "driver", which=lambda name: None) is True
 

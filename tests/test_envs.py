@@ -61,7 +61,7 @@ env_module = "lf_probe_pkg"
 argv = ["{{python}}", "-m", "lf_probe_pkg"]
 [[install]]
 generation = "new"
-available_if = "{wheels / 'not-there-1.0-py3-none-any.whl'}"
+available_if = "{wheels / "not-there-1.0-py3-none-any.whl"}"
 steps = [{{ requirements = "requirements-new.txt" }}]
 [[install]]
 generation = "old"
@@ -112,7 +112,9 @@ def test_install_chooses_a_plan_records_it_and_is_idempotent(probe_runtime, cli)
     assert row["available"] and row["source"].startswith("lf env")
 
     # a changed requirements file is noticed
-    (rt.folder / "requirements-extra.txt").write_text((rt.folder / "requirements-extra.txt").read_text() + "# changed\n")
+    (rt.folder / "requirements-extra.txt").write_text(
+        (rt.folder / "requirements-extra.txt").read_text() + "# changed\n"
+    )
     stale = cli("runtime", "install", "probe-rt")
     assert stale.exit_code == 0 and "--force" in stale.stderr
 
@@ -158,7 +160,13 @@ def test_manifests_declare_their_env_vars_and_ports():
 
     lem = get_runtime("lemonade")
     assert lem.default_port == 11534 and lem.health_ready == "json:model_loaded"
-    assert lem.env == {"port": "LEMONADE_PORT", "host": "LEMONADE_HOST", "model": "LEMONADE_MODEL", "context_size": "LEMONADE_CONTEXT_SIZE", "backend": "LEMONADE_BACKEND"}
+    assert lem.env == {
+        "port": "LEMONADE_PORT",
+        "host": "LEMONADE_HOST",
+        "model": "LEMONADE_MODEL",
+        "context_size": "LEMONADE_CONTEXT_SIZE",
+        "backend": "LEMONADE_BACKEND",
+    }
     assert [e.executable for e in lem.engines] == ["lemond", "lemonade-server", "lemonade-server-dev"]
     lcp = get_runtime("llama-cpp-python")
     assert lcp.default_port == 11734 and lcp.health_path == "/v1/models" and lcp.model_format == "gguf"
@@ -191,12 +199,16 @@ def test_config_accepts_both_lemonade_shapes(tmp_path):
 
     # a setting Lemonade does not have is kept and reported (LlamaFarm accepts it), not used
     odd = tmp_path / "odd.yaml"
-    odd.write_text("version: v1\nname: p\nnamespace: d\nruntime:\n  provider: lemonade\n  model: m\n  lemonade:\n    threads: 2\n")
+    odd.write_text(
+        "version: v1\nname: p\nnamespace: d\nruntime:\n  provider: lemonade\n  model: m\n  lemonade:\n    threads: 2\n"
+    )
     (warning,) = load_project(odd).warnings
     assert "odd.yaml:8:5: runtime.lemonade.threads: lemonade does not use the setting 'threads'" in warning
     # a wrong value for one it has is an error: lf needs it
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: v1\nname: p\nnamespace: d\nruntime:\n  provider: lemonade\n  model: m\n  lemonade:\n    port: eleven\n")
+    bad.write_text(
+        "version: v1\nname: p\nnamespace: d\nruntime:\n  provider: lemonade\n  model: m\n  lemonade:\n    port: eleven\n"
+    )
     with pytest.raises(ConfigError):
         load_project(bad)
 
@@ -213,7 +225,16 @@ def lemonade():
 def _spec(rt, model="smollm2-135m-onnx", host="127.0.0.1", **settings):
     from lf.runtimes.launch import InstanceSpec
 
-    return InstanceSpec(name="lemonade", runtime=rt, model=model, model_path=None, host=host, port=11534, port_auto=False, settings={"context_size": 2048, **settings})
+    return InstanceSpec(
+        name="lemonade",
+        runtime=rt,
+        model=model,
+        model_path=None,
+        host=host,
+        port=11534,
+        port_auto=False,
+        settings={"context_size": 2048, **settings},
+    )
 
 
 def _resolved(exe: str, generation: str | None):
@@ -270,9 +291,23 @@ def test_each_generation_gets_its_own_command_and_api(lemonade, tmp_path, onnx_m
     assert spec.model == str(onnx_model)  # and the spec it was made from is unchanged
 
     assert list(hooks.plan(spec, _resolved("/opt/lemonade-server", "v9"), 11534).argv) == [
-        "/opt/lemonade-server", "serve", "--port", "11534", "--host", "127.0.0.1", "--ctx-size", "2048", "--no-tray",
+        "/opt/lemonade-server",
+        "serve",
+        "--port",
+        "11534",
+        "--host",
+        "127.0.0.1",
+        "--ctx-size",
+        "2048",
+        "--no-tray",
     ]
-    assert list(hooks.plan(spec, _resolved("/opt/lemond", "v10"), 11534).argv) == ["/opt/lemond", "--port", "11534", "--host", "127.0.0.1"]
+    assert list(hooks.plan(spec, _resolved("/opt/lemond", "v10"), 11534).argv) == [
+        "/opt/lemond",
+        "--port",
+        "11534",
+        "--host",
+        "127.0.0.1",
+    ]
 
 
 def test_v6_refuses_other_hosts(lemonade, tmp_path, onnx_model):
@@ -294,7 +329,9 @@ def test_llamacpp_backend_follows_the_hardware_unless_chosen(lemonade, tmp_path)
     assert hooks.plan(spec, _resolved("/opt/lemonade-server", "v9"), 11534).argv[-1] == "vulkan"
     # a backend Lemonade does not have is refused where every setting is checked: the declaration
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: v1\nname: p\nnamespace: d\nruntime:\n  provider: lemonade\n  model: m\n  lemonade:\n    llamacpp_backend: cuda\n")
+    bad.write_text(
+        "version: v1\nname: p\nnamespace: d\nruntime:\n  provider: lemonade\n  model: m\n  lemonade:\n    llamacpp_backend: cuda\n"
+    )
     from lf.config.project import load_project
 
     with pytest.raises(ConfigError):
@@ -365,7 +402,9 @@ def test_build_onnx_needs_lemonades_env(cli):
 def test_tokenizer_config_fix(tmp_path):
     from lf.models.onnx import default_name, fix_tokenizer_config
 
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizerFast", "eos_token": "<|im_end|>"}))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "LlamaTokenizerFast", "eos_token": "<|im_end|>"})
+    )
     fix_tokenizer_config(tmp_path)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert config == {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|im_end|>"}

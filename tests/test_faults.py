@@ -17,10 +17,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import default_model_installed, run_lf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import default_model_installed, run_lf
 from fakes import (
     SENTINEL,
     daemons,
@@ -74,11 +74,21 @@ def write_record(name: str, pid: int, create_time: float, port: int, log_lines: 
     log_path.write_text("".join(f"{line}\n" for line in log_lines))
     store.save(
         RuntimeRecord(
-            name=name, runtime="fake", pid=pid, create_time=create_time, host="127.0.0.1", port=port,
-            base_url=f"http://127.0.0.1:{port}/v1", model="fake-model",
+            name=name,
+            runtime="fake",
+            pid=pid,
+            create_time=create_time,
+            host="127.0.0.1",
+            port=port,
+            base_url=f"http://127.0.0.1:{port}/v1",
+            model="fake-model",
             command=[sys.executable, "-m", "fakes.server", "--port", str(port)],
-            log_path=str(log_path), started_at=time.time() - 60, engine="fake-server",
-            health_url=f"http://127.0.0.1:{port}/health", health_ready="http-ok", start_timeout=20,
+            log_path=str(log_path),
+            started_at=time.time() - 60,
+            engine="fake-server",
+            health_url=f"http://127.0.0.1:{port}/health",
+            health_ready="http-ok",
+            start_timeout=20,
         )
     )
 
@@ -104,7 +114,11 @@ def test_stale_record_is_reported_crashed_and_replaced_without_signalling_anyone
     # that group (instead of checking the recorded process first) would hit the bystander.
     marker = tmp_path / "signalled"
     leader = subprocess.Popen(
-        [sys.executable, "-c", LEADER, SENTINEL, str(marker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-c", LEADER, SENTINEL, str(marker)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     bystander = psutil.Process(int(leader.stdout.readline()))
     from lf.daemon.process import process_create_time
@@ -114,7 +128,9 @@ def test_stale_record_is_reported_crashed_and_replaced_without_signalling_anyone
     leader.wait(10)
     assert os.getpgid(bystander.pid) == gone_pid
     try:
-        write_record("fake", gone_pid, gone_create_time, free_port, ["fake: loading model", "fake: error: out of memory"])
+        write_record(
+            "fake", gone_pid, gone_create_time, free_port, ["fake: loading model", "fake: error: out of memory"]
+        )
 
         status = run_lf("runtime", "status", "fake")
         assert_clean_exit(status, 3)
@@ -324,21 +340,26 @@ def test_hung_runtime_status_is_bounded_and_unhealthy(state, tmp_path):
     import threading
 
     from lf.config.project import load_optional
-    from lf.daemon.records import StateStore
     from lf.core.status import collect
+    from lf.daemon.records import StateStore
 
     probe_timeout = 0.5
     project = load_optional()
     reports = []
     started = time.monotonic()
-    worker = threading.Thread(target=lambda: reports.append(collect(None, project, StateStore.of(project), probe_timeout)), daemon=True)
+    worker = threading.Thread(
+        target=lambda: reports.append(collect(None, project, StateStore.of(project), probe_timeout)), daemon=True
+    )
     worker.start()
     worker.join(probe_timeout + 10)  # fail, rather than hang, if a probe has no deadline
     elapsed = time.monotonic() - started
     assert reports, f"status still waiting after {elapsed:.1f}s"
     (report,) = reports
     assert elapsed < probe_timeout + 0.2, f"status took {elapsed:.2f}s"
-    assert [(i.name, i.state.value, i.health.healthy) for i in report.instances] == [("hang-a", "unhealthy", False), ("hang-b", "unhealthy", False)]
+    assert [(i.name, i.state.value, i.health.healthy) for i in report.instances] == [
+        ("hang-a", "unhealthy", False),
+        ("hang-b", "unhealthy", False),
+    ]
 
     status = run_lf("runtime", "status", "--json", "--probe-timeout", str(probe_timeout), timeout=30)
     assert status.returncode == 6, status.stderr
@@ -402,9 +423,19 @@ def test_start_and_stop_racing_leave_no_orphan_and_no_stale_record(state, free_p
 
 # -- broken state --------------------------------------------------------------------------------
 VALID = {
-    "name": "fake", "runtime": "fake", "pid": 4242, "create_time": 1.0, "host": "127.0.0.1", "port": 19410,
-    "base_url": "http://127.0.0.1:19410/v1", "model": "fake-model", "command": ["python"], "log_path": "/nonexistent.log",
-    "started_at": 1.0, "health_url": "http://127.0.0.1:19410/health", "extra": {},
+    "name": "fake",
+    "runtime": "fake",
+    "pid": 4242,
+    "create_time": 1.0,
+    "host": "127.0.0.1",
+    "port": 19410,
+    "base_url": "http://127.0.0.1:19410/v1",
+    "model": "fake-model",
+    "command": ["python"],
+    "log_path": "/nonexistent.log",
+    "started_at": 1.0,
+    "health_url": "http://127.0.0.1:19410/health",
+    "extra": {},
 }
 CORRUPT = {
     "empty": b"",
@@ -452,7 +483,12 @@ def test_corrupt_record_warns_and_stop_cleans_it_up(state, free_port, content):
 
 def run_lf_limited(*args: str, preexec) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "lf", *args], capture_output=True, text=True, timeout=60, preexec_fn=preexec, env=dict(os.environ)
+        [sys.executable, "-m", "lf", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=preexec,
+        env=dict(os.environ),
     )
 
 
@@ -472,7 +508,9 @@ def test_unwritable_state_dir_is_a_clear_error(state, free_port, readonly):
     finally:
         folder.chmod(0o700)
     assert_clean_exit(result, 1)
-    assert re.search(r"^Error: (could not write|cannot create directory) .*Permission denied", result.stderr, re.M), result.stderr
+    assert re.search(r"^Error: (could not write|cannot create directory) .*Permission denied", result.stderr, re.M), (
+        result.stderr
+    )
     assert "permissions" in result.stderr  # the hint
     assert_nothing_left(state, "fake")
 
@@ -511,7 +549,13 @@ def test_disk_full_rewrite_keeps_the_previous_record_whole(tmp_path):
     folder.mkdir()
     path = folder / "record.json"
     path.write_text('{"old": true}\n')
-    result = subprocess.run([sys.executable, "-c", REWRITE, str(path)], capture_output=True, text=True, timeout=60, preexec_fn=_file_size_limit(400))
+    result = subprocess.run(
+        [sys.executable, "-c", REWRITE, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_file_size_limit(400),
+    )
     assert result.returncode == 0, result.stderr
     assert "could not write" in result.stdout and "File too large" in result.stdout
     assert path.read_text() == '{"old": true}\n'
@@ -526,12 +570,44 @@ BASE_CONFIG = {
     "runtime": {
         "default_model": "a",
         "models": [
-            {"name": "a", "provider": "fake", "model": "fake-model", "provider_config": {"port": 19410, "host": "127.0.0.1"}},
-            {"name": "b", "provider": "openai", "model": "gpt", "base_url": "http://127.0.0.1:1/v1", "api_key": "${KEY}", "model_api_parameters": {"temperature": 0.1}},
+            {
+                "name": "a",
+                "provider": "fake",
+                "model": "fake-model",
+                "provider_config": {"port": 19410, "host": "127.0.0.1"},
+            },
+            {
+                "name": "b",
+                "provider": "openai",
+                "model": "gpt",
+                "base_url": "http://127.0.0.1:1/v1",
+                "api_key": "${KEY}",
+                "model_api_parameters": {"temperature": 0.1},
+            },
         ],
     },
 }
-PLAUSIBLE = st.sampled_from(["fake", "openai", "llamacpp", "ollama", "a", "b", "v1", 11634, 128, 0, 65536, "0.0.0.0", "${KEY}", "${KEY:-x}", "http://127.0.0.1:9/v1", "../x", ""])
+PLAUSIBLE = st.sampled_from(
+    [
+        "fake",
+        "openai",
+        "llamacpp",
+        "ollama",
+        "a",
+        "b",
+        "v1",
+        11634,
+        128,
+        0,
+        65536,
+        "0.0.0.0",
+        "${KEY}",
+        "${KEY:-x}",
+        "http://127.0.0.1:9/v1",
+        "../x",
+        "",
+    ]
+)
 SCALARS = st.one_of(
     PLAUSIBLE,
     st.none(),
@@ -542,7 +618,10 @@ SCALARS = st.one_of(
 )
 VALUES = st.recursive(
     SCALARS,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.one_of(st.text(max_size=10), st.integers()), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.one_of(st.text(max_size=10), st.integers()), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -584,8 +663,32 @@ def mutated_configs(draw) -> bytes:
 
 
 YAML_FRAGMENTS = st.sampled_from(
-    ["&a [1, 2]", "*a", "*undefined", "<<: *a", "!!python/object:os.system", "!!binary AAAA", "!!set {a, b}", "? [a, b]\n: c",
-     "2001-12-14", "0x1F", "1e400", "-.inf", ".nan", "!!int '12'", "%TAG ! tag:x,2000:", "---", "...", "{", "[", "'", '"\\x', "\t", "\ufeff", ": :"]
+    [
+        "&a [1, 2]",
+        "*a",
+        "*undefined",
+        "<<: *a",
+        "!!python/object:os.system",
+        "!!binary AAAA",
+        "!!set {a, b}",
+        "? [a, b]\n: c",
+        "2001-12-14",
+        "0x1F",
+        "1e400",
+        "-.inf",
+        ".nan",
+        "!!int '12'",
+        "%TAG ! tag:x,2000:",
+        "---",
+        "...",
+        "{",
+        "[",
+        "'",
+        '"\\x',
+        "\t",
+        "\ufeff",
+        ": :",
+    ]
 )
 
 
@@ -596,7 +699,9 @@ def yaml_soup(draw) -> bytes:
     return "\n".join(" " * i + line for i, line in zip(indent, lines)).encode("utf-8", "surrogatepass")
 
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 def check_config_bytes(path: Path, content: bytes, cli) -> None:
@@ -631,12 +736,14 @@ def test_fuzz_config_random_yaml_and_bytes(tmp_path, cli, content):
 
 BOMBS = {
     # valid but for its size: 9**10 strings once the aliases are expanded (by `config show --json`, a chat request)
-    "billion-laughs": "version: v1\nname: x\nnamespace: y\nlaughs:\n  - &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"  - &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(9)
-    ) + "runtime: {provider: fake, model: m, model_api_parameters: {stop: *j}}\n",
+    "billion-laughs": "version: v1\nname: x\nnamespace: y\nlaughs:\n  - &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"  - &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(9))
+    + "runtime: {provider: fake, model: m, model_api_parameters: {stop: *j}}\n",
     "deep-nesting": "a: " + "[" * 50000 + "]" * 50000 + "\n",
     "deep-mapping": "".join(" " * i + f"k{i}:\n" for i in range(3000)),
-    "huge-int": "version: v1\nname: x\nnamespace: y\nruntime: {provider: fake, model: m, fake: {port: " + "9" * 5000 + "}}\n",
+    "huge-int": "version: v1\nname: x\nnamespace: y\nruntime: {provider: fake, model: m, fake: {port: "
+    + "9" * 5000
+    + "}}\n",
     "huge-float": "version: v1\nname: x\nnamespace: y\nruntime: {provider: fake, model: m, fake: {port: 1e99999}}\n",
     "long-string": "version: v1\nname: " + "x" * 900_000 + "\nnamespace: y\n",
     "too-large": "# " + "x" * 2_000_000 + "\n",
@@ -655,7 +762,9 @@ def test_hostile_config_is_refused_in_bounded_time_and_memory(tmp_path, text):
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # 1 GiB
 
     for command in (("config", "validate", str(path)), ("config", "show", "--json", "-c", str(path))):
-        result = subprocess.run([sys.executable, "-m", "lf", *command], capture_output=True, text=True, timeout=30, preexec_fn=limits)
+        result = subprocess.run(
+            [sys.executable, "-m", "lf", *command], capture_output=True, text=True, timeout=30, preexec_fn=limits
+        )
         assert_clean_exit(result, 5)
         assert re.search(rf"^Error: {re.escape(str(path))}(:\d+)*: ", result.stderr, re.M), result.stderr
     assert not (tmp_path / "work" / "pwned").exists()

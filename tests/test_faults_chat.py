@@ -23,10 +23,10 @@ from urllib.parse import unquote
 
 import psutil
 import pytest
+from test_chat_repl import CTRL_D, PROMPT, Terminal
 
 from fakes import wait_until
 from fakes.server import read_request
-from test_chat_repl import CTRL_D, PROMPT, Terminal
 
 BUG = "this is a bug in lf"  # what the error boundary says about an unexpected exception
 KEY = "sk-hostile-0123456789abcdef"  # the api_key in llamafarm.yaml, which some modes quote back
@@ -71,7 +71,10 @@ BODIES = {
     "message text": ("application/json", b'{"choices": [{"message": "hi"}]}'),
     "content number": ("application/json", b'{"choices": [{"message": {"content": 5}}]}'),
     "not utf-8": ("application/json", b'\xff\xfe{"choices'),
-    "nested deep": ("application/json", b'{"choices": [{"message": {"content": "hi"}}], "x": ' + b"[" * 900 + b"]" * 900 + b"}"),
+    "nested deep": (
+        "application/json",
+        b'{"choices": [{"message": {"content": "hi"}}], "x": ' + b"[" * 900 + b"]" * 900 + b"}",
+    ),
     "empty": ("application/json", b""),
 }
 
@@ -107,7 +110,9 @@ class HostileHandler(socketserver.BaseRequestHandler):
             if path.endswith("/models"):
                 self.json(200, {"object": "list", "data": [{"id": "hostile-model", "object": "model"}]})
             else:
-                getattr(self, "mode_" + mode.split(":")[0].replace("-", "_"))(mode.partition(":")[2], headers, json.loads(body or b"{}"))
+                getattr(self, "mode_" + mode.split(":")[0].replace("-", "_"))(
+                    mode.partition(":")[2], headers, json.loads(body or b"{}")
+                )
         except OSError:  # lf went away: what a hostile server does not care about either
             pass
 
@@ -119,14 +124,29 @@ class HostileHandler(socketserver.BaseRequestHandler):
 
     def json(self, status: int, data, content_type: str = "application/json") -> None:
         body = data if isinstance(data, bytes) else json.dumps(data).encode()
-        self.send(f"HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        self.send(
+            f"HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
 
     def hold(self) -> None:
         self.server.closing.wait(120)
 
     def mode_ok(self, arg, headers, request) -> None:
         if not request.get("stream"):
-            self.json(200, {"id": "ok-1", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"}]})
+            self.json(
+                200,
+                {
+                    "id": "ok-1",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "Hello world"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                },
+            )
             return
         self.send(STREAM_HEAD + piece("Hello") + piece(" world") + FINISH)
 
@@ -176,12 +196,30 @@ class HostileHandler(socketserver.BaseRequestHandler):
         """The key it was sent, quoted back in the id, the fingerprint and the text (split across pieces)."""
         key = headers.get("authorization", "").removeprefix("Bearer ")
         if not request.get("stream"):
-            self.json(200, {
-                "id": key, "system_fingerprint": key, "model": f"model-{key}",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": f"your key is {key}"}, "finish_reason": "stop"}],
-            })
+            self.json(
+                200,
+                {
+                    "id": key,
+                    "system_fingerprint": key,
+                    "model": f"model-{key}",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": f"your key is {key}"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                },
+            )
             return
-        events = [piece("your key is ", id=key, system_fingerprint=key), piece(key[:7], id=key), piece(key[7:15]), piece(key[15:]), piece(", and its start "), piece(key[:9])]
+        events = [
+            piece("your key is ", id=key, system_fingerprint=key),
+            piece(key[:7], id=key),
+            piece(key[7:15]),
+            piece(key[15:]),
+            piece(", and its start "),
+            piece(key[:9]),
+        ]
         self.send(STREAM_HEAD + b"".join(events) + FINISH)
 
     def mode_error_text(self, arg, headers, request) -> None:
@@ -220,7 +258,9 @@ def use(server: Hostile, mode: str, **entry) -> None:
 def lf(*args, timeout: float = 60, input: bytes | None = None):
     """The real `lf` with bytes in and text out (arguments may be bytes too), and its wall time."""
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "lf", *args], input=input, capture_output=True, timeout=timeout, env=dict(os.environ))
+    proc = subprocess.run(
+        [sys.executable, "-m", "lf", *args], input=input, capture_output=True, timeout=timeout, env=dict(os.environ)
+    )
     proc.stdout, proc.stderr = proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
     proc.elapsed = time.monotonic() - started
     return proc
@@ -281,7 +321,9 @@ def peak_rss_mb(proc: subprocess.Popen, limit_mb: float, seconds: float) -> floa
         if peak > limit_mb or time.monotonic() > deadline:
             proc.kill()
             proc.wait(10)
-            raise AssertionError(f"lf chat still running after {time.monotonic() - deadline + seconds:.1f}s with {peak:.0f} MB")
+            raise AssertionError(
+                f"lf chat still running after {time.monotonic() - deadline + seconds:.1f}s with {peak:.0f} MB"
+            )
         time.sleep(0.01)
     return peak
 
@@ -291,8 +333,13 @@ def test_a_line_or_event_that_never_ends_is_refused_in_bounded_memory(hostile, m
     """Without the 1 MiB bound, lf's memory grew past the 200 MB this test allows within seconds (it reads
     the server's bytes as fast as they come, and kept them all waiting for a line end)."""
     use(hostile, mode)
-    proc = subprocess.Popen([sys.executable, "-m", "lf", "chat", "hi", "--timeout", "30"], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lf", "chat", "hi", "--timeout", "30"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+    )
     try:
         peak = peak_rss_mb(proc, limit_mb=200, seconds=25)
         out, errs = proc.communicate(timeout=10)
@@ -370,12 +417,16 @@ def test_an_interactive_line_that_is_not_utf8_is_not_sent_and_the_session_goes_o
     master, slave = pty.openpty()
     out, log = tmp_path / "answers", tmp_path / "log"
     with open(out, "wb") as stdout, open(log, "wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "lf", "chat"], stdin=slave, stdout=stdout, stderr=stderr, env=dict(os.environ))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lf", "chat"], stdin=slave, stdout=stdout, stderr=stderr, env=dict(os.environ)
+        )
     os.close(slave)
     try:
         assert wait_until(lambda: PROMPT in log.read_text(errors="replace"), 20), log.read_text(errors="replace")
         os.write(master, b"caf\xe9\n")
-        assert wait_until(lambda: "not UTF-8 text: not sent" in log.read_text(errors="replace"), 20), log.read_text(errors="replace")
+        assert wait_until(lambda: "not UTF-8 text: not sent" in log.read_text(errors="replace"), 20), log.read_text(
+            errors="replace"
+        )
         os.write(master, b"hi\n")
         assert wait_until(lambda: "Hello world" in out.read_text(errors="replace"), 20), log.read_text(errors="replace")
         os.write(master, b"\x04")  # Ctrl-D: leave
@@ -419,7 +470,13 @@ def test_an_error_that_quotes_the_key_is_masked_before_it_is_cut(hostile, mode):
 
 
 # as written, and as the Basic authorization header made of them (which the `error-text` mode quotes back)
-CREDENTIALS = ("alice", "hunter2-secret", "bob-the-user", "bobs-secret-pass", base64.b64encode(b"alice:hunter2-secret").decode())
+CREDENTIALS = (
+    "alice",
+    "hunter2-secret",
+    "bob-the-user",
+    "bobs-secret-pass",
+    base64.b64encode(b"alice:hunter2-secret").decode(),
+)
 
 
 def test_credentials_in_base_url_are_never_shown_nor_cached(hostile, isolated):
@@ -431,7 +488,10 @@ def test_credentials_in_base_url_are_never_shown_nor_cached(hostile, isolated):
     closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
     entries = [
         {"name": "primary", "base_url": hostile.url("ok", "alice:hunter2-secret")},
-        {"name": "nopath", "base_url": f"http://bob-the-user:bobs-secret-pass@127.0.0.1:{hostile.port}"},  # no API path: a warning quotes it
+        {
+            "name": "nopath",
+            "base_url": f"http://bob-the-user:bobs-secret-pass@127.0.0.1:{hostile.port}",
+        },  # no API path: a warning quotes it
         {"name": "failing", "base_url": hostile.url("error-text", "alice:hunter2-secret")},
         {"name": "down", "base_url": f"http://alice:hunter2-secret@127.0.0.1:{closed.getsockname()[1]}/v1"},
     ]
@@ -442,10 +502,18 @@ def test_credentials_in_base_url_are_never_shown_nor_cached(hostile, isolated):
     outputs = {}
     try:
         for args, code in [
-            (("runtime", "status"), 6), (("runtime", "status", "--json"), 6), (("runtime", "status", "primary", "--json"), 0),  # 6: "down" is down
-            (("config", "show"), 0), (("config", "show", "--json"), 0), (("config", "validate"), 0), (("config", "validate", "--json"), 0),
-            (("chat", "hi"), 0), (("chat", "hi", "-m", "failing"), 9), (("chat", "hi", "-m", "failing", "--json"), 9),
-            (("chat", "hi", "-m", "down"), 9), (("chat", "hi", "-m", "down", "--no-stream"), 9),
+            (("runtime", "status"), 6),
+            (("runtime", "status", "--json"), 6),
+            (("runtime", "status", "primary", "--json"), 0),  # 6: "down" is down
+            (("config", "show"), 0),
+            (("config", "show", "--json"), 0),
+            (("config", "validate"), 0),
+            (("config", "validate", "--json"), 0),
+            (("chat", "hi"), 0),
+            (("chat", "hi", "-m", "failing"), 9),
+            (("chat", "hi", "-m", "failing", "--json"), 9),
+            (("chat", "hi", "-m", "down"), 9),
+            (("chat", "hi", "-m", "down", "--no-stream"), 9),
         ]:
             proc = lf(*args)
             assert proc.returncode == code, f"lf {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
@@ -454,7 +522,10 @@ def test_credentials_in_base_url_are_never_shown_nor_cached(hostile, isolated):
     finally:
         closed.close()
     bad = Path("bad.yaml")
-    bad.write_text(Path("llamafarm.yaml").read_text() + '    - {"name": "ftp", "provider": "openai", "model": "m", "base_url": "ftp://alice:hunter2-secret@host/v1"}\n')
+    bad.write_text(
+        Path("llamafarm.yaml").read_text()
+        + '    - {"name": "ftp", "provider": "openai", "model": "m", "base_url": "ftp://alice:hunter2-secret@host/v1"}\n'
+    )
     outputs["validate bad"] = (lambda p: p.stdout + p.stderr)(lf("config", "validate", str(bad)))
     with Terminal() as term:
         term.expect(PROMPT)
@@ -467,7 +538,10 @@ def test_credentials_in_base_url_are_never_shown_nor_cached(hostile, isolated):
             assert secret not in text, f"{secret} shown by lf {where}:\n{text}"
     status = json.loads(lf("runtime", "status", "--json").stdout)
     urls = {i["name"]: i["base_url"] for i in status["instances"]}
-    assert urls["primary"] == f"http://***@127.0.0.1:{hostile.port}/ok/v1" and urls["nopath"] == f"http://***@127.0.0.1:{hostile.port}/v1"
+    assert (
+        urls["primary"] == f"http://***@127.0.0.1:{hostile.port}/ok/v1"
+        and urls["nopath"] == f"http://***@127.0.0.1:{hostile.port}/v1"
+    )
     assert f"http://***@127.0.0.1:{hostile.port}/ok/v1" in outputs["config show"]
     assert "cannot connect to http://***@127.0.0.1:" in outputs["chat hi -m down"]
     assert "does not match the pattern" in outputs["validate bad"] and "ftp://***@host/v1" in outputs["validate bad"]

@@ -19,9 +19,20 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import run_lf
-from fakes import FAKES_DIR, daemons, is_gone, kill_daemons, read_record, record_file, spawn_sentinel, stop_process, use_fakes, wait_until
+
+from fakes import (
+    FAKES_DIR,
+    daemons,
+    is_gone,
+    kill_daemons,
+    read_record,
+    record_file,
+    spawn_sentinel,
+    stop_process,
+    use_fakes,
+    wait_until,
+)
 
 BUG = "this is a bug in lf"
 
@@ -43,7 +54,14 @@ def paused_lf(tmp_path: Path, where: str, seconds: float, *args: str) -> tuple[s
         "LF_TEST_PAUSE": f"{where}:{seconds}",
         "LF_TEST_PAUSE_MARKER": str(marker),
     }
-    proc = subprocess.Popen([sys.executable, "-m", "lf", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lf", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     if not wait_until(lambda: marker.exists() or proc.poll() is not None, timeout=30):
         proc.kill()
         pytest.fail(f"lf never reached {where}")
@@ -85,10 +103,24 @@ def test_a_signal_at_any_step_of_a_start_leaves_no_process_and_no_record(state, 
 # -- 2. a foreign server on the port ---------------------------------------------------------------
 def test_health_from_a_foreign_server_on_the_port_is_not_taken_for_the_engine(state, tmp_path, free_port):
     # lf has checked the port is free and is about to launch; another server takes the port now
-    proc, _marker = paused_lf(tmp_path, "lf.runtimes.launch:make_plan", 0.5, "runtime", "start", "fake", "--port", str(free_port))
-    foreign = subprocess.Popen([sys.executable, "-m", "fakes.server", "--port", str(free_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    proc, _marker = paused_lf(
+        tmp_path, "lf.runtimes.launch:make_plan", 0.5, "runtime", "start", "fake", "--port", str(free_port)
+    )
+    foreign = subprocess.Popen(
+        [sys.executable, "-m", "fakes.server", "--port", str(free_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
     try:
-        assert wait_until(lambda: any(c.laddr.port == free_port for c in psutil.Process(foreign.pid).net_connections() if c.status == psutil.CONN_LISTEN), timeout=20)
+        assert wait_until(
+            lambda: any(
+                c.laddr.port == free_port
+                for c in psutil.Process(foreign.pid).net_connections()
+                if c.status == psutil.CONN_LISTEN
+            ),
+            timeout=20,
+        )
         result = finish(proc)
         assert_clean_exit(result, 7)
         assert f"port {free_port} is answered by pid {foreign.pid}" in result.stderr, result.stderr
@@ -110,9 +142,17 @@ def test_a_record_without_a_command_never_gets_a_foreign_process_signalled(state
         store.ensure()
         store.save(
             RuntimeRecord(
-                name="fake", runtime="fake", pid=sentinel.pid, create_time=psutil.Process(sentinel.pid).create_time(),
-                host="127.0.0.1", port=free_port, base_url=f"http://127.0.0.1:{free_port}/v1", model="fake-model",
-                command=[], log_path=str(store.log_path("fake")), started_at=time.time(),
+                name="fake",
+                runtime="fake",
+                pid=sentinel.pid,
+                create_time=psutil.Process(sentinel.pid).create_time(),
+                host="127.0.0.1",
+                port=free_port,
+                base_url=f"http://127.0.0.1:{free_port}/v1",
+                model="fake-model",
+                command=[],
+                log_path=str(store.log_path("fake")),
+                started_at=time.time(),
             )
         )
         status = run_lf("runtime", "status", "fake", "--json")
@@ -147,7 +187,9 @@ def test_a_frozen_runtime_is_reported_frozen_fails_a_start_fast_and_stops_withou
 
         stop = run_lf("runtime", "stop", "fake", "--timeout", "5", "--json")
         assert_clean_exit(stop, 0)
-        assert json.loads(stop.stdout)["stopped"][0]["escalated"] is False, "SIGTERM should have worked once the process was resumed"
+        assert json.loads(stop.stdout)["stopped"][0]["escalated"] is False, (
+            "SIGTERM should have worked once the process was resumed"
+        )
         assert is_gone(pid)
     finally:
         try:
@@ -172,7 +214,9 @@ print(stop.stdout)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_CHILD_SUBREAPER is Linux's")
 def test_stop_counts_an_exited_daemon_as_gone_before_it_is_reaped(state, free_port):
     # as in a container whose PID 1 never reaps: the exited engine stays a zombie
-    result = subprocess.run([sys.executable, "-c", NO_REAPER, str(free_port)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", NO_REAPER, str(free_port)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     (stopped,) = json.loads(result.stdout)["stopped"]
     assert stopped["was_running"] is True
@@ -212,7 +256,9 @@ def test_start_of_a_running_instance_with_other_settings_says_so(state, tmp_path
     assert_clean_exit(same, 0)
     assert json.loads(same.stdout)["started"][0]["changed"] == [] and "other settings" not in same.stderr
 
-    other = run_lf("runtime", "start", "fake", "--port", str(free_port), "--ctx-size", "2048", "--model", "other-model", "--json")
+    other = run_lf(
+        "runtime", "start", "fake", "--port", str(free_port), "--ctx-size", "2048", "--model", "other-model", "--json"
+    )
     assert_clean_exit(other, 0)
     (started,) = json.loads(other.stdout)["started"]
     assert started["already_running"] is True

@@ -19,9 +19,21 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import run_lf
-from fakes import daemons, drop_dac_override, is_gone, kill_daemons, log_pumps, read_record, record_file, spawn_sentinel, stop_process, use_fakes, wait_until
+
+from fakes import (
+    daemons,
+    drop_dac_override,
+    is_gone,
+    kill_daemons,
+    log_pumps,
+    read_record,
+    record_file,
+    spawn_sentinel,
+    stop_process,
+    use_fakes,
+    wait_until,
+)
 
 BUG = "this is a bug in lf"
 
@@ -52,7 +64,9 @@ def start(runtime: str, port: int, *args: str, env: dict | None = None):
 def assert_nothing_left(state: Path) -> None:
     assert daemons(state) == [], "processes left behind"
     assert log_pumps(state) == [], "log pumps left behind"
-    assert list((state / "instances").glob("*")) == [] if (state / "instances").is_dir() else True, "records left behind"
+    assert list((state / "instances").glob("*")) == [] if (state / "instances").is_dir() else True, (
+        "records left behind"
+    )
 
 
 # == 5. a state dir that is not private ==========================================================
@@ -100,12 +114,24 @@ def test_planted_record_symlink_is_unreadable_and_its_process_never_signalled(st
     bystander = spawn_sentinel(marker)
     try:
         planted = tmp_path / "planted.json"
-        planted.write_text(json.dumps({
-            "name": "fake", "runtime": "fake", "pid": bystander.pid, "create_time": process_create_time(bystander.pid),
-            "host": "127.0.0.1", "port": free_port, "base_url": f"http://127.0.0.1:{free_port}/v1", "model": "m",
-            "command": psutil.Process(bystander.pid).cmdline(), "log_path": str(tmp_path / "x.log"), "started_at": time.time(),
-            "version": 2,
-        }))
+        planted.write_text(
+            json.dumps(
+                {
+                    "name": "fake",
+                    "runtime": "fake",
+                    "pid": bystander.pid,
+                    "create_time": process_create_time(bystander.pid),
+                    "host": "127.0.0.1",
+                    "port": free_port,
+                    "base_url": f"http://127.0.0.1:{free_port}/v1",
+                    "model": "m",
+                    "command": psutil.Process(bystander.pid).cmdline(),
+                    "log_path": str(tmp_path / "x.log"),
+                    "started_at": time.time(),
+                    "version": 2,
+                }
+            )
+        )
         StateStore().ensure()
         record_file(state, "fake").symlink_to(planted)
 
@@ -157,13 +183,30 @@ class ReadOnly:
         if how == "mount":
             probe = tmp_path / "mount-probe"
             probe.mkdir()
-            if not shutil.which("unshare") or subprocess.run(self._mount_argv(probe, ["/bin/true"]), capture_output=True, timeout=30).returncode != 0:
+            if (
+                not shutil.which("unshare")
+                or subprocess.run(self._mount_argv(probe, ["/bin/true"]), capture_output=True, timeout=30).returncode
+                != 0
+            ):
                 pytest.skip("no private mount namespace here (unshare --mount and mount need privileges)")
-        elif subprocess.run([sys.executable, "-c", "pass"], preexec_fn=drop_dac_override, capture_output=True).returncode != 0:
+        elif (
+            subprocess.run([sys.executable, "-c", "pass"], preexec_fn=drop_dac_override, capture_output=True).returncode
+            != 0
+        ):
             pytest.skip("cannot drop CAP_DAC_OVERRIDE here")
 
     def _mount_argv(self, folder: Path, argv: list[str]) -> list[str]:
-        return ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", READ_ONLY_MOUNT, str(folder), *argv]
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            sys.executable,
+            "-c",
+            READ_ONLY_MOUNT,
+            str(folder),
+            *argv,
+        ]
 
     def set(self, on: bool) -> None:
         self.on = on
@@ -179,8 +222,12 @@ class ReadOnly:
         if not self.on:
             return run_lf(*args)
         if self.how == "mount":
-            return subprocess.run(self._mount_argv(self.state, argv), capture_output=True, text=True, timeout=120, env=dict(os.environ))
-        return subprocess.run(argv, capture_output=True, text=True, timeout=120, preexec_fn=drop_dac_override, env=dict(os.environ))
+            return subprocess.run(
+                self._mount_argv(self.state, argv), capture_output=True, text=True, timeout=120, env=dict(os.environ)
+            )
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, preexec_fn=drop_dac_override, env=dict(os.environ)
+        )
 
 
 @pytest.fixture(params=["chmod", "mount"])
@@ -376,8 +423,12 @@ class Follower:
     def __init__(self, name: str, *args: str):
         import threading
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "lf", "runtime", "logs", name, "-f", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=dict(os.environ))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lf", "runtime", "logs", name, "-f", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ),
+        )
         self.out = b""
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -478,8 +529,14 @@ def test_log_pump_never_writes_through_a_symlink_put_in_the_logs_place(state, tm
     log.symlink_to(target)
     engine = ["sh", "-c", 'echo one; while [ -L "$1" ]; do sleep 0.05; done; echo two', "engine", str(log)]
     status_read, status_write = os.pipe()
-    launcher = subprocess.Popen(logpump.argv(str(log), 0, 0, status_write, engine), pass_fds=(status_write,), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    launcher = subprocess.Popen(
+        logpump.argv(str(log), 0, 0, status_write, engine),
+        pass_fds=(status_write,),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     os.close(status_write)
     try:
         pump_pid, failure, finished = logpump.read_report(status_read, 30)

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_lf
+
 from fakes import read_record, use_fakes
 
 
@@ -27,7 +27,12 @@ def test_two_starter_projects_run_side_by_side(tmp_path, fakes, monkeypatch):
         text = (folder / "llamafarm.yaml").read_text()
         assert "port:" not in text.split("# no port")[0]  # no fixed port written
         # the starter's entry on the fake runtime (the test's stand-in for llamacpp), named per project
-        (folder / "llamafarm.yaml").write_text(text.replace("provider: llamacpp", "provider: fake").replace("model: smollm2-135m", "model: fake-model").replace("- name: default", f"- name: {name}").replace("default_model: default", f"default_model: {name}"))
+        (folder / "llamafarm.yaml").write_text(
+            text.replace("provider: llamacpp", "provider: fake")
+            .replace("model: smollm2-135m", "model: fake-model")
+            .replace("- name: default", f"- name: {name}")
+            .replace("default_model: default", f"default_model: {name}")
+        )
         started = run_lf("runtime", "start", "--json", "-c", str(folder / "llamafarm.yaml"))
         assert started.returncode == 0, started.stderr
         ports.append(json.loads(started.stdout)["started"][0]["port"])
@@ -58,7 +63,9 @@ JSON_ERRORS = {
 
 @pytest.mark.parametrize("args, code", JSON_ERRORS.values(), ids=JSON_ERRORS.keys())
 def test_every_json_command_prints_one_json_object_on_error_too(args, code):
-    Path("broken.yaml").write_text("version: v1\nname: x\nnamespace: y\nruntime: {provider: llamacpp, model: m, llamacpp: {port: eleven}}\n")
+    Path("broken.yaml").write_text(
+        "version: v1\nname: x\nnamespace: y\nruntime: {provider: llamacpp, model: m, llamacpp: {port: eleven}}\n"
+    )
     result = run_lf(*args)
     assert result.returncode == code, result.stderr
     error = json.loads(result.stdout)["error"]  # the one object stdout holds
@@ -75,10 +82,14 @@ def test_an_unknown_model_is_exit_4_everywhere(tmp_path):
 
 def test_small_things(tmp_path):
     missing = run_lf("config", "validate", "nope.yaml")
-    assert missing.returncode == 5 and "nope.yaml: no such file" in missing.stderr and "permissions" not in missing.stderr
+    assert (
+        missing.returncode == 5 and "nope.yaml: no such file" in missing.stderr and "permissions" not in missing.stderr
+    )
     unknown = run_lf("runtime", "status", "bogus")
     assert unknown.returncode == 4 and unknown.stdout == ""  # no empty table header
-    Path("llamafarm.yaml").write_text("version: v1\nname: x\nnamespace: y\nruntime: {provider: ollama, model: llama3.2, base_url: 'http://localhost:11434'}\n")
+    Path("llamafarm.yaml").write_text(
+        "version: v1\nname: x\nnamespace: y\nruntime: {provider: ollama, model: llama3.2, base_url: 'http://localhost:11434'}\n"
+    )
     shown = run_lf("config", "show", "--json")
     assert shown.returncode == 0
     assert json.loads(shown.stdout)["models"][0]["base_url"] == "http://localhost:11434/v1"

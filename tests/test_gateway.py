@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import run_lf
+
 from fakes import Gateway, daemons, engines, free_ports, is_gone, read_record, use_fakes, wait_until
 
 
@@ -29,7 +29,10 @@ def fakes(isolated, monkeypatch):
 
 def project(tmp_path: Path, models: str, gateway: str = "") -> None:
     (tmp_path / "work" / "llamafarm.yaml").write_text(
-        "version: v1\nname: gw\nnamespace: tests\nruntime:\n" + textwrap.indent(textwrap.dedent(gateway), "  ") + "  models:\n" + textwrap.indent(textwrap.dedent(models), "    ")
+        "version: v1\nname: gw\nnamespace: tests\nruntime:\n"
+        + textwrap.indent(textwrap.dedent(gateway), "  ")
+        + "  models:\n"
+        + textwrap.indent(textwrap.dedent(models), "    ")
     )
 
 
@@ -49,10 +52,13 @@ def component(gateway: Gateway, name: str) -> dict:
 # -- routing and the OpenAI surface -------------------------------------------------------------------
 def test_routes_by_name_alias_and_model_and_says_which_models_exist(tmp_path, fakes):
     a, b, port = free_ports(3)
-    project(tmp_path, f"""\
+    project(
+        tmp_path,
+        f"""\
         - {{name: alpha, provider: fake, model: model-a, aliases: [first], provider_config: {{port: {a}}}}}
         - {{name: beta, provider: fake, model: model-b, provider_config: {{port: {b}}}}}
-        """)
+        """,
+    )
     with Gateway(tmp_path / "work", port) as gateway:
         models = httpx.get(gateway.url + "/v1/models").json()
         assert [m["id"] for m in models["data"]] == ["alpha", "beta"]
@@ -116,7 +122,9 @@ def test_a_streaming_request_waiting_for_its_model_gets_sse_comments(tmp_path):
         lines = [line for line in text.splitlines() if line]
         assert lines[0].startswith(": loading slow")  # sent at once, before the model is ready
         assert sum(line.startswith(": loading") for line in lines) >= 2  # and again while it loads (2.5 s)
-        contents = [json.loads(line[6:])["choices"][0]["delta"].get("content") for line in lines if line.startswith("data: {")]
+        contents = [
+            json.loads(line[6:])["choices"][0]["delta"].get("content") for line in lines if line.startswith("data: {")
+        ]
         assert "".join(c for c in contents if c) == "Hello from the fake runtime."
         assert lines[-1] == "data: [DONE]"
 
@@ -134,28 +142,40 @@ def test_a_start_that_fails_tells_every_waiting_request_why(tmp_path, fakes):
         assert [r.status_code for r in results] == [503] * 3
         for r in results:
             message = r.json()["error"]["message"]
-            assert "broken could not be started" in message and "unrecognized arguments: --no-such-flag" in message  # the log tail
+            assert (
+                "broken could not be started" in message and "unrecognized arguments: --no-such-flag" in message
+            )  # the log tail
         body = {"model": "broken", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         streamed = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=60)
         assert "unrecognized arguments" in streamed.text  # a quick failure still gets a proper status...
-        assert streamed.status_code == 503 or "data: {\"error\"" in streamed.text  # ...or an error event
+        assert streamed.status_code == 503 or 'data: {"error"' in streamed.text  # ...or an error event
         state = component(gateway, "broken")
-        assert state["state"] == "crashed" and state["status"] == "unhealthy" and any("--no-such-flag" in line for line in state["log_tail"])
+        assert (
+            state["state"] == "crashed"
+            and state["status"] == "unhealthy"
+            and any("--no-such-flag" in line for line in state["log_tail"])
+        )
     assert engines(fakes) == []
 
 
 # -- idle unload ----------------------------------------------------------------------------------------
 def test_idle_instances_stop_after_their_ttl_and_keep_loaded_ones_stay(tmp_path, fakes):
     a, b, port = free_ports(3)
-    project(tmp_path, f"""\
+    project(
+        tmp_path,
+        f"""\
         - {{name: brief, provider: fake, model: m, idle_ttl: 1, provider_config: {{port: {a}}}}}
         - {{name: pinned, provider: fake, model: m, keep_loaded: true, provider_config: {{port: {b}}}}}
-        """, gateway="gateway: {idle_ttl: 1}\n")
+        """,
+        gateway="gateway: {idle_ttl: 1}\n",
+    )
     with Gateway(tmp_path / "work", port) as gateway:
         assert chat(gateway, "brief").status_code == 200 and chat(gateway, "pinned").status_code == 200
         done = time.monotonic()
         brief_pid, pinned_pid = read_record(fakes, "brief")["pid"], read_record(fakes, "pinned")["pid"]
-        assert component(gateway, "brief")["expires_at"] is not None and component(gateway, "pinned")["expires_at"] is None
+        assert (
+            component(gateway, "brief")["expires_at"] is not None and component(gateway, "pinned")["expires_at"] is None
+        )
         assert wait_until(lambda: is_gone(brief_pid), timeout=10)
         assert time.monotonic() - done <= 1 + 1.0, "the idle instance outlived its TTL by more than a second"
         assert wait_until(lambda: read_record(fakes, "brief") is None) and not is_gone(pinned_pid)
@@ -168,7 +188,10 @@ def test_idle_instances_stop_after_their_ttl_and_keep_loaded_ones_stay(tmp_path,
 
 def test_an_instance_is_never_unloaded_while_it_streams(tmp_path, fakes):
     (a,), port = free_ports(1), free_ports(1)[0]
-    project(tmp_path, f"- {{name: talker, provider: fake-slow-stream, model: m, idle_ttl: 0.5, provider_config: {{port: {a}}}}}\n")
+    project(
+        tmp_path,
+        f"- {{name: talker, provider: fake-slow-stream, model: m, idle_ttl: 0.5, provider_config: {{port: {a}}}}}\n",
+    )
     with Gateway(tmp_path / "work", port) as gateway:
         body = {"model": "talker", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         pieces = 0
@@ -191,7 +214,13 @@ def test_requests_racing_the_idle_unload_are_all_answered(tmp_path, fakes):
     ports = free_ports(7)
     ttl = 0.3
     names = [f"m{i}" for i in range(6)]
-    project(tmp_path, "".join(f"- {{name: {n}, provider: fake-brisk, model: m, idle_ttl: {ttl}, provider_config: {{port: {p}}}}}\n" for n, p in zip(names, ports)))
+    project(
+        tmp_path,
+        "".join(
+            f"- {{name: {n}, provider: fake-brisk, model: m, idle_ttl: {ttl}, provider_config: {{port: {p}}}}}\n"
+            for n, p in zip(names, ports)
+        ),
+    )
     offsets = [-0.15, -0.08, -0.04, -0.01, 0.0, 0.005, 0.01, 0.02, 0.05, 0.1]
     failures: list[str] = []
     trials = []
@@ -200,7 +229,9 @@ def test_requests_racing_the_idle_unload_are_all_answered(tmp_path, fakes):
         body = {"model": name, "stream": True, "messages": []}
         with client.stream("POST", f"{gateway.url}/v1/chat/completions", json=body) as response:
             text = response.read().decode()
-        whole = response.status_code == 200 and text.count('"content": "') == 6 and text.rstrip().endswith("data: [DONE]")
+        whole = (
+            response.status_code == 200 and text.count('"content": "') == 6 and text.rstrip().endswith("data: [DONE]")
+        )
         return None if whole else f"{response.status_code} {text[-300:]!r}"
 
     def race(name: str) -> None:
@@ -232,10 +263,13 @@ def test_requests_racing_the_idle_unload_are_all_answered(tmp_path, fakes):
 # -- the loaded-model budget and the queue ---------------------------------------------------------------
 def test_when_every_loaded_model_is_busy_requests_queue_then_get_503(tmp_path, fakes):
     a, b, port = free_ports(3)
-    project(tmp_path, f"""\
+    project(
+        tmp_path,
+        f"""\
         - {{name: talker, provider: fake-slow-stream, model: m, provider_config: {{port: {a}}}}}
         - {{name: other, provider: fake, model: m, provider_config: {{port: {b}}}}}
-        """)
+        """,
+    )
     with Gateway(tmp_path / "work", port, "--max-loaded", "1", "--max-queue", "1", "--queue-timeout", "30") as gateway:
         body = {"model": "talker", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=60) as busy:
@@ -261,10 +295,13 @@ def test_a_model_started_for_a_request_is_not_evicted_for_the_queue_before_that_
     """A request queued while another model starts must not evict that model in the instant between its
     start and the request that started it taking it (both are woken by the same start)."""
     a, b, port = free_ports(3)
-    project(tmp_path, f"""\
+    project(
+        tmp_path,
+        f"""\
         - {{name: talker, provider: fake-late-stream, model: m, provider_config: {{port: {a}}}}}
         - {{name: other, provider: fake, model: m, provider_config: {{port: {b}}}}}
-        """)
+        """,
+    )
     with Gateway(tmp_path / "work", port, "--max-loaded", "1", "--max-queue", "1", "--queue-timeout", "30") as gateway:
         body = {"model": "talker", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=60) as busy:
@@ -275,7 +312,9 @@ def test_a_model_started_for_a_request_is_not_evicted_for_the_queue_before_that_
             waiter.start()
             assert wait_until(lambda: health(gateway)["gateway"]["queued"] == 1, timeout=10)  # queued during the start
             assert next(line for line in lines if line.startswith("data: {"))  # talker answers: the start was not lost
-            assert health(gateway)["gateway"]["queued"] == 1, "the queued request evicted the model its starter was waiting for"
+            assert health(gateway)["gateway"]["queued"] == 1, (
+                "the queued request evicted the model its starter was waiting for"
+            )
             assert [p.pid for p in engines(fakes)] == [read_record(fakes, "talker")["pid"]]
         waiter.join(60)
         assert [r.status_code for r in queued] == [200]
@@ -283,10 +322,13 @@ def test_a_model_started_for_a_request_is_not_evicted_for_the_queue_before_that_
 
 def test_a_model_started_for_a_request_that_went_away_makes_room_for_the_queue(tmp_path, fakes):
     a, b, port = free_ports(3)
-    project(tmp_path, f"""\
+    project(
+        tmp_path,
+        f"""\
         - {{name: slow, provider: fake-loading, model: m, provider_config: {{port: {a}}}}}
         - {{name: other, provider: fake, model: m, provider_config: {{port: {b}}}}}
-        """)
+        """,
+    )
     with Gateway(tmp_path / "work", port, "--max-loaded", "1", "--queue-timeout", "60") as gateway:
         body = {"model": "slow", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=60) as leaving:
@@ -324,8 +366,14 @@ def test_health_answers_from_its_cache_however_hung_a_runtime_is(tmp_path, fakes
     try:
         hung_port = int(hung.stdout.readline())
         ports = free_ports(4)
-        project(tmp_path, "".join(f"- {{name: m{i}, provider: fake, model: m, provider_config: {{port: {p}}}}}\n" for i, p in enumerate(ports[:3]))
-                + f"- {{name: stuck, provider: openai, model: x, base_url: 'http://127.0.0.1:{hung_port}/v1'}}\n")
+        project(
+            tmp_path,
+            "".join(
+                f"- {{name: m{i}, provider: fake, model: m, provider_config: {{port: {p}}}}}\n"
+                for i, p in enumerate(ports[:3])
+            )
+            + f"- {{name: stuck, provider: openai, model: x, base_url: 'http://127.0.0.1:{hung_port}/v1'}}\n",
+        )
         with Gateway(tmp_path / "work", ports[3], "--probe-interval", "0.5") as gateway:
             for i in range(3):
                 assert chat(gateway, f"m{i}").status_code == 200
@@ -337,9 +385,16 @@ def test_health_answers_from_its_cache_however_hung_a_runtime_is(tmp_path, fakes
             document = answer.json()
             assert answer.status_code == 200 and document["status"] == "degraded"
             states = {c["name"]: (c["state"], c["status"]) for c in document["components"]}
-            assert states == {"m0": ("running", "healthy"), "m1": ("running", "healthy"), "m2": ("running", "healthy"), "stuck": ("external", "unhealthy")}
+            assert states == {
+                "m0": ("running", "healthy"),
+                "m1": ("running", "healthy"),
+                "m2": ("running", "healthy"),
+                "stuck": ("external", "unhealthy"),
+            }
             m0 = next(c for c in document["components"] if c["name"] == "m0")
-            assert m0["probes"] >= 2 and m0["latency_p50_ms"] is not None and m0["latency_p95_ms"] >= m0["latency_p50_ms"]
+            assert (
+                m0["probes"] >= 2 and m0["latency_p50_ms"] is not None and m0["latency_p95_ms"] >= m0["latency_p50_ms"]
+            )
             assert m0["details"]["model_loaded"] is True and m0["pid"] == read_record(fakes, "m0")["pid"]
             assert "no answer within" in next(c for c in document["components"] if c["name"] == "stuck")["message"]
     finally:
@@ -356,7 +411,11 @@ def test_metrics_parse_and_move(tmp_path):
 
         def samples() -> dict:
             text = httpx.get(gateway.url + "/metrics").text
-            return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+            return {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
 
         before = samples()
         assert chat(gateway, "alpha").status_code == 200
@@ -384,20 +443,32 @@ UPSTREAM_KEY = "sk-upstream-SECRET-2718"
 
 def test_keys_are_checked_added_upstream_and_never_shown(tmp_path, fakes):
     remote_port, local_port, port = free_ports(3)
-    remote = subprocess.Popen([sys.executable, "-m", "fakes.server", "--port", str(remote_port), "--reject-key"], stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    remote = subprocess.Popen(
+        [sys.executable, "-m", "fakes.server", "--port", str(remote_port), "--reject-key"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     try:
         assert "listening" in remote.stderr.readline() + remote.stderr.readline()
-        project(tmp_path, f"""\
+        project(
+            tmp_path,
+            f"""\
             - {{name: local, provider: fake, model: m, provider_config: {{port: {local_port}}}}}
             - {{name: remote, provider: openai, model: gpt-x, base_url: "http://127.0.0.1:{remote_port}/v1", api_key: "${{UPSTREAM}}"}}
-            """, gateway="gateway: {api_key: '${env:GW_KEY}'}\n")
+            """,
+            gateway="gateway: {api_key: '${env:GW_KEY}'}\n",
+        )
         env = {"GW_KEY": GATEWAY_KEY, "UPSTREAM": UPSTREAM_KEY}
         with Gateway(tmp_path / "work", port, "--host", "0.0.0.0", env=env) as gateway:
             body = {"model": "local", "messages": [{"role": "user", "content": "hi"}]}
             url = gateway.url + "/v1/chat/completions"
             assert httpx.post(url, json=body).status_code == 401
             assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
-            assert httpx.get(gateway.url + "/health").status_code == 401 and httpx.get(gateway.url + "/metrics").status_code == 401
+            assert (
+                httpx.get(gateway.url + "/health").status_code == 401
+                and httpx.get(gateway.url + "/metrics").status_code == 401
+            )
             assert httpx.get(gateway.url + "/health/liveness").status_code == 200  # for load balancers and lf itself
             auth = {"Authorization": f"Bearer {GATEWAY_KEY}"}
             assert httpx.post(url, json=body, headers=auth).status_code == 200
@@ -422,10 +493,13 @@ def test_keys_are_checked_added_upstream_and_never_shown(tmp_path, fakes):
 # -- shutdown, adoption, detach ---------------------------------------------------------------------------
 def test_sigterm_stops_its_own_instances_and_leaves_the_others(tmp_path, fakes):
     a, b, port = free_ports(3)
-    project(tmp_path, f"""\
+    project(
+        tmp_path,
+        f"""\
         - {{name: mine, provider: fake, model: m, provider_config: {{port: {a}}}}}
         - {{name: yours, provider: fake, model: m, provider_config: {{port: {b}}}}}
-        """)
+        """,
+    )
     assert run_lf("runtime", "start", "yours").returncode == 0
     yours = read_record(fakes, "yours")["pid"]
     gateway = Gateway(tmp_path / "work", port).start()
@@ -472,7 +546,9 @@ def test_detach_runs_a_supervised_gateway_that_lf_runtime_stop_stops(tmp_path, f
     info = json.loads(started.stdout)
     assert info["name"] == f"lf-serve-{port}" and info["base_url"] == f"http://127.0.0.1:{port}/v1"
     gateway_pid = info["pid"]
-    answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "alpha", "messages": []}, timeout=30)
+    answer = httpx.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "alpha", "messages": []}, timeout=30
+    )
     assert answer.status_code == 200
     status = json.loads(run_lf("runtime", "status", "--json").stdout)
     states = {i["name"]: (i["runtime"], i["state"]) for i in status["instances"]}

@@ -26,14 +26,16 @@ def test_committed_copies_are_fresh(target):
 def _complete_in_bash(words: list[str], tmp_path) -> list[str]:
     bin_dir = Path(sys.executable).parent
     script = f"""
-source {REPO / 'completions' / 'lf.bash'}
-COMP_WORDS=({' '.join(repr(w) if w else '""' for w in words)})
+source {REPO / "completions" / "lf.bash"}
+COMP_WORDS=({" ".join(repr(w) if w else '""' for w in words)})
 COMP_CWORD={len(words) - 1}
 _lf_completion lf
 printf '%s\\n' "${{COMPREPLY[@]}}"
 """
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], capture_output=True, text=True, env=env, timeout=30)
+    result = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", script], capture_output=True, text=True, env=env, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     return [line for line in result.stdout.splitlines() if line]
 
@@ -52,15 +54,24 @@ def test_bash_completes_runtimes_instances_and_models(tmp_path):
     assert {"ollama", "openai"} <= set(_complete_in_bash(["lf", "runtime", "status", ""], tmp_path))
 
 
-@pytest.mark.parametrize("shell, files", [
-    ("bash", [".bash_completions/lf.sh", ".bashrc"]),
-    ("zsh", [".zfunc/_lf", ".zshrc"]),
-    ("fish", [".config/fish/completions/lf.fish"]),
-])
+@pytest.mark.parametrize(
+    "shell, files",
+    [
+        ("bash", [".bash_completions/lf.sh", ".bashrc"]),
+        ("zsh", [".zfunc/_lf", ".zshrc"]),
+        ("fish", [".config/fish/completions/lf.fish"]),
+    ],
+)
 def test_install_completion_installs_for_the_shell_asked_for(tmp_path, shell, files):
     env = {**os.environ, "HOME": str(tmp_path), "SHELL": "/bin/bash"}  # asked for, not the login shell's
     for _ in range(2):  # twice: the rc file gets its lines once
-        result = subprocess.run([sys.executable, "-m", "lf", "--install-completion", shell], capture_output=True, text=True, env=env, timeout=30)
+        result = subprocess.run(
+            [sys.executable, "-m", "lf", "--install-completion", shell],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
         assert result.returncode == 0, result.stderr
     script = (tmp_path / files[0]).read_text()
     assert script == (REPO / "completions" / {"bash": "lf.bash", "zsh": "lf.zsh", "fish": "lf.fish"}[shell]).read_text()
@@ -69,7 +80,13 @@ def test_install_completion_installs_for_the_shell_asked_for(tmp_path, shell, fi
     if len(files) > 1:
         rc = (tmp_path / files[1]).read_text().splitlines()
         assert len(rc) == len(set(rc))
-    bad = subprocess.run([sys.executable, "-m", "lf", "--install-completion", "tcsh"], capture_output=True, text=True, env=env, timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "lf", "--install-completion", "tcsh"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert bad.returncode == 2 and "bash, zsh, fish" in bad.stderr
 
 

@@ -57,12 +57,21 @@ def test_nvidia_smi_csv():
 
 
 def test_nvidia_smi_query_is_an_argv_with_the_format_the_parser_reads():
-    assert hardware.NVIDIA_SMI_QUERY == ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"]
+    assert hardware.NVIDIA_SMI_QUERY == [
+        "nvidia-smi",
+        "--query-gpu=name,memory.total,driver_version",
+        "--format=csv,noheader,nounits",
+    ]
 
 
 def test_rocm_smi_json_both_spellings_and_a_warning_before_it():
     (rx,) = hardware.parse_rocm_smi(read("rocm-smi-5.json"))
-    assert (rx.vendor, rx.name, rx.memory, rx.backend) == ("amd", "Navi 21 [Radeon RX 6800/6800 XT / 6900 XT]", 17163091968, "rocm")
+    assert (rx.vendor, rx.name, rx.memory, rx.backend) == (
+        "amd",
+        "Navi 21 [Radeon RX 6800/6800 XT / 6900 XT]",
+        17163091968,
+        "rocm",
+    )
     mi = hardware.parse_rocm_smi(read("rocm-smi-6.json"))
     assert [(g.name, g.memory) for g in mi] == [("AMD Instinct MI210", 68702699520)] * 2
     assert hardware.parse_rocm_smi("ERROR: no GPU found\n") == []

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import run_lf
 
 FIXTURES = Path(__file__).parent / "fixtures" / "llamafarm"
@@ -57,7 +56,10 @@ def test_unknown_keys_are_warnings_with_their_place(cli):
     shutil.copy(FIXTURES / "list_provider_blocks.yaml", "llamafarm.yaml")
     result = cli("config", "validate")
     assert result.exit_code == 0
-    assert "llamafarm.yaml:17:9: runtime.models[0].provider_config.flavour: llamacpp does not use the setting 'flavour'" in result.stderr
+    assert (
+        "llamafarm.yaml:17:9: runtime.models[0].provider_config.flavour: llamacpp does not use the setting 'flavour'"
+        in result.stderr
+    )
     strict = cli("config", "validate", "--strict")
     assert strict.exit_code == 5 and "flavour" in strict.stderr
     shown = cli("config", "show")
@@ -67,7 +69,10 @@ def test_unknown_keys_are_warnings_with_their_place(cli):
 def test_what_lf_cannot_run_is_still_an_error(cli, tmp_path):
     cases = {
         "unknown provider": ("provider: lemonaid", "'lemonaid' is not allowed (did you mean 'lemonade'?)"),
-        "a port lf needs that is not a number": ("provider: llamacpp\n  llamacpp: {port: eleven}", "expected an integer, got a string"),
+        "a port lf needs that is not a number": (
+            "provider: llamacpp\n  llamacpp: {port: eleven}",
+            "expected an integer, got a string",
+        ),
         "no model at all": ("provider: llamacpp\n  model: null", "missing required field 'model'"),
     }
     for what, (runtime, message) in cases.items():

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import run_lf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -33,13 +32,48 @@ def test_metadata_of_the_packaged_models():
     from lf.models.gguf_meta import read
 
     smol = read(packaged("smollm2-135m"))
-    assert (smol.architecture, smol.parameters, smol.quantization, smol.context_length) == ("llama", 134515008, "Q4_1", 8192)
-    assert (smol.layers, smol.embedding_size, smol.head_count, smol.head_count_kv, smol.key_length, smol.value_length) == (30, 576, 9, 3, 64, 64)
-    assert (smol.vocab_size, smol.merges, smol.sliding_window, smol.file_size, smol.tensor_bytes) == (49152, 48900, None, 98362432, 96576768)
+    assert (smol.architecture, smol.parameters, smol.quantization, smol.context_length) == (
+        "llama",
+        134515008,
+        "Q4_1",
+        8192,
+    )
+    assert (
+        smol.layers,
+        smol.embedding_size,
+        smol.head_count,
+        smol.head_count_kv,
+        smol.key_length,
+        smol.value_length,
+    ) == (30, 576, 9, 3, 64, 64)
+    assert (smol.vocab_size, smol.merges, smol.sliding_window, smol.file_size, smol.tensor_bytes) == (
+        49152,
+        48900,
+        None,
+        98362432,
+        96576768,
+    )
     gemma = read(packaged("gemma3-270m"))
-    assert (gemma.architecture, gemma.parameters, gemma.quantization, gemma.context_length) == ("gemma3", 268098176, "Q4_K_M", 32768)
-    assert (gemma.layers, gemma.embedding_size, gemma.head_count, gemma.head_count_kv, gemma.key_length, gemma.value_length) == (18, 640, 4, 1, 256, 256)
-    assert (gemma.vocab_size, gemma.sliding_window, gemma.file_size, gemma.tensor_bytes) == (262144, 512, 253113024, 246587904)
+    assert (gemma.architecture, gemma.parameters, gemma.quantization, gemma.context_length) == (
+        "gemma3",
+        268098176,
+        "Q4_K_M",
+        32768,
+    )
+    assert (
+        gemma.layers,
+        gemma.embedding_size,
+        gemma.head_count,
+        gemma.head_count_kv,
+        gemma.key_length,
+        gemma.value_length,
+    ) == (18, 640, 4, 1, 256, 256)
+    assert (gemma.vocab_size, gemma.sliding_window, gemma.file_size, gemma.tensor_bytes) == (
+        262144,
+        512,
+        253113024,
+        246587904,
+    )
 
 
 def test_kv_cache_as_llama_cpp_sizes_it():
@@ -80,10 +114,14 @@ def test_rm_refuses_a_model_in_use_and_removes_one_that_is_not(isolated, free_po
     listed = json.loads(run_lf("models", "list", "--json", check=True).stdout)["gguf"]
     assert any(m["name"] == "mine.gguf" and m["source"] == "models-dir" for m in listed)
 
-    run_lf("runtime", "start", "llamacpp", "--model", str(copy), "--port", str(free_port), "--ctx-size", "512", check=True)
+    run_lf(
+        "runtime", "start", "llamacpp", "--model", str(copy), "--port", str(free_port), "--ctx-size", "512", check=True
+    )
     try:
         refused = run_lf("models", "rm", "mine.gguf")
-        assert refused.returncode == 2 and "in use by llamacpp" in refused.stderr and "lf runtime stop" in refused.stderr
+        assert (
+            refused.returncode == 2 and "in use by llamacpp" in refused.stderr and "lf runtime stop" in refused.stderr
+        )
         assert copy.exists()
     finally:
         run_lf("runtime", "stop", "--all", check=True)
@@ -101,19 +139,48 @@ def test_estimate_within_15_percent_of_measured_rss(isolated, model, ctx):
     packaged(model)
     (result,) = p10_memory.run_cases(lambda *args: run_lf(*args, check=True, timeout=600).stdout, [(model, ctx)])
     _, _, estimated, measured = result
-    assert abs(estimated / measured - 1) <= p10_memory.TOLERANCE, f"{model}@{ctx}: estimate {estimated >> 20} MiB, measured {measured >> 20} MiB"
+    assert abs(estimated / measured - 1) <= p10_memory.TOLERANCE, (
+        f"{model}@{ctx}: estimate {estimated >> 20} MiB, measured {measured >> 20} MiB"
+    )
 
 
 def _engines() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["cmdline"]) if "lf.runtimes.engines.xllamacpp_server" in " ".join(p.info["cmdline"] or [])]
+    return [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "lf.runtimes.engines.xllamacpp_server" in " ".join(p.info["cmdline"] or [])
+    ]
 
 
 def test_dry_run_prints_the_plan_and_starts_nothing(isolated, free_port):
     before = {p.pid for p in _engines()}
-    shown = run_lf("runtime", "start", "llamacpp", "--model", "gemma3-270m", "--port", str(free_port), "--ctx-size", "8192", "--dry-run", check=True)
-    assert "would start llamacpp" in shown.stdout and f"--port {free_port}" in shown.stdout and "memory: about" in shown.stdout
-    (plan,) = json.loads(run_lf("runtime", "start", "llamacpp", "--port", str(free_port), "--dry-run", "--json", check=True).stdout)["plan"]
-    assert plan["port"] == free_port and plan["model"] == "smollm2-135m" and plan["fits"] is True and not plan["already_running"]
+    shown = run_lf(
+        "runtime",
+        "start",
+        "llamacpp",
+        "--model",
+        "gemma3-270m",
+        "--port",
+        str(free_port),
+        "--ctx-size",
+        "8192",
+        "--dry-run",
+        check=True,
+    )
+    assert (
+        "would start llamacpp" in shown.stdout
+        and f"--port {free_port}" in shown.stdout
+        and "memory: about" in shown.stdout
+    )
+    (plan,) = json.loads(
+        run_lf("runtime", "start", "llamacpp", "--port", str(free_port), "--dry-run", "--json", check=True).stdout
+    )["plan"]
+    assert (
+        plan["port"] == free_port
+        and plan["model"] == "smollm2-135m"
+        and plan["fits"] is True
+        and not plan["already_running"]
+    )
     assert plan["estimate"]["context_size"] == 4096 and plan["estimate"]["total"] > 0 and plan["available_bytes"] > 0
     assert "--ctx-size" in plan["argv"] and str(free_port) in plan["argv"]
     assert not (isolated / "state" / "instances").exists() or not list((isolated / "state" / "instances").iterdir())
@@ -160,6 +227,8 @@ def test_a_start_reads_a_models_header_once_then_from_the_cache(isolated):
     if not default_model_installed():
         pytest.skip("needs the default model: lf models fetch smollm2-135m")
     probe = "import sys, runpy; sys.argv = ['lf', 'runtime', 'start', 'llamacpp', '--dry-run']\ntry:\n    runpy.run_module('lf', run_name='__main__')\nexcept SystemExit:\n    pass\nprint('GGUF-IMPORTED' if 'gguf' in sys.modules else 'NO-GGUF', file=sys.stderr)"
-    runs = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120) for _ in range(2)]
+    runs = [
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120) for _ in range(2)
+    ]
     assert "GGUF-IMPORTED" in runs[0].stderr and "fits" in runs[0].stdout, runs[0].stderr
     assert "NO-GGUF" in runs[1].stderr and runs[1].stdout == runs[0].stdout, runs[1].stderr

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import default_model_installed, run_lf
+
 from fakes.hfhub import FakeHub, HubFile, write_gguf
 
 REPO = "org/Tiny-GGUF"
@@ -54,7 +54,9 @@ def ggufs(tmp_path_factory):
 @pytest.fixture
 def hub(monkeypatch, ggufs):
     fake = FakeHub()
-    fake.add(REPO, {"tiny-Q4_K_M.gguf": ggufs["small"], "tiny-Q8_0.gguf": ggufs["other"], "mmproj-tiny-F16.gguf": b"GGUF"})
+    fake.add(
+        REPO, {"tiny-Q4_K_M.gguf": ggufs["small"], "tiny-Q8_0.gguf": ggufs["other"], "mmproj-tiny-F16.gguf": b"GGUF"}
+    )
     with fake.start() as running:
         monkeypatch.setenv("HF_ENDPOINT", running.url)
         yield fake
@@ -83,7 +85,15 @@ def test_references_are_told_apart_from_paths_and_names():
     assert parse_ref("unsloth/Qwen3-4B-GGUF:Q4_K_M") == HubRef("unsloth/Qwen3-4B-GGUF", quant="Q4_K_M")
     assert parse_ref("unsloth/Qwen3-4B-GGUF") == HubRef("unsloth/Qwen3-4B-GGUF")
     assert parse_ref("org/repo/sub/file-Q8_0.gguf") == HubRef("org/repo", filename="sub/file-Q8_0.gguf")
-    for not_a_ref in ("smollm2-135m", "./models/x.gguf", "/abs/x.gguf", "~/x.gguf", "models/x.gguf", "a/../b", "llama3.2:1b"):
+    for not_a_ref in (
+        "smollm2-135m",
+        "./models/x.gguf",
+        "/abs/x.gguf",
+        "~/x.gguf",
+        "models/x.gguf",
+        "a/../b",
+        "llama3.2:1b",
+    ):
         assert parse_ref(not_a_ref) is None, not_a_ref
 
 
@@ -92,19 +102,32 @@ def test_quant_selection_groups_split_files_and_names_the_choices():
     from lf.models.hub import HubRef, gguf_models, select
 
     files = [
-        "M-Q4_K_M-00002-of-00002.gguf", "M-Q4_K_M-00001-of-00002.gguf", "M-Q4_K.gguf", "M-UD-Q4_K_XL.gguf",
-        "M-Q8_0.gguf", "mmproj-F16.gguf", "README.md",
+        "M-Q4_K_M-00002-of-00002.gguf",
+        "M-Q4_K_M-00001-of-00002.gguf",
+        "M-Q4_K.gguf",
+        "M-UD-Q4_K_XL.gguf",
+        "M-Q8_0.gguf",
+        "mmproj-F16.gguf",
+        "README.md",
     ]
     models = gguf_models(files, {f: 10 for f in files})
-    assert [m.files for m in models if len(m.files) > 1] == [("M-Q4_K_M-00001-of-00002.gguf", "M-Q4_K_M-00002-of-00002.gguf")]
+    assert [m.files for m in models if len(m.files) > 1] == [
+        ("M-Q4_K_M-00001-of-00002.gguf", "M-Q4_K_M-00002-of-00002.gguf")
+    ]
     assert not any("mmproj" in m.name for m in models)
-    assert select(HubRef("o/r", quant="q4_k_m"), models).files == ("M-Q4_K_M-00001-of-00002.gguf", "M-Q4_K_M-00002-of-00002.gguf")
+    assert select(HubRef("o/r", quant="q4_k_m"), models).files == (
+        "M-Q4_K_M-00001-of-00002.gguf",
+        "M-Q4_K_M-00002-of-00002.gguf",
+    )
     assert select(HubRef("o/r", quant="Q4_K"), models).name == "M-Q4_K.gguf"  # not Q4_K_M
     assert select(HubRef("o/r", quant="ud-q4_k_xl"), models).name == "M-UD-Q4_K_XL.gguf"
     with pytest.raises(LfError) as several:
         select(HubRef("o/r"), models)
     assert several.value.exit_status == ExitStatus.USAGE
-    assert "lf models pull o/r:Q4_K_M (20 B, 2 parts)" in several.value.hint and "lf models pull o/r:Q8_0" in several.value.hint
+    assert (
+        "lf models pull o/r:Q4_K_M (20 B, 2 parts)" in several.value.hint
+        and "lf models pull o/r:Q8_0" in several.value.hint
+    )
     with pytest.raises(LfError) as missing:
         select(HubRef("o/r", quant="Q2_K"), models)
     assert missing.value.exit_status == ExitStatus.UNKNOWN and "o/r:Q8_0" in missing.value.hint
@@ -238,7 +261,11 @@ def test_disk_space_is_checked_before_downloading(hub, hf_env):
     hub.add("org/Huge-GGUF", {"huge-Q4_0.gguf": HubFile(data=b"GGUF", declared_size=too_big)})
     result = pull("org/Huge-GGUF:Q4_0")
     assert result.returncode == 1
-    assert "not enough disk space" in result.stderr and f"needs {human_size(too_big)}" in result.stderr and "HF_HOME" in result.stderr
+    assert (
+        "not enough disk space" in result.stderr
+        and f"needs {human_size(too_big)}" in result.stderr
+        and "HF_HOME" in result.stderr
+    )
     assert not hub.file_requests()
 
 
@@ -356,7 +383,9 @@ def test_status_and_help_do_not_import_huggingface_hub(isolated):
         assert not imported(modules, "huggingface_hub"), args
 
 
-needs_model = pytest.mark.skipif(not default_model_installed(), reason="needs smollm2-135m (lf models fetch smollm2-135m)")
+needs_model = pytest.mark.skipif(
+    not default_model_installed(), reason="needs smollm2-135m (lf models fetch smollm2-135m)"
+)
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 
 
@@ -364,7 +393,13 @@ SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 def smol_hub(hub):
     from lf.models.catalog import CATALOG
 
-    hub.add(SMOL, {"SmolLM2-135M-Instruct.Q4_1.gguf": CATALOG["smollm2-135m"].path(), "SmolLM2-135M-Instruct.Q8_0.gguf": b"GGUF-not-used"})
+    hub.add(
+        SMOL,
+        {
+            "SmolLM2-135M-Instruct.Q4_1.gguf": CATALOG["smollm2-135m"].path(),
+            "SmolLM2-135M-Instruct.Q8_0.gguf": b"GGUF-not-used",
+        },
+    )
     return hub
 
 
@@ -442,7 +477,12 @@ def test_the_gateway_pulls_on_the_first_request_when_its_pull_setting_allows(smo
     (port,) = free_ports(1)
     _config(isolated / "work", f"{SMOL}:Q4_1", port)
     with Gateway(isolated / "work", free_port, "--pull") as gateway:
-        body = {"model": "local", "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 48}
+        body = {
+            "model": "local",
+            "messages": [{"role": "user", "content": QUESTION}],
+            "temperature": 0,
+            "max_tokens": 48,
+        }
         answer = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=600)
         assert answer.status_code == 200, answer.text
         assert "Paris" in answer.json()["choices"][0]["message"]["content"]

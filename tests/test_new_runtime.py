@@ -10,8 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import run_lf
+
 from fakes import read_record, use_fakes
 
 # Shaped after Hugging Face's text-generation-launcher: flags lf has never heard of.
@@ -115,12 +115,20 @@ def test_schema_and_validation_come_from_the_folder(tgi_like, tmp_path):
     assert "tgi-like" in single["properties"]["provider"]["enum"]
     section = single["properties"]["tgi-like"]["properties"]
     assert section["quantize"]["enum"] == ["awq", "gptq", "eetq"]
-    assert section["max_batch_prefill_tokens"] == {"type": "integer", "minimum": 1, "maximum": 65536, "description": "tokens prefilled per batch"}
+    assert section["max_batch_prefill_tokens"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 65536,
+        "description": "tokens prefilled per batch",
+    }
 
     path = project(tmp_path, "{quantize: awg, max_batch_prefill_tokens: 0}")
     result = run_lf("config", "validate", str(path))
     assert result.returncode == 5, result.stderr
-    assert re.search(r"llamafarm\.yaml:9:35: runtime\.models\[0\]\.provider_config\.quantize: 'awg' is not allowed \(did you mean 'awq'\?\) \(allowed: one of: awq, gptq, eetq\)", result.stderr), result.stderr
+    assert re.search(
+        r"llamafarm\.yaml:9:35: runtime\.models\[0\]\.provider_config\.quantize: 'awg' is not allowed \(did you mean 'awq'\?\) \(allowed: one of: awq, gptq, eetq\)",
+        result.stderr,
+    ), result.stderr
     assert "provider_config.max_batch_prefill_tokens: 0 is below the minimum (allowed: 1 to 65536)" in result.stderr
 
 
@@ -131,7 +139,12 @@ def test_config_show_env_set_and_argv(tgi_like, tmp_path, free_port):
     assert shown.returncode == 0, shown.stderr
     (model,) = json.loads(shown.stdout)["models"]
     assert model["port"] == free_port
-    assert model["settings"] == {"max_batch_prefill_tokens": 4096, "quantize": "awq", "trust_remote_code": False, "engine_args": None}
+    assert model["settings"] == {
+        "max_batch_prefill_tokens": 4096,
+        "quantize": "awq",
+        "trust_remote_code": False,
+        "engine_args": None,
+    }
 
     started = run_lf("runtime", "start", "big", env={"TGI_LIKE_MAX_BATCH_PREFILL_TOKENS": "512"})
     assert started.returncode == 0, started.stderr
@@ -141,7 +154,13 @@ def test_config_show_env_set_and_argv(tgi_like, tmp_path, free_port):
 
     started = run_lf("runtime", "start", "big", "--set", "trust_remote_code=true", "--set", "quantize=gptq")
     assert started.returncode == 0, started.stderr
-    assert engine_args(state, "big") == ["--max-batch-prefill-tokens", "4096", "--quantize", "gptq", "--trust-remote-code"]
+    assert engine_args(state, "big") == [
+        "--max-batch-prefill-tokens",
+        "4096",
+        "--quantize",
+        "gptq",
+        "--trust-remote-code",
+    ]
     restarted = run_lf("runtime", "restart", "big")  # what --set chose stays in force
     assert restarted.returncode == 0, restarted.stderr
     assert engine_args(state, "big")[-1] == "--trust-remote-code"
@@ -151,11 +170,22 @@ def test_config_show_env_set_and_argv(tgi_like, tmp_path, free_port):
 def test_bad_values_from_env_and_flags_are_refused_before_anything_runs(tgi_like, tmp_path):
     project(tmp_path, "{}")
     bad_env = run_lf("runtime", "start", "big", env={"TGI_LIKE_MAX_BATCH_PREFILL_TOKENS": "lots"})
-    assert bad_env.returncode == 5 and "TGI_LIKE_MAX_BATCH_PREFILL_TOKENS: expected an integer, got a string" in bad_env.stderr
+    assert (
+        bad_env.returncode == 5
+        and "TGI_LIKE_MAX_BATCH_PREFILL_TOKENS: expected an integer, got a string" in bad_env.stderr
+    )
     bad_flag = run_lf("runtime", "start", "big", "--set", "quantize=fp4")
-    assert bad_flag.returncode == 1 and "--set quantize: 'fp4' is not allowed" in bad_flag.stderr and "awq, gptq, eetq" in bad_flag.stderr
+    assert (
+        bad_flag.returncode == 1
+        and "--set quantize: 'fp4' is not allowed" in bad_flag.stderr
+        and "awq, gptq, eetq" in bad_flag.stderr
+    )
     unknown = run_lf("runtime", "start", "big", "--set", "quantise=awq")
-    assert unknown.returncode == 1 and "has no setting 'quantise'" in unknown.stderr and "did you mean 'quantize'" in unknown.stderr
+    assert (
+        unknown.returncode == 1
+        and "has no setting 'quantise'" in unknown.stderr
+        and "did you mean 'quantize'" in unknown.stderr
+    )
     assert not (tmp_path / "state" / "instances" / "big.json").exists()
 
 
@@ -184,7 +214,9 @@ def test_a_manifest_that_uses_an_undeclared_setting_is_refused(tgi_like):
     from lf.errors import LfError
     from lf.runtimes.registry import all_runtimes, get_runtime
 
-    (tgi_like / "manifest.toml").write_text(MANIFEST.replace('"{max_batch_prefill_tokens}"', '"{max_batch_total_tokens}"'))
+    (tgi_like / "manifest.toml").write_text(
+        MANIFEST.replace('"{max_batch_prefill_tokens}"', '"{max_batch_total_tokens}"')
+    )
     all_runtimes.cache_clear()
     from lf.runtimes import registry
 

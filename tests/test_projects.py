@@ -12,8 +12,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import run_lf
+
 from fakes import daemons, free_ports, use_fakes
 
 
@@ -43,7 +43,9 @@ def project(root: Path, folder: str, name: str, model: str, port: int, namespace
 
 def lf(config: Path | None, *args: str, code: int = 0):
     result = run_lf(*args, *(["--config", str(config)] if config else []))
-    assert result.returncode == code, f"lf {' '.join(args)}: exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}"
+    assert result.returncode == code, (
+        f"lf {' '.join(args)}: exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}"
+    )
     assert "Traceback" not in result.stderr, result.stderr
     return result
 
@@ -69,7 +71,12 @@ def test_two_projects_with_the_same_entry_name_each_have_their_own_instance(stat
     assert "already running" not in started.stderr + started.stdout  # B gets its own, not A's
 
     (mine,) = status(b)
-    assert (mine["project"], mine["model"], mine["port"], mine["state"]) == ("tests/beta", "model-of-b", port_b, "running")
+    assert (mine["project"], mine["model"], mine["port"], mine["state"]) == (
+        "tests/beta",
+        "model-of-b",
+        port_b,
+        "running",
+    )
     assert pid_on(port_a) is not None and pid_on(port_b) is not None and pid_on(port_a) != pid_on(port_b)
 
     # each project's chat talks to its own model

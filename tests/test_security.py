@@ -16,8 +16,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import run_lf
+
 from fakes import daemons, kill_daemons, read_record, record_file, use_fakes
 
 LF_DIR = Path(__file__).resolve().parent.parent / "lf"
@@ -77,8 +77,12 @@ def test_binding_all_interfaces_only_when_asked_and_with_a_warning(state, tmp_pa
 # -- private files -------------------------------------------------------------------------------
 def run_lf_with_umask(umask: int, *args: str, env: dict | None = None):
     return subprocess.run(
-        [sys.executable, "-m", "lf", *args], capture_output=True, text=True, timeout=60,
-        preexec_fn=lambda: os.umask(umask), env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "lf", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.umask(umask),
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -86,7 +90,14 @@ def test_state_files_are_private_even_with_an_open_umask(state, tmp_path, free_p
     nested = tmp_path / "deep" / "er" / "state"  # lf creates every missing folder on the way
     ok(run_lf_with_umask(0, "runtime", "start", "fake", "--port", str(free_port), env={"LF_STATE_DIR": str(nested)}))
     try:
-        for folder in (tmp_path / "deep", tmp_path / "deep" / "er", nested, nested / "instances", nested / "logs", nested / "locks"):
+        for folder in (
+            tmp_path / "deep",
+            tmp_path / "deep" / "er",
+            nested,
+            nested / "instances",
+            nested / "logs",
+            nested / "locks",
+        ):
             assert mode(folder) == "0o700", folder
         for path in (nested / "instances" / "fake.json", nested / "logs" / "fake.log", nested / "locks" / "fake.lock"):
             assert mode(path) == "0o600", path
@@ -121,8 +132,12 @@ print(data_dir())
 def test_data_dir_is_created_private(tmp_path):
     data = tmp_path / "fresh" / "data"
     result = subprocess.run(
-        [sys.executable, "-c", PRIVATE_DATA_DIR], capture_output=True, text=True, timeout=60,
-        preexec_fn=lambda: os.umask(0), env={**os.environ, "LF_DATA_DIR": str(data)},
+        [sys.executable, "-c", PRIVATE_DATA_DIR],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.umask(0),
+        env={**os.environ, "LF_DATA_DIR": str(data)},
     )
     assert result.returncode == 0, result.stderr
     for folder in (tmp_path / "fresh", data, data / "models"):
@@ -135,8 +150,8 @@ HOSTILE_NAMES = ["../escape", "../../escape", "a/b", "/etc/passwd", "..", ".hidd
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES, ids=repr)
 def test_hostile_names_are_refused_by_the_state_store(name):
-    from lf.errors import UnknownNameError
     from lf.daemon.records import StateStore
+    from lf.errors import UnknownNameError
 
     store = StateStore()
     for path_of in (store.record_path, store.log_path, store.lock_path):
@@ -188,9 +203,16 @@ def test_no_shell_anywhere_in_lf():
                 continue
             func = ast.unparse(node.func)
             where = f"{path.relative_to(LF_DIR.parent)}:{node.lineno}"
-            if any(k.arg == "shell" and not (isinstance(k.value, ast.Constant) and k.value.value is False) for k in node.keywords):
+            if any(
+                k.arg == "shell" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+                for k in node.keywords
+            ):
                 offences.append(f"{where}: {func}(shell=...)")
-            if func in ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput") or func.startswith("os.exec") and func.endswith("e"):
+            if (
+                func in ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput")
+                or func.startswith("os.exec")
+                and func.endswith("e")
+            ):
                 offences.append(f"{where}: {func}")
             if func.split(".")[-1] in ("Popen", "run", "call", "check_call", "check_output") and node.args:
                 if isinstance(node.args[0], (ast.Constant, ast.JoinedStr, ast.BinOp)):
@@ -206,8 +228,10 @@ def test_config_values_reach_the_runtime_as_single_arguments(state, tmp_path, fr
     )
     ok(run_lf("runtime", "start"))
     record = read_record(state, "fake")
-    argv_line = next(line for line in Path(record["log_path"]).read_text().splitlines() if line.startswith("fake: argv "))
-    argv = json.loads(argv_line[len("fake: argv "):])
+    argv_line = next(
+        line for line in Path(record["log_path"]).read_text().splitlines() if line.startswith("fake: argv ")
+    )
+    argv = json.loads(argv_line[len("fake: argv ") :])
     assert argv[argv.index("--model") + 1] == hostile
     ok(run_lf("runtime", "stop", "fake"))
     assert [p for p in tmp_path.rglob("PWNED*")] == []
@@ -223,7 +247,10 @@ MANAGED_KEY = "sk-managed-SECRET-9012"
 def key_rejecting_server(free_port):
     """An OpenAI-like server that answers 401 and echoes the key it was sent, as careless servers do."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fakes.server", "--port", str(free_port), "--reject-key"], stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+        [sys.executable, "-m", "fakes.server", "--port", str(free_port), "--reject-key"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
     )
     assert "listening" in proc.stderr.readline() + proc.stderr.readline()
     yield free_port
@@ -290,7 +317,10 @@ def test_api_keys_never_appear_in_output_logs_or_errors(state, tmp_path, key_rej
     lf("config", "validate", str(bad), "--json", code=5)
     lf("runtime", "status", "-c", str(bad), code=5)
 
-    files = [*state.glob("**/logs/*"), *state.glob("**/instances/*")]  # what lf writes about its instances, of every project
+    files = [
+        *state.glob("**/logs/*"),
+        *state.glob("**/instances/*"),
+    ]  # what lf writes about its instances, of every project
     assert any(p.suffix == ".log" for p in files)
     for path in files:
         outputs.append((str(path), path.read_text(errors="replace")))

@@ -38,7 +38,15 @@ def test_200_start_stop_cycles_leave_nothing_behind(isolated, monkeypatch, free_
     runtime = get_runtime("fake")
 
     def cycle() -> int:
-        spec = InstanceSpec(name="fake", runtime=runtime, model="fake-model", model_path=None, host="127.0.0.1", port=free_port, port_auto=False)
+        spec = InstanceSpec(
+            name="fake",
+            runtime=runtime,
+            model="fake-model",
+            model_path=None,
+            host="127.0.0.1",
+            port=free_port,
+            port_auto=False,
+        )
         result = start_spec(spec, store=store, timeout=20)
         assert not result.already_running and result.health is not None and result.health.healthy
         stopped = stop("fake", store, timeout=5)
@@ -54,12 +62,17 @@ def test_200_start_stop_cycles_leave_nothing_behind(isolated, monkeypatch, free_
         fds_after = open_fds()
 
         assert len(pids) == CYCLES
-        assert [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE] == []
+        assert [
+            pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        ] == []
         assert zombie_children() == []
         assert daemons(state) == []
         assert store.names() == []
         assert list((state / "instances").iterdir()) == []  # no temp files either
         assert fds_after <= fds_before, f"open fds grew from {fds_before} to {fds_after}"
-        print(f"\nsoak: {CYCLES} cycles in {duration:.1f}s ({duration / CYCLES * 1000:.0f} ms each); open fds {fds_before} -> {fds_after}", file=sys.stderr)
+        print(
+            f"\nsoak: {CYCLES} cycles in {duration:.1f}s ({duration / CYCLES * 1000:.0f} ms each); open fds {fds_before} -> {fds_after}",
+            file=sys.stderr,
+        )
     finally:
         kill_daemons(state)

@@ -33,14 +33,31 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "models": (
         "List and fetch models.",
-        {"list": "lf.cli.models:list_models", "info": "lf.cli.models:info", "rm": "lf.cli.models:rm", "fetch": "lf.cli.models:fetch", "pull": "lf.cli.models_pull:pull", "build-onnx": "lf.cli.models:build_onnx", "build-hf": "lf.cli.models_hf:build_hf"},
+        {
+            "list": "lf.cli.models:list_models",
+            "info": "lf.cli.models:info",
+            "rm": "lf.cli.models:rm",
+            "fetch": "lf.cli.models:fetch",
+            "pull": "lf.cli.models_pull:pull",
+            "build-onnx": "lf.cli.models:build_onnx",
+            "build-hf": "lf.cli.models_hf:build_hf",
+        },
     ),
     "config": (
         "Validate, show and create llamafarm.yaml.",
-        {"validate": "lf.cli.config:validate", "show": "lf.cli.config:show", "init": "lf.cli.config:init", "schema": "lf.cli.config:schema"},
+        {
+            "validate": "lf.cli.config:validate",
+            "show": "lf.cli.config:show",
+            "init": "lf.cli.config:init",
+            "schema": "lf.cli.config:schema",
+        },
     ),
 }
-TOP_LEVEL: dict[str, str] = {"chat": "lf.cli.chat:chat", "serve": "lf.cli.serve:serve", "doctor": "lf.cli.doctor:doctor"}
+TOP_LEVEL: dict[str, str] = {
+    "chat": "lf.cli.chat:chat",
+    "serve": "lf.cli.serve:serve",
+    "doctor": "lf.cli.doctor:doctor",
+}
 
 
 def _version(value: bool) -> None:
@@ -70,9 +87,17 @@ def build_app(only: str | None = None, only_command: str | None = None, listing:
 
     @app.callback()
     def _root(
-        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
-        install_completion: bool = typer.Option(False, "--install-completion", help="Install completion: --install-completion [bash|zsh|fish] (default: your login shell)."),
-        show_completion: bool = typer.Option(False, "--show-completion", help="Print the completion script: --show-completion [bash|zsh|fish]."),
+        version: bool = typer.Option(
+            False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+        install_completion: bool = typer.Option(
+            False,
+            "--install-completion",
+            help="Install completion: --install-completion [bash|zsh|fish] (default: your login shell).",
+        ),
+        show_completion: bool = typer.Option(
+            False, "--show-completion", help="Print the completion script: --show-completion [bash|zsh|fish]."
+        ),
     ) -> None:
         """Run local LLM runtimes as supervised daemons, check their health, and chat with them."""
 
@@ -108,7 +133,11 @@ def _completion(argv: list[str]) -> None:
         if argv[0] == "--show-completion":
             shell = shell or detect_shell()
             if shell not in SHELLS:
-                raise LfError(f"no completion script for {shell!r}", hint=f"shells: {', '.join(SHELLS)}", exit_status=ExitStatus.USAGE)
+                raise LfError(
+                    f"no completion script for {shell!r}",
+                    hint=f"shells: {', '.join(SHELLS)}",
+                    exit_status=ExitStatus.USAGE,
+                )
             sys.stdout.write(script(shell))
             return
         for path in install(shell):

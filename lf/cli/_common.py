@@ -6,7 +6,8 @@ import functools
 import json
 import os
 import sys
-from typing import Annotated, Callable, Optional
+from collections.abc import Callable
+from typing import Annotated
 
 import typer
 
@@ -15,8 +16,13 @@ from lf.errors import ExitStatus, LfError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (documented in the README).")]
 ConfigOpt = Annotated[
-    Optional[str],
-    typer.Option("--config", "-c", help="Path of llamafarm.yaml (default: $LF_CONFIG, then ./llamafarm.yaml or a parent's).", show_default=False),
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Path of llamafarm.yaml (default: $LF_CONFIG, then ./llamafarm.yaml or a parent's).",
+        show_default=False,
+    ),
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -38,16 +38,43 @@ Keys:
 
 @command
 def chat(
-    message: Annotated[Optional[str], typer.Argument(help="The message. Omitted: read stdin, or open an interactive chat on a terminal.", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="A model entry of llamafarm.yaml, or a model name/file.", autocompletion=complete_models)] = None,
-    runtime: Annotated[Optional[str], typer.Option("--runtime", "-r", help="Runtime to use (default: from llamafarm.yaml, else llamacpp).")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", min=0.0, max=2.0, help="Sampling temperature.")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Upper bound on the answer's length.")] = None,
+    message: Annotated[
+        str | None,
+        typer.Argument(
+            help="The message. Omitted: read stdin, or open an interactive chat on a terminal.", show_default=False
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A model entry of llamafarm.yaml, or a model name/file.",
+            autocompletion=complete_models,
+        ),
+    ] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", "-r", help="Runtime to use (default: from llamafarm.yaml, else llamacpp)."),
+    ] = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", min=0.0, max=2.0, help="Sampling temperature.")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", min=1, help="Upper bound on the answer's length.")
+    ] = None,
     no_stream: Annotated[bool, typer.Option("--no-stream", help="Wait for the whole answer, then print it.")] = False,
-    no_auto_start: Annotated[bool, typer.Option("--no-auto-start", help="Fail instead of starting a runtime that is not running.")] = False,
+    no_auto_start: Annotated[
+        bool, typer.Option("--no-auto-start", help="Fail instead of starting a runtime that is not running.")
+    ] = False,
     pull: PullOpt = False,
-    timeout: Annotated[float, typer.Option("--timeout", min=0, help="Seconds an answer may take, from the question to its last word (0: no limit).")] = DEFAULT_TIMEOUT,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=0, help="Seconds an answer may take, from the question to its last word (0: no limit)."
+        ),
+    ] = DEFAULT_TIMEOUT,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -59,7 +86,9 @@ def chat(
         message = _utf8(sys.stdin.buffer.read(), "stdin").strip()
         if not message:
             raise LfError("no message: stdin was empty", exit_status=ExitStatus.USAGE)
-    elif message is not None and not _utf8(message, "the message").strip():  # refused before a runtime is started for nothing
+    elif (
+        message is not None and not _utf8(message, "the message").strip()
+    ):  # refused before a runtime is started for nothing
         raise LfError(
             "the message is empty",
             hint='give one (lf chat "Say hi"), or none on a terminal for an interactive chat',
@@ -70,7 +99,9 @@ def chat(
     progress = Progress(starting="waiting for {name} to become healthy", announce=True)
     try:
         project = load_project(config)
-        endpoint, entry = with_pull(pull, lambda: chat_endpoint(project, runtime, model, auto_start=not no_auto_start, on_event=progress))
+        endpoint, entry = with_pull(
+            pull, lambda: chat_endpoint(project, runtime, model, auto_start=not no_auto_start, on_event=progress)
+        )
     finally:
         progress.done()
 
@@ -82,7 +113,9 @@ def chat(
     history: list[dict] = [{"role": "system", "content": system}] if system else []
 
     if message is not None:
-        _ask(endpoint, payload, history, message, stream=not (no_stream or json_out), json_out=json_out, timeout=timeout)
+        _ask(
+            endpoint, payload, history, message, stream=not (no_stream or json_out), json_out=json_out, timeout=timeout
+        )
         return
     _Session(endpoint, payload, history, timeout).run()
 
@@ -101,7 +134,11 @@ def _utf8(text: str | bytes, where: str) -> str:
     except UnicodeError as exc:
         bad = exc.object[exc.start]
         byte = bad if isinstance(bad, int) else ord(bad) - 0xDC00 if 0xDC80 <= ord(bad) <= 0xDCFF else None
-        at = f"byte 0x{byte:02x} at {'offset' if isinstance(text, bytes) else 'character'} {exc.start}" if byte is not None else f"character {exc.start}"
+        at = (
+            f"byte 0x{byte:02x} at {'offset' if isinstance(text, bytes) else 'character'} {exc.start}"
+            if byte is not None
+            else f"character {exc.start}"
+        )
         raise LfError(
             f"{where} is not UTF-8 text ({at})",
             hint="lf sends messages as UTF-8; convert it first, e.g. iconv -f latin1 -t utf-8",
@@ -109,7 +146,9 @@ def _utf8(text: str | bytes, where: str) -> str:
         ) from None
 
 
-def _ask(endpoint, payload: dict, history: list[dict], message: str, *, stream: bool, json_out: bool, timeout: float) -> None:
+def _ask(
+    endpoint, payload: dict, history: list[dict], message: str, *, stream: bool, json_out: bool, timeout: float
+) -> None:
     from lf.core.client import chat as send
 
     history.append({"role": "user", "content": message})
@@ -122,7 +161,14 @@ def _ask(endpoint, payload: dict, history: list[dict], message: str, *, stream: 
         sys.stdout.flush()
 
     try:
-        result = send(endpoint.base_url, {**payload, "messages": history}, api_key=endpoint.api_key, stream=stream, on_token=on_token, timeout=timeout)
+        result = send(
+            endpoint.base_url,
+            {**payload, "messages": history},
+            api_key=endpoint.api_key,
+            stream=stream,
+            on_token=on_token,
+            timeout=timeout,
+        )
     finally:
         if printed:
             sys.stdout.write("\n")  # keep what was printed, and end its line, whatever happens next
@@ -147,7 +193,9 @@ class _Session:
     def run(self) -> None:
         from lf.secrets import redact_url
 
-        err(f"Chatting with {self.endpoint.model} at {redact_url(self.endpoint.base_url)}. /help for commands; Ctrl-D or /exit to leave.")
+        err(
+            f"Chatting with {self.endpoint.model} at {redact_url(self.endpoint.base_url)}. /help for commands; Ctrl-D or /exit to leave."
+        )
         while True:
             try:
                 message = self.next_message()
@@ -157,7 +205,15 @@ class _Session:
                 continue
             turn = len(self.history)
             try:
-                _ask(self.endpoint, self.payload, self.history, message, stream=True, json_out=False, timeout=self.timeout)
+                _ask(
+                    self.endpoint,
+                    self.payload,
+                    self.history,
+                    message,
+                    stream=True,
+                    json_out=False,
+                    timeout=self.timeout,
+                )
             except KeyboardInterrupt:
                 # half an answer is nothing to build on: the next question goes out as if this one was never
                 # asked, and the line history still has it for the Up arrow
@@ -182,7 +238,7 @@ class _Session:
             return None
         text = line.strip()
         if text.startswith(BLOCK):
-            return self.block(text[len(BLOCK):])
+            return self.block(text[len(BLOCK) :])
         if text.startswith("//"):
             return text[1:]
         if text.startswith("/"):

@@ -80,12 +80,20 @@ def install(shell: str | None) -> list[str]:
 
     shell = shell or detect_shell()
     if shell not in SHELLS:
-        raise LfError(f"cannot install completion for {shell!r}", hint=f"shells: {', '.join(SHELLS)}", exit_status=ExitStatus.USAGE)
+        raise LfError(
+            f"cannot install completion for {shell!r}",
+            hint=f"shells: {', '.join(SHELLS)}",
+            exit_status=ExitStatus.USAGE,
+        )
     home = Path.home()
     if shell == "bash":
         target, rc, lines = home / ".bash_completions" / "lf.sh", home / ".bashrc", ["source ~/.bash_completions/lf.sh"]
     elif shell == "zsh":
-        target, rc, lines = home / ".zfunc" / "_lf", home / ".zshrc", ["fpath+=~/.zfunc", "autoload -Uz compinit && compinit"]
+        target, rc, lines = (
+            home / ".zfunc" / "_lf",
+            home / ".zshrc",
+            ["fpath+=~/.zfunc", "autoload -Uz compinit && compinit"],
+        )
     else:
         target, rc, lines = home / ".config" / "fish" / "completions" / "lf.fish", None, []
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,8 +12,13 @@ from lf.cli._common import ConfigOpt, JsonOpt, command, err, load_project, out, 
 
 @command
 def validate(
-    path: Annotated[Optional[Path], typer.Argument(help="File to check (default: the project's llamafarm.yaml).", show_default=False)] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Unknown keys (kept, unused by lf) are errors too, not warnings.")] = False,
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="File to check (default: the project's llamafarm.yaml).", show_default=False),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Unknown keys (kept, unused by lf) are errors too, not warnings.")
+    ] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -38,7 +43,9 @@ def validate(
         for line in result.warnings:
             err(line)
         project = result.project
-        out(f"{found}: valid ({project.shape} shape, {len(project.models)} model{'s' if len(project.models) != 1 else ''}, default {project.default_model})")
+        out(
+            f"{found}: valid ({project.shape} shape, {len(project.models)} model{'s' if len(project.models) != 1 else ''}, default {project.default_model})"
+        )
 
 
 @command

@@ -27,6 +27,10 @@ def doctor(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
                 out(f"      {' ' * width}  fix: {c.fix}")
         failed = sum(c.status == "fail" for c in report.checks)
         warned = sum(c.status == "warn" for c in report.checks)
-        err(f"{len(report.checks)} checks: {failed} failed, {warned} warnings" if failed or warned else f"{len(report.checks)} checks: all ok")
+        err(
+            f"{len(report.checks)} checks: {failed} failed, {warned} warnings"
+            if failed or warned
+            else f"{len(report.checks)} checks: all ok"
+        )
     if report.exit_status:
         raise typer.Exit(int(report.exit_status))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Annotated, Callable, TypeVar
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -13,12 +14,24 @@ from lf.cli._common import JsonOpt, command, err, out, print_json, stderr_is_tty
 
 T = TypeVar("T")
 
-PullOpt = Annotated[bool, typer.Option("--pull", help="Pull a Hugging Face model (org/repo:QUANT) the configuration names but the cache lacks, then start.")]
+PullOpt = Annotated[
+    bool,
+    typer.Option(
+        "--pull",
+        help="Pull a Hugging Face model (org/repo:QUANT) the configuration names but the cache lacks, then start.",
+    ),
+]
 
 
 @command
 def pull(
-    ref: Annotated[str, typer.Argument(help="org/repo, org/repo:QUANT (e.g. unsloth/Qwen3-4B-GGUF:Q4_K_M) or org/repo/file.gguf.", show_default=False)],
+    ref: Annotated[
+        str,
+        typer.Argument(
+            help="org/repo, org/repo:QUANT (e.g. unsloth/Qwen3-4B-GGUF:Q4_K_M) or org/repo/file.gguf.",
+            show_default=False,
+        ),
+    ],
     json_out: JsonOpt = False,
 ) -> None:
     """Download a GGUF model from the Hugging Face Hub (continues an interrupted download; checks sha256)."""

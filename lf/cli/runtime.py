@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,16 +24,29 @@ from lf.cli._common import (
 from lf.cli.models_pull import PullOpt, with_pull
 
 TargetArg = Annotated[
-    Optional[str],
-    typer.Argument(help="A runtime (all its configured models) or one model entry; default: every model the project needs.", autocompletion=complete_startable, show_default=False),
+    str | None,
+    typer.Argument(
+        help="A runtime (all its configured models) or one model entry; default: every model the project needs.",
+        autocompletion=complete_startable,
+        show_default=False,
+    ),
 ]
-TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", help="Seconds to wait until healthy (default: the runtime's).", show_default=False)]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option("--timeout", help="Seconds to wait until healthy (default: the runtime's).", show_default=False),
+]
 StopTimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds between SIGTERM and SIGKILL.")]
 ProjectOpt = Annotated[
-    Optional[str],
-    typer.Option("--project", help="Another project's instances: NAMESPACE/NAME as status --all-projects shows it, or none for those of no project.", show_default=False),
+    str | None,
+    typer.Option(
+        "--project",
+        help="Another project's instances: NAMESPACE/NAME as status --all-projects shows it, or none for those of no project.",
+        show_default=False,
+    ),
 ]
-AllProjectsOpt = Annotated[bool, typer.Option("--all-projects", "-A", help="Every project's instances, not only this project's.")]
+AllProjectsOpt = Annotated[
+    bool, typer.Option("--all-projects", "-A", help="Every project's instances, not only this project's.")
+]
 
 
 def _scope(config: str | None, project: str | None, *, lenient: bool = False):
@@ -89,18 +102,46 @@ def _scalar(text: str):
 @command
 def start(
     target: TargetArg = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name or file (one instance only).", autocompletion=complete_models)] = None,
-    port: Annotated[Optional[int], typer.Option("--port", "-p", min=1, max=65535, help="Port to listen on (one instance only).")] = None,
-    host: Annotated[Optional[str], typer.Option("--host", help="Address to bind (default 127.0.0.1).")] = None,
-    ctx_size: Annotated[Optional[int], typer.Option("--ctx-size", min=128, help="Context window in tokens.")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", "-t", min=1, help="CPU threads (default: all cores).")] = None,
-    set_: Annotated[Optional[List[str]], typer.Option("--set", help="Any setting the runtime declares, as NAME=VALUE (repeatable; see lf config show).", show_default=False)] = None,
-    engine_arg: Annotated[Optional[List[str]], typer.Option("--engine-arg", help="One more flag for the engine, e.g. --engine-arg=--ubatch-size=512 (repeatable; runtimes that declare engine_args).", show_default=False)] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model name or file (one instance only).", autocompletion=complete_models),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", "-p", min=1, max=65535, help="Port to listen on (one instance only).")
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1).")] = None,
+    ctx_size: Annotated[int | None, typer.Option("--ctx-size", min=128, help="Context window in tokens.")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", "-t", min=1, help="CPU threads (default: all cores).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any setting the runtime declares, as NAME=VALUE (repeatable; see lf config show).",
+            show_default=False,
+        ),
+    ] = None,
+    engine_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--engine-arg",
+            help="One more flag for the engine, e.g. --engine-arg=--ubatch-size=512 (repeatable; runtimes that declare engine_args).",
+            show_default=False,
+        ),
+    ] = None,
     timeout: TimeoutOpt = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return as soon as the process is launched.")] = False,
     pull: PullOpt = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be started (command, port, model, memory estimate); start nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Start even when the memory estimate exceeds the memory available.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print what would be started (command, port, model, memory estimate); start nothing."
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start even when the memory estimate exceeds the memory available.")
+    ] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -118,7 +159,12 @@ def start(
     progress = Progress()
     try:
         project = load_project(config, warn=True)
-        results = with_pull(pull, lambda: actions.start(target, project, overrides, wait=not no_wait, timeout=timeout, on_event=progress, force=force))
+        results = with_pull(
+            pull,
+            lambda: actions.start(
+                target, project, overrides, wait=not no_wait, timeout=timeout, on_event=progress, force=force
+            ),
+        )
     finally:
         progress.done()
     if json_out:
@@ -140,14 +186,18 @@ def _print_plans(plans: list[dict], json_out: bool) -> None:
         print_json({"plan": plans})
         return
     for p in plans:
-        out(f"{p['name']}: {'already running' if p['already_running'] else 'would start'} {p['runtime']} ({p['engine']}) on {p['host']}:{p['port']}, model {p['model']}")
+        out(
+            f"{p['name']}: {'already running' if p['already_running'] else 'would start'} {p['runtime']} ({p['engine']}) on {p['host']}:{p['port']}, model {p['model']}"
+        )
         out(f"  command: {shlex.join(p['argv'])}")
         e = p["estimate"]
         if e:
             verdict = "fits" if p["fits"] else "does NOT fit (start refuses it without --force)"
-            out(f"  memory: about {human_bytes(e['total'])} (weights {human_bytes(e['weights'] + e['repacked'])}, KV cache {human_bytes(e['kv_cache'])} "
+            out(
+                f"  memory: about {human_bytes(e['total'])} (weights {human_bytes(e['weights'] + e['repacked'])}, KV cache {human_bytes(e['kv_cache'])} "
                 f"for {e['context_size']} tokens × {e['parallel']} slots, compute {human_bytes(e['compute'])}, engine {human_bytes(e['vocab'] + e['base'])}); "
-                f"available {human_bytes(p['available_bytes'])}: {verdict}")
+                f"available {human_bytes(p['available_bytes'])}: {verdict}"
+            )
 
 
 def _start_json(result) -> dict:
@@ -170,7 +220,10 @@ def _start_json(result) -> dict:
 
 @command
 def stop(
-    names: Annotated[Optional[List[str]], typer.Argument(help="Instances or runtimes to stop.", autocompletion=complete_instances, show_default=False)] = None,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Instances or runtimes to stop.", autocompletion=complete_instances, show_default=False),
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Stop every instance of this project.")] = False,
     all_projects: AllProjectsOpt = False,
     timeout: StopTimeoutOpt = 10.0,
@@ -187,7 +240,14 @@ def stop(
         print_json(
             {
                 "stopped": [
-                    {"name": r.name, "project": r.project, "was_running": r.was_running, "escalated": r.escalated, "note": r.note, "running_elsewhere": list(r.elsewhere)}
+                    {
+                        "name": r.name,
+                        "project": r.project,
+                        "was_running": r.was_running,
+                        "escalated": r.escalated,
+                        "note": r.note,
+                        "running_elsewhere": list(r.elsewhere),
+                    }
                     for r in results
                 ]
             }
@@ -223,8 +283,15 @@ def restart(
 
 @command
 def status(
-    names: Annotated[Optional[List[str]], typer.Argument(help="Instances or runtimes (default: all known).", autocompletion=complete_runtimes, show_default=False)] = None,
-    probe_timeout: Annotated[float, typer.Option("--probe-timeout", min=0.05, help="Seconds each health probe may take.")] = 1.0,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Instances or runtimes (default: all known).", autocompletion=complete_runtimes, show_default=False
+        ),
+    ] = None,
+    probe_timeout: Annotated[
+        float, typer.Option("--probe-timeout", min=0.05, help="Seconds each health probe may take.")
+    ] = 1.0,
     all_projects: AllProjectsOpt = False,
     project: ProjectOpt = None,
     config: ConfigOpt = None,
@@ -256,7 +323,19 @@ def _print_status(report) -> None:
         health = "-" if not h else ("ok" if h["healthy"] else h["message"])
         latency = f"{h['latency_ms']:.0f}ms" if h and h["latency_ms"] is not None else "-"
         uptime = _duration(d["uptime_s"]) if d["uptime_s"] is not None else "-"
-        rows.append([d["name"], d["runtime"], d["state"], str(d["pid"] or "-"), d["base_url"] or "-", d["model"] or "-", uptime, health, latency])
+        rows.append(
+            [
+                d["name"],
+                d["runtime"],
+                d["state"],
+                str(d["pid"] or "-"),
+                d["base_url"] or "-",
+                d["model"] or "-",
+                uptime,
+                health,
+                latency,
+            ]
+        )
     headers = ["NAME", "RUNTIME", "STATE", "PID", "URL", "MODEL", "UPTIME", "HEALTH", "LATENCY"]
     if any(inst.project for inst in report.instances):  # whose each one is, once a project is involved
         rows = [[inst.project or "-", *row] for inst, row in zip(report.instances, rows)]
@@ -282,7 +361,14 @@ def _duration(seconds: float) -> str:
 def logs(
     name: Annotated[str, typer.Argument(help="Instance name.", autocompletion=complete_instances)],
     lines: Annotated[int, typer.Option("--lines", "-n", min=0, help="How many lines from the end.")] = 50,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines, across rotation and truncation, like tail -F (Ctrl-C to stop).")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Keep printing new lines, across rotation and truncation, like tail -F (Ctrl-C to stop).",
+        ),
+    ] = False,
     project: ProjectOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -296,18 +382,25 @@ def logs(
     _, store = _scope(config, project, lenient=True)
     path = store.log_path(name)
     if path.is_symlink():
-        raise LfError(f"{path} is a symbolic link: lf does not read through links in its own dirs", hint=f"remove it (rm {path})")
+        raise LfError(
+            f"{path} is a symbolic link: lf does not read through links in its own dirs", hint=f"remove it (rm {path})"
+        )
     if not path.exists():
         others = [each.project for each in store.every_project()[1:] if each.log_path(name).exists()]
         hint = "lf runtime status lists the known instances"
         if others:
             from lf.daemon.records import NO_PROJECT
 
-            hint = "; ".join(f"lf runtime logs {name} --project {key or NO_PROJECT}" for key in others) + " (another project's)"
+            hint = (
+                "; ".join(f"lf runtime logs {name} --project {key or NO_PROJECT}" for key in others)
+                + " (another project's)"
+            )
         raise UnknownNameError(f"no log for {name!r} in {path.parent}", hint=hint)
     record = store.load_or_none(name)
     if record is not None and record.log_pump_lost():
-        err(f"Warning: the process that writes this log (pid {record.log_pump_pid}) is gone: what {name} prints now is lost")
+        err(
+            f"Warning: the process that writes this log (pid {record.log_pump_pid}) is gone: what {name} prints now is lost"
+        )
         err(f"  lf runtime restart {name} starts it with a new one")
     sys.stdout.flush()
     stdout = sys.stdout.buffer
@@ -355,7 +448,14 @@ def list_runtimes(json_out: JsonOpt = False) -> None:
     out(
         table(
             [
-                [r["name"], "external" if not r["managed"] else ("yes" if r["available"] else "no"), str(r["default_port"] or "-"), r["engine"] or "-", r["source"] or (r["install"] and needs_env.get(r["name"])) or "-", r["description"]]
+                [
+                    r["name"],
+                    "external" if not r["managed"] else ("yes" if r["available"] else "no"),
+                    str(r["default_port"] or "-"),
+                    r["engine"] or "-",
+                    r["source"] or (r["install"] and needs_env.get(r["name"])) or "-",
+                    r["description"],
+                ]
                 for r in rows
             ],
             ["RUNTIME", "INSTALLED", "PORT", "ENGINE", "SOURCE", "DESCRIPTION"],

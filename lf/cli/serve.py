@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -11,19 +11,94 @@ from lf.cli._common import ConfigOpt, JsonOpt, Spinner, command, err, load_proje
 
 @command
 def serve(
-    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on (default 127.0.0.1; anything else needs an API key, or --insecure).", show_default=False)] = None,
-    port: Annotated[Optional[int], typer.Option("--port", "-p", min=1, max=65535, help="Port to listen on (default 11500).", show_default=False)] = None,
-    idle_ttl: Annotated[Optional[float], typer.Option("--idle-ttl", min=0, help="Seconds an instance the gateway started stays loaded after its last response (0: forever; default 300).", show_default=False)] = None,
-    max_loaded: Annotated[Optional[int], typer.Option("--max-loaded", min=0, help="Instances kept loaded at once; the least recently used idle one makes room (0: no limit; default 3).", show_default=False)] = None,
-    max_queue: Annotated[Optional[int], typer.Option("--max-queue", min=0, help="Requests that may wait for room; beyond, 503 with Retry-After (default 64).", show_default=False)] = None,
-    queue_timeout: Annotated[Optional[float], typer.Option("--queue-timeout", min=0.1, help="Seconds a request may wait for room (default 120).", show_default=False)] = None,
-    start_timeout: Annotated[Optional[float], typer.Option("--start-timeout", min=0.1, help="Seconds a start on demand may take (default: the runtime's).", show_default=False)] = None,
-    probe_interval: Annotated[Optional[float], typer.Option("--probe-interval", min=0.1, help="Seconds between health probes (default 5).", show_default=False)] = None,
-    max_body: Annotated[Optional[int], typer.Option("--max-body", min=1024, help="Largest request body accepted, in bytes (default 10 MiB).", show_default=False)] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback address without an API key.")] = False,
-    pull: Annotated[bool, typer.Option("--pull", help="Pull a model's Hugging Face reference that is not in the cache on its first request (default: 503 naming the pull command).")] = False,
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Run as a supervised daemon (record, log; lf runtime stop lf-serve) and return once it answers.")] = False,
-    open_page: Annotated[bool, typer.Option("--open", help="Open the gateway's page (its dashboard) in the default browser once it answers.")] = False,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            help="Address to listen on (default 127.0.0.1; anything else needs an API key, or --insecure).",
+            show_default=False,
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", "-p", min=1, max=65535, help="Port to listen on (default 11500).", show_default=False),
+    ] = None,
+    idle_ttl: Annotated[
+        float | None,
+        typer.Option(
+            "--idle-ttl",
+            min=0,
+            help="Seconds an instance the gateway started stays loaded after its last response (0: forever; default 300).",
+            show_default=False,
+        ),
+    ] = None,
+    max_loaded: Annotated[
+        int | None,
+        typer.Option(
+            "--max-loaded",
+            min=0,
+            help="Instances kept loaded at once; the least recently used idle one makes room (0: no limit; default 3).",
+            show_default=False,
+        ),
+    ] = None,
+    max_queue: Annotated[
+        int | None,
+        typer.Option(
+            "--max-queue",
+            min=0,
+            help="Requests that may wait for room; beyond, 503 with Retry-After (default 64).",
+            show_default=False,
+        ),
+    ] = None,
+    queue_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--queue-timeout", min=0.1, help="Seconds a request may wait for room (default 120).", show_default=False
+        ),
+    ] = None,
+    start_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--start-timeout",
+            min=0.1,
+            help="Seconds a start on demand may take (default: the runtime's).",
+            show_default=False,
+        ),
+    ] = None,
+    probe_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--probe-interval", min=0.1, help="Seconds between health probes (default 5).", show_default=False
+        ),
+    ] = None,
+    max_body: Annotated[
+        int | None,
+        typer.Option(
+            "--max-body", min=1024, help="Largest request body accepted, in bytes (default 10 MiB).", show_default=False
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback address without an API key.")
+    ] = False,
+    pull: Annotated[
+        bool,
+        typer.Option(
+            "--pull",
+            help="Pull a model's Hugging Face reference that is not in the cache on its first request (default: 503 naming the pull command).",
+        ),
+    ] = False,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach",
+            "-d",
+            help="Run as a supervised daemon (record, log; lf runtime stop lf-serve) and return once it answers.",
+        ),
+    ] = False,
+    open_page: Annotated[
+        bool,
+        typer.Option("--open", help="Open the gateway's page (its dashboard) in the default browser once it answers."),
+    ] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -38,9 +113,17 @@ def serve(
 
     project = load_project(config, warn=True)
     flags = {
-        "host": host, "port": port, "idle_ttl": idle_ttl, "max_loaded": max_loaded, "max_queue": max_queue,
-        "queue_timeout": queue_timeout, "start_timeout": start_timeout, "probe_interval": probe_interval,
-        "max_body": max_body, "insecure": insecure or None, "pull": pull or None,
+        "host": host,
+        "port": port,
+        "idle_ttl": idle_ttl,
+        "max_loaded": max_loaded,
+        "max_queue": max_queue,
+        "queue_timeout": queue_timeout,
+        "start_timeout": start_timeout,
+        "probe_interval": probe_interval,
+        "max_body": max_body,
+        "insecure": insecure or None,
+        "pull": pull or None,
     }
     settings = resolve_config(project, flags)
     if not detach:
@@ -57,7 +140,15 @@ def serve(
         spinner.done()
     record = result.record
     if json_out:
-        print_json({"name": record.name, "already_running": result.already_running, "pid": record.pid, "base_url": record.base_url, "log_path": record.log_path})
+        print_json(
+            {
+                "name": record.name,
+                "already_running": result.already_running,
+                "pid": record.pid,
+                "base_url": record.base_url,
+                "log_path": record.log_path,
+            }
+        )
         return
     verb = "already running" if result.already_running else "serving"
     out(f"{record.name}: {verb} at {record.base_url} (pid {record.pid})")
@@ -65,7 +156,10 @@ def serve(
     if open_page:
         _open_page(settings)
     if not settings.loopback:
-        err(f"Warning: listening on {settings.host}: reachable from other machines" + ("" if settings.api_key else ", with no API key (--insecure)"))
+        err(
+            f"Warning: listening on {settings.host}: reachable from other machines"
+            + ("" if settings.api_key else ", with no API key (--insecure)")
+        )
 
 
 def _open_page(settings) -> None:

@@ -39,16 +39,31 @@ class Validation:
         if self.unreadable is not None:
             return self.unreadable
         if self.errors:
-            hint = "see the schema with: lf config schema" + ("; without --strict, unknown keys are only warnings" if self.strict else "")
+            hint = "see the schema with: lf config schema" + (
+                "; without --strict, unknown keys are only warnings" if self.strict else ""
+            )
             return ConfigError(format_problems(self.path, self.root, self.errors), hint=hint)
         return None
 
     def to_dict(self) -> dict:
         if self.unreadable is not None:
-            problems = [{"file": str(self.path), "line": None, "column": None, "field": None, "message": self.unreadable.message, "allowed": None}]
+            problems = [
+                {
+                    "file": str(self.path),
+                    "line": None,
+                    "column": None,
+                    "field": None,
+                    "message": self.unreadable.message,
+                    "allowed": None,
+                }
+            ]
         else:
             problems = problems_as_json(self.path, self.root, self.errors)
-        warnings = [] if self.strict or self.unreadable else problems_as_json(self.path, self.root, [p for p in self.problems if p.warning])
+        warnings = (
+            []
+            if self.strict or self.unreadable
+            else problems_as_json(self.path, self.root, [p for p in self.problems if p.warning])
+        )
         return {"file": str(self.path), "valid": self.valid, "problems": problems, "warnings": warnings}
 
 

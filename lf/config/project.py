@@ -40,7 +40,9 @@ class ModelEntry:
     keep_loaded: bool = False  # LlamaFarm's "never unload": the gateway neither times it out nor evicts it
     idle_ttl: float | None = None  # seconds the gateway keeps it loaded after its last request (0: forever)
     aliases: list[str] = field(default_factory=list)  # more names the gateway routes to this entry
-    extra_body: dict = field(default_factory=dict)  # LlamaFarm's per-model parameters: its GGUF ones (n_ctx, n_gpu_layers, …)
+    extra_body: dict = field(
+        default_factory=dict
+    )  # LlamaFarm's per-model parameters: its GGUF ones (n_ctx, n_gpu_layers, …)
     # set the runtime settings that declare them (lf.runtimes.settings), below provider_config
 
     def resolved_api_key(self) -> str | None:
@@ -83,7 +85,8 @@ class Project:
 
         raise UnknownNameError(
             f"no model named {wanted!r} in {self.path}",
-            hint=did_you_mean(wanted, [m.name for m in self.models]) or f"configured: {', '.join(m.name for m in self.models)}",
+            hint=did_you_mean(wanted, [m.name for m in self.models])
+            or f"configured: {', '.join(m.name for m in self.models)}",
         )
 
 
@@ -108,7 +111,10 @@ def find_config(explicit: str | os.PathLike | None = None, start: Path | None = 
         path = Path(chosen).expanduser()
         if not path.exists():
             source = "--config" if explicit else AppEnvVars.CONFIG
-            raise ConfigError(f"{path}: no such file (from {source})", hint="give the path of a llamafarm.yaml, or create one with: lf config init")
+            raise ConfigError(
+                f"{path}: no such file (from {source})",
+                hint="give the path of a llamafarm.yaml, or create one with: lf config init",
+            )
         return path
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
@@ -160,7 +166,16 @@ def _cache_key(path: Path) -> list | None:
         st = path.stat()
     except OSError:
         return None
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, __version__, fingerprint(), _CACHE_FORMAT]
+    return [
+        str(path.resolve()),
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        __version__,
+        fingerprint(),
+        _CACHE_FORMAT,
+    ]
 
 
 def _cache_read(path: Path, key: list | None) -> Project | None:
@@ -193,7 +208,9 @@ def _cache_write(path: Path, key: list | None, project: Project) -> None:
 
     if key is None:
         return
-    if any(_holds_secret(m) for m in project.models):  # a secret written into the file itself is not copied anywhere else
+    if any(
+        _holds_secret(m) for m in project.models
+    ):  # a secret written into the file itself is not copied anywhere else
         try:
             _cache_file(path).unlink(missing_ok=True)  # nor left there by an earlier version of the file, or of lf
         except OSError:
@@ -229,7 +246,13 @@ def normalise(path: Path, data: dict, root=None) -> Project:
         shape = "list"
         items = runtime.get("models") or []
         models = [
-            _entry(item, str(item["name"]), {**(item.get(item["provider"]) or {}), **(item.get("provider_config") or {})}, line_of(root, ("runtime", "models", i)), shared)
+            _entry(
+                item,
+                str(item["name"]),
+                {**(item.get(item["provider"]) or {}), **(item.get("provider_config") or {})},
+                line_of(root, ("runtime", "models", i)),
+                shared,
+            )
             for i, item in enumerate(items)
         ]
         marked = [m.name for m, item in zip(models, items) if item.get("default") is True]
@@ -238,7 +261,15 @@ def normalise(path: Path, data: dict, root=None) -> Project:
         shape = "single"
         provider = runtime["provider"]
         # the single shape has no entry name: the instance is named after the runtime
-        models = [_entry(runtime, provider, runtime.get(provider) or runtime.get("provider_config"), line_of(root, ("runtime",)), {})]
+        models = [
+            _entry(
+                runtime,
+                provider,
+                runtime.get(provider) or runtime.get("provider_config"),
+                line_of(root, ("runtime",)),
+                {},
+            )
+        ]
         default = provider
     from lf.runtimes.registry import get_runtime
 
@@ -272,7 +303,12 @@ def _entry(item: dict, name: str, provider_config: dict | None, line: int | None
         api_key=item.get("api_key"),
         model_api_parameters=dict(item.get("model_api_parameters") or {}),
         provider_config=settings,
-        request_defaults={**shared, **_generation(item), **_generation(settings), **(item.get("model_api_parameters") or {})},
+        request_defaults={
+            **shared,
+            **_generation(item),
+            **_generation(settings),
+            **(item.get("model_api_parameters") or {}),
+        },
         line=line,
         keep_loaded=bool(item.get("keep_loaded")),
         idle_ttl=item.get("idle_ttl"),

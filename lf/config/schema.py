@@ -34,7 +34,18 @@ ENTRY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 OPEN = ConfigDict(extra="allow", strict=True)
 # Request parameters LlamaFarm lets a file set as defaults (runtime.temperature, provider_config.temperature,
 # model_api_parameters): lf sends them with every request to that model; the request's own values win.
-GENERATION_PARAMS = ("temperature", "top_p", "top_k", "min_p", "max_tokens", "frequency_penalty", "presence_penalty", "repeat_penalty", "stop", "seed")
+GENERATION_PARAMS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "max_tokens",
+    "frequency_penalty",
+    "presence_penalty",
+    "repeat_penalty",
+    "stop",
+    "seed",
+)
 MODES = Literal["config_only", "api_replace", "api_supplement"]
 
 
@@ -45,8 +56,14 @@ def _model_fields(provider_type) -> dict[str, Any]:
         "provider": (provider_type, Field(description="which runtime serves the model")),
         "model": (str, Field(min_length=1, description="model name, or a path to a model file or folder")),
         "description": (str, None),
-        "base_url": (str, Field(None, pattern="^https?://", description="OpenAI-compatible endpoint (external runtimes)")),
-        "api_key": (str, Field(None, description="a key, or an env reference such as ${OPENAI_API_KEY}; never printed")),
+        "base_url": (
+            str,
+            Field(None, pattern="^https?://", description="OpenAI-compatible endpoint (external runtimes)"),
+        ),
+        "api_key": (
+            str,
+            Field(None, description="a key, or an env reference such as ${OPENAI_API_KEY}; never printed"),
+        ),
         "model_api_parameters": (dict, Field(None, description="passed through in chat requests (temperature, ...)")),
         "instructor_mode": (str, None),
         "extra_body": (dict, None),
@@ -59,7 +76,10 @@ def _model_fields(provider_type) -> dict[str, Any]:
         "prompts_mode": (MODES, None),
         "keep_loaded": (bool, Field(None, description="never unloaded by `lf serve` (LlamaFarm's field)")),
         "prompt_format": (str, None),
-        "idle_ttl": (float, Field(None, ge=0, description="seconds `lf serve` keeps it loaded after its last request (0: forever)")),
+        "idle_ttl": (
+            float,
+            Field(None, ge=0, description="seconds `lf serve` keeps it loaded after its last request (0: forever)"),
+        ),
         "aliases": (list[str], Field(None, description="more names `lf serve` routes to this model")),
     }
 
@@ -75,7 +95,10 @@ def settings_model(title: str, settings: dict[str, Setting]) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for name, s in settings.items():
         constraints = {"ge": s.minimum, "le": s.maximum, "min_length": s.min_length}
-        fields[name] = (_python_type(s), Field(None, description=s.description or None, **{k: v for k, v in constraints.items() if v is not None}))
+        fields[name] = (
+            _python_type(s),
+            Field(None, description=s.description or None, **{k: v for k, v in constraints.items() if v is not None}),
+        )
     return create_model(title, __config__=OPEN, **fields)
 
 
@@ -88,7 +111,9 @@ def _any_settings(runtimes: dict) -> dict[str, Setting]:
             if name not in merged:
                 merged[name] = setting
             elif merged[name].type != setting.type or merged[name].enum != setting.enum:
-                merged[name] = Setting(name, merged[name].type if merged[name].type == setting.type else "string", merged[name].description)
+                merged[name] = Setting(
+                    name, merged[name].type if merged[name].type == setting.type else "string", merged[name].description
+                )
     return merged
 
 
@@ -106,9 +131,15 @@ def _document(registry_key: tuple) -> tuple[type[BaseModel], TypeAdapter]:
     any_settings = settings_model("ProviderConfig", _any_settings(runtimes))
     from lf.config.gateway import GATEWAY_SETTINGS
 
-    gateway = (settings_model("Gateway", GATEWAY_SETTINGS), Field(None, description="settings of `lf serve` (lf's; LlamaFarm leaves runtime open)"))
+    gateway = (
+        settings_model("Gateway", GATEWAY_SETTINGS),
+        Field(None, description="settings of `lf serve` (lf's; LlamaFarm leaves runtime open)"),
+    )
     sections = {
-        name.replace("-", "_"): (settings_model(f"{name}Settings", dict(rt.settings)), Field(None, alias=name, description=f"settings for the {name} runtime"))
+        name.replace("-", "_"): (
+            settings_model(f"{name}Settings", dict(rt.settings)),
+            Field(None, alias=name, description=f"settings for the {name} runtime"),
+        )
         for name, rt in sorted(runtimes.items())
     }
     single = create_model(
@@ -138,7 +169,7 @@ def _document(registry_key: tuple) -> tuple[type[BaseModel], TypeAdapter]:
         gateway=gateway,
     )
     runtime_type = typing.Annotated[
-        Union[typing.Annotated[single, Tag("single")], typing.Annotated[listed, Tag("list")]],
+        typing.Annotated[single, Tag("single")] | typing.Annotated[listed, Tag("list")],
         Discriminator(_which_shape),
     ]
     document = create_model(
@@ -172,7 +203,11 @@ def schema() -> dict:
             if "$ref" in node:
                 return inline(defs[node["$ref"].rsplit("/", 1)[1]])
             # titles repeat the field names, and `default: null` only says the field is optional
-            return {k: inline(v) for k, v in node.items() if not (k == "title" and isinstance(v, str)) and not (k == "default" and v is None)}
+            return {
+                k: inline(v)
+                for k, v in node.items()
+                if not (k == "title" and isinstance(v, str)) and not (k == "default" and v is None)
+            }
         if isinstance(node, list):
             return [inline(v) for v in node]
         return node
@@ -194,7 +229,9 @@ def schema_yaml() -> str:
 
 # -- problems ----------------------------------------------------------------------------------------
 class Problem:
-    def __init__(self, path: tuple, message: str, allowed: str | None = None, at_key: bool = False, warning: bool = False):
+    def __init__(
+        self, path: tuple, message: str, allowed: str | None = None, at_key: bool = False, warning: bool = False
+    ):
         self.path = path
         self.message = message
         self.allowed = allowed
@@ -210,6 +247,7 @@ class Problem:
 
 def without_nulls(data):
     """The document with `key: null` dropped under `runtime` (LlamaFarm's "not set")."""
+
     def clean(node):
         if isinstance(node, dict):
             return {k: clean(v) for k, v in node.items() if v is not None}
@@ -250,7 +288,9 @@ def _problem(model: type[BaseModel], error: dict) -> Problem:
     if kind == "literal_error":
         choices = [str(c) for c in _literal_choices(field)]
         hint = did_you_mean(value, choices) if isinstance(value, str) else None
-        return Problem(path, f"{_short(value)} is not allowed" + (f" ({hint})" if hint else ""), "one of: " + ", ".join(choices))
+        return Problem(
+            path, f"{_short(value)} is not allowed" + (f" ({hint})" if hint else ""), "one of: " + ", ".join(choices)
+        )
     if kind in ("greater_than_equal", "greater_than"):
         return Problem(path, f"{_short(value)} is below the minimum", _range(field))
     if kind in ("less_than_equal", "less_than"):
@@ -274,8 +314,14 @@ def _problem(model: type[BaseModel], error: dict) -> Problem:
 
 
 _EXPECTED = {
-    "int_type": "integer", "float_type": "number", "string_type": "string", "bool_type": "boolean",
-    "dict_type": "object", "model_type": "object", "model_attributes_type": "object", "list_type": "array",
+    "int_type": "integer",
+    "float_type": "number",
+    "string_type": "string",
+    "bool_type": "boolean",
+    "dict_type": "object",
+    "model_type": "object",
+    "model_attributes_type": "object",
+    "list_type": "array",
 }
 
 
@@ -299,7 +345,11 @@ def _field_at(model, loc: tuple, container: bool = False):
     for part in loc:
         current = _unwrap(current)
         if typing.get_origin(current) is Union:
-            members = {typing.get_args(m)[1].tag: typing.get_args(m)[0] for m in typing.get_args(current) if typing.get_origin(m) is typing.Annotated}
+            members = {
+                typing.get_args(m)[1].tag: typing.get_args(m)[0]
+                for m in typing.get_args(current)
+                if typing.get_origin(m) is typing.Annotated
+            }
             if part in members:
                 current = members[part]
                 continue
@@ -364,7 +414,13 @@ def semantic_checks(data: dict, problems: list[Problem]) -> None:
         if isinstance(default, str) and default not in names:
             hint = did_you_mean(default, [n for n in names if isinstance(n, str)])
             listed = ", ".join(dict.fromkeys(map(str, names)))
-            problems.append(Problem(("runtime", "default_model"), f"{default!r} names no model entry" + (f" ({hint})" if hint else ""), f"one of: {listed}"))
+            problems.append(
+                Problem(
+                    ("runtime", "default_model"),
+                    f"{default!r} names no model entry" + (f" ({hint})" if hint else ""),
+                    f"one of: {listed}",
+                )
+            )
         entry_fields = _field_names(_field_at(model, ("runtime", "list", "models", 0), container=True))
         for i, item in enumerate(models):
             if isinstance(item, dict):
@@ -378,12 +434,25 @@ def _check_model(item: dict, path: tuple, fields: list[str], runtimes: dict, pro
     _unknown_keys(item, path, fields, problems, skip=set(runtimes))
     for name in runtimes:
         if name in item and name != provider:
-            problems.append(Problem(path + (name,), f"a {name!r} section, but the provider is {provider!r}: kept, lf does not use it", f"a section named after the provider ({provider})", at_key=True, warning=True))
+            problems.append(
+                Problem(
+                    path + (name,),
+                    f"a {name!r} section, but the provider is {provider!r}: kept, lf does not use it",
+                    f"a section named after the provider ({provider})",
+                    at_key=True,
+                    warning=True,
+                )
+            )
     for key in (provider, "provider_config"):
         if isinstance(item.get(key), dict):
             _check_provider_config(provider, item[key], path + (key,), runtimes, problems)
     if isinstance(item.get("extra_body"), dict):
-        config = {k: v for key in (provider, "provider_config") if isinstance(item.get(key), dict) for k, v in item[key].items()}
+        config = {
+            k: v
+            for key in (provider, "provider_config")
+            if isinstance(item.get(key), dict)
+            for k, v in item[key].items()
+        }
         _check_extra_body(provider, item["extra_body"], config, path + ("extra_body",), runtimes, problems)
     _check_external(item, path, runtimes, problems)
 
@@ -399,18 +468,39 @@ def _check_extra_body(provider, body: dict, config: dict, path: tuple, runtimes:
         if setting is None or value is None:
             continue
         if setting.problem(value):
-            problems.append(Problem(path + (key,), f"{setting.problem(value)} (it sets {provider}'s setting {setting.name!r})", setting.allowed()))
+            problems.append(
+                Problem(
+                    path + (key,),
+                    f"{setting.problem(value)} (it sets {provider}'s setting {setting.name!r})",
+                    setting.allowed(),
+                )
+            )
         elif config.get(setting.name) is not None and config[setting.name] != value:
-            problems.append(Problem(path + (key,), f"{value!r} is overridden by {setting.name}: {config[setting.name]!r} in provider_config "
-                                    f"(lf's precedence: provider_config > extra_body)", warning=True))
+            problems.append(
+                Problem(
+                    path + (key,),
+                    f"{value!r} is overridden by {setting.name}: {config[setting.name]!r} in provider_config "
+                    f"(lf's precedence: provider_config > extra_body)",
+                    warning=True,
+                )
+            )
 
 
-def _unknown_keys(mapping: dict, path: tuple, known: list[str], problems: list[Problem], skip: set = frozenset()) -> None:
+def _unknown_keys(
+    mapping: dict, path: tuple, known: list[str], problems: list[Problem], skip: set = frozenset()
+) -> None:
     for key in mapping:
         if key in known or key in skip or key in GENERATION_PARAMS:
             continue
         hint = did_you_mean(str(key), [*known, *GENERATION_PARAMS])
-        problems.append(Problem(path + (key,), f"unknown field {key!r}" + (f" ({hint})" if hint else "") + ": kept, lf does not use it", at_key=True, warning=True))
+        problems.append(
+            Problem(
+                path + (key,),
+                f"unknown field {key!r}" + (f" ({hint})" if hint else "") + ": kept, lf does not use it",
+                at_key=True,
+                warning=True,
+            )
+        )
 
 
 def _check_provider_config(provider, config: dict, path: tuple, runtimes: dict, problems: list[Problem]) -> None:
@@ -423,8 +513,17 @@ def _check_provider_config(provider, config: dict, path: tuple, runtimes: dict, 
             if key in GENERATION_PARAMS:
                 continue  # a request default, as LlamaFarm reads it
             hint = did_you_mean(str(key), [*allowed, *GENERATION_PARAMS])
-            problems.append(Problem(path + (key,), f"{provider} does not use the setting {key!r}" + (f" ({hint})" if hint else "") + ": kept, not used",
-                                    ", ".join(allowed), at_key=True, warning=True))
+            problems.append(
+                Problem(
+                    path + (key,),
+                    f"{provider} does not use the setting {key!r}"
+                    + (f" ({hint})" if hint else "")
+                    + ": kept, not used",
+                    ", ".join(allowed),
+                    at_key=True,
+                    warning=True,
+                )
+            )
         elif setting.problem(value):
             problems.append(Problem(path + (key,), setting.problem(value), setting.allowed()))
 
@@ -435,7 +534,9 @@ def _check_external(entry: dict, path: tuple, runtimes: dict, problems: list[Pro
         return
     base_url = entry.get("base_url")
     if not runtimes[provider].default_port and not base_url:
-        problems.append(Problem(path, f"provider {provider!r} needs a base_url", "an http(s):// URL of an OpenAI-compatible API"))
+        problems.append(
+            Problem(path, f"provider {provider!r} needs a base_url", "an http(s):// URL of an OpenAI-compatible API")
+        )
     elif isinstance(base_url, str) and runtimes[provider].api_base:
         from urllib.parse import urlsplit
 
@@ -443,7 +544,13 @@ def _check_external(entry: dict, path: tuple, runtimes: dict, problems: list[Pro
             from lf.secrets import redact_url
 
             api = redact_url(runtimes[provider].external_base_url(base_url))
-            problems.append(Problem(path + ("base_url",), f"has no API path: lf uses {api} (LlamaFarm expects the path written out)", warning=True))
+            problems.append(
+                Problem(
+                    path + ("base_url",),
+                    f"has no API path: lf uses {api} (LlamaFarm expects the path written out)",
+                    warning=True,
+                )
+            )
 
 
 # -- reporting -----------------------------------------------------------------------------------------
@@ -458,7 +565,10 @@ def validate_document(path: Path, data, root) -> list[str]:
 
 
 def warning_lines(path: Path, root, problems: list[Problem]) -> list[str]:
-    return [f"Warning: {line.strip()}" for line in format_problems(path, root, [p for p in problems if p.warning]).splitlines()[1:]]
+    return [
+        f"Warning: {line.strip()}"
+        for line in format_problems(path, root, [p for p in problems if p.warning]).splitlines()[1:]
+    ]
 
 
 def locate(root, problem: Problem) -> tuple[int, int] | None:
@@ -471,7 +581,9 @@ def locate(root, problem: Problem) -> tuple[int, int] | None:
 
 
 def format_problems(path: Path, root, problems: list[Problem]) -> str:
-    lines = [f"{path}: invalid llamafarm.yaml ({len(problems)} problem{'s' if len(problems) != 1 else ''})"]  # the first line is the summary
+    lines = [
+        f"{path}: invalid llamafarm.yaml ({len(problems)} problem{'s' if len(problems) != 1 else ''})"
+    ]  # the first line is the summary
     located = sorted(((locate(root, p), p) for p in problems), key=lambda item: item[0] or (0, 0))
     for where, p in located:
         pos = f"{path}:{where[0]}:{where[1]}" if where else str(path)

@@ -19,9 +19,13 @@ def read_yaml(path: Path):
         with open(path, "rb") as fh:
             raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file", hint="give the path of a llamafarm.yaml, or create one with: lf config init") from None
+        raise ConfigError(
+            f"{path}: no such file", hint="give the path of a llamafarm.yaml, or create one with: lf config init"
+        ) from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}", hint="check the file's permissions") from exc
+        raise ConfigError(
+            f"{path}: cannot be read: {exc.strerror or exc}", hint="check the file's permissions"
+        ) from exc
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a llamafarm.yaml")
     if b"\x00" in raw:
@@ -30,7 +34,9 @@ def read_yaml(path: Path):
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not valid UTF-8 text (byte {exc.start})", hint="save the file as UTF-8") from None
+        raise ConfigError(
+            f"{path}:{line}: not valid UTF-8 text (byte {exc.start})", hint="save the file as UTF-8"
+        ) from None
     return parse_yaml(path, text)
 
 

@@ -9,8 +9,9 @@ processes do), which makes them safe to call concurrently.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lf.config.project import ModelEntry, Project
@@ -29,7 +30,7 @@ def _emit(on_event: OnEvent | None, event: object) -> None:
         on_event(event)
 
 
-def _store(store: "StateStore | None", project: "Project | None") -> "StateStore":
+def _store(store: StateStore | None, project: Project | None) -> StateStore:
     """The store given, or the project's: an instance belongs to its project (no project: the default's)."""
     from lf.daemon.records import StateStore
 
@@ -39,15 +40,15 @@ def _store(store: "StateStore | None", project: "Project | None") -> "StateStore
 # -- start -------------------------------------------------------------------------------------------
 def start(
     target: str | None,
-    project: "Project | None",
-    overrides: "Overrides | None" = None,
+    project: Project | None,
+    overrides: Overrides | None = None,
     *,
     wait: bool = True,
     timeout: float | None = None,
     on_event: OnEvent | None = None,
-    store: "StateStore | None" = None,
+    store: StateStore | None = None,
     force: bool = False,
-) -> list["StartResult"]:
+) -> list[StartResult]:
     """Start what `target` names (an entry, a runtime, or everything the project needs) and wait
     until each is healthy. Already running is a success. An instance whose memory estimate exceeds the
     memory available is refused (exit 7) unless `force`."""
@@ -58,23 +59,25 @@ def start(
     taken: set[int] = set()
     results = []
     for spec in specs:
-        result = start_spec(spec, wait=wait, timeout=timeout, taken_ports=taken, on_event=on_event, store=store, force=force)
+        result = start_spec(
+            spec, wait=wait, timeout=timeout, taken_ports=taken, on_event=on_event, store=store, force=force
+        )
         taken.add(result.record.port)
         results.append(result)
     return results
 
 
 def start_spec(
-    spec: "InstanceSpec",
+    spec: InstanceSpec,
     *,
     wait: bool = True,
     timeout: float | None = None,
     owner: str = "cli",
     taken_ports: set[int] | frozenset[int] = frozenset(),
     on_event: OnEvent | None = None,
-    store: "StateStore | None" = None,
+    store: StateStore | None = None,
     force: bool = False,
-) -> "StartResult":
+) -> StartResult:
     """Start one resolved instance (or find it running); `owner` is recorded as who started it. One that
     must be launched and does not fit in available memory is refused, unless `force`."""
     from lf.core.events import Notice, Starting, Waiting
@@ -120,13 +123,22 @@ def start_spec(
             import json
 
             new_flags = json.loads(json.dumps(dict(spec.overrides), default=str)) != result.record.overrides
-            how = f"lf runtime stop {spec.name}, then this start again" if new_flags else f"lf runtime restart {spec.name}"
-            _emit(on_event, Notice(f"{spec.name} is already running with other settings ({'; '.join(changed)}); to apply them: {how}"))
+            how = (
+                f"lf runtime stop {spec.name}, then this start again"
+                if new_flags
+                else f"lf runtime restart {spec.name}"
+            )
+            _emit(
+                on_event,
+                Notice(
+                    f"{spec.name} is already running with other settings ({'; '.join(changed)}); to apply them: {how}"
+                ),
+            )
             result = replace(result, changed=tuple(changed))
     return result
 
 
-def memory_estimate(spec: "InstanceSpec"):
+def memory_estimate(spec: InstanceSpec):
     """lf.models.memory.Estimate of what the instance will take; None when lf cannot tell (not a GGUF
     runtime, or a header it cannot read): such a start is not held back."""
     if spec.runtime.model_format != "gguf" or not spec.model_path:
@@ -139,7 +151,7 @@ def memory_estimate(spec: "InstanceSpec"):
         return None
 
 
-def require_memory(spec: "InstanceSpec", needed) -> None:
+def require_memory(spec: InstanceSpec, needed) -> None:
     """StartError (exit 7) when the estimate exceeds the memory available now (lf.hardware.memory)."""
     from lf.errors import StartError
     from lf.hardware import memory
@@ -156,7 +168,12 @@ def require_memory(spec: "InstanceSpec", needed) -> None:
     )
 
 
-def dry_run(target: str | None, project: "Project | None", overrides: "Overrides | None" = None, store: "StateStore | None" = None) -> list[dict]:
+def dry_run(
+    target: str | None,
+    project: Project | None,
+    overrides: Overrides | None = None,
+    store: StateStore | None = None,
+) -> list[dict]:
     """What `start` would launch, without launching anything: for each instance its argv, port, model, the
     memory estimate and whether it fits, or that it is already running."""
     from lf.core.targets import Overrides, specs_for
@@ -177,26 +194,36 @@ def dry_run(target: str | None, project: "Project | None", overrides: "Overrides
         taken.add(port)
         plan = make_plan(spec, port)
         needed = memory_estimate(spec)
-        plans.append({
-            "name": spec.name, "runtime": spec.runtime.name, "engine": plan.engine, "already_running": running,
-            "argv": list(plan.argv), "host": plan.host, "port": port, "model": spec.model, "model_path": spec.model_path,
-            "estimate": needed.to_dict() if needed else None, "available_bytes": available,
-            "fits": None if needed is None else needed.total <= available,
-        })
+        plans.append(
+            {
+                "name": spec.name,
+                "runtime": spec.runtime.name,
+                "engine": plan.engine,
+                "already_running": running,
+                "argv": list(plan.argv),
+                "host": plan.host,
+                "port": port,
+                "model": spec.model,
+                "model_path": spec.model_path,
+                "estimate": needed.to_dict() if needed else None,
+                "available_bytes": available,
+                "fits": None if needed is None else needed.total <= available,
+            }
+        )
     return plans
 
 
 def ensure_running(
-    entry: "ModelEntry",
-    project: "Project | None",
+    entry: ModelEntry,
+    project: Project | None,
     *,
     model: str | None = None,
     auto_start: bool = True,
     owner: str = "cli",
     timeout: float | None = None,
     on_event: OnEvent | None = None,
-    store: "StateStore | None" = None,
-) -> "Endpoint":
+    store: StateStore | None = None,
+) -> Endpoint:
     """The endpoint of a model entry, starting its instance first when it is not running (on demand).
 
     `model` asks for another model than the entry's (one-model-per-process runtimes serve only the one
@@ -230,13 +257,17 @@ def ensure_running(
     if not auto_start:
         state = classify(record, alive)
         said = "crashed" if state == State.CRASHED else "not running"
-        raise LfError(f"{entry.name} is {said}", hint=f"start it with: lf runtime start {entry.name}", exit_status=ExitStatus.NOT_RUNNING)
+        raise LfError(
+            f"{entry.name} is {said}",
+            hint=f"start it with: lf runtime start {entry.name}",
+            exit_status=ExitStatus.NOT_RUNNING,
+        )
     spec = build_spec(entry, project, Overrides(model=model), single=True)
     result = start_spec(spec, owner=owner, timeout=timeout, on_event=on_event, store=store)
     return Endpoint.of(result.record, target.api_key, started=not result.already_running)
 
 
-def running(entry: "ModelEntry", project: "Project | None", store: "StateStore | None" = None) -> "Endpoint | None":
+def running(entry: ModelEntry, project: Project | None, store: StateStore | None = None) -> Endpoint | None:
     """The endpoint of a managed entry's instance if it is running (and is the process lf started)."""
     from lf.core.events import Endpoint
 
@@ -247,13 +278,13 @@ def running(entry: "ModelEntry", project: "Project | None", store: "StateStore |
 
 
 def chat_endpoint(
-    project: "Project | None",
+    project: Project | None,
     runtime: str | None,
     model: str | None,
     *,
     auto_start: bool = True,
     on_event: OnEvent | None = None,
-) -> tuple["Endpoint", "ModelEntry"]:
+) -> tuple[Endpoint, ModelEntry]:
     """The endpoint `lf chat --runtime R --model M` talks to, started if needed, and its model entry."""
     from lf.core.targets import chat_target
 
@@ -267,13 +298,13 @@ def chat_endpoint(
 # -- stop, restart -----------------------------------------------------------------------------------
 def stop(
     names: list[str] | None,
-    project: "Project | None" = None,
+    project: Project | None = None,
     *,
     every: bool = False,
     all_projects: bool = False,
     timeout: float = 10.0,
-    store: "StateStore | None" = None,
-) -> list["StopResult"]:
+    store: StateStore | None = None,
+) -> list[StopResult]:
     """Stop the named instances of the project (a runtime's name: all its instances), or all of them
     (`every`), or every instance of every project (`all_projects`). A name the project does not run but
     another project does is left alone: its result says which project runs it, and how to stop it there."""
@@ -282,9 +313,17 @@ def stop(
 
     store = _store(store, project)
     if all_projects:
-        return [_stopped(supervisor.stop(name, each, timeout=timeout), each) for each in store.every_project() for name in each.names()]
+        return [
+            _stopped(supervisor.stop(name, each, timeout=timeout), each)
+            for each in store.every_project()
+            for name in each.names()
+        ]
     if not names and not every:
-        raise LfError("name what to stop, or use --all", hint="running: " + (", ".join(store.names()) or "nothing"), exit_status=ExitStatus.USAGE)
+        raise LfError(
+            "name what to stop, or use --all",
+            hint="running: " + (", ".join(store.names()) or "nothing"),
+            exit_status=ExitStatus.USAGE,
+        )
     targets = store.names() if every else stop_targets(names or [], store, project)
     results = [_stopped(supervisor.stop(name, store, timeout=timeout), store) for name in targets]
     if not every:
@@ -292,13 +331,13 @@ def stop(
     return results
 
 
-def _stopped(result: "StopResult", store: "StateStore") -> "StopResult":
+def _stopped(result: StopResult, store: StateStore) -> StopResult:
     from dataclasses import replace
 
     return replace(result, project=store.project)
 
 
-def _elsewhere(result: "StopResult", store: "StateStore") -> "StopResult":
+def _elsewhere(result: StopResult, store: StateStore) -> StopResult:
     """A result that was not running here, with the other projects that run an instance of that name."""
     from dataclasses import replace
 
@@ -313,18 +352,32 @@ def _elsewhere(result: "StopResult", store: "StateStore") -> "StopResult":
     ]
     if not others:
         return result
-    where = "; ".join(f"{project_label(r.project, r.project_folder)} runs one (stop it with: {stop_command(r, store)})" for r in others)
-    return replace(result, note=f"{result.note}; not in {project_label(store.project)}, but {where}", elsewhere=tuple(r.project for r in others))
+    where = "; ".join(
+        f"{project_label(r.project, r.project_folder)} runs one (stop it with: {stop_command(r, store)})"
+        for r in others
+    )
+    return replace(
+        result,
+        note=f"{result.note}; not in {project_label(store.project)}, but {where}",
+        elsewhere=tuple(r.project for r in others),
+    )
 
 
-def stop_instance(name: str, project: "Project | None", *, only_pid: int | None = None, timeout: float = 10.0, store: "StateStore | None" = None) -> "StopResult":
+def stop_instance(
+    name: str,
+    project: Project | None,
+    *,
+    only_pid: int | None = None,
+    timeout: float = 10.0,
+    store: StateStore | None = None,
+) -> StopResult:
     """Stop one instance of the project; with `only_pid`, only if it is still that process (not one started since)."""
     from lf.daemon import supervisor
 
     return supervisor.stop(name, _store(store, project), timeout=timeout, only_pid=only_pid)
 
 
-def stop_targets(names: list[str], store: "StateStore", project: "Project | None" = None) -> list[str]:
+def stop_targets(names: list[str], store: StateStore, project: Project | None = None) -> list[str]:
     """Instance names as given; a runtime name means every instance of it. A name lf knows but that is
     not running here passes through (stopping it is a no-op success); a name nothing knows is an error."""
     from lf.daemon.records import validate_name
@@ -348,18 +401,20 @@ def stop_targets(names: list[str], store: "StateStore", project: "Project | None
         else:
             from lf.suggest import did_you_mean
 
-            raise UnknownNameError(f"unknown runtime or instance {name!r}", hint=did_you_mean(name, [*known, *runtime_names()]))
+            raise UnknownNameError(
+                f"unknown runtime or instance {name!r}", hint=did_you_mean(name, [*known, *runtime_names()])
+            )
     return list(dict.fromkeys(targets))
 
 
 def restart(
     target: str | None,
-    project: "Project | None",
+    project: Project | None,
     *,
     timeout: float | None = None,
     on_event: OnEvent | None = None,
-    store: "StateStore | None" = None,
-) -> list["StartResult"]:
+    store: StateStore | None = None,
+) -> list[StartResult]:
     """Stop, then start again: flags given to `start` stay in force, the rest is read afresh."""
     from lf.core.events import Notice
     from lf.core.targets import Overrides, build_spec, entries_for
@@ -376,7 +431,12 @@ def restart(
             given = Overrides.from_given(record.overrides)
             unknown = _undeclared_settings(entry, given)
             if unknown:  # a setting the runtime no longer declares (its manifest changed since the start)
-                _emit(on_event, Notice(f"Warning: {entry.name} was started with {', '.join(unknown)}, which {entry.provider} no longer takes: left out"))
+                _emit(
+                    on_event,
+                    Notice(
+                        f"Warning: {entry.name} was started with {', '.join(unknown)}, which {entry.provider} no longer takes: left out"
+                    ),
+                )
                 given = replace(given, settings={k: v for k, v in given.settings.items() if k not in unknown})
         specs.append(build_spec(entry, project, given, single=True))
     results = []
@@ -386,7 +446,7 @@ def restart(
     return results
 
 
-def _undeclared_settings(entry: "ModelEntry", given: "Overrides") -> list[str]:
+def _undeclared_settings(entry: ModelEntry, given: Overrides) -> list[str]:
     from lf.runtimes.registry import get_runtime
 
     declared = get_runtime(entry.provider).settings
@@ -396,12 +456,12 @@ def _undeclared_settings(entry: "ModelEntry", given: "Overrides") -> list[str]:
 # -- status ------------------------------------------------------------------------------------------
 def status(
     names: list[str] | None,
-    project: "Project | None",
+    project: Project | None,
     *,
     probe_timeout: float = 1.0,
     all_projects: bool = False,
-    store: "StateStore | None" = None,
-) -> "StatusReport":
+    store: StateStore | None = None,
+) -> StatusReport:
     """State and health of the project's named instances or runtimes, or of everything it knows; with
     `all_projects`, of every project's instances too."""
     from lf.core.status import collect

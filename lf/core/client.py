@@ -13,15 +13,17 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from lf.errors import RequestError
 from lf.secrets import StreamMasker, mask, mask_data, redact_url, secrets_of
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 300.0  # no byte for this long, within the deadline: a slow CPU model may think for a while first
-DEFAULT_TIMEOUT = 600  # the whole answer: OpenAI's own client waits as long; a CPU model writes a few thousand tokens in it
+DEFAULT_TIMEOUT = (
+    600  # the whole answer: OpenAI's own client waits as long; a CPU model writes a few thousand tokens in it
+)
 MAX_EVENT = 1 << 20  # bytes of one SSE line or event (a chunk is a few hundred)
 MAX_ANSWER = 16 << 20  # bytes of a one-piece answer; characters of a streamed one
 MAX_ERROR_BODY = 64 << 10  # bytes of an error answer read for its message
@@ -49,7 +51,13 @@ class ChatResult:
                 "id": self.id,
                 "object": "chat.completion",
                 "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text}, "finish_reason": self.finish_reason}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": self.text},
+                        "finish_reason": self.finish_reason,
+                    }
+                ],
                 "usage": self.usage,
             },
             self.secrets,
@@ -92,7 +100,14 @@ def chat(
                 on_token(piece)
 
     try:
-        with deadline, httpx.Client(timeout=httpx.Timeout(read, connect=min(CONNECT_TIMEOUT, read)), headers=_headers(api_key), trust_env=False) as client:
+        with (
+            deadline,
+            httpx.Client(
+                timeout=httpx.Timeout(read, connect=min(CONNECT_TIMEOUT, read)),
+                headers=_headers(api_key),
+                trust_env=False,
+            ) as client,
+        ):
             url = base_url.rstrip("/") + "/chat/completions"
             with client.stream("POST", url, json=payload, extensions={"trace": deadline.trace}) as response:
                 _exchange(response, result, stream, emit, _piece_limit(payload), deadline, shown, secrets)
@@ -110,7 +125,9 @@ def chat(
     return result
 
 
-def _exchange(response, result: ChatResult, stream: bool, emit, limit: int | None, deadline: "_Deadline", shown: str, secrets) -> None:
+def _exchange(
+    response, result: ChatResult, stream: bool, emit, limit: int | None, deadline: _Deadline, shown: str, secrets
+) -> None:
     if response.status_code >= 300:
         _raise_for_status(response, shown, secrets, deadline)
     content_type = response.headers.get("content-type", "")
@@ -122,11 +139,11 @@ def _exchange(response, result: ChatResult, stream: bool, emit, limit: int | Non
             emit(text)
         return
     if not stream:
-        raise RequestError(f"{shown} answered with an event stream, not a chat completion (it ignored \"stream\": false)")
+        raise RequestError(f'{shown} answered with an event stream, not a chat completion (it ignored "stream": false)')
     _read_stream(response, result, emit, limit, deadline, secrets)
 
 
-def _read_stream(response, result: ChatResult, emit, limit: int | None, deadline: "_Deadline", secrets) -> None:
+def _read_stream(response, result: ChatResult, emit, limit: int | None, deadline: _Deadline, secrets) -> None:
     pieces = 0
     for name, data in _sse_events(response.iter_bytes(), deadline):
         if data == "[DONE]":
@@ -142,7 +159,9 @@ def _read_stream(response, result: ChatResult, emit, limit: int | None, deadline
         for piece, counted in _event_pieces(result, event, data, secrets):
             pieces += counted
             if limit is not None and pieces > limit:
-                raise RequestError(f"the runtime went on past max_tokens: lf stopped reading after {limit} pieces of the answer (max_tokens plus a margin)")
+                raise RequestError(
+                    f"the runtime went on past max_tokens: lf stopped reading after {limit} pieces of the answer (max_tokens plus a margin)"
+                )
             if piece:
                 emit(piece)
                 if len(result.text) > MAX_ANSWER:
@@ -151,7 +170,7 @@ def _read_stream(response, result: ChatResult, emit, limit: int | None, deadline
         raise RequestError("the runtime closed the stream before the answer was complete")
 
 
-def _sse_events(chunks, deadline: "_Deadline"):
+def _sse_events(chunks, deadline: _Deadline):
     """(event name, data) of each event of a server-sent event stream (lines end with \\r\\n, \\r or \\n; a
     blank line ends an event; `:` starts a comment), refusing a line or event of more than MAX_EVENT bytes."""
     buffer = bytearray()
@@ -181,7 +200,9 @@ def _sse_events(chunks, deadline: "_Deadline"):
                 name = value
         del buffer[:start]
         if size + len(buffer) > MAX_EVENT:
-            raise RequestError(f"the runtime sent more than {MAX_EVENT >> 20} MiB without ending a line or an event: lf stopped reading")
+            raise RequestError(
+                f"the runtime sent more than {MAX_EVENT >> 20} MiB without ending a line or an event: lf stopped reading"
+            )
 
 
 def _piece_limit(payload: dict) -> int | None:
@@ -202,7 +223,9 @@ def _parse(text: str | bytes):
     except RecursionError:
         raise ValueError("nested too deeply") from None
     if _depth(value) > MAX_DEPTH:
-        raise RequestError(f"the runtime sent JSON nested more than {MAX_DEPTH} levels deep, which no chat completion is")
+        raise RequestError(
+            f"the runtime sent JSON nested more than {MAX_DEPTH} levels deep, which no chat completion is"
+        )
     return value
 
 
@@ -275,7 +298,9 @@ def _event_pieces(result: ChatResult, event, data: str, secrets) -> list[tuple[s
 
 def _one_answer(result: ChatResult, body: bytes, content_type: str, shown: str, secrets) -> None:
     def bad(what: str) -> RequestError:
-        return RequestError(f"{shown} answered with {what}, not a chat completion (content type {content_type or 'none'}): {_excerpt(body, secrets, 80)}")
+        return RequestError(
+            f"{shown} answered with {what}, not a chat completion (content type {content_type or 'none'}): {_excerpt(body, secrets, 80)}"
+        )
 
     try:
         data = _parse(body)
@@ -298,7 +323,7 @@ def _one_answer(result: ChatResult, body: bytes, content_type: str, shown: str, 
     result.finish_reason = finish if isinstance(finish, str) else None
 
 
-def _read_capped(response, deadline: "_Deadline") -> bytes:
+def _read_capped(response, deadline: _Deadline) -> bytes:
     body = bytearray()
     for chunk in response.iter_bytes():
         deadline.check()
@@ -329,7 +354,7 @@ def _excerpt(text, secrets, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _raise_for_status(response, shown: str, secrets, deadline: "_Deadline") -> None:
+def _raise_for_status(response, shown: str, secrets, deadline: _Deadline) -> None:
     body = bytearray()
     for chunk in response.iter_bytes():  # the start of an error body says what went wrong: no more is read
         deadline.check()
@@ -338,14 +363,18 @@ def _raise_for_status(response, shown: str, secrets, deadline: "_Deadline") -> N
             break
     try:
         data = _parse(bytes(body))
-        detail = _error_text(data.get("error") or data, secrets) if isinstance(data, dict) else _excerpt(body, secrets, REASON_CHARS)
+        detail = (
+            _error_text(data.get("error") or data, secrets)
+            if isinstance(data, dict)
+            else _excerpt(body, secrets, REASON_CHARS)
+        )
     except (ValueError, RequestError):
         detail = _excerpt(body, secrets, REASON_CHARS)
     hint = "check the api_key" if response.status_code in (401, 403) else None
     raise RequestError(f"{shown} answered HTTP {response.status_code}: {detail or '(no message)'}", hint=hint)
 
 
-def _failure(exc: Exception, deadline: "_Deadline", read: float, shown: str, secrets) -> RequestError | None:
+def _failure(exc: Exception, deadline: _Deadline, read: float, shown: str, secrets) -> RequestError | None:
     """The RequestError an exception during a request means (None: not a failure of the request, a bug)."""
     import httpx
 
@@ -355,16 +384,28 @@ def _failure(exc: Exception, deadline: "_Deadline", read: float, shown: str, sec
             hint="give it longer with --timeout SECONDS (0: no limit); lf runtime status shows whether it is frozen",
         )
     if isinstance(exc, RequestError):
-        return RequestError(_excerpt(exc.message, secrets, 10 * REASON_CHARS), hint=exc.hint, exit_status=exc.exit_status)
+        return RequestError(
+            _excerpt(exc.message, secrets, 10 * REASON_CHARS), hint=exc.hint, exit_status=exc.exit_status
+        )
     if isinstance(exc, httpx.ConnectError):
-        return RequestError(f"cannot connect to {shown}: {_excerpt(str(exc), secrets, REASON_CHARS)}", hint="is the runtime running? lf runtime status")
+        return RequestError(
+            f"cannot connect to {shown}: {_excerpt(str(exc), secrets, REASON_CHARS)}",
+            hint="is the runtime running? lf runtime status",
+        )
     if isinstance(exc, httpx.TimeoutException):
         waited = min(CONNECT_TIMEOUT, read) if isinstance(exc, httpx.ConnectTimeout) else read
-        return RequestError(f"{shown} sent nothing for {waited:g}s", hint="lf runtime status shows whether it is frozen")
+        return RequestError(
+            f"{shown} sent nothing for {waited:g}s", hint="lf runtime status shows whether it is frozen"
+        )
     if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-        return RequestError(f"the connection to the runtime broke mid-answer ({_excerpt(str(exc), secrets, REASON_CHARS)})", hint="the runtime may have died: lf runtime status")
+        return RequestError(
+            f"the connection to the runtime broke mid-answer ({_excerpt(str(exc), secrets, REASON_CHARS)})",
+            hint="the runtime may have died: lf runtime status",
+        )
     if isinstance(exc, (httpx.HTTPError, httpx.InvalidURL)):
-        return RequestError(f"the request to {shown} failed: {_excerpt(str(exc) or type(exc).__name__, secrets, REASON_CHARS)}")
+        return RequestError(
+            f"the request to {shown} failed: {_excerpt(str(exc) or type(exc).__name__, secrets, REASON_CHARS)}"
+        )
     return None
 
 
@@ -379,7 +420,7 @@ class _Deadline:
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
 
-    def __enter__(self) -> "_Deadline":
+    def __enter__(self) -> _Deadline:
         if self.seconds:
             self._timer = threading.Timer(self.seconds, self._expire)
             self._timer.daemon = True

@@ -56,8 +56,6 @@ def run(config: str | None = None) -> Report:
 # -- the machine -----------------------------------------------------------------------------------------
 def check_python() -> Check:
     version = ".".join(map(str, sys.version_info[:3]))
-    if sys.version_info < (3, 10):
-        return Check("python", FAIL, f"Python {version}: lf needs 3.10 or newer", "install Python 3.10+ and lf in it")
     return Check("python", OK, f"Python {version} ({sys.executable})")
 
 
@@ -72,12 +70,22 @@ def check_cpu() -> Check:
 
     cpu = hardware.cpu_info()
     usable = hardware.usable_cpus()
-    extensions = ", ".join(name for name, has in (("AVX2", cpu.avx2), ("AVX-512", cpu.avx512)) if has) or "neither AVX2 nor AVX-512"
-    cores = f"{cpu.physical} cores, {cpu.logical} threads" + (f" ({usable} usable by lf)" if usable != cpu.logical else "")
+    extensions = (
+        ", ".join(name for name, has in (("AVX2", cpu.avx2), ("AVX-512", cpu.avx512)) if has)
+        or "neither AVX2 nor AVX-512"
+    )
+    cores = f"{cpu.physical} cores, {cpu.logical} threads" + (
+        f" ({usable} usable by lf)" if usable != cpu.logical else ""
+    )
     detail = f"{cpu.model}: {cores}; {extensions}; engines get {hardware.physical_cores()} threads by default (one per physical core)"
     x86 = any(flag in cpu.flags for flag in ("sse2", "sse4_2"))
     if x86 and not cpu.avx2:
-        return Check("cpu", WARN, detail, "llama.cpp runs several times slower without AVX2: use a smaller model, or a machine with AVX2")
+        return Check(
+            "cpu",
+            WARN,
+            detail,
+            "llama.cpp runs several times slower without AVX2: use a smaller model, or a machine with AVX2",
+        )
     return Check("cpu", OK, detail)
 
 
@@ -87,7 +95,12 @@ def check_memory() -> Check:
     mem = hardware.memory()
     detail = f"{_gib(mem.total)} total, {_gib(mem.available)} available"
     if mem.available < LOW_MEMORY:
-        return Check("memory", WARN, detail, "free memory (stop other programs or lf instances: lf runtime stop --all), or use a smaller model")
+        return Check(
+            "memory",
+            WARN,
+            detail,
+            "free memory (stop other programs or lf instances: lf runtime stop --all), or use a smaller model",
+        )
     return Check("memory", OK, detail)
 
 
@@ -97,11 +110,19 @@ def check_accelerators() -> list[Check]:
     gpus, npus = hardware.gpus(), hardware.npus()
     if gpus:
         listed = "; ".join(_describe(a) for a in gpus)
-        gpu = Check("gpus", OK, f"{listed}: llamacpp and llama-cpp-python offload every layer by default (gpu_layers -1) when their build has {_backends(gpus)}")
+        gpu = Check(
+            "gpus",
+            OK,
+            f"{listed}: llamacpp and llama-cpp-python offload every layer by default (gpu_layers -1) when their build has {_backends(gpus)}",
+        )
     else:
         gpu = Check("gpus", OK, "none found (NVML/nvidia-smi, rocm-smi, sysfs, Metal): engines run on the CPU")
     if npus:
-        npu = Check("npus", OK, f"{'; '.join(_describe(a) for a in npus)}: Lemonade's ONNX backend (ryzenai recipes) can use it; llama.cpp engines cannot")
+        npu = Check(
+            "npus",
+            OK,
+            f"{'; '.join(_describe(a) for a in npus)}: Lemonade's ONNX backend (ryzenai recipes) can use it; llama.cpp engines cannot",
+        )
     else:
         npu = Check("npus", OK, "none found (AMD XDNA: /dev/accel with the amdxdna driver)")
     return [gpu, npu]
@@ -146,8 +167,12 @@ def check_state_dir() -> Check:
     except OSError as exc:
         return Check("state_dir", FAIL, f"{path} cannot be written: {exc.strerror or exc}", fix_hint(path / "x", exc))
     if before is not None and before & 0o077:
-        return Check("state_dir", WARN, f"{path} was open to other users (mode {before:04o}): lf made it 0700",
-                     f"nothing more to do; keep it private (whatever set mode {before:04o} may do it again), or point {AppEnvVars.STATE_DIR} elsewhere")
+        return Check(
+            "state_dir",
+            WARN,
+            f"{path} was open to other users (mode {before:04o}): lf made it 0700",
+            f"nothing more to do; keep it private (whatever set mode {before:04o} may do it again), or point {AppEnvVars.STATE_DIR} elsewhere",
+        )
     return Check("state_dir", OK, f"{path}: private (0700) and writable")
 
 
@@ -159,14 +184,22 @@ def check_config(config: str | None):
         project = load_optional(config)
     except ConfigError as exc:
         first = exc.message.splitlines()
-        detail = first[0] + (f": {first[1].strip()}" if len(first) > 1 else "") + (f" (and {len(first) - 2} more)" if len(first) > 2 else "")
+        detail = (
+            first[0]
+            + (f": {first[1].strip()}" if len(first) > 1 else "")
+            + (f" (and {len(first) - 2} more)" if len(first) > 2 else "")
+        )
         return Check("config", FAIL, detail, "see every problem with: lf config validate"), None
     if project is None:
         return Check("config", OK, "no llamafarm.yaml here: the embedded default (llamacpp with smollm2-135m)"), None
     detail = f"{project.path}: valid ({project.shape} shape, {len(project.models)} model{'s' if len(project.models) != 1 else ''})"
     if project.warnings:
-        return Check("config", WARN, f"{detail}; {len(project.warnings)} warning(s): {project.warnings[0].removeprefix('Warning: ')}",
-                     "see them all with: lf config validate (keys lf does not use are kept)"), project
+        return Check(
+            "config",
+            WARN,
+            f"{detail}; {len(project.warnings)} warning(s): {project.warnings[0].removeprefix('Warning: ')}",
+            "see them all with: lf config validate (keys lf does not use are kept)",
+        ), project
     return Check("config", OK, detail), project
 
 
@@ -199,11 +232,25 @@ def check_engines(needed) -> list[Check]:
         engine = runtime.find_engine()
         if engine is None:
             if name in used:
-                checks.append(Check(f"engine:{name}", FAIL, "no engine installed, and the project needs it", runtime.install_hint()))
+                checks.append(
+                    Check(
+                        f"engine:{name}", FAIL, "no engine installed, and the project needs it", runtime.install_hint()
+                    )
+                )
             else:
-                checks.append(Check(f"engine:{name}", OK, f"not installed (not needed here; when it is: {runtime.install_hint()})"))
+                checks.append(
+                    Check(
+                        f"engine:{name}", OK, f"not installed (not needed here; when it is: {runtime.install_hint()})"
+                    )
+                )
             continue
-        checks.append(Check(f"engine:{name}", OK, f"{engine.engine.name} from {engine.source}; can use: {engine_devices(runtime, engine)}"))
+        checks.append(
+            Check(
+                f"engine:{name}",
+                OK,
+                f"{engine.engine.name} from {engine.source}; can use: {engine_devices(runtime, engine)}",
+            )
+        )
     return checks
 
 
@@ -213,14 +260,19 @@ def engine_devices(runtime, engine) -> str:
         try:
             import xllamacpp
 
-            kinds = [f"{d['description'] or d['name']} ({getattr(d['type'], 'name', str(d['type'])).rsplit('_', 1)[-1].lower()})" for d in xllamacpp.get_device_info()]
+            kinds = [
+                f"{d['description'] or d['name']} ({getattr(d['type'], 'name', str(d['type'])).rsplit('_', 1)[-1].lower()})"
+                for d in xllamacpp.get_device_info()
+            ]
             return ", ".join(kinds) or "CPU"
         except Exception:  # noqa: BLE001 - an engine too old to say: the CPU it always has
             return "CPU"
     if engine.engine.env_module == "llama_cpp":
         from lf.hardware import run_tool
 
-        out = run_tool([engine.python, "-c", "import llama_cpp; print(llama_cpp.llama_supports_gpu_offload())"], timeout=30)
+        out = run_tool(
+            [engine.python, "-c", "import llama_cpp; print(llama_cpp.llama_supports_gpu_offload())"], timeout=30
+        )
         if out is None:
             return "CPU (its GPU support could not be asked)"
         return "CPU and GPU offload" if out.strip() == "True" else "CPU (built without a GPU backend)"
@@ -241,8 +293,11 @@ def check_ports(needed) -> list[Check]:
         recorded = {}
     wanted = [(spec.runtime.name, spec.name, spec.host, spec.port, spec.port_auto) for spec in needed]
     used = {spec.runtime.name for spec in needed}
-    wanted += [(name, None, "127.0.0.1", rt.default_port, True) for name, rt in sorted(all_runtimes().items())
-               if rt.managed and rt.default_port and name not in used]
+    wanted += [
+        (name, None, "127.0.0.1", rt.default_port, True)
+        for name, rt in sorted(all_runtimes().items())
+        if rt.managed and rt.default_port and name not in used
+    ]
     checks = []
     for runtime, instance, host, port, auto in wanted:
         name = f"port:{instance or runtime}"
@@ -250,18 +305,38 @@ def check_ports(needed) -> list[Check]:
         if record is not None:
             mine = instance is not None and record.name == instance
             detail = f"{port} is held by lf's instance {record.name!r} (pid {record.pid})"
-            checks.append(Check(name, OK if mine or instance is None else WARN, detail + (": the one configured here" if mine else ""),
-                                None if mine or instance is None else f"lf runtime stop {record.name}, or give {instance} another port"))
+            checks.append(
+                Check(
+                    name,
+                    OK if mine or instance is None else WARN,
+                    detail + (": the one configured here" if mine else ""),
+                    None
+                    if mine or instance is None
+                    else f"lf runtime stop {record.name}, or give {instance} another port",
+                )
+            )
         elif port_is_free(host, port):
             checks.append(Check(name, OK, f"{port} on {host} is free"))
         else:
             owner, _pid = port_owner(port)
             if auto:
-                checks.append(Check(name, WARN, f"{port} on {host} is in use by {owner}: lf will take the next free port",
-                                    f"stop that process to keep {runtime} on its usual port, or set another port"))
+                checks.append(
+                    Check(
+                        name,
+                        WARN,
+                        f"{port} on {host} is in use by {owner}: lf will take the next free port",
+                        f"stop that process to keep {runtime} on its usual port, or set another port",
+                    )
+                )
             else:
-                checks.append(Check(name, FAIL, f"{port} on {host} is in use by {owner}: lf runtime start would refuse it",
-                                    f"stop that process, or choose another port for {instance} (provider_config.port, --port, or its env var)"))
+                checks.append(
+                    Check(
+                        name,
+                        FAIL,
+                        f"{port} on {host} is in use by {owner}: lf runtime start would refuse it",
+                        f"stop that process, or choose another port for {instance} (provider_config.port, --port, or its env var)",
+                    )
+                )
     return checks
 
 
@@ -277,7 +352,13 @@ def check_models(project, config_check: Check) -> list[Check]:
     for entry in entries_for(None, project):
         runtime = get_runtime(entry.provider)
         if runtime.model_format != "gguf":
-            checks.append(Check(f"model:{entry.name}", OK, f"{entry.model}: served by {runtime.name}, which finds it itself (not checked)"))
+            checks.append(
+                Check(
+                    f"model:{entry.name}",
+                    OK,
+                    f"{entry.model}: served by {runtime.name}, which finds it itself (not checked)",
+                )
+            )
             continue
         from lf.models.catalog import resolve_model_path
 
@@ -301,11 +382,27 @@ def _with_fit(check: Check, path, entry, project) -> Check:
     try:
         needed = memory_estimate(build_spec(entry, project, Overrides(), single=True))
     except Exception as exc:  # noqa: BLE001 - an estimate that cannot be made is said, never fatal
-        return Check(check.name, check.status, check.detail + f"; fits: not checked ({type(exc).__name__}: {exc})", check.fix)
+        return Check(
+            check.name, check.status, check.detail + f"; fits: not checked ({type(exc).__name__}: {exc})", check.fix
+        )
     if needed is None:
-        return Check(check.name, check.status, check.detail + "; fits: not checked (lf cannot estimate this model's memory)", check.fix)
+        return Check(
+            check.name,
+            check.status,
+            check.detail + "; fits: not checked (lf cannot estimate this model's memory)",
+            check.fix,
+        )
     available = hardware.memory().available
     if needed.total > available:
-        return Check(check.name, FAIL, check.detail + f"; needs about {_gib(needed.total)}, {_gib(available)} available",
-                     "free memory, lower context_size (n_ctx), quantize the KV cache (cache_type_k/v: q8_0), or use a smaller quantization")
-    return Check(check.name, check.status, check.detail + f"; fits: needs about {_gib(needed.total)} of {_gib(available)} available", check.fix)
+        return Check(
+            check.name,
+            FAIL,
+            check.detail + f"; needs about {_gib(needed.total)}, {_gib(available)} available",
+            "free memory, lower context_size (n_ctx), quantize the KV cache (cache_type_k/v: q8_0), or use a smaller quantization",
+        )
+    return Check(
+        check.name,
+        check.status,
+        check.detail + f"; fits: needs about {_gib(needed.total)} of {_gib(available)} available",
+        check.fix,
+    )

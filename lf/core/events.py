@@ -42,9 +42,9 @@ class Endpoint:
     model: str  # the name requests use
     api_key: str | None = None
     managed: bool = True
-    record: "RuntimeRecord | None" = None  # the running instance (managed entries)
+    record: RuntimeRecord | None = None  # the running instance (managed entries)
     started: bool = False  # this call started it
 
     @classmethod
-    def of(cls, record: "RuntimeRecord", api_key: str | None, started: bool = False) -> "Endpoint":
+    def of(cls, record: RuntimeRecord, api_key: str | None, started: bool = False) -> Endpoint:
         return cls(record.name, record.base_url, record.model, api_key, True, record, started)

@@ -126,7 +126,9 @@ def from_record(record: RuntimeRecord) -> InstanceStatus:
         status.message = "its process is gone and lf did not stop it"
         status.log_tail = read_tail(record.log_path, 5).splitlines()
     elif frozen:  # a probe would only time out
-        status.message = f"its process is stopped by a signal; resume it with: kill -CONT {record.pid} (lf runtime stop also works)"
+        status.message = (
+            f"its process is stopped by a signal; resume it with: kill -CONT {record.pid} (lf runtime stop also works)"
+        )
     else:
         status.probe = record.health_probe()
     return status
@@ -149,8 +151,16 @@ def collect(
                 record = each.load(name)
             except CorruptRecord as exc:
                 scope = "" if each is store else f" --project {each.project or NO_PROJECT}"
-                warnings.append(f"Warning: the record {exc.path} is unreadable ({exc.reason}); `lf runtime stop {name}{scope}` removes it")
-                statuses[each.project, name] = InstanceStatus(name=name, runtime="?", state=classify(UNREADABLE, False), message=f"unreadable record: {exc.reason}", project=each.project)
+                warnings.append(
+                    f"Warning: the record {exc.path} is unreadable ({exc.reason}); `lf runtime stop {name}{scope}` removes it"
+                )
+                statuses[each.project, name] = InstanceStatus(
+                    name=name,
+                    runtime="?",
+                    state=classify(UNREADABLE, False),
+                    message=f"unreadable record: {exc.reason}",
+                    project=each.project,
+                )
                 continue
             if record is not None:
                 statuses[each.project, name] = from_record(record)
@@ -161,7 +171,9 @@ def collect(
     if project is None and not names and not all_projects:  # the embedded default, as a stopped one
         from lf.runtimes.folders import DEFAULT_RUNTIME
 
-        statuses.setdefault((here, DEFAULT_RUNTIME), InstanceStatus(name=DEFAULT_RUNTIME, runtime=DEFAULT_RUNTIME, state=State.STOPPED))
+        statuses.setdefault(
+            (here, DEFAULT_RUNTIME), InstanceStatus(name=DEFAULT_RUNTIME, runtime=DEFAULT_RUNTIME, state=State.STOPPED)
+        )
 
     unknown: list[str] = []
     if names:
@@ -198,7 +210,9 @@ def collect(
             inst.state = classify(inst.record, True, health, now)
         if not inst.message:
             inst.message = health.message
-    return StatusReport(instances, unknown, str(project.path) if project else None, str(store.root), warnings, project=here)
+    return StatusReport(
+        instances, unknown, str(project.path) if project else None, str(store.root), warnings, project=here
+    )
 
 
 def _configured(project) -> list[InstanceStatus]:

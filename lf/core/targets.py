@@ -9,9 +9,9 @@ model, named after the model entry.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Mapping
 
 from lf.config.project import ModelEntry, Project
 from lf.errors import LfError, UnknownNameError
@@ -34,13 +34,17 @@ class Overrides:
 
     def given(self) -> dict:
         """What was given, as a record keeps it (so `restart` reapplies it)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings" and getattr(self, f.name) is not None}
+        out = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "settings" and getattr(self, f.name) is not None
+        }
         if self.settings:
             out["settings"] = dict(self.settings)
         return out
 
     @classmethod
-    def from_given(cls, given: Mapping) -> "Overrides":
+    def from_given(cls, given: Mapping) -> Overrides:
         """Back from a record: keys this lf does not know (a newer lf may have written them) are left out."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in given.items() if k in known}
@@ -55,7 +59,9 @@ class Overrides:
 
 
 def default_entry(runtime: Runtime) -> ModelEntry:
-    return ModelEntry(name=runtime.name, provider=runtime.name, model=runtime.default_model or "", managed=runtime.managed)
+    return ModelEntry(
+        name=runtime.name, provider=runtime.name, model=runtime.default_model or "", managed=runtime.managed
+    )
 
 
 def managed_entries(project: Project | None) -> list[ModelEntry]:
@@ -82,14 +88,20 @@ def entries_for(target: str | None, project: Project | None) -> list[ModelEntry]
     from lf.suggest import did_you_mean
 
     names = [e.name for e in managed] + list(runtimes)
-    raise UnknownNameError(f"unknown runtime or model entry {target!r}", hint=did_you_mean(target, names) or f"known: {', '.join(names)}")
+    raise UnknownNameError(
+        f"unknown runtime or model entry {target!r}", hint=did_you_mean(target, names) or f"known: {', '.join(names)}"
+    )
 
 
 def resolve_settings(runtime: Runtime, entry: ModelEntry, flags: Mapping[str, object]) -> tuple[dict, dict]:
     """(value, where it came from) of every setting the runtime declares."""
     from lf.runtimes.settings import resolve
 
-    unknown = [name for name in flags if name not in runtime.settings and name not in ("port", "host", "context_size", "threads")]
+    unknown = [
+        name
+        for name in flags
+        if name not in runtime.settings and name not in ("port", "host", "context_size", "threads")
+    ]
     if unknown:
         from lf.suggest import did_you_mean
 
@@ -100,7 +112,9 @@ def resolve_settings(runtime: Runtime, entry: ModelEntry, flags: Mapping[str, ob
     return resolve(runtime.settings, flags, entry.provider_config, entry.extra_body)
 
 
-def build_spec(entry: ModelEntry, project: Project | None, overrides: Overrides, single: bool, resolve_model: bool = True) -> InstanceSpec:
+def build_spec(
+    entry: ModelEntry, project: Project | None, overrides: Overrides, single: bool, resolve_model: bool = True
+) -> InstanceSpec:
     """Resolve one instance's settings. `single` means the command targets this instance alone."""
     runtime = get_runtime(entry.provider)
     values, sources = resolve_settings(runtime, entry, overrides.flag_values() if single else {})
@@ -178,7 +192,9 @@ def chat_target(project: Project | None, runtime_name: str | None, model: str | 
     if project is not None:
         candidates = [e for e in project.models if runtime_name is None or e.provider == runtime_name]
         if model is not None:
-            entry = next((e for e in candidates if e.name == model), None) or next((e for e in candidates if e.model == model), None)
+            entry = next((e for e in candidates if e.name == model), None) or next(
+                (e for e in candidates if e.model == model), None
+            )
             if entry is None and runtime_name is None:
                 project.model(model)  # raises UnknownNameError with the configured names
         elif runtime_name is None:

@@ -69,7 +69,9 @@ def http_get(url: str, timeout: float, api_key: str | None = None) -> tuple[int,
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     deadline = time.monotonic() + timeout
     # a bytes host skips the IDNA codec (and its imports) that name resolution applies to str hosts
-    sock = socket.create_connection((host.encode("idna") if not host.isascii() else host.encode(), port), timeout=timeout)
+    sock = socket.create_connection(
+        (host.encode("idna") if not host.isascii() else host.encode(), port), timeout=timeout
+    )
     try:
         if context is not None:
             sock = context.wrap_socket(sock, server_hostname=host)
@@ -82,7 +84,7 @@ def http_get(url: str, timeout: float, api_key: str | None = None) -> tuple[int,
         while size < MAX_BODY:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise socket.timeout("timed out")
+                raise TimeoutError("timed out")
             sock.settimeout(remaining)
             chunk = sock.recv(16384)
             if not chunk:
@@ -136,7 +138,7 @@ def probe_once(probe: Probe, timeout: float) -> Health:
     started = time.perf_counter()
     try:
         status, body = http_get(probe.url, timeout, probe.api_key)
-    except socket.timeout:
+    except TimeoutError:
         return Health(False, False, None, None, f"no answer within {timeout:g}s")
     except ConnectionRefusedError:
         return Health(False, False, None, None, "connection refused")
@@ -157,7 +159,9 @@ def interpret(ready: str, status: int, body: bytes, latency: float) -> Health:
     if ready == "loaded-by-lf":
         # a server whose health endpoint must not be polled: lf loaded the model at start and checked it
         ok = status == 200
-        return Health(True, ok, True if ok else None, latency, "model loaded at start" if ok else f"HTTP {status}", status)
+        return Health(
+            True, ok, True if ok else None, latency, "model loaded at start" if ok else f"HTTP {status}", status
+        )
     if status == 503:
         return Health(True, False, False, latency, "loading model", status)
     if status != 200:
@@ -170,7 +174,11 @@ def interpret(ready: str, status: int, body: bytes, latency: float) -> Health:
             return Health(True, False, None, latency, "health answer is not JSON", status)
         value = data.get(key) if isinstance(data, dict) else None
         loaded = bool(value)
-        detail = f"model {value} loaded" if isinstance(value, str) and value else ("model loaded" if loaded else "no model loaded")
+        detail = (
+            f"model {value} loaded"
+            if isinstance(value, str) and value
+            else ("model loaded" if loaded else "no model loaded")
+        )
         return Health(True, True, loaded, latency, detail, status)
     return Health(True, True, True, latency, "ok", status)
 

@@ -146,7 +146,9 @@ class Pump:
     def _open(self) -> None:
         import stat
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)  # read: its last byte
+        fd = os.open(
+            self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600
+        )  # read: its last byte
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
             os.close(fd)
@@ -209,7 +211,11 @@ class Pump:
 
     def feed(self, data: bytes) -> None:
         while data:
-            if self.max_bytes and self.size >= self.rotate_at and (self.at_line_start or self.size >= self.rotate_at + LONG_LINE):
+            if (
+                self.max_bytes
+                and self.size >= self.rotate_at
+                and (self.at_line_start or self.size >= self.rotate_at + LONG_LINE)
+            ):
                 self.rotate()
             if not self.max_bytes or self.size + len(data) < self.rotate_at:
                 self._write(data)

@@ -8,10 +8,11 @@ import math
 import os
 import re
 import stat
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 from lf.dirs import UnwritableDir, ensure_private_dir, state_dir
 from lf.errors import ExitStatus, LfError, UnknownNameError
@@ -59,12 +60,16 @@ class RuntimeRecord:
     overrides: dict = field(default_factory=dict)  # command-line settings, so `restart` reapplies them
     after_start: dict = field(default_factory=dict)  # what the runtime's after-start step needs (its own data)
     owner: str = "cli"  # who started it: "cli" (lf runtime start, lf chat) or "gateway" (lf serve, on demand)
-    settings: dict = field(default_factory=dict)  # the model as named and every resolved setting: what a later start compares with
+    settings: dict = field(
+        default_factory=dict
+    )  # the model as named and every resolved setting: what a later start compares with
     log_pump_pid: int | None = None  # the process that writes and rotates the log (lf.daemon.logpump)
     log_pump_create_time: float | None = None
     project: str | None = None  # "namespace/name" of the project it belongs to (None: no project)
     project_folder: str | None = None  # where that project's llamafarm.yaml is
-    leftover_files: list[str] = field(default_factory=list)  # globs of files its processes may leave behind (stop removes theirs)
+    leftover_files: list[str] = field(
+        default_factory=list
+    )  # globs of files its processes may leave behind (stop removes theirs)
     version: int = RECORD_VERSION
     # what from_dict left out of a record it could still use, as sentences (not written back)
     warnings: ClassVar[tuple[str, ...]] = ()
@@ -102,7 +107,7 @@ class RuntimeRecord:
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RuntimeRecord":
+    def from_dict(cls, data: dict) -> RuntimeRecord:
         """A record read back from disk (this version or version 1). ValueError/TypeError unless every
         field has the type lf relies on."""
         data = dict(data)
@@ -132,7 +137,10 @@ class RuntimeRecord:
                 raise ValueError(f"{name} is not text")
         if not (isinstance(record.command, list) and all(isinstance(part, str) for part in record.command)):
             raise ValueError("command is not a list of arguments")
-        if not (isinstance(record.leftover_files, list) and all(isinstance(p, str) and p.startswith("/") for p in record.leftover_files)):
+        if not (
+            isinstance(record.leftover_files, list)
+            and all(isinstance(p, str) and p.startswith("/") for p in record.leftover_files)
+        ):
             raise ValueError("leftover_files is not a list of absolute patterns")
         for name in ("overrides", "after_start", "settings"):
             if not isinstance(getattr(record, name), dict):
@@ -198,14 +206,16 @@ def _usable_overrides(overrides: dict) -> tuple[dict, list[str]]:
                 if _is_text(name) and _is_setting_value(setting):
                     settings[name] = setting
                 else:
-                    dropped.append(f"a setting override {_short(name)}: {_short(setting)}, which is not a name with a plain value")
+                    dropped.append(
+                        f"a setting override {_short(name)}: {_short(setting)}, which is not a name with a plain value"
+                    )
             kept[key] = settings
         else:
             kept[key] = value
     return kept, dropped
 
 
-def _check_strictly(record: "RuntimeRecord") -> None:
+def _check_strictly(record: RuntimeRecord) -> None:
     """Beyond the types: what lf relies on when it acts on a record. ValueError names the field.
 
     A field that decides whether a process is ours (command), how to read its health, or where it is makes
@@ -215,7 +225,9 @@ def _check_strictly(record: "RuntimeRecord") -> None:
     if not record.command:
         raise ValueError("command is empty: nothing to tell its process by")
     if not is_health_rule(record.health_ready):
-        raise ValueError(f"health_ready {_short(record.health_ready)} is not a rule this lf knows ({', '.join(HEALTH_RULES)}, json:KEY)")
+        raise ValueError(
+            f"health_ready {_short(record.health_ready)} is not a rule this lf knows ({', '.join(HEALTH_RULES)}, json:KEY)"
+        )
     for name in ("base_url", "health_url"):
         url = getattr(record, name)
         if url is not None and not url.startswith(("http://", "https://")):
@@ -252,7 +264,11 @@ def parse_project(text: str) -> str | None:
         return None
     namespace, slash, name = text.partition("/")
     if not (slash and namespace and name):
-        raise LfError(f"--project {text!r} is not NAMESPACE/NAME", hint=f"as lf runtime status --all-projects shows it, or {NO_PROJECT} for what runs outside any project", exit_status=ExitStatus.USAGE)
+        raise LfError(
+            f"--project {text!r} is not NAMESPACE/NAME",
+            hint=f"as lf runtime status --all-projects shows it, or {NO_PROJECT} for what runs outside any project",
+            exit_status=ExitStatus.USAGE,
+        )
     return text
 
 
@@ -338,14 +354,14 @@ class StateStore:
         self.base = self.root if project is None else self.root / "projects" / _project_dir(project)
 
     @classmethod
-    def of(cls, project, root: Path | None = None) -> "StateStore":
+    def of(cls, project, root: Path | None = None) -> StateStore:
         """The store of a loaded project (lf.config.project.Project), or of no project (None)."""
         return cls(root, project.key if project is not None else None)
 
-    def scoped(self, project: str | None) -> "StateStore":
+    def scoped(self, project: str | None) -> StateStore:
         return self if project == self.project else StateStore(self.root, project)
 
-    def every_project(self) -> list["StateStore"]:
+    def every_project(self) -> list[StateStore]:
         """This store first, then the store of every other project that has a folder in the state dir."""
         keys: list[str | None] = [None]
         projects = self.root / "projects"
@@ -354,7 +370,7 @@ class StateStore:
                 keys.append(f"{_unquote(namespace).replace('%', '%25').replace('/', '%2F')}/{_unquote(name)}")
         return [self, *(self.scoped(key) for key in keys if key != self.project)]
 
-    def of_folder(self, folder: Path) -> "StateStore | None":
+    def of_folder(self, folder: Path) -> StateStore | None:
         """The store of the project whose instances were started from `folder` (its llamafarm.yaml cannot
         be read now, so its namespace and name are not known), None when no record names that folder."""
         for each in self.every_project():
@@ -393,7 +409,11 @@ class StateStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            reason = "it is a symbolic link, which lf does not follow" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+            reason = (
+                "it is a symbolic link, which lf does not follow"
+                if exc.errno == errno.ELOOP
+                else exc.strerror or str(exc)
+            )
             raise CorruptRecord(path, reason) from exc
         try:
             data = json.loads(raw)

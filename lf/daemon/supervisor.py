@@ -16,13 +16,22 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Iterator, Mapping
 
 from lf.daemon.health import Health, local_url, probe_once
-from lf.daemon.process import command_matches, family, port_is_free, port_owner, process_create_time, session_listens, terminate_group, tree
+from lf.daemon.process import (
+    command_matches,
+    family,
+    port_is_free,
+    port_owner,
+    process_create_time,
+    session_listens,
+    terminate_group,
+    tree,
+)
 from lf.daemon.records import NO_PROJECT, CorruptRecord, RuntimeRecord, StateStore, project_label
 from lf.errors import ExitStatus, LfError, StartError
 from lf.files import exclusive_lock, read_tail
@@ -53,7 +62,9 @@ class LaunchPlan:
     env: Mapping[str, str] = field(default_factory=_empty)  # added to the daemon's environment
     after_start: Mapping = field(default_factory=_empty)  # data the runtime's after-start step needs (JSON-able)
     overrides: Mapping = field(default_factory=_empty)  # command-line settings, recorded so `restart` reapplies them
-    settings: Mapping = field(default_factory=_empty)  # the model as named and the resolved settings (JSON-able), recorded
+    settings: Mapping = field(
+        default_factory=_empty
+    )  # the model as named and the resolved settings (JSON-able), recorded
     owner: str = "cli"
     install_hint: str | None = None  # shown when the executable cannot be run
     project_folder: str | None = None  # the folder of the llamafarm.yaml it comes from (shown by status)
@@ -87,7 +98,14 @@ class StopResult:
     elsewhere: tuple = ()  # not running here: the projects that run an instance of this name
 
 
-def choose_port(host: str, port: int, auto: bool, taken: set[int] | frozenset[int] = frozenset(), store: StateStore | None = None, span: int = 100) -> int:
+def choose_port(
+    host: str,
+    port: int,
+    auto: bool,
+    taken: set[int] | frozenset[int] = frozenset(),
+    store: StateStore | None = None,
+    span: int = 100,
+) -> int:
     """`port` if it is free; with `auto` (nobody chose it) the first free one counting up from it. A port
     held by one of lf's own instances is named as such, with the command that stops it. A port a live
     instance is recorded with counts as taken even before its engine binds it (callers hold the ports
@@ -100,7 +118,10 @@ def choose_port(host: str, port: int, auto: bool, taken: set[int] | frozenset[in
             owner, pid = port_owner(port)
             holder = _instance_holding(pid, store) if pid else None
             if holder is None:
-                raise StartError(f"port {port} on {host} is already in use by {owner}", hint="stop that process, or choose another port with --port")
+                raise StartError(
+                    f"port {port} on {host} is already in use by {owner}",
+                    hint="stop that process, or choose another port with --port",
+                )
         if holder is not None:
             raise StartError(
                 f"port {port} on {host} is already in use by lf's instance {describe_instance(holder, store)} (pid {holder.pid})",
@@ -222,13 +243,17 @@ def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subproce
     try:
         max_bytes, backups = logpump.limits()
     except ValueError as exc:
-        raise LfError(str(exc), hint="set it to a number of bytes (0: never rotate), or unset it for the default") from None
+        raise LfError(
+            str(exc), hint="set it to a number of bytes (0: never rotate), or unset it for the default"
+        ) from None
     log_path = store.log_path(plan.name)
     store.ensure()
     try:
         store.remove(plan.name)  # a stale record (crashed process) or a corrupt one
     except RecordNotRemoved as exc:
-        raise LfError(f"cannot start {plan.name}: its old record {exc.path} cannot be removed ({exc.reason})", hint=exc.fix) from None
+        raise LfError(
+            f"cannot start {plan.name}: its old record {exc.path} cannot be removed ({exc.reason})", hint=exc.fix
+        ) from None
     fd = open_append(log_path)
     header = f"\n--- lf: starting {plan.name} ({plan.runtime}, {plan.engine}) on {plan.host}:{plan.port} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
     status_read, status_write = os.pipe()
@@ -238,7 +263,9 @@ def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subproce
         except OSError as exc:
             raise write_error(log_path, exc) from exc
         proc = subprocess.Popen(
-            logpump.argv(os.path.abspath(log_path), max_bytes, backups, status_write, list(plan.argv)),  # execs plan.argv in place
+            logpump.argv(
+                os.path.abspath(log_path), max_bytes, backups, status_write, list(plan.argv)
+            ),  # execs plan.argv in place
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=subprocess.STDOUT,
@@ -251,7 +278,9 @@ def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subproce
     except BaseException as exc:
         os.close(status_read)
         if isinstance(exc, OSError):
-            raise StartError(f"could not run {exc.filename or plan.argv[0]}: {exc.strerror or exc}", hint=plan.install_hint) from exc
+            raise StartError(
+                f"could not run {exc.filename or plan.argv[0]}: {exc.strerror or exc}", hint=plan.install_hint
+            ) from exc
         raise
     finally:
         os.close(fd)
@@ -387,7 +416,11 @@ def stop(name: str, store: StateStore, timeout: float = 10.0, only_pid: int | No
         escalated = terminate_group(record.pid, timeout)
         removed = remove_files(leftovers)
         store.remove(name)
-        note = "stopped" + (" (needed SIGKILL)" if escalated else "") + (f"; removed {removed} file(s) it left behind" if removed else "")
+        note = (
+            "stopped"
+            + (" (needed SIGKILL)" if escalated else "")
+            + (f"; removed {removed} file(s) it left behind" if removed else "")
+        )
         return StopResult(name, True, escalated, note=note)
 
 
@@ -422,4 +455,3 @@ def remove_files(paths: list[str]) -> int:
         except OSError:
             pass  # not ours to remove after all (permissions): left as it is
     return removed
-

@@ -37,12 +37,16 @@ PASSED_HEADERS = ("content-type", "cache-control")
 class HTTPProblem(Exception):
     """An answer in OpenAI's error shape."""
 
-    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error", headers: dict | None = None):
+    def __init__(
+        self, status: int, message: str, code: str, kind: str = "invalid_request_error", headers: dict | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.kind, self.headers = status, message, code, kind, headers or {}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(error_body(self.message, self.kind, self.code), status_code=self.status, headers=self.headers)
+        return JSONResponse(
+            error_body(self.message, self.kind, self.code), status_code=self.status, headers=self.headers
+        )
 
 
 def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict:
@@ -78,7 +82,14 @@ class KeyMask:
 
 
 class Gateway:
-    def __init__(self, project: Project | None, config: GatewayConfig, entries: list[ModelEntry], default_model: str | None, on_stop=None):
+    def __init__(
+        self,
+        project: Project | None,
+        config: GatewayConfig,
+        entries: list[ModelEntry],
+        default_model: str | None,
+        on_stop=None,
+    ):
         self.project = project
         self.on_stop = on_stop  # called last on the way out (uvicorn re-raises SIGTERM once its shutdown is done)
         self.config = config
@@ -104,7 +115,14 @@ class Gateway:
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
                 trust_env=False,
             )
-            self.monitor = Monitor(self.pool, self.entries, self.config.probe_interval, self.metrics, self.client, on_probed=self.dashboard.changed)
+            self.monitor = Monitor(
+                self.pool,
+                self.entries,
+                self.config.probe_interval,
+                self.metrics,
+                self.client,
+                on_probed=self.dashboard.changed,
+            )
             await self.pool.adopt()
             monitor = asyncio.get_running_loop().create_task(self.monitor.run())
             try:
@@ -132,7 +150,9 @@ class Gateway:
             Route("/ui/action", self.dashboard.action, methods=["POST"]),
             Route("/ui/log/{name}", self.dashboard.log, methods=["GET"]),
         ]
-        return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: self.not_found, 405: self.not_allowed})
+        return Starlette(
+            routes=routes, lifespan=lifespan, exception_handlers={404: self.not_found, 405: self.not_allowed}
+        )
 
     # -- small endpoints ---------------------------------------------------------------------------------
     async def liveness(self, request: Request) -> Response:
@@ -141,7 +161,20 @@ class Gateway:
     async def index(self, request: Request) -> Response:
         if wants_page(request):  # a browser: the dashboard
             return await self.dashboard.page(request)
-        return JSONResponse({"name": "lf serve", "models": list(self.routes_by_name()), "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/metrics"]})
+        return JSONResponse(
+            {
+                "name": "lf serve",
+                "models": list(self.routes_by_name()),
+                "endpoints": [
+                    "/v1/chat/completions",
+                    "/v1/completions",
+                    "/v1/embeddings",
+                    "/v1/models",
+                    "/health",
+                    "/metrics",
+                ],
+            }
+        )
 
     async def health(self, request: Request) -> Response:
         if (denied := self._denied(request)) is not None:
@@ -189,10 +222,18 @@ class Gateway:
         return [e.name for e in self.entries]
 
     async def not_found(self, request: Request, exc) -> Response:
-        return JSONResponse(error_body(f"no route {request.method} {request.url.path}", "invalid_request_error", "not_found"), status_code=404)
+        return JSONResponse(
+            error_body(f"no route {request.method} {request.url.path}", "invalid_request_error", "not_found"),
+            status_code=404,
+        )
 
     async def not_allowed(self, request: Request, exc) -> Response:
-        return JSONResponse(error_body(f"{request.method} is not allowed on {request.url.path}", "invalid_request_error", "method_not_allowed"), status_code=405)
+        return JSONResponse(
+            error_body(
+                f"{request.method} is not allowed on {request.url.path}", "invalid_request_error", "method_not_allowed"
+            ),
+            status_code=405,
+        )
 
     # -- auth ----------------------------------------------------------------------------------------------
     def _denied(self, request: Request) -> Response | None:
@@ -204,7 +245,11 @@ class Gateway:
         if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode()):
             return None
         return JSONResponse(
-            error_body("missing or wrong API key: send Authorization: Bearer <the gateway's key>", "invalid_request_error", "invalid_api_key"),
+            error_body(
+                "missing or wrong API key: send Authorization: Bearer <the gateway's key>",
+                "invalid_request_error",
+                "invalid_api_key",
+            ),
             status_code=401,
             headers={"www-authenticate": "Bearer"},
         )
@@ -244,7 +289,9 @@ class Gateway:
         anything else (https, proxies) through httpx."""
         if url.startswith("http://"):
             return await self.upstream.send("POST", url, headers, body)
-        return await self.client.send(self.client.build_request("POST", url, content=body, headers=headers), stream=True)
+        return await self.client.send(
+            self.client.build_request("POST", url, content=body, headers=headers), stream=True
+        )
 
     async def _payload(self, request: Request) -> dict:
         limit = self.config.max_body
@@ -265,19 +312,37 @@ class Gateway:
         return payload
 
     def _unknown_model(self, name) -> HTTPProblem:
-        return HTTPProblem(404, f"The model {name!r} does not exist here. Models: {', '.join(self.routes_by_name()) or 'none'}", "model_not_found")
+        return HTTPProblem(
+            404,
+            f"The model {name!r} does not exist here. Models: {', '.join(self.routes_by_name()) or 'none'}",
+            "model_not_found",
+        )
 
     def _log(self, request: Request, model: str, status: int, arrived: float, answer: dict | None = None) -> None:
         # what was asked of which model and how it went; never a message's content, never a key
         seconds = time.monotonic() - arrived
-        print(f"lf-serve: {request.method} {request.url.path} model={model} {status} {seconds:.3f}s", file=sys.stderr, flush=True)
+        print(
+            f"lf-serve: {request.method} {request.url.path} model={model} {status} {seconds:.3f}s",
+            file=sys.stderr,
+            flush=True,
+        )
         self.dashboard.request_done(model, request.url.path, status, seconds, answer)
 
 
 class _Exchange:
     """One request forwarded upstream and its answer streamed back."""
 
-    def __init__(self, gateway: Gateway, request: Request, entry: ModelEntry, slot: Slot | None, payload: dict, path: str, stream: bool, arrived: float):
+    def __init__(
+        self,
+        gateway: Gateway,
+        request: Request,
+        entry: ModelEntry,
+        slot: Slot | None,
+        payload: dict,
+        path: str,
+        stream: bool,
+        arrived: float,
+    ):
         self.gateway, self.request, self.entry, self.slot = gateway, request, entry, slot
         self.payload, self.path, self.stream, self.arrived = payload, path, stream, arrived
         self.acquired = False
@@ -318,10 +383,17 @@ class _Exchange:
                 if attempt == 1 and record is not None and not record.process_alive():
                     self.gateway.pool.crashed(self.slot, f"its process (pid {record.pid}) exited")
                     continue
-                raise HTTPProblem(502, f"cannot reach {self.entry.name} at {endpoint.base_url}: {exc}", "upstream_unreachable", "api_error") from None
+                raise HTTPProblem(
+                    502,
+                    f"cannot reach {self.entry.name} at {endpoint.base_url}: {exc}",
+                    "upstream_unreachable",
+                    "api_error",
+                ) from None
             except httpx.HTTPError as exc:
                 self._release()
-                raise HTTPProblem(502, f"{self.entry.name} did not answer: {exc}", "upstream_error", "api_error") from None
+                raise HTTPProblem(
+                    502, f"{self.entry.name} did not answer: {exc}", "upstream_error", "api_error"
+                ) from None
         raise AssertionError("unreachable")
 
     def _problem(self, exc: Exception) -> HTTPProblem:
@@ -330,7 +402,9 @@ class _Exchange:
         if isinstance(exc, (QueueFull, QueueTimeout)):
             return HTTPProblem(503, exc.message, "overloaded", "server_error", headers={"retry-after": "5"})
         if isinstance(exc, StartFailed):
-            return HTTPProblem(503, exc.message + (f"\n{exc.hint}" if exc.hint else ""), "model_start_failed", "server_error")
+            return HTTPProblem(
+                503, exc.message + (f"\n{exc.hint}" if exc.hint else ""), "model_start_failed", "server_error"
+            )
         if isinstance(exc, LfError):
             return HTTPProblem(503, exc.message, "unavailable", "server_error")
         raise exc
@@ -361,7 +435,11 @@ class _Exchange:
             problem = self._problem(acquire.exception())
             self._finish(problem.status)
             return problem.response()
-        return StreamingResponse(self._wait_then_relay(acquire), status_code=200, headers={"content-type": "text/event-stream", **SSE_HEADERS})
+        return StreamingResponse(
+            self._wait_then_relay(acquire),
+            status_code=200,
+            headers={"content-type": "text/event-stream", **SSE_HEADERS},
+        )
 
     async def _wait_then_relay(self, opening: asyncio.Task):
         waited = time.monotonic()
@@ -379,7 +457,9 @@ class _Exchange:
             self.status = upstream.status_code
             if upstream.status_code >= 400:  # the 200 is sent already: the refusal becomes an error event
                 text = (self.mask.feed(await upstream.aread()) + self.mask.flush()).decode("utf-8", "replace")
-                yield sse_error(f"{self.entry.name} answered HTTP {upstream.status_code}: {text[:2000]}", "upstream_error")
+                yield sse_error(
+                    f"{self.entry.name} answered HTTP {upstream.status_code}: {text[:2000]}", "upstream_error"
+                )
                 return
             async for chunk in self._relay(upstream, finish=False):
                 yield chunk
@@ -411,7 +491,9 @@ class _Exchange:
         except httpx.HTTPError as exc:
             self.status = 502
             if self.stream:  # the client learns the answer broke, instead of waiting or taking it as complete
-                yield sse_error(f"{self.entry.name} stopped answering mid-stream ({type(exc).__name__})", "upstream_broke")
+                yield sse_error(
+                    f"{self.entry.name} stopped answering mid-stream ({type(exc).__name__})", "upstream_broke"
+                )
         finally:
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
@@ -423,7 +505,12 @@ class _Exchange:
         parsing the events; a whole answer's count comes from its usage."""
         if self.stream:
             field = b'"text"' if self.path == "/completions" else b'"content"'
-            pieces = chunk.count(field + b':"') + chunk.count(field + b': "') - chunk.count(field + b':""') - chunk.count(field + b': ""')
+            pieces = (
+                chunk.count(field + b':"')
+                + chunk.count(field + b': "')
+                - chunk.count(field + b':""')
+                - chunk.count(field + b': ""')
+            )
             if pieces > 0:
                 if self.first_token is None:
                     self.first_token = time.monotonic()
@@ -482,7 +569,11 @@ class _Hooks(PoolHooks):
 
     def start_failed(self, slot: Slot) -> None:
         self.gateway.metrics.start_failures.labels(slot.name).inc()
-        print(f"lf-serve: could not start {slot.name}: {(slot.last_error or '').splitlines()[0] if slot.last_error else ''}", file=sys.stderr, flush=True)
+        print(
+            f"lf-serve: could not start {slot.name}: {(slot.last_error or '').splitlines()[0] if slot.last_error else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def stopped(self, slot: Slot, reason: str) -> None:
         self.gateway.metrics.stops.labels(slot.name, reason).inc()

@@ -171,7 +171,9 @@ class Dashboard:
                 except asyncio.TimeoutError:
                     yield b": still here\n\n"
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
+        )
 
     async def log(self, request: Request) -> Response:
         """An instance's log, followed (SSE: each event one chunk of text), across rotation like logs -f."""
@@ -217,7 +219,9 @@ class Dashboard:
                 while not chunks.empty():  # let a reader blocked on a full queue see `done`
                     chunks.get_nowait()
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
+        )
 
     # -- actions -------------------------------------------------------------------------------------------
     async def action(self, request: Request) -> Response:
@@ -237,10 +241,16 @@ class Dashboard:
         slot = pool.slots.get(name)
         if slot is None:
             known = name in {e.name for e in self.gateway.entries}
-            return _problem(409 if known else 404, f"{name} is an external endpoint: lf does not start or stop it" if known else f"no model {name!r}", "not_managed" if known else "not_found")
+            return _problem(
+                409 if known else 404,
+                f"{name} is an external endpoint: lf does not start or stop it" if known else f"no model {name!r}",
+                "not_managed" if known else "not_found",
+            )
         await pool.refresh(slot)  # one lf runtime start made since the gateway looked
         if what == "unload" and not slot.owned and slot.state == SlotState.RUNNING:
-            return _problem(409, f"{name} was started by lf runtime start, not by the gateway: stop it instead", "not_owned")
+            return _problem(
+                409, f"{name} was started by lf runtime start, not by the gateway: stop it instead", "not_owned"
+            )
         try:
             if what in ("stop", "unload", "restart"):
                 await pool.stop_now(slot, "unloaded from the page" if what == "unload" else "stopped from the page")
@@ -271,8 +281,12 @@ class Dashboard:
         return _problem(401, "this gateway has an API key: give it (the page asks for it)", "invalid_api_key")
 
     def _action_refused(self, request: Request) -> Response | None:
-        if request.headers.get(ACTION_HEADER) != "1" or "application/json" not in request.headers.get("content-type", ""):
-            return _problem(403, f"an action is a JSON POST with the header {ACTION_HEADER}: 1 (as the page sends)", "forbidden")
+        if request.headers.get(ACTION_HEADER) != "1" or "application/json" not in request.headers.get(
+            "content-type", ""
+        ):
+            return _problem(
+                403, f"an action is a JSON POST with the header {ACTION_HEADER}: 1 (as the page sends)", "forbidden"
+            )
         origin = request.headers.get("origin")
         if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
             return _problem(403, f"refused: an action from another origin ({origin})", "cross_origin")
@@ -281,7 +295,11 @@ class Dashboard:
         if self.gateway.config.api_key:
             return None if self._key_given(request) else self._viewer_refused(request)
         if not _is_loopback(request.client.host if request.client else None):
-            return _problem(403, "actions from another machine need the gateway's API key, and this gateway has none (set LF_GATEWAY_API_KEY)", "forbidden")
+            return _problem(
+                403,
+                "actions from another machine need the gateway's API key, and this gateway has none (set LF_GATEWAY_API_KEY)",
+                "forbidden",
+            )
         return None
 
     def _foreign_host(self, request: Request) -> Response | None:
@@ -291,7 +309,11 @@ class Dashboard:
         config = self.gateway.config
         if name in ("localhost", config.host) or _is_ip(name):
             return None
-        return _problem(403, f"refused: this gateway is not {name!r} (open it by its address, e.g. http://127.0.0.1:{config.port}/)", "wrong_host")
+        return _problem(
+            403,
+            f"refused: this gateway is not {name!r} (open it by its address, e.g. http://127.0.0.1:{config.port}/)",
+            "wrong_host",
+        )
 
 
 class _Gone(Exception):
@@ -299,7 +321,10 @@ class _Gone(Exception):
 
 
 def _problem(status: int, message: str, code: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}, status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}},
+        status_code=status,
+    )
 
 
 def _page_headers(nonce: str) -> dict:

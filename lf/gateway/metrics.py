@@ -14,20 +14,69 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("lf_gateway_requests", "Requests answered, by model, endpoint and HTTP status", ["model", "endpoint", "status"], registry=r)
-        self.duration = Histogram("lf_gateway_request_duration_seconds", "From the request's arrival to the last byte of its answer", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("lf_gateway_time_to_first_token_seconds", "From the request's arrival to the first token of a streamed answer", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("lf_gateway_tokens_generated", "Tokens generated (streamed events, or usage.completion_tokens)", ["model"], registry=r)
+        self.requests = Counter(
+            "lf_gateway_requests",
+            "Requests answered, by model, endpoint and HTTP status",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "lf_gateway_request_duration_seconds",
+            "From the request's arrival to the last byte of its answer",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "lf_gateway_time_to_first_token_seconds",
+            "From the request's arrival to the first token of a streamed answer",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "lf_gateway_tokens_generated",
+            "Tokens generated (streamed events, or usage.completion_tokens)",
+            ["model"],
+            registry=r,
+        )
         self.in_flight = Gauge("lf_gateway_requests_in_flight", "Requests being answered", ["model"], registry=r)
         self.queue = Gauge("lf_gateway_queue_length", "Requests waiting for a loaded model to become idle", registry=r)
-        self.loaded = Gauge("lf_gateway_instances_loaded", "Instances the gateway started that are loaded (starting, running or stopping)", registry=r)
+        self.loaded = Gauge(
+            "lf_gateway_instances_loaded",
+            "Instances the gateway started that are loaded (starting, running or stopping)",
+            registry=r,
+        )
         self.starts = Counter("lf_gateway_instance_starts", "Instances started on demand", ["model"], registry=r)
-        self.start_failures = Counter("lf_gateway_instance_start_failures", "Starts on demand that failed", ["model"], registry=r)
-        self.stops = Counter("lf_gateway_instance_stops", "Instances stopped by the gateway, by reason (idle, evicted, shutdown)", ["model", "reason"], registry=r)
-        self.evictions = Counter("lf_gateway_evictions", "Idle instances stopped to make room under max_loaded", ["model"], registry=r)
-        self.start_seconds = Histogram("lf_gateway_instance_start_seconds", "From the start on demand to healthy", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.probe_latency = Histogram("lf_gateway_probe_latency_seconds", "Health probe latency, by model", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.probe_failures = Counter("lf_gateway_probe_failures", "Health probes that failed or timed out", ["model"], registry=r)
+        self.start_failures = Counter(
+            "lf_gateway_instance_start_failures", "Starts on demand that failed", ["model"], registry=r
+        )
+        self.stops = Counter(
+            "lf_gateway_instance_stops",
+            "Instances stopped by the gateway, by reason (idle, evicted, shutdown)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.evictions = Counter(
+            "lf_gateway_evictions", "Idle instances stopped to make room under max_loaded", ["model"], registry=r
+        )
+        self.start_seconds = Histogram(
+            "lf_gateway_instance_start_seconds",
+            "From the start on demand to healthy",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.probe_latency = Histogram(
+            "lf_gateway_probe_latency_seconds",
+            "Health probe latency, by model",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.probe_failures = Counter(
+            "lf_gateway_probe_failures", "Health probes that failed or timed out", ["model"], registry=r
+        )
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

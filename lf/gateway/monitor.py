@@ -39,7 +39,9 @@ class Component:
 
 
 class Monitor:
-    def __init__(self, pool: Pool, entries: list[ModelEntry], interval: float, metrics, client: httpx.AsyncClient, on_probed=None):
+    def __init__(
+        self, pool: Pool, entries: list[ModelEntry], interval: float, metrics, client: httpx.AsyncClient, on_probed=None
+    ):
         self.pool = pool
         self.on_probed = on_probed  # after each round of probes (the dashboard's pages update)
         self.interval = interval
@@ -52,8 +54,14 @@ class Monitor:
             else:
                 target = target_of(entry)
                 runtime = target.runtime
-                url = origin(target.base_url) + runtime.health_path if runtime.health_path else target.base_url + "/models"
-                self.components[entry.name] = Component(entry, None, target.base_url, Probe(url, runtime.health_ready, target.api_key))
+                url = (
+                    origin(target.base_url) + runtime.health_path
+                    if runtime.health_path
+                    else target.base_url + "/models"
+                )
+                self.components[entry.name] = Component(
+                    entry, None, target.base_url, Probe(url, runtime.health_ready, target.api_key)
+                )
 
     async def run(self) -> None:
         while True:
@@ -124,7 +132,8 @@ class Monitor:
         limit = self.pool.config.max_loaded
         document = {
             "status": overall,
-            "summary": f"{healthy} of {len(components)} models healthy; {loaded} loaded" + (f" of at most {limit}" if limit else ""),
+            "summary": f"{healthy} of {len(components)} models healthy; {loaded} loaded"
+            + (f" of at most {limit}" if limit else ""),
             "timestamp": _iso(time.time()),
             "components": components,
             "gateway": {"loaded": loaded, "max_loaded": limit, "queued": self.pool.waiting},
@@ -179,7 +188,9 @@ class Monitor:
             item["details"]["model_loaded"] = False
         elif slot.state == SlotState.CRASHED:
             first, _, rest = (slot.last_error or "crashed").partition("\n")
-            item.update(status="unhealthy", message=first + " (the next request starts it again)", log_tail=rest.splitlines())
+            item.update(
+                status="unhealthy", message=first + " (the next request starts it again)", log_tail=rest.splitlines()
+            )
             item["details"]["model_loaded"] = False
         else:
             item.update(status="degraded", message=slot.state.value)

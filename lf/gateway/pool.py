@@ -85,7 +85,13 @@ class Slot:
 
 
 class Pool:
-    def __init__(self, project: Project | None, config: GatewayConfig, entries: list[ModelEntry], hooks: "PoolHooks | None" = None):
+    def __init__(
+        self,
+        project: Project | None,
+        config: GatewayConfig,
+        entries: list[ModelEntry],
+        hooks: PoolHooks | None = None,
+    ):
         self.project = project
         self.config = config
         self.slots = {e.name: Slot(e, config.ttl_of(e)) for e in entries if e.managed}
@@ -222,13 +228,19 @@ class Pool:
                     continue
                 if not queued:
                     if self.waiting >= self.config.max_queue:
-                        raise QueueFull(f"every loaded model is busy and {self.waiting} requests are waiting already", hint="retry later")
+                        raise QueueFull(
+                            f"every loaded model is busy and {self.waiting} requests are waiting already",
+                            hint="retry later",
+                        )
                     queued = True
                     self.waiting += 1
                     self.hooks.changed(slot)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise QueueTimeout(f"waited {self.config.queue_timeout:g}s for a loaded model to become idle", hint="retry later, or raise max_loaded")
+                    raise QueueTimeout(
+                        f"waited {self.config.queue_timeout:g}s for a loaded model to become idle",
+                        hint="retry later, or raise max_loaded",
+                    )
                 room = self._room
                 try:
                     await asyncio.wait_for(room.wait(), remaining)
@@ -241,7 +253,8 @@ class Pool:
 
     def _least_recently_used_idle(self, exclude: Slot) -> Slot | None:
         idle = [
-            s for s in self.slots.values()
+            s
+            for s in self.slots.values()
             if s is not exclude and s.state == SlotState.RUNNING and s.owned and not s.busy and not s.entry.keep_loaded
         ]
         return min(idle, key=lambda s: s.last_used) if idle else None
@@ -272,7 +285,10 @@ class Pool:
         try:
             return actions.ensure_running(entry, self.project, owner="gateway", timeout=self.config.start_timeout)
         except NotInstalledError as exc:
-            from lf.models.hub import ModelNotPulledError, pull  # only now: a start that succeeds never loads the Hub code
+            from lf.models.hub import (
+                ModelNotPulledError,
+                pull,
+            )  # only now: a start that succeeds never loads the Hub code
 
             if not self.config.pull or not isinstance(exc, ModelNotPulledError):
                 raise
@@ -350,4 +366,3 @@ class PoolHooks:
 
     def stopped(self, slot: Slot, reason: str) -> None:
         pass
-

@@ -13,8 +13,8 @@ from pathlib import Path
 from lf.config.project import Project
 from lf.daemon.health import local_url
 from lf.daemon.process import process_create_time
-from lf.daemon.supervisor import choose_port
 from lf.daemon.records import RuntimeRecord, StateStore
+from lf.daemon.supervisor import choose_port
 from lf.errors import LfError
 from lf.gateway.settings import RECORD_RUNTIME, GatewayConfig
 
@@ -53,7 +53,11 @@ def run(project: Project | None, config: GatewayConfig, on_ready=None) -> None:
     # expects of a SIGTERM, not as lf's commands turn it into an error
     signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True))
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    print(f"lf-serve: listening on {local_url(config.host, config.port)} for {', '.join(e.name for e in entries)}", file=sys.stderr, flush=True)
+    print(
+        f"lf-serve: listening on {local_url(config.host, config.port)} for {', '.join(e.name for e in entries)}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         server.run()
     finally:
@@ -100,7 +104,10 @@ def _claim_record(store: StateStore, project: Project | None, config: GatewayCon
         if existing is not None and existing.pid == os.getpid():
             return False  # launched by `lf serve --detach`: the supervisor owns the record
         if existing is not None and existing.process_alive():
-            raise LfError(f"a gateway already runs on port {config.port} (pid {existing.pid})", hint=f"stop it with: lf runtime stop {name}")
+            raise LfError(
+                f"a gateway already runs on port {config.port} (pid {existing.pid})",
+                hint=f"stop it with: lf runtime stop {name}",
+            )
         choose_port(config.host, config.port, auto=False)
         import psutil
 

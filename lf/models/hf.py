@@ -43,4 +43,12 @@ def build_hf(
     def describe(packages: dict) -> dict:
         return {"format": "hf", "dtype": dtype, "transformers": packages.get("transformers")}
 
-    return build(HF, source, name or default_name(source), force=force, log=log, args=lambda work: ["--dtype", dtype], describe=describe)
+    return build(
+        HF,
+        source,
+        name or default_name(source),
+        force=force,
+        log=log,
+        args=lambda work: ["--dtype", dtype],
+        describe=describe,
+    )

@@ -19,9 +19,9 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from lf.errors import ExitStatus, LfError, NotInstalledError, UnknownNameError
 
@@ -30,7 +30,10 @@ _REPO_RE = re.compile(rf"^(?P<repo>{_NAME}/{_NAME})(?::(?P<quant>[A-Za-z0-9][A-Z
 _FILE_RE = re.compile(rf"^(?P<repo>{_NAME}/{_NAME})/(?P<file>[^:]+\.gguf)$", re.IGNORECASE)
 _SPLIT_RE = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 # a quantization named in a file name: Q4_K_M, Q8_0, IQ4_XS, UD-Q4_K_XL, TQ1_0, BF16, F16, F32, MXFP4
-_QUANT_RE = re.compile(r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q\d+(?:_[A-Z0-9]+)*|TQ\d_\d|BF16|F16|F32|MXFP4(?:_MOE)?))(?![A-Za-z0-9])", re.IGNORECASE)
+_QUANT_RE = re.compile(
+    r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q\d+(?:_[A-Z0-9]+)*|TQ\d_\d|BF16|F16|F32|MXFP4(?:_MOE)?))(?![A-Za-z0-9])",
+    re.IGNORECASE,
+)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -43,7 +46,7 @@ class HubUnreachableError(LfError):
 class ModelNotPulledError(NotInstalledError):
     """A Hub reference that is not in the cache: exit 8, with the command that pulls it."""
 
-    def __init__(self, ref: "HubRef"):
+    def __init__(self, ref: HubRef):
         super().__init__(
             f"model {ref} is not in the Hugging Face cache ({hub_cache_dir()})",
             hint=f"pull it with: lf models pull {ref}\n(or start with --pull)",
@@ -176,7 +179,11 @@ def _choices(ref: HubRef, models: list[GgufModel]) -> str:
         quant_alone = model.quant and sum(1 for m in models if m.quant and m.quant == model.quant) == 1
         how = f"{ref.repo}:{model.quant}" if quant_alone else f"{ref.repo}/{model.name}"
         parts = f", {len(model.files)} parts" if len(model.files) > 1 else ""
-        size = f" ({human_size(model.size)}{parts})" if model.size is not None else (f" ({len(model.files)} parts)" if parts else "")
+        size = (
+            f" ({human_size(model.size)}{parts})"
+            if model.size is not None
+            else (f" ({len(model.files)} parts)" if parts else "")
+        )
         lines.append(f"  lf models pull {how}{size}")
     return "\n".join(lines)
 
@@ -294,7 +301,15 @@ class PullResult:
             "commit": self.commit,
             "quant": self.model.quant,
             "files": [
-                {"name": f.name, "path": str(f.path), "size": f.path.stat().st_size, "sha256": f.sha256, "already_present": f.already_present, "downloaded_bytes": f.downloaded_bytes, "resumed_from": f.resumed_from}
+                {
+                    "name": f.name,
+                    "path": str(f.path),
+                    "size": f.path.stat().st_size,
+                    "sha256": f.sha256,
+                    "already_present": f.already_present,
+                    "downloaded_bytes": f.downloaded_bytes,
+                    "resumed_from": f.resumed_from,
+                }
                 for f in self.files
             ],
             "path": str(self.path),
@@ -341,15 +356,21 @@ def _cached_result(ref: HubRef, why: str, hint: str | None = None) -> PullResult
     """The Hub cannot be asked: the cached copy if there is one, else exit 9 saying why."""
     path = find_cached(ref)
     if path is None:
-        raise HubUnreachableError(f"cannot pull {ref}: {why}, and it is not in the cache ({hub_cache_dir()})", hint=hint)
+        raise HubUnreachableError(
+            f"cannot pull {ref}: {why}, and it is not in the cache ({hub_cache_dir()})", hint=hint
+        )
     commit, snapshot = _snapshot(ref.repo, ref.revision) or (None, path.parent)
     if ref.filename:
         model = GgufModel((ref.filename,), quant_of(ref.filename))
     else:
         files = [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*.gguf")]
         model = select(ref, gguf_models(files))
-    pulled = tuple(PulledFile(n, snapshot / n, (snapshot / n).stat().st_size, None, already_present=True) for n in model.files)
-    return PullResult(ref, commit, model, pulled, path, already_present=True, offline=True, notes=(f"{why}: using the cached copy",))
+    pulled = tuple(
+        PulledFile(n, snapshot / n, (snapshot / n).stat().st_size, None, already_present=True) for n in model.files
+    )
+    return PullResult(
+        ref, commit, model, pulled, path, already_present=True, offline=True, notes=(f"{why}: using the cached copy",)
+    )
 
 
 def _endpoint() -> str:
@@ -375,7 +396,9 @@ def _model_info(ref: HubRef):
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        return HfApi().model_info(ref.repo, revision=None if ref.revision == "main" else ref.revision, files_metadata=True)
+        return HfApi().model_info(
+            ref.repo, revision=None if ref.revision == "main" else ref.revision, files_metadata=True
+        )
     except GatedRepoError as exc:
         raise _gated(ref, exc) from None
     except RepositoryNotFoundError:
@@ -429,7 +452,14 @@ def _check_disk_space(ref: HubRef, files: list[tuple[str, int | None]]) -> None:
         )
 
 
-def _download(ref: HubRef, commit: str, name: str, listed_size: int | None, listed_sha256: str | None, on_progress: OnProgress | None) -> PulledFile:
+def _download(
+    ref: HubRef,
+    commit: str,
+    name: str,
+    listed_size: int | None,
+    listed_sha256: str | None,
+    on_progress: OnProgress | None,
+) -> PulledFile:
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RemoteEntryNotFoundError
     from huggingface_hub.file_download import http_get
@@ -469,7 +499,15 @@ def _download(ref: HubRef, commit: str, name: str, listed_size: int | None, list
             progress = _progress_class(name, resumed_from, on_progress)
             try:
                 with open(partial, "ab") as fh:
-                    http_get(meta.location or url, fh, resume_size=resumed_from, headers=headers, expected_size=size, displayed_filename=name, tqdm_class=progress)
+                    http_get(
+                        meta.location or url,
+                        fh,
+                        resume_size=resumed_from,
+                        headers=headers,
+                        expected_size=size,
+                        displayed_filename=name,
+                        tqdm_class=progress,
+                    )
             except _network_errors() + (HfHubHTTPError,) as exc:
                 have = partial.stat().st_size if partial.is_file() else 0
                 raise HubUnreachableError(
@@ -482,7 +520,10 @@ def _download(ref: HubRef, commit: str, name: str, listed_size: int | None, list
                 if "Consistency check failed" not in str(exc):
                     raise
                 partial.unlink(missing_ok=True)
-                raise HubUnreachableError(f"the download of {name} has the wrong size: {_reason(exc)}", hint="the partial file was removed; pull again") from None
+                raise HubUnreachableError(
+                    f"the download of {name} has the wrong size: {_reason(exc)}",
+                    hint="the partial file was removed; pull again",
+                ) from None
             downloaded = partial.stat().st_size - resumed_from
             if expected is not None:
                 actual = _sha256(partial)
@@ -498,8 +539,12 @@ def _download(ref: HubRef, commit: str, name: str, listed_size: int | None, list
     try:
         path = Path(hf_hub_download(ref.repo, name, revision=ref.revision))
     except _network_errors() + (HfHubHTTPError,) as exc:
-        raise HubUnreachableError(f"{name} is downloaded, but the Hub could not be asked to record it: {_reason(exc)}", hint="pull again") from None
-    return PulledFile(name, path, size, expected, already_present=False, downloaded_bytes=downloaded, resumed_from=resumed_from)
+        raise HubUnreachableError(
+            f"{name} is downloaded, but the Hub could not be asked to record it: {_reason(exc)}", hint="pull again"
+        ) from None
+    return PulledFile(
+        name, path, size, expected, already_present=False, downloaded_bytes=downloaded, resumed_from=resumed_from
+    )
 
 
 def _host(url: str) -> str:

@@ -33,8 +33,19 @@ def collect_models(project, probe_timeout: float) -> dict:
     known = []
     for model in CATALOG.values():
         path = model.path()
-        known.append({"name": model.name, "format": model.format, "installed": path is not None, "path": str(path) if path else None, "description": model.description})
-    local = [{"name": p.name, "format": "gguf" if p.suffix == ".gguf" else "onnx", "path": str(p)} for p in local_model_files()]
+        known.append(
+            {
+                "name": model.name,
+                "format": model.format,
+                "installed": path is not None,
+                "path": str(path) if path else None,
+                "description": model.description,
+            }
+        )
+    local = [
+        {"name": p.name, "format": "gguf" if p.suffix == ".gguf" else "onnx", "path": str(p)}
+        for p in local_model_files()
+    ]
     return {"configured": configured, "served": served, "known": known, "local": local, "errors": errors}
 
 
@@ -71,7 +82,11 @@ def local_gguf_files(project=None) -> list[dict]:
     Hugging Face cache, named by a path in llamafarm.yaml. Each {name, source, path}."""
     from lf.models.catalog import CATALOG, existing_path, local_model_files, looks_like_path
 
-    files = [{"name": m.name, "source": "packaged", "path": m.path()} for m in CATALOG.values() if m.format == "gguf" and m.path()]
+    files = [
+        {"name": m.name, "source": "packaged", "path": m.path()}
+        for m in CATALOG.values()
+        if m.format == "gguf" and m.path()
+    ]
     files += [{"name": p.name, "source": "models-dir", "path": p} for p in local_model_files() if p.suffix == ".gguf"]
     files += [{"name": name, "source": "hf-cache", "path": path} for name, path in _hf_cache_files()]
     for entry in project.models if project else []:
@@ -121,7 +136,9 @@ def find_local(name: str, project=None) -> dict:
         return {"name": name, "source": "path", "path": str(path)}
     from lf.suggest import did_you_mean
 
-    raise UnknownNameError(f"no local model {name!r}", hint=did_you_mean(name, [f["name"] for f in files]) or "see: lf models list")
+    raise UnknownNameError(
+        f"no local model {name!r}", hint=did_you_mean(name, [f["name"] for f in files]) or "see: lf models list"
+    )
 
 
 def _cached_ref(name: str) -> Path | None:
@@ -138,7 +155,11 @@ def users_of(path: str) -> list:
     from lf.daemon.records import StateStore
 
     real = os.path.realpath(path)
-    return [r for r in StateStore().all_records() if r.model_path and os.path.realpath(r.model_path) == real and r.process_alive()]
+    return [
+        r
+        for r in StateStore().all_records()
+        if r.model_path and os.path.realpath(r.model_path) == real and r.process_alive()
+    ]
 
 
 def remove(name: str, project=None) -> dict:
@@ -158,7 +179,11 @@ def remove(name: str, project=None) -> dict:
             exit_status=ExitStatus.USAGE,
         )
     if item["source"] not in ("models-dir", "hf-cache"):
-        raise LfError(f"{item['path']} is a file of yours, not one lf installed or pulled: lf leaves it alone", hint="delete it yourself if you mean to", exit_status=ExitStatus.USAGE)
+        raise LfError(
+            f"{item['path']} is a file of yours, not one lf installed or pulled: lf leaves it alone",
+            hint="delete it yourself if you mean to",
+            exit_status=ExitStatus.USAGE,
+        )
     users = users_of(item["path"])
     if users:
         from lf.daemon.records import StateStore
@@ -189,7 +214,14 @@ def _remove_local(path: Path) -> int:
 def _remove_hf_file(path: Path) -> int:
     """A snapshot's file (every part of a split model): its link, and its blob when no other snapshot links to it."""
     split = SPLIT_PART.search(path.name)
-    parts = [path.with_name(SPLIT_PART.sub(f"-{i:05d}-of-{split.group(2)}.gguf", path.name)) for i in range(1, int(split.group(2)) + 1)] if split else [path]
+    parts = (
+        [
+            path.with_name(SPLIT_PART.sub(f"-{i:05d}-of-{split.group(2)}.gguf", path.name))
+            for i in range(1, int(split.group(2)) + 1)
+        ]
+        if split
+        else [path]
+    )
     repo = next(p for p in path.parents if p.name.startswith("models--"))
     freed = 0
     for part in parts:
@@ -202,7 +234,6 @@ def _remove_hf_file(path: Path) -> int:
             freed += blob.stat().st_size
             blob.unlink()
     return freed
-
 
 
 def model_info(name: str, project=None, settings: dict | None = None) -> dict:

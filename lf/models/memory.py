@@ -21,8 +21,8 @@ tokens: `bench/p10_memory.py`; tests/test_models_info.py keeps every estimate wi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Mapping
 
 MiB = 1024 * 1024
 KV_PAD = 256  # llama.cpp pads KV cache sizes to this many cells
@@ -61,8 +61,15 @@ def _pad(n: int, to: int = KV_PAD) -> int:
 # (elements per block, bytes per block) of the types llama.cpp takes for its KV cache (--cache-type-k/-v), as
 # ggml defines them: written out so a start need not import gguf (and numpy) for them; a test checks the table
 KV_CACHE_TYPES = {
-    "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20),
-    "iq4_nl": (32, 18), "q5_0": (32, 22), "q5_1": (32, 24),
+    "f32": (1, 4),
+    "f16": (1, 2),
+    "bf16": (1, 2),
+    "q8_0": (32, 34),
+    "q4_0": (32, 18),
+    "q4_1": (32, 20),
+    "iq4_nl": (32, 18),
+    "q5_0": (32, 22),
+    "q5_1": (32, 24),
 }
 
 
@@ -118,7 +125,10 @@ def estimate(
     swa = swa_layers(meta)
     cells_swa = min(n_ctx, _pad(meta.sliding_window * parallel + ubatch)) if swa else None
     heads_kv = meta.head_count_kv or meta.head_count or 1
-    per_cell = heads_kv * ((meta.key_length or 0) * bytes_per_element(cache_type_k) + (meta.value_length or 0) * bytes_per_element(cache_type_v))
+    per_cell = heads_kv * (
+        (meta.key_length or 0) * bytes_per_element(cache_type_k)
+        + (meta.value_length or 0) * bytes_per_element(cache_type_v)
+    )
     kv = int(per_cell * ((layers - swa) * n_ctx + swa * (cells_swa or 0)))
 
     repacks = cpu_repacks() if repacks is None else repacks
@@ -127,15 +137,28 @@ def estimate(
     embd, ff, vocab = meta.embedding_size or 0, meta.feed_forward_size or 0, meta.vocab_size or 0
     activations = ubatch * 4 * max(12 * embd, 3.5 * ff)
     mask = ubatch * 2 * (n_ctx + (cells_swa or 0))
-    scores = 0 if flash_attn is not False else ubatch * n_ctx * (meta.head_count or 1) * 4  # KQ, without flash attention
+    scores = (
+        0 if flash_attn is not False else ubatch * n_ctx * (meta.head_count or 1) * 4
+    )  # KQ, without flash attention
     logits = 2 * vocab * parallel * 4  # in the graph, and the output buffer
     compute = int(activations + mask + scores + logits)
 
     vocab_bytes = vocab * VOCAB_BYTES_PER_TOKEN
     total = meta.tensor_bytes + repacked + kv + compute + vocab_bytes + BASE_BYTES
     return Estimate(
-        total=int(total), weights=meta.tensor_bytes, repacked=repacked, kv_cache=kv, compute=compute, vocab=vocab_bytes, base=BASE_BYTES,
-        context_size=int(context_size), parallel=parallel, cache_type_k=cache_type_k, cache_type_v=cache_type_v, kv_cells=n_ctx, kv_cells_swa=cells_swa,
+        total=int(total),
+        weights=meta.tensor_bytes,
+        repacked=repacked,
+        kv_cache=kv,
+        compute=compute,
+        vocab=vocab_bytes,
+        base=BASE_BYTES,
+        context_size=int(context_size),
+        parallel=parallel,
+        cache_type_k=cache_type_k,
+        cache_type_v=cache_type_v,
+        kv_cells=n_ctx,
+        kv_cells_swa=cells_swa,
     )
 
 

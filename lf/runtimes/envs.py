@@ -28,10 +28,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from lf.errors import LfError, NotInstalledError
 from lf.runtimes.registry import Runtime
@@ -94,10 +95,18 @@ def install_plans(runtime: Runtime) -> list[InstallPlan]:
             raise LfError(f"{runtime.folder / 'manifest.toml'}: an [[install]] plan has no steps")
         when, remove = raw.get("when"), raw.get("remove", [])
         if when is not None and when not in MACHINE_CONDITIONS:
-            raise LfError(f"{runtime.folder / 'manifest.toml'}: an [[install]] plan's when = {when!r} is not one of {', '.join(MACHINE_CONDITIONS)}")
+            raise LfError(
+                f"{runtime.folder / 'manifest.toml'}: an [[install]] plan's when = {when!r} is not one of {', '.join(MACHINE_CONDITIONS)}"
+            )
         if not (isinstance(remove, list) and all(isinstance(name, str) and name for name in remove)):
-            raise LfError(f"{runtime.folder / 'manifest.toml'}: an [[install]] plan's remove must be a list of package names")
-        plans.append(InstallPlan(raw.get("generation"), steps, raw.get("available_if"), raw.get("description", ""), when, tuple(remove)))
+            raise LfError(
+                f"{runtime.folder / 'manifest.toml'}: an [[install]] plan's remove must be a list of package names"
+            )
+        plans.append(
+            InstallPlan(
+                raw.get("generation"), steps, raw.get("available_if"), raw.get("description", ""), when, tuple(remove)
+            )
+        )
     if not plans and runtime.install_requirements:
         plans.append(InstallPlan(None, (InstallStep(runtime.install_requirements),)))
     return plans
@@ -153,7 +162,9 @@ def _env_lock(runtime: Runtime) -> Iterator[None]:
         yield
 
 
-def install(runtime: Runtime, *, force: bool = False, log: IO[str] | None = None, python: str | None = None) -> InstallResult:
+def install(
+    runtime: Runtime, *, force: bool = False, log: IO[str] | None = None, python: str | None = None
+) -> InstallResult:
     """Build the runtime's env (a no-op when it is installed, unless `force`). pip's output goes to `log`."""
     log = log or sys.stderr
     plans = _require_env_runtime(runtime)
@@ -190,7 +201,11 @@ def _build(runtime: Runtime, plans: list[InstallPlan], base_python: str, log: IO
         steps_run.append(step.pip_args(Path(".")))
     if plan.remove:
         _progress(log, f"pip uninstall {' '.join(plan.remove)} (they break {runtime.name} on this machine)")
-        _run([python, "-m", "pip", "uninstall", "-y", "--disable-pip-version-check", *plan.remove], log, f"pip could not uninstall {', '.join(plan.remove)}")
+        _run(
+            [python, "-m", "pip", "uninstall", "-y", "--disable-pip-version-check", *plan.remove],
+            log,
+            f"pip could not uninstall {', '.join(plan.remove)}",
+        )
     return {
         "runtime": runtime.name,
         "generation": plan.generation,
@@ -220,7 +235,18 @@ def choose_plan(plans: list[InstallPlan], python: str, log: IO[str]) -> InstallP
 def index_has(python: str, requirement: str) -> bool:
     """Ask pip (resolving this one name only, installing nothing) whether the index has `requirement`."""
     proc = subprocess.run(
-        [python, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "--quiet", "--disable-pip-version-check", requirement],
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--no-deps",
+            "--ignore-installed",
+            "--quiet",
+            "--disable-pip-version-check",
+            requirement,
+        ],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -247,7 +273,10 @@ def uninstall(runtime: Runtime) -> bool:
 def require_env_python(runtime: Runtime) -> str:
     """The env's interpreter, for tools that must run with the runtime's own packages (lf models build-onnx)."""
     if not runtime.env_installed() or not runtime.env_python().exists():
-        raise NotInstalledError(f"the {runtime.name} environment is not installed", hint=f"install it with: lf runtime install {runtime.name}")
+        raise NotInstalledError(
+            f"the {runtime.name} environment is not installed",
+            hint=f"install it with: lf runtime install {runtime.name}",
+        )
     return str(runtime.env_python())
 
 
@@ -270,7 +299,15 @@ def run_to_log(argv: list[str], log: IO[str], **kwargs) -> int:
         fd = None
     if fd is not None:
         return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, **kwargs).returncode
-    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", **kwargs) as proc:
+    with subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        **kwargs,
+    ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
@@ -293,7 +330,9 @@ def _progress(log: IO[str], text: str) -> None:
 
 
 def _python_version(python: str) -> str:
-    proc = subprocess.run([python, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True
+    )
     return proc.stdout.strip()
 
 

@@ -7,10 +7,10 @@ either. A runtime without a `plan` hook gets its engine's argv template filled i
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 
 from lf.daemon.supervisor import LaunchPlan
 from lf.errors import ExitStatus, LfError
@@ -30,7 +30,9 @@ class InstanceSpec:
     host: str
     port: int
     port_auto: bool  # True when nobody chose the port: lf may move to the next free one
-    settings: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))  # every declared setting (None: unset)
+    settings: Mapping[str, object] = field(
+        default_factory=lambda: MappingProxyType({})
+    )  # every declared setting (None: unset)
     api_key: str | None = None
     overrides: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))  # given on the command line
     project_folder: Path | None = None  # relative model and checkpoint paths are relative to llamafarm.yaml
@@ -186,7 +188,10 @@ def _fill(part: str, values: Mapping[str, object], runtime: str) -> str:
     def value(match: re.Match) -> str:
         found = values.get(match.group(1))
         if found is None:
-            raise LfError(f"runtime {runtime!r} needs the setting {match.group(1)!r}", hint=f"set it in llamafarm.yaml (provider_config) or with --set {match.group(1)}=…")
+            raise LfError(
+                f"runtime {runtime!r} needs the setting {match.group(1)!r}",
+                hint=f"set it in llamafarm.yaml (provider_config) or with --set {match.group(1)}=…",
+            )
         return str(found).lower() if isinstance(found, bool) else str(found)
 
     return _PLACEHOLDER.sub(value, part)

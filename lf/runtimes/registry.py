@@ -9,20 +9,35 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from types import MappingProxyType, ModuleType
-from typing import Mapping
 
 from lf.errors import LfError, NotInstalledError, UnknownNameError
 from lf.runtimes.folders import DEFAULT_RUNTIME, runtime_folders, runtime_names  # noqa: F401  (the registry's API)
 from lf.runtimes.settings import Setting, from_manifest
 
 MANIFEST_KEYS = (
-    "name", "description", "managed", "default_port", "api_base", "models_path", "default_model", "model_format",
-    "model_env", "one_model_per_process", "start_timeout", "install_requirements", "health", "settings", "engines", "install",
-    "builders", "leftover_files",
+    "name",
+    "description",
+    "managed",
+    "default_port",
+    "api_base",
+    "models_path",
+    "default_model",
+    "model_format",
+    "model_env",
+    "one_model_per_process",
+    "start_timeout",
+    "install_requirements",
+    "health",
+    "settings",
+    "engines",
+    "install",
+    "builders",
+    "leftover_files",
 )
 # placeholders every engine's argv may use besides the runtime's settings
 ARGV_VALUES = ("exe", "python", "model", "model_path", "host", "port")
@@ -85,7 +100,9 @@ class Runtime:
     engines: tuple[Engine, ...] = ()
     install_requirements: str | None = None  # file in the folder: lf runtime install builds an env from it
     install_plans: tuple[dict, ...] = ()  # [[install]] tables: alternative ways to build that env (lf.runtimes.envs)
-    builders: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # model kind → script run in its env
+    builders: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({})
+    )  # model kind → script run in its env
     # glob patterns of files the server's processes may leave behind when killed (e.g. shared memory in
     # /dev/shm): stop removes the ones this instance's own processes held open or mapped
     leftover_files: tuple[str, ...] = ()
@@ -142,7 +159,9 @@ class Runtime:
     def require_engine(self) -> ResolvedEngine:
         found = self.find_engine()
         if found is None:
-            raise NotInstalledError(f"no engine for runtime {self.name!r} is installed on this machine", hint=self.install_hint())
+            raise NotInstalledError(
+                f"no engine for runtime {self.name!r} is installed on this machine", hint=self.install_hint()
+            )
         return found
 
     @property
@@ -191,7 +210,7 @@ def _env_text(setting: Setting | None) -> str:
     return os.environ.get(setting.env, "") if setting is not None and setting.env else ""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_hooks(name: str, path: str) -> ModuleType:
     import importlib.util
 
@@ -219,7 +238,10 @@ def _parse(folder: Path) -> Runtime:
         from lf.suggest import did_you_mean
 
         hint = did_you_mean(unknown[0], MANIFEST_KEYS)
-        raise LfError(f"{path}: unknown key {unknown[0]!r}" + (f" ({hint})" if hint else ""), hint=f"allowed: {', '.join(MANIFEST_KEYS)}")
+        raise LfError(
+            f"{path}: unknown key {unknown[0]!r}" + (f" ({hint})" if hint else ""),
+            hint=f"allowed: {', '.join(MANIFEST_KEYS)}",
+        )
     settings = {name: from_manifest(name, table, str(path)) for name, table in m.get("settings", {}).items()}
     engines = tuple(_engine(e, settings, path) for e in m.get("engines", ()))
     health = m.get("health", {})
@@ -248,8 +270,10 @@ def _parse(folder: Path) -> Runtime:
 
 
 def _leftover_files(patterns, path: Path) -> tuple[str, ...]:
-    if not (isinstance(patterns, list) and all(isinstance(p, str) and p.startswith("/") and "*" in p for p in patterns)):
-        raise LfError(f"{path}: leftover_files must be a list of absolute glob patterns, e.g. [\"/dev/shm/psm_*\"]")
+    if not (
+        isinstance(patterns, list) and all(isinstance(p, str) and p.startswith("/") and "*" in p for p in patterns)
+    ):
+        raise LfError(f'{path}: leftover_files must be a list of absolute glob patterns, e.g. ["/dev/shm/psm_*"]')
     return tuple(patterns)
 
 
@@ -258,12 +282,16 @@ def _engine(table: dict, settings: dict[str, Setting], path: Path) -> Engine:
     for part in table.get("argv", ()):
         if isinstance(part, dict) and set(part) == {"each"}:
             if settings.get(part["each"]) is None or settings[part["each"]].type != "array":
-                raise LfError(f"{path}: engine {table.get('name')!r}: {{each = ...}} names {part['each']!r}, which is not a declared array setting")
+                raise LfError(
+                    f"{path}: engine {table.get('name')!r}: {{each = ...}} names {part['each']!r}, which is not a declared array setting"
+                )
             argv.append(EachArg(part["each"]))
         elif isinstance(part, dict):
             when, args = part.get("when"), part.get("args")
             if when not in settings or not isinstance(args, list) or set(part) != {"when", "args"}:
-                raise LfError(f"{path}: engine {table.get('name')!r}: an optional argument group is {{when = \"<a declared setting>\", args = [...]}}, not {part}")
+                raise LfError(
+                    f'{path}: engine {table.get("name")!r}: an optional argument group is {{when = "<a declared setting>", args = [...]}}, not {part}'
+                )
             argv.append(OptionalArgs(when, tuple(args)))
             _check_placeholders(args, settings, path, table)
         else:
@@ -309,6 +337,6 @@ def get_runtime(name: str) -> Runtime:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parse_cached(folder: Path) -> Runtime:
     return _parse(folder)

@@ -8,8 +8,8 @@ setting is the runtime's own and its manifest declares it whole.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 TYPES = ("integer", "number", "string", "boolean", "array")  # array: of strings (e.g. extra engine flags)
 SETTING_KEYS = ("type", "description", "default", "enum", "minimum", "maximum", "min_length", "env", "extra_body")
@@ -94,14 +94,33 @@ STANDARD: dict[str, Setting] = {
     for s in (
         Setting("port", "integer", "port the server listens on", minimum=1, maximum=65535, flag="--port"),
         Setting("host", "string", "address to bind; 127.0.0.1 unless you ask", min_length=1, flag="--host"),
-        Setting("context_size", "integer", "context window in tokens", default=4096, minimum=128, maximum=1048576, flag="--ctx-size"),
-        Setting("threads", "integer", "CPU threads (default: one per physical core)", minimum=1, maximum=1024, flag="--threads"),
+        Setting(
+            "context_size",
+            "integer",
+            "context window in tokens",
+            default=4096,
+            minimum=128,
+            maximum=1048576,
+            flag="--ctx-size",
+        ),
+        Setting(
+            "threads",
+            "integer",
+            "CPU threads (default: one per physical core)",
+            minimum=1,
+            maximum=1024,
+            flag="--threads",
+        ),
     )
 }
 
 
-def resolve(declared: Mapping[str, Setting], flags: Mapping[str, object], config: Mapping[str, object],
-            extra_body: Mapping[str, object] | None = None) -> tuple[dict, dict]:
+def resolve(
+    declared: Mapping[str, Setting],
+    flags: Mapping[str, object],
+    config: Mapping[str, object],
+    extra_body: Mapping[str, object] | None = None,
+) -> tuple[dict, dict]:
     """(value, where it came from) of every declared setting: a flag, else its env var, else the config
     file (provider_config, or the section named after the provider), else the model entry's `extra_body`
     (LlamaFarm's GGUF parameters, for a setting that declares its key there), else its default. Flag and
@@ -116,13 +135,18 @@ def resolve(declared: Mapping[str, Setting], flags: Mapping[str, object], config
             value, source = flags[name], "flag"
             problem = setting.problem(value)
             if problem:
-                raise LfError(f"{setting.flag or '--set ' + name}: {problem}", hint=f"allowed: {setting.allowed()}" if setting.allowed() else None)
+                raise LfError(
+                    f"{setting.flag or '--set ' + name}: {problem}",
+                    hint=f"allowed: {setting.allowed()}" if setting.allowed() else None,
+                )
         elif (env_value := _from_env(setting)) is not None:
             value, source = env_value, "env"
             problem = setting.problem(value)
             if problem:
                 allowed = setting.allowed()
-                raise ConfigError(f"environment variable {setting.env}: {problem}" + (f" (allowed: {allowed})" if allowed else ""))
+                raise ConfigError(
+                    f"environment variable {setting.env}: {problem}" + (f" (allowed: {allowed})" if allowed else "")
+                )
         elif config.get(name) is not None:
             value, source = config[name], "config"
         elif setting.extra_body and extra_body.get(setting.extra_body) is not None:
@@ -154,7 +178,10 @@ def from_manifest(name: str, table: dict, where: str) -> Setting:
         raise LfError(f"{where}: [settings.{name}] must be a table")
     unknown = [k for k in table if k not in SETTING_KEYS]
     if unknown:
-        raise LfError(f"{where}: [settings.{name}] has unknown keys {', '.join(unknown)}", hint=f"allowed: {', '.join(SETTING_KEYS)}")
+        raise LfError(
+            f"{where}: [settings.{name}] has unknown keys {', '.join(unknown)}",
+            hint=f"allowed: {', '.join(SETTING_KEYS)}",
+        )
     base = STANDARD.get(name)
     if base is not None and "type" in table and table["type"] != base.type:
         raise LfError(f"{where}: the setting {name!r} is always of type {base.type}")
@@ -196,4 +223,3 @@ def describe_value(value) -> str:
     if isinstance(value, str):
         return "a string"
     return type(value).__name__
-

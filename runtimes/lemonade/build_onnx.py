@@ -39,8 +39,19 @@ def main() -> int:
     export_hf(args.gguf, hf_dir, tiny=args.tiny)
     step(f"building the ONNX model ({args.precision}, cpu) with onnxruntime-genai's model builder")
     builder = [
-        sys.executable, "-m", "onnxruntime_genai.models.builder",
-        "-i", str(hf_dir), "-o", str(args.out), "-p", args.precision, "-e", "cpu", "-c", str(args.work / "cache"),
+        sys.executable,
+        "-m",
+        "onnxruntime_genai.models.builder",
+        "-i",
+        str(hf_dir),
+        "-o",
+        str(args.out),
+        "-p",
+        args.precision,
+        "-e",
+        "cpu",
+        "-c",
+        str(args.work / "cache"),
     ]
     subprocess.run(builder, check=True)
     step(f"done in {time.monotonic() - started:.0f}s")
@@ -109,7 +120,9 @@ def plain_byte_level_bpe(path: Path, digits: bool) -> None:
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     data["normalizer"] = None
     data["pre_tokenizer"] = (
-        {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]} if digits else byte_level
+        {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
+        if digits
+        else byte_level
     )
     data["decoder"] = {**byte_level, "add_prefix_space": True}
     data["model"]["byte_fallback"] = False

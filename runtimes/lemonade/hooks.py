@@ -101,12 +101,17 @@ def model_plan(spec, gen: str) -> ModelPlan:
     if checkpoint:
         local = existing_path(str(checkpoint), spec.project_folder)
         if local is None and _looks_like_path(str(checkpoint)):
-            raise NotInstalledError(f"checkpoint {checkpoint!r} does not exist", hint="give the path of a model folder or file")
+            raise NotInstalledError(
+                f"checkpoint {checkpoint!r} does not exist", hint="give the path of a model folder or file"
+            )
     else:
         local = _local_model(spec)
     kind = _model_kind(local) if local else None
     if backend and kind and backend != kind:
-        raise ConfigError(f"{local} holds a {kind} model, but the lemonade backend is {backend!r}", hint=f"set backend: {kind}, or point the model at a {backend} model")
+        raise ConfigError(
+            f"{local} holds a {kind} model, but the lemonade backend is {backend!r}",
+            hint=f"set backend: {kind}, or point the model at a {backend} model",
+        )
     backend = backend or kind or "onnx"  # LlamaFarm's default: ONNX runs everywhere
     if gen == "v6" and backend == "llamacpp":
         raise LfError(
@@ -173,7 +178,9 @@ def plan(spec, resolved, port: int):
     # v6's /health halts the answer being generated (it sets the server's stop event), so status and
     # the start wait poll /models there; the model's load is checked once, before any answer, in
     # after_healthy.
-    health_path, health_ready = (f"{api}/models", "loaded-by-lf") if gen == "v6" else (f"{api}/health", spec.runtime.health_ready)
+    health_path, health_ready = (
+        (f"{api}/models", "loaded-by-lf") if gen == "v6" else (f"{api}/health", spec.runtime.health_ready)
+    )
     return default_plan(
         spec,
         resolved,
@@ -192,7 +199,10 @@ def _argv(spec, resolved, gen: str, model: ModelPlan, port: int) -> list[str]:
     exe, port_text, host = _script_argv(resolved.exe or ""), str(port), spec.host
     if gen == "v6":
         if host not in LOOPBACK:
-            raise LfError(f"Lemonade v6 serves on localhost only; it cannot bind {host}", hint="drop --host/LEMONADE_HOST, or install Lemonade v8 or newer")
+            raise LfError(
+                f"Lemonade v6 serves on localhost only; it cannot bind {host}",
+                hint="drop --host/LEMONADE_HOST, or install Lemonade v8 or newer",
+            )
         _refuse_second_v6_server()
         return [*exe, "serve", "--port", port_text]
     if gen == "v10":
@@ -232,11 +242,20 @@ def after_healthy(record, health, timeout):
     plan = record.after_start
     base = record.base_url.rstrip("/")
     if plan.get("generation") == "v6":
-        body = {"checkpoint": plan["checkpoint"], "recipe": plan["recipe"]} if plan.get("checkpoint") else {"model_name": plan.get("model_name")}
+        body = (
+            {"checkpoint": plan["checkpoint"], "recipe": plan["recipe"]}
+            if plan.get("checkpoint")
+            else {"model_name": plan.get("model_name")}
+        )
         _post(record, f"{base}/load", body, timeout)
     else:
         if plan.get("checkpoint"):
-            _post(record, f"{base}/pull", {"model_name": plan["served_as"], "checkpoint": plan["checkpoint"], "recipe": plan["recipe"]}, timeout)
+            _post(
+                record,
+                f"{base}/pull",
+                {"model_name": plan["served_as"], "checkpoint": plan["checkpoint"], "recipe": plan["recipe"]},
+                timeout,
+            )
         body: dict = {"model_name": plan.get("served_as")}
         if plan.get("ctx_size"):
             body["ctx_size"] = plan["ctx_size"]
@@ -245,7 +264,9 @@ def after_healthy(record, health, timeout):
         _post(record, f"{base}/load", body, timeout)
     after = probe_once(Probe(f"{base}/health", "json:model_loaded"), timeout=5.0)
     if not after.model_loaded:
-        raise StartError(f"Lemonade accepted the model but does not report it loaded ({after.message})", hint=_log_hint(record))
+        raise StartError(
+            f"Lemonade accepted the model but does not report it loaded ({after.message})", hint=_log_hint(record)
+        )
     return after
 
 

@@ -57,11 +57,16 @@ def resolve_model(spec) -> tuple[str, bool]:
             hint=f"convert it with: lf models build-hf {model}   then use model: {model}-hf",
         )
     if model == spec.runtime.default_model:
-        raise NotInstalledError(f"model {model!r} has not been built on this machine", hint="build it with: lf models build-hf")
+        raise NotInstalledError(
+            f"model {model!r} has not been built on this machine", hint="build it with: lf models build-hf"
+        )
     if _REPO_ID.match(model) and not model.startswith((".", "~")):
         return model, False  # a Hub repo id: vLLM finds it in the Hugging Face cache (or downloads it)
     if model.startswith((".", "~", "/")) or model.endswith(".gguf"):
-        raise NotInstalledError(f"model folder {model!r} does not exist", hint="give the path of a Hugging Face model folder (with config.json)")
+        raise NotInstalledError(
+            f"model folder {model!r} does not exist",
+            hint="give the path of a Hugging Face model folder (with config.json)",
+        )
     raise UnknownNameError(
         f"model {model!r} is neither a folder, a model built by lf, nor a Hugging Face repo id (org/name)",
         hint="build one with: lf models build-hf   (see lf models list)",
@@ -75,7 +80,10 @@ def _hf_folder(path: Path, model: str) -> Path:
             hint=f"convert it with: lf models build-hf {path}",
         )
     if not (path / "config.json").is_file():
-        raise ConfigError(f"{path} is not a Hugging Face model folder (it has no config.json)", hint="convert a GGUF with: lf models build-hf FILE")
+        raise ConfigError(
+            f"{path} is not a Hugging Face model folder (it has no config.json)",
+            hint="convert a GGUF with: lf models build-hf FILE",
+        )
     return path
 
 

@@ -58,7 +58,12 @@ def log_pumps(state_dir: Path) -> list[psutil.Process]:
     for proc in psutil.process_iter():
         try:
             argv = proc.cmdline()
-            if proc.status() != psutil.STATUS_ZOMBIE and len(argv) > 4 and argv[3].endswith("logpump.py") and argv[4].startswith(logs):
+            if (
+                proc.status() != psutil.STATUS_ZOMBIE
+                and len(argv) > 4
+                and argv[3].endswith("logpump.py")
+                and argv[4].startswith(logs)
+            ):
                 found.append(proc)
         except psutil.Error:
             pass
@@ -192,9 +197,11 @@ class Gateway:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
 
-    def start(self, ready: bool = True) -> "Gateway":
+    def start(self, ready: bool = True) -> Gateway:
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+            self.proc = subprocess.Popen(
+                self.args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=self.env
+            )
         if ready and not wait_until(self.answers, timeout=30):
             self.kill()
             raise AssertionError(f"lf serve did not answer on {self.url}:\n{self.text()}")
@@ -223,7 +230,7 @@ class Gateway:
             self.proc.kill()
             self.proc.wait(10)
 
-    def __enter__(self) -> "Gateway":
+    def __enter__(self) -> Gateway:
         return self.start()
 
     def __exit__(self, *exc) -> None:

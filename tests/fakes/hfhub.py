@@ -122,7 +122,7 @@ class FakeHub:
     def file_requests(self) -> list[Request]:
         return [r for r in self.requests if "/resolve/" in r.path]
 
-    def start(self) -> "RunningHub":
+    def start(self) -> RunningHub:
         return RunningHub(self)
 
 
@@ -140,7 +140,7 @@ class RunningHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def __enter__(self) -> "RunningHub":
+    def __enter__(self) -> RunningHub:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -161,7 +161,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._serve(head=False)
 
     def _record(self, status: int, sent: int = 0) -> Request:
-        req = Request(self.command, urlsplit(self.path).path, self.headers.get("Range"), status, sent, self.headers.get("Authorization"))
+        req = Request(
+            self.command,
+            urlsplit(self.path).path,
+            self.headers.get("Range"),
+            status,
+            sent,
+            self.headers.get("Authorization"),
+        )
         self.hub.requests.append(req)
         return req
 
@@ -197,11 +204,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if len(rest) > 2 and not (rest[2] == "revision" and rest[3] in ("main", repo.commit)):
             return self._error(404, "RevisionNotFound", "Invalid rev id")
         siblings = [
-            {"rfilename": name, "size": f.size, "blobId": f.sha256[:40], "lfs": {"sha256": f.sha256, "size": f.size, "pointerSize": 134}}
+            {
+                "rfilename": name,
+                "size": f.size,
+                "blobId": f.sha256[:40],
+                "lfs": {"sha256": f.sha256, "size": f.size, "pointerSize": 134},
+            }
             for name, f in sorted(repo.files.items())
         ]
         siblings.append({"rfilename": "README.md", "size": 12, "blobId": "f" * 40})
-        body = json.dumps({"_id": "x", "id": repo_id, "modelId": repo_id, "sha": repo.commit, "private": False, "gated": "manual" if repo.gated else False, "siblings": siblings, "tags": ["gguf"]}).encode()
+        body = json.dumps(
+            {
+                "_id": "x",
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": repo.commit,
+                "private": False,
+                "gated": "manual" if repo.gated else False,
+                "siblings": siblings,
+                "tags": ["gguf"],
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -216,7 +239,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if revision not in ("main", repo.commit):
             return self._error(404, "RevisionNotFound", "Invalid rev id")
         if repo.gated and self.headers.get("Authorization") != f"Bearer {self.hub.token}":
-            return self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in.")
+            return self._error(
+                401,
+                "GatedRepo",
+                f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in.",
+            )
         hub_file = repo.files.get(name)
         if hub_file is None:
             return self._error(404, "EntryNotFound", "Entry not found", commit=repo.commit)

@@ -29,15 +29,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", default="fake-model")
     parser.add_argument("--ignore-term", action="store_true", help="ignore SIGTERM (needs SIGKILL)")
-    parser.add_argument("--workers", action="store_true", help="fork workers: one plain, one in its own session, one orphaned grandchild")
+    parser.add_argument(
+        "--workers",
+        action="store_true",
+        help="fork workers: one plain, one in its own session, one orphaned grandchild",
+    )
     parser.add_argument("--hang", action="store_true", help="accept connections, never answer")
     parser.add_argument("--ready-after", type=float, default=0.0, help="answer /health with 503 for this many seconds")
     parser.add_argument("--die-after", type=int, default=None, help="die (exit 1) after streaming this many tokens")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between streamed tokens")
     parser.add_argument("--tokens", type=int, default=len(TOKENS), help="how many tokens an answer has")
-    parser.add_argument("--reject-key", action="store_true", help="answer 401, echoing the key it was sent (as careless servers do)")
-    parser.add_argument("--log-requests", action="store_true", help="log a line per request; GET /burst/N logs N numbered lines at once")
-    parser.add_argument("--engine-args", nargs=argparse.REMAINDER, default=[], help="everything after it: flags a real engine would take (logged with argv)")
+    parser.add_argument(
+        "--reject-key", action="store_true", help="answer 401, echoing the key it was sent (as careless servers do)"
+    )
+    parser.add_argument(
+        "--log-requests", action="store_true", help="log a line per request; GET /burst/N logs N numbered lines at once"
+    )
+    parser.add_argument(
+        "--engine-args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="everything after it: flags a real engine would take (logged with argv)",
+    )
     return parser.parse_args(argv)
 
 
@@ -113,7 +126,12 @@ def chunk(data: bytes) -> bytes:
 
 def event(model: str, token: str | None, finish: str | None = None) -> bytes:
     delta = {"content": token} if token is not None else {}
-    payload = {"id": "fake-1", "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    payload = {
+        "id": "fake-1",
+        "object": "chat.completion.chunk",
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
     return f"data: {json.dumps(payload)}\n\n".encode()
 
 
@@ -133,7 +151,11 @@ def handle(conn: socket.socket, args: argparse.Namespace, started: float) -> Non
                 return
         if args.reject_key:
             sent = headers.get("authorization", "").removeprefix("Bearer ")
-            respond(conn, 401, {"error": {"message": f"Incorrect API key provided: {sent}", "type": "invalid_request_error"}})
+            respond(
+                conn,
+                401,
+                {"error": {"message": f"Incorrect API key provided: {sent}", "type": "invalid_request_error"}},
+            )
             return
         if method == "GET" and path == "/health":
             if time.monotonic() - started < args.ready_after:
@@ -167,12 +189,22 @@ def log_request(conn: socket.socket, method: str, path: str) -> None:
 def chat(conn: socket.socket, args: argparse.Namespace, request: dict) -> None:
     words = tokens(args.tokens)
     if not request.get("stream"):
-        respond(conn, 200, {
-            "id": "fake-1", "object": "chat.completion", "model": args.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": "stop"}],
-        })
+        respond(
+            conn,
+            200,
+            {
+                "id": "fake-1",
+                "object": "chat.completion",
+                "model": args.model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": "stop"}
+                ],
+            },
+        )
         return
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
     for i, word in enumerate(words):
         if args.die_after is not None and i == args.die_after:
             log(f"dying after {i} tokens")

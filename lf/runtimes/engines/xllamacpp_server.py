@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-gpu-layers", "--gpu-layers", "-ngl", type=int)
     parser.add_argument("--flash-attn", "-fa", choices=["on", "off", "auto"])
     mmap = parser.add_mutually_exclusive_group()
-    mmap.add_argument("--mmap", dest="mmap", action="store_true", default=None, help="memory-map the model file (the default)")
+    mmap.add_argument(
+        "--mmap", dest="mmap", action="store_true", default=None, help="memory-map the model file (the default)"
+    )
     mmap.add_argument("--no-mmap", dest="mmap", action="store_false", help="read the model into memory instead")
     parser.add_argument("--mlock", action="store_true", help="lock the model in RAM")
     parser.add_argument("--cache-type-k", "-ctk")
@@ -40,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--chat-template")
     parser.add_argument("--keep", type=int)
     parser.add_argument("--no-warmup", action="store_true")
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="any CommonParams field, e.g. n_keep=16")
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="any CommonParams field, e.g. n_keep=16"
+    )
     return parser
 
 
@@ -59,7 +63,13 @@ def configure(params, args) -> None:
     if args.alias:
         params.model_alias = {args.alias}
     params.embedding = args.embeddings
-    for flag, field in (("batch_size", "n_batch"), ("ubatch_size", "n_ubatch"), ("n_gpu_layers", "n_gpu_layers"), ("keep", "n_keep"), ("chat_template", "chat_template")):
+    for flag, field in (
+        ("batch_size", "n_batch"),
+        ("ubatch_size", "n_ubatch"),
+        ("n_gpu_layers", "n_gpu_layers"),
+        ("keep", "n_keep"),
+        ("chat_template", "chat_template"),
+    ):
         if getattr(args, flag) is not None:
             setattr(params, field, getattr(args, flag))
     if args.flash_attn:
@@ -84,7 +94,9 @@ def configure(params, args) -> None:
 def _set_load_mode(params, xllamacpp, mmap: bool, mlock: bool) -> None:
     """llama.cpp's --mmap/--no-mmap and --mlock: one load mode in recent builds, two booleans in older ones."""
     if hasattr(params, "load_mode"):
-        kind = {(True, True): "MMAP_MLOCK", (True, False): "MMAP", (False, True): "MLOCK", (False, False): "NONE"}[(mmap, mlock)]
+        kind = {(True, True): "MMAP_MLOCK", (True, False): "MMAP", (False, True): "MLOCK", (False, False): "NONE"}[
+            (mmap, mlock)
+        ]
         params.load_mode = getattr(xllamacpp.llama_load_mode, f"LLAMA_LOAD_MODE_{kind}")
     else:
         params.use_mmap, params.use_mlock = mmap, mlock
