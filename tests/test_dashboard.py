@@ -97,7 +97,7 @@ def test_the_event_stream_shows_every_model_and_each_request_without_its_content
         assert alpha["state"] == "running" and alpha["port"] == a and alpha["pid"] == read_record(fakes, "alpha")["pid"]
         assert alpha["memory_bytes"] > 1_000_000 and alpha["started_at"] and alpha["expires_at"] > time.time()
         assert alpha["last_request"]["tokens"] > 0
-        assert models["beta"]["state"] == "stopped" and models["remote"]["state"] == "external"
+        assert models["beta"]["state"] == "idle" and models["remote"]["state"] == "external"
         (request,) = snapshot["requests"]
         assert (request["model"], request["path"], request["status"]) == ("alpha", "/v1/chat/completions", 200)
         assert secret not in json.dumps(snapshot)
@@ -162,12 +162,12 @@ def test_start_stop_restart_and_unload_go_through_the_core(tmp_path, fakes):
         first = read_record(fakes, "alpha")["pid"]
         assert act(gateway, "restart", "alpha").json()["state"] == "running"
         assert read_record(fakes, "alpha")["pid"] != first
-        assert act(gateway, "unload", "alpha").json()["state"] == "stopped"
+        assert act(gateway, "unload", "alpha").json()["state"] == "idle"
         assert read_record(fakes, "alpha") is None and engines(fakes) == []
         # one lf runtime start made: stop, yes; unload (the gateway's idle unload), no
-        run_lf("runtime", "start", "beta", check=True)
+        run_lf("runtime", "start", "beta", "--direct", check=True)  # its own daemon, beside the gateway
         assert act(gateway, "unload", "beta").status_code == 409
-        assert act(gateway, "stop", "beta").json()["state"] == "stopped"
+        assert act(gateway, "stop", "beta").json()["state"] == "idle"
         assert engines(fakes) == []
         assert act(gateway, "stop", "remote").status_code == 409
         assert act(gateway, "stop", "nobody").status_code == 404
@@ -384,8 +384,8 @@ def test_the_page_in_a_real_browser_with_two_real_models(tmp_path, isolated):
             WebDriverWait(browser, 5).until(
                 lambda _: cards()["gemma"].find_element(By.CSS_SELECTOR, '[data-action="stop"]').click() or True
             )
-            WebDriverWait(browser, 30).until(lambda _: state("gemma") == "stopped")
-            assert _state_of(work, "gemma") == "stopped"
+            WebDriverWait(browser, 30).until(lambda _: state("gemma") == "idle")
+            assert _state_of(work, "gemma") == "idle"
             assert _state_of(work, "smol") == "running"
         finally:
             other.close()

@@ -328,13 +328,11 @@ def _hf_folder(path: Path) -> Path:
 
 
 def _plan(model: str, **settings):
-    from lf.core.targets import Overrides, build_spec, default_entry
+    from lf.config.names import default_entry
+    from lf.core.targets import Overrides, build_spec
     from lf.runtimes.launch import make_plan
-    from lf.runtimes.registry import get_runtime
 
-    spec = build_spec(
-        default_entry(get_runtime("vllm")), None, Overrides(model=model, port=11811, settings=settings), single=True
-    )
+    spec = build_spec(default_entry("vllm"), None, Overrides(model=model, port=11811, settings=settings), single=True)
     plan = make_plan(spec, spec.port)
     _note_socket_dir(dict(plan.env))
     return plan

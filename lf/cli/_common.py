@@ -165,8 +165,9 @@ class Progress:
         if isinstance(event, Notice):
             err(event.text)
         elif isinstance(event, Starting):
-            if self.announce:
-                err(f"Starting {event.name} ({event.runtime}, {event.model})…")
+            through = f" through {event.through}" if event.through else ""
+            if self.announce or event.through:
+                err(f"Starting {event.name} ({event.runtime}, {event.model}){through}…")
             self.done()
             self.spinner = Spinner(self.starting.format(name=event.name, runtime=event.runtime, model=event.model))
         elif isinstance(event, Waiting) and self.spinner is not None:

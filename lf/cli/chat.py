@@ -75,10 +75,17 @@ def chat(
             "--timeout", min=0, help="Seconds an answer may take, from the question to its last word (0: no limit)."
         ),
     ] = DEFAULT_TIMEOUT,
+    direct: Annotated[
+        bool,
+        typer.Option("--direct", help="Go around a running lf serve of the project: talk to the model's own daemon."),
+    ] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Chat with a model. Streams the answer to stdout; starts the runtime first if it is not running."""
+    """Chat with a model. Streams the answer to stdout; starts the runtime first if it is not running.
+
+    While an lf serve runs for the project, the question goes through it (it starts the model on demand, counts
+    the request, unloads the model when idle); --direct talks to the model's own daemon instead."""
     from lf.core.actions import chat_endpoint
     from lf.errors import ExitStatus, LfError
 
@@ -100,7 +107,10 @@ def chat(
     try:
         project = load_project(config)
         endpoint, entry = with_pull(
-            pull, lambda: chat_endpoint(project, runtime, model, auto_start=not no_auto_start, on_event=progress)
+            pull,
+            lambda: chat_endpoint(
+                project, runtime, model, auto_start=not no_auto_start, direct=direct, on_event=progress
+            ),
         )
     finally:
         progress.done()

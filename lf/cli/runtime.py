@@ -47,6 +47,12 @@ ProjectOpt = Annotated[
 AllProjectsOpt = Annotated[
     bool, typer.Option("--all-projects", "-A", help="Every project's instances, not only this project's.")
 ]
+DirectOpt = Annotated[
+    bool,
+    typer.Option(
+        "--direct", help="Go around a running lf serve of the project (by default it starts the models it serves)."
+    ),
+]
 
 
 def _scope(config: str | None, project: str | None, *, lenient: bool = False):
@@ -142,10 +148,14 @@ def start(
     force: Annotated[
         bool, typer.Option("--force", help="Start even when the memory estimate exceeds the memory available.")
     ] = False,
+    direct: DirectOpt = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Start runtime daemons and wait until they are healthy. Already running is a success."""
+    """Start runtime daemons and wait until they are healthy. Already running is a success.
+
+    A model a running lf serve of the project serves is started by that gateway (which then owns it: its idle
+    timer and memory budget apply); --direct starts it as a daemon of its own."""
     from lf.core import actions
     from lf.core.targets import Overrides
 
@@ -162,7 +172,14 @@ def start(
         results = with_pull(
             pull,
             lambda: actions.start(
-                target, project, overrides, wait=not no_wait, timeout=timeout, on_event=progress, force=force
+                target,
+                project,
+                overrides,
+                wait=not no_wait,
+                timeout=timeout,
+                on_event=progress,
+                force=force,
+                direct=direct,
             ),
         )
     finally:
@@ -174,6 +191,10 @@ def start(
         r = result.record
         verb = "already running" if result.already_running else ("launched" if no_wait else "running")
         out(f"{r.name}: {verb} at {r.base_url} (pid {r.pid}, model {r.model})")
+        if result.gateway:
+            out(
+                f"  served by {result.gateway}: it unloads it when idle (lf runtime start --direct runs one of its own)"
+            )
         out(f"  log: {r.log_path}")
 
 
@@ -207,14 +228,15 @@ def _start_json(result) -> dict:
         "runtime": r.runtime,
         "already_running": result.already_running,
         "pid": r.pid,
-        "host": r.host,
+        "host": r.instance.host,
         "port": r.port,
         "base_url": r.base_url,
         "model": r.model,
-        "engine": r.engine,
+        "engine": r.instance.engine,
         "log_path": r.log_path,
         "health": result.health.to_dict() if result.health else None,
         "changed": list(result.changed),  # already running with other settings: "name: old → new"
+        "gateway": result.gateway,  # the lf serve that started it (it serves the entry), else null
     }
 
 
@@ -263,15 +285,16 @@ def stop(
 def restart(
     target: TargetArg = None,
     timeout: TimeoutOpt = None,
+    direct: DirectOpt = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Stop, then start again with the current settings."""
+    """Stop, then start again with the current settings (through a running lf serve that serves it, unless --direct)."""
     from lf.core import actions
 
     progress = Progress(starting="restarting {name}")
     try:
-        results = actions.restart(target, load_project(config), timeout=timeout, on_event=progress)
+        results = actions.restart(target, load_project(config), timeout=timeout, on_event=progress, direct=direct)
     finally:
         progress.done()
     if json_out:
@@ -298,10 +321,10 @@ def status(
     json_out: JsonOpt = False,
 ) -> None:
     """State and health of this project's instances (or every project's). Exit 0 all healthy, 3 not running, 4 unknown, 6 unhealthy."""
-    from lf.core import actions
+    from lf.core.status import collect
 
     loaded, store = _scope(config, project)
-    report = actions.status(names, loaded, probe_timeout=probe_timeout, all_projects=all_projects, store=store)
+    report = collect(names or None, loaded, store, probe_timeout, all_projects=all_projects)
     for warning in report.warnings:
         err(warning)
     if json_out:
@@ -320,7 +343,7 @@ def _print_status(report) -> None:
     for inst in report.instances:
         d = inst.to_dict()
         h = d["health"]
-        health = "-" if not h else ("ok" if h["healthy"] else h["message"])
+        health = (d["message"] or "-") if not h else ("ok" if h["healthy"] else h["message"])
         latency = f"{h['latency_ms']:.0f}ms" if h and h["latency_ms"] is not None else "-"
         uptime = _duration(d["uptime_s"]) if d["uptime_s"] is not None else "-"
         rows.append(
@@ -343,7 +366,7 @@ def _print_status(report) -> None:
     out(table(rows, headers))
     for inst in report.instances:
         if inst.log_tail:
-            err(f"{inst.name} {inst.state.value}; last lines of {inst.log_path}:")
+            err(f"{inst.name} {inst.state.value}; last lines of {inst.record.log_path if inst.record else '?'}:")
             for line in inst.log_tail:
                 err(f"  {line}")
 

@@ -99,6 +99,16 @@ def serve(
         bool,
         typer.Option("--open", help="Open the gateway's page (its dashboard) in the default browser once it answers."),
     ] = False,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level", help="Least severe log line shown: debug, info, warning or error.", case_sensitive=False
+        ),
+    ] = "info",
+    log_format: Annotated[
+        str,
+        typer.Option("--log-format", help="text (lf-serve: … lines) or json (one object per line, for journald)."),
+    ] = "text",
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -109,8 +119,14 @@ def serve(
     LF_GATEWAY_* env vars (LF_GATEWAY_API_KEY for the key), then runtime.gateway in llamafarm.yaml.
     Foreground by default; SIGTERM stops the instances it started and leaves the others running.
     """
-    from lf.gateway.settings import resolve_config
+    from lf.config.gateway import resolve_config
+    from lf.errors import ExitStatus, LfError
+    from lf.gateway.logs import FORMATS, LEVELS
 
+    log_level = log_level.lower()
+    if log_level not in LEVELS or log_format not in FORMATS:
+        bad, allowed = ("--log-level", LEVELS) if log_level not in LEVELS else ("--log-format", FORMATS)
+        raise LfError(f"{bad}: expected one of {', '.join(allowed)}", exit_status=ExitStatus.USAGE)
     project = load_project(config, warn=True)
     flags = {
         "host": host,
@@ -129,13 +145,14 @@ def serve(
     if not detach:
         from lf.gateway.server import run
 
-        run(project, settings, on_ready=(lambda: _open_page(settings)) if open_page else None)
+        on_ready = (lambda: _open_page(settings)) if open_page else None
+        run(project, settings, on_ready=on_ready, log_level=log_level, log_format=log_format)
         return
     from lf.gateway.server import detach as run_detached
 
     spinner = Spinner(f"starting the gateway on port {settings.port}")
     try:
-        result = run_detached(project, settings, on_wait=spinner)
+        result = run_detached(project, settings, on_wait=spinner, log_level=log_level, log_format=log_format)
     finally:
         spinner.done()
     record = result.record
@@ -165,8 +182,8 @@ def serve(
 def _open_page(settings) -> None:
     import webbrowser
 
-    from lf.daemon.health import local_url
+    from lf.net import local_url
 
-    url = local_url("127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host, settings.port, "/")
+    url = local_url(settings.host, settings.port, "/")
     if not webbrowser.open(url):
         err(f"lf: no browser to open here; the dashboard is at {url}")

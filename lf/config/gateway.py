@@ -6,6 +6,11 @@ LlamaFarm's own schema leaves `runtime` open, so a file with a `gateway:` sectio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from lf.daemon.records import GATEWAY_RUNTIME as RECORD_RUNTIME
+from lf.errors import LfError
+from lf.net import is_loopback
 from lf.runtimes.settings import Setting
 
 DEFAULT_PORT = 11500
@@ -122,3 +127,89 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         ),
     )
 }
+
+MIN_KEY = 12  # characters: a shorter key is guessed by anyone who can reach the port
+
+
+def _default(name: str):
+    return GATEWAY_SETTINGS[name].default
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The gateway's settings, resolved once at start (resolve_config); the defaults are the table's."""
+
+    host: str = _default("host")
+    port: int = _default("port")
+    api_key: str | None = None
+    insecure: bool = _default("insecure")
+    idle_ttl: float = _default("idle_ttl")
+    max_loaded: int = _default("max_loaded")
+    max_queue: int = _default("max_queue")
+    queue_timeout: float = _default("queue_timeout")
+    start_timeout: float | None = None
+    probe_interval: float = _default("probe_interval")
+    max_body: int = _default("max_body")
+    pull: bool = _default("pull")
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    @property
+    def record_name(self) -> str:
+        return record_name(self.port)
+
+    def ttl_of(self, entry) -> float | None:
+        """Seconds an idle instance of `entry` stays loaded; None: until the gateway stops."""
+        if entry.keep_loaded:
+            return None
+        ttl = entry.idle_ttl if entry.idle_ttl is not None else self.idle_ttl
+        return float(ttl) if ttl else None
+
+
+def record_name(port: int) -> str:
+    """The name of the record of the gateway that listens on `port`."""
+    return RECORD_RUNTIME if port == DEFAULT_PORT else f"{RECORD_RUNTIME}-{port}"
+
+
+def resolve_config(project, flags: dict) -> GatewayConfig:
+    """The settings from the command line's flags, the environment and the project's runtime.gateway."""
+    from lf.config.envref import expand_env_ref
+    from lf.runtimes.settings import resolve
+
+    file_values = dict(project.gateway) if project else {}
+    values, _sources = resolve(GATEWAY_SETTINGS, {k: v for k, v in flags.items() if v is not None}, file_values)
+    values["api_key"] = expand_env_ref(values.get("api_key")) or None
+    config = GatewayConfig(**values)
+    check_key(config.api_key)
+    if not config.loopback and not config.api_key and not config.insecure:
+        raise LfError(
+            f"the gateway would listen on {config.host} (reachable from other machines) with no API key",
+            hint="set one (LF_GATEWAY_API_KEY, or runtime.gateway.api_key: ${env:NAME} in llamafarm.yaml), "
+            "or pass --insecure to allow it without",
+        )
+    return config
+
+
+def check_key(key: str | None) -> None:
+    """A key no client could send (blank, spaces at its ends, control characters) would lock everyone out, and a
+    short one is no lock: both are refused before the gateway listens."""
+    if key is None:
+        return
+    how = "set LF_GATEWAY_API_KEY (or runtime.gateway.api_key) to a random value, e.g. from: openssl rand -hex 24"
+    if key != key.strip() or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise LfError("the gateway's API key holds spaces or control characters: no client could send it", hint=how)
+    if len(key) < MIN_KEY:
+        raise LfError(f"the gateway's API key is {len(key)} characters long: at least {MIN_KEY} are needed", hint=how)
+
+
+def gateway_key(project) -> str | None:
+    """The gateway's API key as this process resolves it (LF_GATEWAY_API_KEY, then llamafarm.yaml), None when it
+    has none: what `lf chat` sends a gateway of the project."""
+    from lf.config.envref import expand_env_ref
+    from lf.runtimes.settings import resolve
+
+    file_values = {"api_key": project.gateway["api_key"]} if project and "api_key" in project.gateway else {}
+    values, _sources = resolve({"api_key": GATEWAY_SETTINGS["api_key"]}, {}, file_values)
+    return expand_env_ref(values.get("api_key")) or None

@@ -10,17 +10,15 @@ column and dotted field path of every problem.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lf.config.envref import expand_env_ref, is_env_ref
 from lf.envvars import AppEnvVars
-from lf.errors import ConfigError, UnknownNameError
+from lf.errors import ConfigError
 
 CONFIG_NAMES = ("llamafarm.yaml", "llamafarm.yml")
 _CACHE_FORMAT = 2  # bumped when ModelEntry gains a field, so a cached copy without it is not read back
-# ${VAR}, ${VAR:-default}, and LlamaFarm's ${env:VAR}
-_ENV_REF = re.compile(r"^\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$")
 
 
 @dataclass
@@ -72,36 +70,6 @@ class Project:
         name = self.name if isinstance(self.name, str) and self.name else self.folder.name or "project"
         # the first slash separates the two: one in the namespace is written %2F (and % as %25)
         return f"{namespace.replace('%', '%25').replace('/', '%2F')}/{name}"
-
-    def model(self, name: str | None = None) -> ModelEntry:
-        wanted = name or self.default_model
-        for entry in self.models:
-            if entry.name == wanted:
-                return entry
-        for entry in self.models:  # `--model` may also name the model itself
-            if entry.model == wanted:
-                return entry
-        from lf.suggest import did_you_mean
-
-        raise UnknownNameError(
-            f"no model named {wanted!r} in {self.path}",
-            hint=did_you_mean(wanted, [m.name for m in self.models])
-            or f"configured: {', '.join(m.name for m in self.models)}",
-        )
-
-
-def expand_env_ref(value: str | None) -> str | None:
-    """`${VAR}`, `${env:VAR}` or `${VAR:-default}` → the variable's value; anything else as it is."""
-    if value is None:
-        return None
-    match = _ENV_REF.match(value.strip())
-    if not match:
-        return value
-    return os.environ.get(match.group(1), match.group(2))
-
-
-def is_env_ref(value: str) -> bool:
-    return _ENV_REF.match(value.strip()) is not None
 
 
 def find_config(explicit: str | os.PathLike | None = None, start: Path | None = None) -> Path | None:

@@ -207,10 +207,11 @@ def _needed_specs(project, config_check: Check) -> list:
     """The instances `lf runtime start` would start here (without resolving models: that is the model check's)."""
     if config_check.status == FAIL:
         return []
-    from lf.core.targets import Overrides, build_spec, entries_for
+    from lf.config.names import Names
+    from lf.core.targets import Overrides, build_spec
     from lf.errors import LfError
 
-    entries = entries_for(None, project)
+    entries = Names(project).to_start(None)
     specs = []
     for entry in entries:
         try:
@@ -344,12 +345,12 @@ def check_ports(needed) -> list[Check]:
 def check_models(project, config_check: Check) -> list[Check]:
     if config_check.status == FAIL:
         return []
-    from lf.core.targets import entries_for
+    from lf.config.names import Names
     from lf.errors import LfError
     from lf.runtimes.registry import get_runtime
 
     checks = []
-    for entry in entries_for(None, project):
+    for entry in Names(project).to_start(None):
         runtime = get_runtime(entry.provider)
         if runtime.model_format != "gguf":
             checks.append(

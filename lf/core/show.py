@@ -7,11 +7,12 @@ SHOWN_APART = ("port", "host", "context_size")  # shown as fields of their own, 
 
 
 def resolved_config(project) -> dict:
-    from lf.core.targets import Overrides, build_spec, entries_for
-    from lf.daemon.health import local_url
+    from lf.config.names import Names
+    from lf.core.targets import Overrides, build_spec
+    from lf.net import local_url
     from lf.runtimes.registry import get_runtime
 
-    entries = project.models if project else entries_for(None, None)
+    entries = project.models if project else Names(None).to_start(None)
     models = []
     for entry in entries:
         runtime = get_runtime(entry.provider)
@@ -53,7 +54,7 @@ def resolved_config(project) -> dict:
 def _redact(value: str | None) -> str | None:
     if value is None:
         return None
-    from lf.config.project import is_env_ref
+    from lf.config.envref import is_env_ref
 
     if is_env_ref(value):
         return value  # a reference names a variable, not the secret

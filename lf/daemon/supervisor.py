@@ -5,8 +5,8 @@ stdin closed and stdout+stderr appended to a log file in the state dir. Its reco
 create time, so a reused pid is never mistaken for it, and nothing is ever signalled unless it is
 provably the process lf started.
 
-What to launch arrives as a LaunchPlan, a frozen value a runtime worked out; the record is written from
-the plan and nothing here changes it.
+What to launch arrives as an Instance (lf.daemon.instance), a frozen value a runtime worked out; the record
+carries it as it is, and nothing here changes it.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 
-from lf.daemon.health import Health, local_url, probe_once
+from lf.daemon.health import Health, probe_once
+from lf.daemon.instance import Instance
 from lf.daemon.process import (
     command_matches,
     family,
@@ -33,50 +33,11 @@ from lf.daemon.process import (
     tree,
 )
 from lf.daemon.records import NO_PROJECT, CorruptRecord, RuntimeRecord, StateStore, project_label
+from lf.daemon.states import State, check_transition
 from lf.errors import ExitStatus, LfError, StartError
 from lf.files import exclusive_lock, read_tail
 
 LOG_TAIL_LINES = 20
-
-
-def _empty() -> Mapping:
-    return MappingProxyType({})
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    """Everything needed to launch one instance, decided before anything runs."""
-
-    name: str  # the instance
-    runtime: str
-    engine: str
-    argv: tuple[str, ...]
-    host: str
-    port: int
-    api_base: str  # the OpenAI-compatible API's path, e.g. /v1
-    model: str  # the name requests must use
-    model_path: str | None = None
-    health_path: str | None = None
-    health_ready: str = "http-ok"  # how to read the health endpoint (lf.daemon.health.interpret)
-    start_timeout: float = 60.0
-    env: Mapping[str, str] = field(default_factory=_empty)  # added to the daemon's environment
-    after_start: Mapping = field(default_factory=_empty)  # data the runtime's after-start step needs (JSON-able)
-    overrides: Mapping = field(default_factory=_empty)  # command-line settings, recorded so `restart` reapplies them
-    settings: Mapping = field(
-        default_factory=_empty
-    )  # the model as named and the resolved settings (JSON-able), recorded
-    owner: str = "cli"
-    install_hint: str | None = None  # shown when the executable cannot be run
-    project_folder: str | None = None  # the folder of the llamafarm.yaml it comes from (shown by status)
-    leftover_files: tuple[str, ...] = ()  # globs of files its processes may leave behind (stop removes theirs)
-
-    @property
-    def base_url(self) -> str:
-        return local_url(self.host, self.port, self.api_base)
-
-    @property
-    def health_url(self) -> str | None:
-        return local_url(self.host, self.port, self.health_path) if self.health_path else None
 
 
 @dataclass(frozen=True)
@@ -86,6 +47,7 @@ class StartResult:
     health: Health | None = None
     note: str | None = None
     changed: tuple[str, ...] = ()  # already running, but with other settings than asked for: `name: old → new`
+    gateway: str | None = None  # started by this lf serve (its record's name), which serves the entry
 
 
 @dataclass(frozen=True)
@@ -144,7 +106,7 @@ def describe_instance(record: RuntimeRecord, store: StateStore) -> str:
     """`'name'`, with its project when it is not the one `store` holds."""
     if record.project == store.project:
         return repr(record.name)
-    return f"{record.name!r} of {project_label(record.project, record.project_folder)}"
+    return f"{record.name!r} of {project_label(record.project, record.instance.project_folder)}"
 
 
 def stop_command(record: RuntimeRecord, store: StateStore) -> str:
@@ -157,7 +119,7 @@ def stop_command(record: RuntimeRecord, store: StateStore) -> str:
 def start(
     name: str,
     store: StateStore,
-    plan_for: Callable[[], LaunchPlan],
+    plan_for: Callable[[], Instance],
     *,
     wait: bool = True,
     timeout: float | None = None,
@@ -178,9 +140,10 @@ def start(
             if existing is not None and existing.process_alive():
                 record = existing
             else:
+                check_transition(State.CRASHED if existing is not None else State.STOPPED, State.STARTING)
                 # one launch at a time across lf processes, from choosing a port until the record that
                 # claims it is saved: two starts never pick the same free port
-                with _ports_lock(store):
+                with ports_lock(store):
                     plan = plan_for()
                     with _signals_deferred():  # a signal now would leave a daemon without a record
                         record, launched = launch(plan, store)
@@ -200,7 +163,7 @@ def start(
 
 
 @contextmanager
-def _ports_lock(store: StateStore) -> Iterator[None]:
+def ports_lock(store: StateStore) -> Iterator[None]:
     from lf.dirs import ensure_private_dir
 
     store.ensure()
@@ -230,8 +193,8 @@ def _signals_deferred() -> Iterator[None]:
 _HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subprocess.Popen]:
-    """Launch the plan as a daemon and write its record. The caller holds the instance's lock.
+def launch(plan: Instance, store: StateStore) -> tuple[RuntimeRecord, subprocess.Popen]:
+    """Launch the instance as a daemon and write its record. The caller holds the instance's lock.
 
     The daemon's stdout and stderr reach its log through its log pump (lf.daemon.logpump), a small process
     in its process group that appends them and rotates the log at LF_LOG_MAX_BYTES. The log is opened here
@@ -246,6 +209,8 @@ def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subproce
         raise LfError(
             str(exc), hint="set it to a number of bytes (0: never rotate), or unset it for the default"
         ) from None
+    if plan.project != store.project:
+        raise ValueError(f"{plan.name} belongs to {project_label(plan.project)}, not to {project_label(store.project)}")
     log_path = store.log_path(plan.name)
     store.ensure()
     try:
@@ -301,31 +266,13 @@ def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subproce
     pump_create_time = process_create_time(pump_pid)
     launched = logpump.Launched(proc, pump_pid, pump_create_time)
     record = RuntimeRecord(
-        name=plan.name,
-        runtime=plan.runtime,
+        instance=plan,
         pid=proc.pid,
         create_time=process_create_time(proc.pid) or time.time(),
-        host=plan.host,
-        port=plan.port,
-        base_url=plan.base_url,
-        model=plan.model,
-        model_path=plan.model_path,
-        command=list(plan.argv),
-        log_path=str(log_path),
         started_at=time.time(),
-        engine=plan.engine,
-        health_url=plan.health_url,
-        health_ready=plan.health_ready,
-        start_timeout=plan.start_timeout,
-        overrides=dict(plan.overrides),
-        after_start=dict(plan.after_start),
-        settings=dict(plan.settings),
-        owner=plan.owner,
-        project=store.project,
-        project_folder=plan.project_folder,
+        log_path=str(log_path),
         log_pump_pid=pump_pid if pump_create_time is not None else None,
         log_pump_create_time=pump_create_time,
-        leftover_files=list(plan.leftover_files),
     )
     try:
         store.save(record)
@@ -409,10 +356,14 @@ def stop(name: str, store: StateStore, timeout: float = 10.0, only_pid: int | No
             return StopResult(name, False, note="not running")
         if only_pid is not None and record.pid != only_pid:
             return StopResult(name, False, note="replaced by another start")
-        if not record.process_alive() or not command_matches(record.pid, record.command):
+        if not record.process_alive() or not command_matches(record.pid, list(record.instance.argv)):
             store.remove(name)
             return StopResult(name, False, note="was not running (its process had exited); record cleaned up")
-        leftovers = held_files(record.pid, record.leftover_files) if record.leftover_files else []
+        leftovers = (
+            held_files(record.pid, list(record.instance.leftover_files)) if record.instance.leftover_files else []
+        )
+        check_transition(State.FROZEN if record.process_frozen() else State.RUNNING, State.STOPPING)
+        store.mark_stopping(name)  # `lf runtime status` says "stopping" until it is gone
         escalated = terminate_group(record.pid, timeout)
         removed = remove_files(leftovers)
         store.remove(name)

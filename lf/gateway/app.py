@@ -1,13 +1,11 @@
-"""The gateway's HTTP side: OpenAI routes that forward to the right model's instance, /v1/models,
-/health, /metrics. Requests go upstream through one httpx.AsyncClient; answers come back byte for
-byte as they arrive (SSE unbuffered), and a client that goes away closes its upstream request."""
+"""The gateway's HTTP side: OpenAI routes that forward to the right model's instance, /v1/models, /health,
+/metrics. Answers come back byte for byte as they arrive (SSE unbuffered), with the model named as the client
+named it and any upstream key masked; a client that goes away closes its upstream request."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import sys
 import time
 from contextlib import asynccontextmanager
 
@@ -18,20 +16,31 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from lf.config.gateway import GatewayConfig
+from lf.config.names import Names
 from lf.config.project import ModelEntry, Project
 from lf.core.events import Endpoint
 from lf.core.targets import target_of
+from lf.daemon.records import StateStore
 from lf.errors import LfError
 from lf.gateway.dashboard import Dashboard, wants_page
+from lf.gateway.effects import CoreEffects, Effects
+from lf.gateway.events import EventBus, RequestFinished, log_event
 from lf.gateway.metrics import Metrics
 from lf.gateway.monitor import Monitor
-from lf.gateway.pool import Pool, PoolHooks, QueueFull, QueueTimeout, Slot, SlotState, StartFailed
-from lf.gateway.settings import GatewayConfig
+from lf.gateway.pool import SERVING, CouldNotStart, Frozen, Pool, QueueFull, QueueTimeout, Slot
 from lf.gateway.upstream import UpstreamClient
+from lf.net import bearer_token, key_matches, split_userinfo
+from lf.secrets import StreamMasker, redact_url, secrets_of
 
 KEEPALIVE_SECONDS = 2.0  # a streaming request waiting for its model gets an SSE comment this often
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 PASSED_HEADERS = ("content-type", "cache-control")
+OPENAI_ROUTES = {
+    "/v1/chat/completions": "/chat/completions",
+    "/v1/completions": "/completions",
+    "/v1/embeddings": "/embeddings",
+}
 
 
 class HTTPProblem(Exception):
@@ -57,30 +66,6 @@ def sse_error(message: str, code: str) -> bytes:
     return b"data: " + json.dumps(error_body(message, "upstream_error", code)).encode() + b"\n\n"
 
 
-class KeyMask:
-    """Replaces a secret in a byte stream, even when it arrives split across chunks."""
-
-    def __init__(self, secret: str | None):
-        self.secret = secret.encode() if secret else None
-        self.tail = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        if not self.secret:
-            return chunk
-        data = (self.tail + chunk).replace(self.secret, b"***")
-        keep = len(self.secret) - 1
-        cut = max(0, len(data) - keep)
-        # hold back what could be the start of the secret, unless it cannot be
-        while cut < len(data) and not self.secret.startswith(data[cut:]):
-            cut += 1
-        self.tail = data[cut:]
-        return data[:cut]
-
-    def flush(self) -> bytes:
-        tail, self.tail = self.tail, b""
-        return tail
-
-
 class Gateway:
     def __init__(
         self,
@@ -88,6 +73,7 @@ class Gateway:
         config: GatewayConfig,
         entries: list[ModelEntry],
         default_model: str | None,
+        effects: Effects | None = None,
         on_stop=None,
     ):
         self.project = project
@@ -95,15 +81,24 @@ class Gateway:
         self.config = config
         self.entries = entries
         self.default_model = default_model
+        self.store = StateStore.of(project)
+        self.names = Names(project, entries)
+        self.events = EventBus()
         self.metrics = Metrics()
-        self.pool = Pool(project, config, entries, _Hooks(self))
-        self.routes = _routes(entries)
-        self.external = {e.name: target_of(e) for e in entries if not e.managed}
+        external = {}
+        for entry in entries:
+            if not entry.managed:
+                target = target_of(entry)
+                external[entry.name] = Endpoint(entry.name, target.base_url or "", entry.model, target.api_key)
+        self.pool = Pool(config, entries, effects or CoreEffects(project, config, self.events), self.events, external)
         self.client: httpx.AsyncClient | None = None
         self.upstream = UpstreamClient()
         self.monitor: Monitor | None = None
         self.started_at = time.time()
         self.dashboard = Dashboard(self)
+        self.events.subscribe(log_event)
+        self.events.subscribe(self.metrics.on_event)
+        self.events.subscribe(self.dashboard.on_event)
 
     # -- the application ---------------------------------------------------------------------------
     def app(self) -> Starlette:
@@ -117,10 +112,10 @@ class Gateway:
             )
             self.monitor = Monitor(
                 self.pool,
-                self.entries,
+                self.store,
                 self.config.probe_interval,
-                self.metrics,
                 self.client,
+                on_probe=lambda slot, health: self.metrics.probed(slot.name, health),
                 on_probed=self.dashboard.changed,
             )
             await self.pool.adopt()
@@ -142,9 +137,7 @@ class Gateway:
             Route("/metrics", self.prometheus, methods=["GET"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
-            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
-            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            *(Route(path, self.forward, methods=["POST"]) for path in OPENAI_ROUTES),
             Route("/", self.index, methods=["GET"]),
             Route("/ui/events", self.dashboard.events, methods=["GET"]),
             Route("/ui/action", self.dashboard.action, methods=["POST"]),
@@ -164,62 +157,51 @@ class Gateway:
         return JSONResponse(
             {
                 "name": "lf serve",
-                "models": list(self.routes_by_name()),
-                "endpoints": [
-                    "/v1/chat/completions",
-                    "/v1/completions",
-                    "/v1/embeddings",
-                    "/v1/models",
-                    "/health",
-                    "/metrics",
-                ],
+                "models": [e.name for e in self.entries],
+                "endpoints": [*OPENAI_ROUTES, "/v1/models", "/health", "/metrics"],
             }
         )
 
     async def health(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := self.denied(request)) is not None:
             return denied
+        assert self.monitor is not None
         document, status = self.monitor.document()
         return JSONResponse(document, status_code=status)
 
     async def prometheus(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := self.denied(request)) is not None:
             return denied
-        self.metrics.queue.set(self.pool.waiting)
-        self.metrics.loaded.set(self.pool.loaded_count())
-        body, content_type = self.metrics.render()
+        body, content_type = self.metrics.render(self.pool)
         return Response(body, media_type=content_type)
 
     async def list_models(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := self.denied(request)) is not None:
             return denied
         return JSONResponse({"object": "list", "data": [self._model_object(e) for e in self.entries]})
 
     async def get_model(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := self.denied(request)) is not None:
             return denied
-        entry = self.routes.get(request.path_params["model"])
+        entry = self.names.lookup(request.path_params["model"])
         if entry is None:
             return self._unknown_model(request.path_params["model"]).response()
         return JSONResponse(self._model_object(entry))
 
     def _model_object(self, entry: ModelEntry) -> dict:
-        slot = self.pool.slots.get(entry.name)
+        slot = self.pool.slots[entry.name]
         return {
             "id": entry.name,
             "object": "model",
             "created": int(self.started_at),
             "owned_by": entry.provider,
             "lf": {
-                "state": slot.state.value if slot else "external",
+                "state": slot.state.value,
                 "model": entry.model,
                 "aliases": entry.aliases,
                 "default": entry.name == self.default_model,
             },
         }
-
-    def routes_by_name(self) -> list[str]:
-        return [e.name for e in self.entries]
 
     async def not_found(self, request: Request, exc) -> Response:
         return JSONResponse(
@@ -236,13 +218,15 @@ class Gateway:
         )
 
     # -- auth ----------------------------------------------------------------------------------------------
-    def _denied(self, request: Request) -> Response | None:
+    def key_given(self, request: Request, given: str | None = None) -> bool:
+        """Does the request carry the gateway's key (as a Bearer token, or `given` another way)?"""
         key = self.config.api_key
         if not key:
-            return None
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode()):
+            return False
+        return key_matches(given if given is not None else bearer_token(request.headers.get("authorization")), key)
+
+    def denied(self, request: Request) -> Response | None:
+        if not self.config.api_key or self.key_given(request):
             return None
         return JSONResponse(
             error_body(
@@ -255,40 +239,38 @@ class Gateway:
         )
 
     # -- the OpenAI routes -----------------------------------------------------------------------------------
-    async def chat_completions(self, request: Request) -> Response:
-        return await self.forward(request, "/chat/completions")
-
-    async def completions(self, request: Request) -> Response:
-        return await self.forward(request, "/completions")
-
-    async def embeddings(self, request: Request) -> Response:
-        return await self.forward(request, "/embeddings")
-
-    async def forward(self, request: Request, path: str) -> Response:
+    async def forward(self, request: Request) -> Response:
         arrived = time.monotonic()
-        if (denied := self._denied(request)) is not None:
+        path = OPENAI_ROUTES[request.url.path]
+        if (denied := self.denied(request)) is not None:
             return denied
         try:
             payload = await self._payload(request)
             name = payload.get("model") or self.default_model
-            entry = self.routes.get(name) if isinstance(name, str) else None
+            entry = self.names.lookup(name) if isinstance(name, str) else None
             if entry is None:
                 raise self._unknown_model(name)
         except HTTPProblem as problem:
-            self._log(request, "-", problem.status, arrived)
+            self.finished(request, path, "-", problem.status, arrived)
             return problem.response()
         stream = payload.get("stream") is True
-        slot = self.pool.slots.get(entry.name)
-        exchange = _Exchange(self, request, entry, slot, payload, path, stream, arrived)
-        if slot is not None and slot.state != SlotState.RUNNING and stream:
+        slot = self.pool.slots[entry.name]
+        asked = name if isinstance(name, str) else entry.name
+        exchange = _Exchange(self, request, slot, asked, payload, path, stream, arrived)
+        if slot.managed and slot.state not in SERVING and stream:
             return await exchange.cold_stream()
         return await exchange.answer()
 
     async def send(self, url: str, headers: dict, body: bytes):
         """POST upstream, the answer streamed: plain HTTP (lf's own runtimes) through the lean client,
-        anything else (https, proxies) through httpx."""
+        anything else (https, proxies) through httpx. Credentials in the URL become Basic authorization, as
+        httpx sends them for lf chat."""
+        url, basic = split_userinfo(url)
+        if basic is not None:
+            headers = {**headers, "authorization": basic}
         if url.startswith("http://"):
             return await self.upstream.send("POST", url, headers, body)
+        assert self.client is not None
         return await self.client.send(
             self.client.build_request("POST", url, content=body, headers=headers), stream=True
         )
@@ -312,21 +294,16 @@ class Gateway:
         return payload
 
     def _unknown_model(self, name) -> HTTPProblem:
-        return HTTPProblem(
-            404,
-            f"The model {name!r} does not exist here. Models: {', '.join(self.routes_by_name()) or 'none'}",
-            "model_not_found",
-        )
+        known = ", ".join(e.name for e in self.entries) or "none"
+        return HTTPProblem(404, f"The model {name!r} does not exist here. Models: {known}", "model_not_found")
 
-    def _log(self, request: Request, model: str, status: int, arrived: float, answer: dict | None = None) -> None:
-        # what was asked of which model and how it went; never a message's content, never a key
-        seconds = time.monotonic() - arrived
-        print(
-            f"lf-serve: {request.method} {request.url.path} model={model} {status} {seconds:.3f}s",
-            file=sys.stderr,
-            flush=True,
+    def finished(self, request: Request, path: str, model: str, status: int, arrived: float, **answer) -> None:
+        """One request done: what was asked of which model and how it went; never a message's content, never a key."""
+        self.events.emit(
+            RequestFinished(
+                request.method, request.url.path, path.strip("/"), model, status, time.monotonic() - arrived, **answer
+            )
         )
-        self.dashboard.request_done(model, request.url.path, status, seconds, answer)
 
 
 class _Exchange:
@@ -336,26 +313,24 @@ class _Exchange:
         self,
         gateway: Gateway,
         request: Request,
-        entry: ModelEntry,
-        slot: Slot | None,
+        slot: Slot,
+        asked: str,
         payload: dict,
         path: str,
         stream: bool,
         arrived: float,
     ):
-        self.gateway, self.request, self.entry, self.slot = gateway, request, entry, slot
+        self.gateway, self.request, self.slot, self.asked = gateway, request, slot, asked
+        self.entry = slot.entry
         self.payload, self.path, self.stream, self.arrived = payload, path, stream, arrived
         self.acquired = False
         self.first_token: float | None = None
         self.tokens = 0
         self.status = 0
-        self.mask = KeyMask(None)
+        self.rewrite: StreamMasker[bytes] = StreamMasker([])
 
     # -- getting an endpoint -------------------------------------------------------------------------------
     async def _endpoint(self) -> Endpoint:
-        if self.slot is None:
-            target = self.gateway.external[self.entry.name]
-            return Endpoint(self.entry.name, target.base_url, self.entry.model, target.api_key, managed=False)
         endpoint = await self.gateway.pool.acquire(self.slot)
         self.acquired = True
         return endpoint
@@ -369,7 +344,7 @@ class _Exchange:
         """Send the request upstream; once more if a managed instance turns out to have died (it is started again)."""
         for attempt in (1, 2):
             endpoint = await self._endpoint()
-            self.mask = KeyMask(endpoint.api_key)
+            self.rewrite = _rewriter(endpoint, self.asked)
             # the file's request defaults (temperature, …) under what the request itself says
             body = json.dumps({**self.entry.request_defaults, **self.payload, "model": endpoint.model}).encode()
             headers = {"content-type": "application/json", "accept": self.request.headers.get("accept", "*/*")}
@@ -385,7 +360,7 @@ class _Exchange:
                     continue
                 raise HTTPProblem(
                     502,
-                    f"cannot reach {self.entry.name} at {endpoint.base_url}: {exc}",
+                    f"cannot reach {self.entry.name} at {redact_url(endpoint.base_url)}: {exc}",
                     "upstream_unreachable",
                     "api_error",
                 ) from None
@@ -396,15 +371,17 @@ class _Exchange:
                 ) from None
         raise AssertionError("unreachable")
 
-    def _problem(self, exc: Exception) -> HTTPProblem:
+    def _problem(self, exc: BaseException) -> HTTPProblem:
         if isinstance(exc, HTTPProblem):
             return exc
         if isinstance(exc, (QueueFull, QueueTimeout)):
             return HTTPProblem(503, exc.message, "overloaded", "server_error", headers={"retry-after": "5"})
-        if isinstance(exc, StartFailed):
+        if isinstance(exc, CouldNotStart):
             return HTTPProblem(
                 503, exc.message + (f"\n{exc.hint}" if exc.hint else ""), "model_start_failed", "server_error"
             )
+        if isinstance(exc, Frozen):
+            return HTTPProblem(503, exc.message + (f"; {exc.hint}" if exc.hint else ""), "model_frozen", "server_error")
         if isinstance(exc, LfError):
             return HTTPProblem(503, exc.message, "unavailable", "server_error")
         raise exc
@@ -431,8 +408,9 @@ class _Exchange:
         the model starts (clients do not time out), then the model's own stream."""
         acquire = asyncio.get_running_loop().create_task(self._open())
         await asyncio.wait([acquire], timeout=0.05)  # a fast failure (queue full, crashed start) gets a proper status
-        if acquire.done() and acquire.exception() is not None:
-            problem = self._problem(acquire.exception())
+        failure = acquire.exception() if acquire.done() else None
+        if failure is not None:
+            problem = self._problem(failure)
             self._finish(problem.status)
             return problem.response()
         return StreamingResponse(
@@ -456,7 +434,7 @@ class _Exchange:
                 return
             self.status = upstream.status_code
             if upstream.status_code >= 400:  # the 200 is sent already: the refusal becomes an error event
-                text = (self.mask.feed(await upstream.aread()) + self.mask.flush()).decode("utf-8", "replace")
+                text = self._rewritten(await upstream.aread()).decode("utf-8", "replace")
                 yield sse_error(
                     f"{self.entry.name} answered HTTP {upstream.status_code}: {text[:2000]}", "upstream_error"
                 )
@@ -473,19 +451,21 @@ class _Exchange:
                     await opening.result().aclose()
             self._finish(self.status or 499)
 
-    async def _relay(self, upstream: httpx.Response, finish: bool = True):
+    def _rewritten(self, body: bytes) -> bytes:
+        return self.rewrite.feed(body) + (self.rewrite.flush() or b"")
+
+    async def _relay(self, upstream, finish: bool = True):
         try:
             if upstream.status_code >= 400:
                 # an error answer is read whole, so a key it quotes is masked, and ends as a clean JSON body
-                body = await upstream.aread()
-                yield self.mask.feed(body) + self.mask.flush()
+                yield self._rewritten(await upstream.aread())
                 return
             async for chunk in upstream.aiter_raw():
                 self._observe(chunk)
-                out = self.mask.feed(chunk)
+                out = self.rewrite.feed(chunk)
                 if out:
                     yield out
-            rest = self.mask.flush()
+            rest = self.rewrite.flush()
             if rest:
                 yield rest
         except httpx.HTTPError as exc:
@@ -523,73 +503,45 @@ class _Exchange:
 
     def _finish(self, status: int) -> None:
         self._release()
-        gateway, name = self.gateway, self.entry.name
         ended = time.monotonic()
-        gateway.metrics.requests.labels(name, self.path.strip("/"), str(status)).inc()
-        gateway.metrics.duration.labels(name).observe(ended - self.arrived)
-        if self.tokens:
-            gateway.metrics.tokens.labels(name).inc(self.tokens)
         ttft = self.first_token - self.arrived if self.first_token is not None else None
-        if ttft is not None:
-            gateway.metrics.ttft.labels(name).observe(ttft)
-        component = gateway.monitor.components.get(name) if gateway.monitor else None
-        answer = None
-        if component is not None and status < 400 and self.tokens:
+        rate = None
+        if status < 400 and self.tokens:
             # tokens/s of the generation itself: from the first token when streamed, else over the whole answer
             span = ended - (self.first_token if self.first_token is not None else self.arrived)
             generated = self.tokens - 1 if self.first_token is not None else self.tokens
-            component.last_request = {
+            rate = round(generated / span, 1) if span > 0 and generated > 0 else None
+            self.slot.last_request = {
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "status": status,
                 "stream": self.stream,
                 "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
                 "duration_ms": round((ended - self.arrived) * 1000, 1),
                 "tokens": self.tokens,
-                "tokens_per_s": round(generated / span, 1) if span > 0 and generated > 0 else None,
+                "tokens_per_s": rate,
             }
-            answer = component.last_request
-        gateway._log(self.request, name, status, self.arrived, answer)
-
-
-class _Hooks(PoolHooks):
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
-
-    def changed(self, slot: Slot) -> None:
-        self.gateway.dashboard.changed()
-        metrics = self.gateway.metrics
-        metrics.in_flight.labels(slot.name).set(slot.in_flight)
-        metrics.loaded.set(self.gateway.pool.loaded_count())
-        metrics.queue.set(self.gateway.pool.waiting)
-
-    def started(self, slot: Slot, seconds: float) -> None:
-        self.gateway.metrics.starts.labels(slot.name).inc()
-        self.gateway.metrics.start_seconds.labels(slot.name).observe(seconds)
-        print(f"lf-serve: started {slot.name} in {seconds:.1f}s", file=sys.stderr, flush=True)
-
-    def start_failed(self, slot: Slot) -> None:
-        self.gateway.metrics.start_failures.labels(slot.name).inc()
-        print(
-            f"lf-serve: could not start {slot.name}: {(slot.last_error or '').splitlines()[0] if slot.last_error else ''}",
-            file=sys.stderr,
-            flush=True,
+        self.gateway.finished(
+            self.request,
+            self.path,
+            self.entry.name,
+            status,
+            self.arrived,
+            stream=self.stream,
+            ttft=ttft,
+            tokens=self.tokens,
+            tokens_per_s=rate,
         )
 
-    def stopped(self, slot: Slot, reason: str) -> None:
-        self.gateway.metrics.stops.labels(slot.name, reason).inc()
-        if reason == "evicted":
-            self.gateway.metrics.evictions.labels(slot.name).inc()
-        print(f"lf-serve: stopped {slot.name} ({reason})", file=sys.stderr, flush=True)
 
-
-def _routes(entries: list[ModelEntry]) -> dict[str, ModelEntry]:
-    """Every name a request may use for a model: entry names first, then aliases, then model names."""
-    routes: dict[str, ModelEntry] = {}
-    for entry in entries:
-        routes.setdefault(entry.name, entry)
-    for entry in entries:
-        for alias in entry.aliases:
-            routes.setdefault(alias, entry)
-    for entry in entries:
-        routes.setdefault(entry.model, entry)
-    return routes
+def _rewriter(endpoint: Endpoint, asked: str) -> StreamMasker[bytes]:
+    """What an answer goes through on its way back: the endpoint's secrets masked (its key, credentials in its
+    URL, as lf chat masks them), and the model it names renamed to the name the client asked for (OpenAI's
+    clients expect their own name back)."""
+    secrets = [s.encode() for s in secrets_of(endpoint.api_key, endpoint.base_url)]
+    renames: dict[bytes, bytes] = {}
+    if asked != endpoint.model:
+        for sep in (b":", b": "):
+            renames[b'"model"' + sep + json.dumps(endpoint.model).encode()] = (
+                b'"model"' + sep + json.dumps(asked).encode()
+            )
+    return StreamMasker(secrets, renames)

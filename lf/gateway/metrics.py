@@ -5,6 +5,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from lf.daemon.health import Health
+from lf.gateway.events import Event, QueueChanged, RequestFinished, Started, StartFailed, Stopped
+from lf.gateway.pool import Pool
+
 disable_created_metrics()  # the *_created series only repeat the start time of each label set
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -78,5 +82,39 @@ class Metrics:
             "lf_gateway_probe_failures", "Health probes that failed or timed out", ["model"], registry=r
         )
 
-    def render(self) -> tuple[bytes, str]:
+    # -- what the gateway's events move ----------------------------------------------------------------
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, RequestFinished):
+            if not event.endpoint:
+                return  # not an OpenAI route
+            self.requests.labels(event.model, event.endpoint, str(event.status)).inc()
+            self.duration.labels(event.model).observe(event.seconds)
+            if event.tokens:
+                self.tokens.labels(event.model).inc(event.tokens)
+            if event.ttft is not None:
+                self.ttft.labels(event.model).observe(event.ttft)
+        elif isinstance(event, Started):
+            self.starts.labels(event.model).inc()
+            self.start_seconds.labels(event.model).observe(event.seconds)
+        elif isinstance(event, StartFailed):
+            self.start_failures.labels(event.model).inc()
+        elif isinstance(event, Stopped):
+            self.stops.labels(event.model, event.reason).inc()
+            if event.evicted:
+                self.evictions.labels(event.model).inc()
+        elif isinstance(event, QueueChanged):
+            self.queue.set(event.waiting)
+
+    def probed(self, model: str, health: Health) -> None:
+        if health.latency_ms is not None and health.reachable:
+            self.probe_latency.labels(model).observe(health.latency_ms / 1000)
+        if not health.healthy:
+            self.probe_failures.labels(model).inc()
+
+    def render(self, pool: Pool) -> tuple[bytes, str]:
+        """The exposition, with the gauges read from the pool as it is now."""
+        self.loaded.set(pool.loaded_count())
+        self.queue.set(pool.waiting)
+        for slot in pool.slots.values():
+            self.in_flight.labels(slot.name).set(slot.in_flight)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -158,7 +158,7 @@ def users_of(path: str) -> list:
     return [
         r
         for r in StateStore().all_records()
-        if r.model_path and os.path.realpath(r.model_path) == real and r.process_alive()
+        if r.instance.model_path and os.path.realpath(r.instance.model_path) == real and r.process_alive()
     ]
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
-from types import MappingProxyType, ModuleType
+from types import MappingProxyType
 
 from lf.errors import LfError, NotInstalledError, UnknownNameError
 from lf.runtimes.folders import DEFAULT_RUNTIME, runtime_folders, runtime_names  # noqa: F401  (the registry's API)
@@ -199,27 +199,13 @@ class Runtime:
             return f"http://127.0.0.1:{port}{self.api_base}"
         return f"http://127.0.0.1:{self.default_port}{self.api_base}"
 
-    def hooks(self) -> ModuleType | None:
-        path = self.folder / "hooks.py"
-        if not path.is_file():
-            return None
-        return _load_hooks(self.name, str(path))
+    @property
+    def hooks_path(self) -> Path:
+        return self.folder / "hooks.py"
 
 
 def _env_text(setting: Setting | None) -> str:
     return os.environ.get(setting.env, "") if setting is not None and setting.env else ""
-
-
-@cache
-def _load_hooks(name: str, path: str) -> ModuleType:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"lf_runtime_hooks_{name.replace('-', '_')}", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses (and pickling) look a module up by name while it loads
-    spec.loader.exec_module(module)
-    return module
 
 
 def _parse(folder: Path) -> Runtime:
