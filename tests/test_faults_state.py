@@ -375,7 +375,7 @@ def test_log_rotates_while_the_daemon_runs_and_loses_no_line(state, free_port):
     record = read_record(state, "fake-chatty")
     pump = psutil.Process(record["log_pump_pid"])
     assert os.getpgid(pump.pid) == record["pid"] and pump.ppid() == record["pid"]  # in the daemon's group
-    for burst in range(20):
+    for _burst in range(20):
         _get(f"http://127.0.0.1:{free_port}/burst/150")  # 150 lines of ~100 bytes at once, 3000 in all
     log = state / "logs" / "fake-chatty.log"
     assert wait_until(lambda: "burst line 150 of 150" in _text(log) and len(_log_files(log)) > 10)
