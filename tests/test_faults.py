@@ -251,8 +251,11 @@ def test_runtime_exiting_during_start_fails_fast_with_its_log(state, free_port):
 
 @pytest.mark.e2e
 def test_bad_model_file_fails_fast_with_the_engine_log(state, tmp_path, free_port):
-    bad = tmp_path / "broken.gguf"
-    bad.write_bytes(b"GGUF" + os.urandom(4096))
+    from fakes.hfhub import write_gguf
+
+    # a header lf reads (a file it cannot read is refused before anything runs: test_faults_gguf.py), with
+    # nothing of a model in it: the engine refuses it
+    bad = write_gguf(tmp_path / "broken.gguf", "broken", padding=4096)
     started = time.monotonic()
     result = run_lf("runtime", "start", "llamacpp", "--model", str(bad), "--port", str(free_port), "--timeout", "60")
     elapsed = time.monotonic() - started

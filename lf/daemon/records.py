@@ -345,7 +345,7 @@ MAX_RECORD_BYTES = 1024 * 1024
 def _read_own_file(path: Path) -> bytes:
     """The bytes of a record: not through a symlink, only a regular file of ours, bounded in size."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as fh:
+    try:  # checked before fdopen, which refuses a directory without closing the descriptor it was given
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "it is not a regular file")
@@ -353,6 +353,10 @@ def _read_own_file(path: Path) -> bytes:
             raise OSError(errno.EPERM, f"it belongs to another user (uid {info.st_uid})")
         if info.st_size > MAX_RECORD_BYTES:
             raise OSError(errno.EFBIG, f"it is too big for a record ({info.st_size} bytes)")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
         return fh.read(MAX_RECORD_BYTES + 1)
 
 

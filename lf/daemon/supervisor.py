@@ -198,7 +198,9 @@ def launch(plan: Instance, store: StateStore) -> tuple[RuntimeRecord, subprocess
 
     The daemon's stdout and stderr reach its log through its log pump (lf.daemon.logpump), a small process
     in its process group that appends them and rotates the log at LF_LOG_MAX_BYTES. The log is opened here
-    first, never through a symlink, so a start in a state dir that cannot be written fails before anything runs."""
+    first, never through a symlink, so a start in a state dir that cannot be written fails before anything runs.
+    The record is saved before the engine may run (the launcher waits for lf's `go`): should lf be killed at
+    any instant of this, either no engine runs or a record names it. Whatever fails, the launcher is reaped."""
     from lf.daemon import logpump
     from lf.daemon.records import RecordNotRemoved
     from lf.files import open_append, write_error
@@ -220,66 +222,75 @@ def launch(plan: Instance, store: StateStore) -> tuple[RuntimeRecord, subprocess
             f"cannot start {plan.name}: its old record {exc.path} cannot be removed ({exc.reason})", hint=exc.fix
         ) from None
     fd = open_append(log_path)
-    header = f"\n--- lf: starting {plan.name} ({plan.runtime}, {plan.engine}) on {plan.host}:{plan.port} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-    status_read, status_write = os.pipe()
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    header = f"\n--- lf: starting {plan.name} ({plan.runtime}, {plan.engine}) on {plan.host}:{plan.port} at {when}\n"
     try:
         try:
             os.write(fd, header.encode())
         except OSError as exc:
             raise write_error(log_path, exc) from exc
-        proc = subprocess.Popen(
-            logpump.argv(
-                os.path.abspath(log_path), max_bytes, backups, status_write, list(plan.argv)
-            ),  # execs plan.argv in place
+        launcher = logpump.Launcher.spawn(
+            os.path.abspath(log_path),
+            max_bytes,
+            backups,
+            list(plan.argv),  # execed in place of the launcher, once told to go
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # own session and process group: survives the terminal, stoppable as a group
             close_fds=True,
-            pass_fds=(status_write,),
             env={**os.environ, **plan.env},
             cwd=str(store.root),
         )
-    except BaseException as exc:
-        os.close(status_read)
-        if isinstance(exc, OSError):
-            raise StartError(
-                f"could not run {exc.filename or plan.argv[0]}: {exc.strerror or exc}", hint=plan.install_hint
-            ) from exc
-        raise
+    except OSError as exc:
+        raise StartError(
+            f"could not run {exc.filename or plan.argv[0]}: {exc.strerror or exc}", hint=plan.install_hint
+        ) from exc
     finally:
         os.close(fd)
-        os.close(status_write)
+    saved = False
     try:
-        pump_pid, failure, finished = logpump.read_report(status_read, timeout=30.0)
-    finally:
-        os.close(status_read)
-    if failure is not None:
-        proc.wait(10)  # the launcher exits at once, and its pump with it
-        raise StartError(f"could not run {plan.argv[0]}: {failure}", hint=plan.install_hint)
-    if pump_pid is None or not finished:
-        terminate_group(proc.pid, 2.0)
-        raise StartError(
-            f"could not start {plan.name}: its launcher {'exited' if finished else 'did not run it within 30s'}",
-            hint=f"last lines of {log_path}:\n{read_tail(log_path, LOG_TAIL_LINES)}",
-        )
+        pump_pid = launcher.wait_ready(timeout=30.0)
+        if pump_pid is None:
+            what = "exited" if launcher.exited() else "did not answer within 30s"
+            raise StartError(
+                f"could not start {plan.name}: its launcher {what}",
+                hint=f"last lines of {log_path}:\n{read_tail(log_path, LOG_TAIL_LINES)}",
+            )
+        record = _record_of(plan, launcher.pid, pump_pid, log_path)
+        store.save(record)
+        saved = True
+        finished = launcher.go(timeout=30.0)
+        if launcher.failure is not None:
+            raise StartError(f"could not run {plan.argv[0]}: {launcher.failure}", hint=plan.install_hint)
+        if not finished:
+            raise StartError(
+                f"could not start {plan.name}: its launcher did not run it within 30s",
+                hint=f"last lines of {log_path}:\n{read_tail(log_path, LOG_TAIL_LINES)}",
+            )
+    except BaseException:
+        launcher.abandon()  # first nothing runs, then no record: never an engine without one
+        if saved:
+            try:
+                store.remove(plan.name)
+            except RecordNotRemoved:
+                pass  # it names a process that is gone: the next start or stop clears it
+        raise
+    launcher.close()
+    return record, logpump.Launched(launcher.proc, record.log_pump_pid, record.log_pump_create_time)
+
+
+def _record_of(plan: Instance, pid: int, pump_pid: int, log_path) -> RuntimeRecord:
+    """The record of `plan` launched as `pid` (the launcher: the engine keeps its pid and create time)."""
     pump_create_time = process_create_time(pump_pid)
-    launched = logpump.Launched(proc, pump_pid, pump_create_time)
-    record = RuntimeRecord(
+    return RuntimeRecord(
         instance=plan,
-        pid=proc.pid,
-        create_time=process_create_time(proc.pid) or time.time(),
+        pid=pid,
+        create_time=process_create_time(pid) or time.time(),
         started_at=time.time(),
         log_path=str(log_path),
         log_pump_pid=pump_pid if pump_create_time is not None else None,
         log_pump_create_time=pump_create_time,
     )
-    try:
-        store.save(record)
-    except BaseException:
-        terminate_group(proc.pid, 2.0)
-        raise
-    return record, launched
 
 
 def wait_until_healthy(

@@ -93,7 +93,7 @@ def swa_layers(meta) -> int:
     pattern = meta.sliding_window_pattern or SWA_PATTERN.get(meta.architecture)
     if not pattern:
         return 0  # unknown: count every layer as global (the larger cache)
-    return sum(1 for i in range(meta.layers) if (i + 1) % pattern != 0)
+    return meta.layers - meta.layers // pattern  # all but every pattern-th
 
 
 def cpu_repacks() -> bool:
@@ -165,18 +165,35 @@ def estimate(
 def estimate_settings(model_path: str, settings: Mapping[str, object]) -> Estimate:
     """The estimate for a GGUF file and an instance's resolved settings (lf.runtimes.launch.InstanceSpec's
     `settings`): what `lf runtime start`, `lf models info` and a memory budget (the gateway's) share."""
-    from lf.models.gguf_meta import read
+    from lf.models.gguf_meta import GgufError, read
 
     def get(name: str, default):
         value = settings.get(name)
         return default if value is None else value
 
+    try:
+        meta = read(model_path)
+    except (GgufError, OSError) as exc:
+        raise unusable_model(model_path, exc) from None
     return estimate(
-        read(model_path),
+        meta,
         int(get("context_size", 4096)),
         int(get("parallel", 1)),
         str(get("cache_type_k", "f16")),
         str(get("cache_type_v", "f16")),
         batch_size=settings.get("batch_size"),  # type: ignore[arg-type]
         flash_attn=settings.get("flash_attn"),  # type: ignore[arg-type]
+    )
+
+
+def unusable_model(path: str, exc: Exception):
+    """The error (exit 8, as for a model that is not installed) for a model file whose header cannot be read:
+    no engine would load it either."""
+    from lf.errors import ExitStatus, LfError
+
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return LfError(
+        f"the model file {path} cannot be used: {reason}",
+        hint="fetch or pull it again (lf models pull resumes an interrupted download), or choose another model",
+        exit_status=ExitStatus.NOT_INSTALLED,
     )
