@@ -53,6 +53,7 @@ MANY_FDS = textwrap.dedent(
     from lf.core import actions
     from lf.core.targets import Overrides
     from lf.daemon import supervisor
+    from lf.daemon.instance import Instance
     from lf.daemon.records import StateStore
     from lf.errors import LfError, StartError
 
@@ -62,7 +63,7 @@ MANY_FDS = textwrap.dedent(
     out["pid"] = started.record.pid
     out["healthy"] = started.health is not None and started.health.healthy
 
-    plan = supervisor.LaunchPlan(
+    plan = Instance(
         name="missing", runtime="llamacpp", engine="none", argv=("/nonexistent/engine", "--port", str(other_port)),
         host="127.0.0.1", port=other_port, api_base="/v1", model="none",
     )
@@ -74,7 +75,7 @@ MANY_FDS = textwrap.dedent(
 
     # the disk is full when the record is written: the launcher, waiting for its go, is left to exit
     engine = (sys.executable, "-c", "import time; time.sleep(60)", "--port", str(other_port))
-    plan = supervisor.LaunchPlan(
+    plan = Instance(
         name="full", runtime="llamacpp", engine="none", argv=engine, host="127.0.0.1", port=other_port,
         api_base="/v1", model="none",
     )
