@@ -103,6 +103,9 @@ class FakeEffects:
 
     async def stop(self, entry: ModelEntry, endpoint: Endpoint | None) -> None:
         self.stopped.append(entry.name)
+        if endpoint is None and entry.name in self.gates:  # whatever runs under that name: a start ends with it
+            self.failing.add(entry.name)
+            self.gates[entry.name].set()
         if entry.name in self.stop_gates:
             await self.stop_gates[entry.name].wait()
         self.loaded.discard(entry.name)
@@ -354,5 +357,19 @@ def test_shutdown_stops_what_a_gateway_started_and_leaves_the_rest():
         assert effects.stopped == ["mine"] and pool.slots["theirs"].state == State.RUNNING
         with pytest.raises(LfError, match="shutting down"):
             await pool.acquire(pool.slots["mine"])
+
+    run(body)
+
+
+def test_shutdown_cuts_a_start_in_progress_short_instead_of_waiting_for_it():
+    async def body():
+        pool, effects, _ = make(entry("slow"))
+        effects.gate("slow")  # a model that would take minutes to load
+        request = asyncio.create_task(pool.acquire(pool.slots["slow"]))
+        await settle()
+        await pool.close()
+        assert effects.stopped == ["slow"] and "slow" not in effects.loaded
+        with pytest.raises(CouldNotStart):
+            await request
 
     run(body)

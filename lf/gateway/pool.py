@@ -364,13 +364,16 @@ class Pool:
 
     # -- shutdown ------------------------------------------------------------------------------------
     async def close(self) -> None:
-        """Stop every instance a gateway started (after any start in progress); leave the others alone."""
+        """Stop every instance a gateway started, and those it is starting (the start is cut short, not
+        awaited); leave the others alone."""
         self._closing = True
         for slot in self.slots.values():
             self._cancel_expiry(slot)
-        pending = [s.start_task for s in self.slots.values() if s.start_task is not None and not s.start_task.done()]
-        if pending:
-            await asyncio.wait(pending)
+        starting = [s for s in self.slots.values() if s.start_task is not None and not s.start_task.done()]
+        while any(s.start_task is not None and not s.start_task.done() for s in starting):
+            # what a start has launched so far goes now (its wait then ends); one it launches later, next round
+            await asyncio.gather(*(self.effects.stop(s.entry, None) for s in starting))
+            await asyncio.wait([s.start_task for s in starting if s.start_task is not None], timeout=0.2)
         for slot in self.slots.values():
             if slot.state in (*SERVING, State.FROZEN) and slot.owned:
                 self._begin_stop(slot, "shutdown")
