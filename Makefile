@@ -9,7 +9,7 @@ LF := $(VENV)/bin/lf
 # Where isolated runtime envs and built models for the tests are cached between runs on this machine.
 export LF_TEST_CACHE ?= $(HOME)/.cache/lf-test
 
-.PHONY: setup demo test test-fast bench completions docs schema readme screenshot clean
+.PHONY: setup demo test bench completions docs schema readme screenshot clean
 
 setup: $(VENV)/.setup-done
 

@@ -398,33 +398,15 @@ def logs(
     """Print the last lines of an instance's log (stdout and stderr of the daemon; rotated ones too when needed)."""
     import sys
 
-    from lf.errors import LfError, UnknownNameError
+    from lf.core.logs import find_log
+    from lf.errors import LfError
     from lf.files import follow as follow_log
     from lf.files import write_tail
 
-    _, store = _scope(config, project, lenient=True)
-    path = store.log_path(name)
-    if path.is_symlink():
-        raise LfError(
-            f"{path} is a symbolic link: lf does not read through links in its own dirs", hint=f"remove it (rm {path})"
-        )
-    if not path.exists():
-        others = [each.project for each in store.every_project()[1:] if each.log_path(name).exists()]
-        hint = "lf runtime status lists the known instances"
-        if others:
-            from lf.daemon.records import NO_PROJECT
-
-            hint = (
-                "; ".join(f"lf runtime logs {name} --project {key or NO_PROJECT}" for key in others)
-                + " (another project's)"
-            )
-        raise UnknownNameError(f"no log for {name!r} in {path.parent}", hint=hint)
-    record = store.load_or_none(name)
-    if record is not None and record.log_pump_lost():
-        err(
-            f"Warning: the process that writes this log (pid {record.log_pump_pid}) is gone: what {name} prints now is lost"
-        )
-        err(f"  lf runtime restart {name} starts it with a new one")
+    loaded, store = _scope(config, project, lenient=True)
+    path, warnings = find_log(name, loaded, store)
+    for warning in warnings:
+        err(warning)
     sys.stdout.flush()
     stdout = sys.stdout.buffer
 
@@ -446,28 +428,13 @@ def logs(
 @command
 def list_runtimes(json_out: JsonOpt = False) -> None:
     """Every runtime lf knows: engine available here?, default port, what it is."""
-    from lf.runtimes.registry import all_runtimes
+    from lf.runtimes.registry import describe_runtimes
 
-    rows = []
-    for rt in all_runtimes().values():
-        engine = rt.find_engine() if rt.managed else None
-        rows.append(
-            {
-                "name": rt.name,
-                "managed": rt.managed,
-                "available": bool(engine) if rt.managed else None,
-                "engine": engine.engine.name if engine else None,
-                "source": engine.source if engine else None,
-                "install": None if engine or not rt.managed else rt.install_hint(),
-                "default_port": rt.default_port,
-                "description": rt.description,
-            }
-        )
+    rows = describe_runtimes()
     if json_out:
         print_json({"runtimes": rows})
         return
     # the narrow SOURCE column names lf's own install command; other runtimes' hints are in --json
-    needs_env = {rt.name: rt.install_command for rt in all_runtimes().values() if rt.needs_env}
     out(
         table(
             [
@@ -476,7 +443,7 @@ def list_runtimes(json_out: JsonOpt = False) -> None:
                     "external" if not r["managed"] else ("yes" if r["available"] else "no"),
                     str(r["default_port"] or "-"),
                     r["engine"] or "-",
-                    r["source"] or (r["install"] and needs_env.get(r["name"])) or "-",
+                    r["source"] or (r["install"] and r["install_command"]) or "-",
                     r["description"],
                 ]
                 for r in rows

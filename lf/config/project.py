@@ -18,7 +18,6 @@ from lf.envvars import AppEnvVars
 from lf.errors import ConfigError
 
 CONFIG_NAMES = ("llamafarm.yaml", "llamafarm.yml")
-_CACHE_FORMAT = 2  # bumped when ModelEntry gains a field, so a cached copy without it is not read back
 
 
 @dataclass
@@ -142,8 +141,16 @@ def _cache_key(path: Path) -> list | None:
         st.st_ino,
         __version__,
         fingerprint(),
-        _CACHE_FORMAT,
+        _cache_format(),
     ]
+
+
+def _cache_format() -> str:
+    """What a cached copy was written as: the fields of its dataclasses (a copy from before a field was added is
+    not read back)."""
+    from dataclasses import fields
+
+    return ",".join(f.name for cls in (Project, ModelEntry) for f in fields(cls))
 
 
 def _cache_read(path: Path, key: list | None) -> Project | None:

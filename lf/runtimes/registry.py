@@ -25,7 +25,6 @@ MANIFEST_KEYS = (
     "managed",
     "default_port",
     "api_base",
-    "models_path",
     "default_model",
     "model_format",
     "model_env",
@@ -90,7 +89,6 @@ class Runtime:
     api_base: str
     health_path: str | None
     health_ready: str
-    models_path: str | None
     default_model: str | None
     model_format: str | None
     one_model_per_process: bool
@@ -240,7 +238,6 @@ def _parse(folder: Path) -> Runtime:
         api_base=m.get("api_base", "/v1"),
         health_path=health.get("path"),
         health_ready=health.get("ready", "http-ok"),
-        models_path=m.get("models_path"),
         default_model=m.get("default_model"),
         model_format=m.get("model_format"),
         model_env=m.get("model_env"),
@@ -326,3 +323,24 @@ def get_runtime(name: str) -> Runtime:
 @cache
 def _parse_cached(folder: Path) -> Runtime:
     return _parse(folder)
+
+
+def describe_runtimes() -> list[dict]:
+    """Every runtime as `lf runtime list --json` shows it: whether its engine is here, from where, how to install."""
+    rows = []
+    for rt in all_runtimes().values():
+        engine = rt.find_engine() if rt.managed else None
+        rows.append(
+            {
+                "name": rt.name,
+                "managed": rt.managed,
+                "available": bool(engine) if rt.managed else None,
+                "engine": engine.engine.name if engine else None,
+                "source": engine.source if engine else None,
+                "install": None if engine or not rt.managed else rt.install_hint(),
+                "install_command": rt.install_command if rt.needs_env else None,
+                "default_port": rt.default_port,
+                "description": rt.description,
+            }
+        )
+    return rows
