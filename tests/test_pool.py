@@ -17,7 +17,8 @@ from lf.daemon.records import RuntimeRecord
 from lf.daemon.states import InvalidTransition, State
 from lf.errors import LfError
 from lf.gateway.events import EventBus, Started, Stopped
-from lf.gateway.pool import CouldNotStart, Frozen, Pool, QueueFull, QueueTimeout
+from lf.gateway.pool import CouldNotStart, Frozen, Pool, QueueFull, QueueTimeout, TooBusy, TooLarge
+from lf.models.budget import Budget, Need
 
 
 class FakeTimer:
@@ -77,6 +78,10 @@ class FakeEffects:
     failing: set[str] = field(default_factory=set)
     outside: dict[str, Endpoint] = field(default_factory=dict)  # started by `lf runtime start`
     pid: int = 100
+    needs: dict[str, int] = field(default_factory=dict)  # bytes an instance of each model takes (estimate)
+    memory: int = 100 * 2**30  # the budget
+    parallel: int | None = None  # the engines' slots
+    rooms: dict[str, int | None] = field(default_factory=dict)  # the room each start was given
 
     def endpoint(self, name: str, owner: str = "gateway") -> Endpoint:
         self.pid += 1
@@ -90,8 +95,9 @@ class FakeEffects:
     async def running(self, entry: ModelEntry) -> Endpoint | None:
         return self.outside.get(entry.name)
 
-    async def start(self, entry: ModelEntry) -> Endpoint:
+    async def start(self, entry: ModelEntry, room: int | None, progress=None) -> Endpoint:
         self.started.append(entry.name)
+        self.rooms[entry.name] = room
         self.loaded.add(entry.name)
         self.most_loaded = max(self.most_loaded, len(self.loaded))
         if entry.name in self.gates:
@@ -111,6 +117,23 @@ class FakeEffects:
         self.loaded.discard(entry.name)
         await asyncio.sleep(0)
 
+    async def need(self, entry: ModelEntry, room: int | None) -> Need | None:
+        if entry.context_size == "auto" and room is not None:  # as lf fits a context: as much as the room holds
+            return Need(max(self.needs.get(entry.name, 0), min(room, 4 * self.needs.get(entry.name, 0))))
+        return Need(self.needs[entry.name]) if entry.name in self.needs else None
+
+    async def measure(self, endpoint: Endpoint) -> int | None:
+        return None
+
+    def budget(self) -> Budget:
+        return Budget(self.memory)
+
+    def slots(self, entry: ModelEntry) -> int | None:
+        return self.parallel
+
+    def embeddings(self, entry: ModelEntry) -> bool | None:
+        return None
+
     def now(self) -> float:
         return self.clock.now()
 
@@ -125,8 +148,8 @@ def entry(name: str, **fields) -> ModelEntry:
     return ModelEntry(name=name, provider="fake", model=f"model-of-{name}", managed=True, **fields)
 
 
-def make(*entries: ModelEntry, **config) -> tuple[Pool, FakeEffects, list]:
-    effects = FakeEffects()
+def make(*entries: ModelEntry, effects: FakeEffects | None = None, **config) -> tuple[Pool, FakeEffects, list]:
+    effects = effects or FakeEffects()
     events = EventBus()
     seen: list = []
     events.subscribe(seen.append)
@@ -371,5 +394,109 @@ def test_shutdown_cuts_a_start_in_progress_short_instead_of_waiting_for_it():
         assert effects.stopped == ["slow"] and "slow" not in effects.loaded
         with pytest.raises(CouldNotStart):
             await request
+
+    run(body)
+
+
+# -- the memory budget ---------------------------------------------------------------------------------------
+MiB = 2**20
+
+
+def test_a_budget_that_holds_one_of_two_models_swaps_them_and_never_holds_both():
+    async def body():
+        effects = FakeEffects(needs={"a": 300 * MiB, "b": 400 * MiB}, memory=600 * MiB)
+        pool, effects, seen = make(entry("a"), entry("b"), effects=effects)
+        for name in ("a", "b", "b", "a", "b"):
+            await use(pool, pool.slots[name])
+            assert pool.used().ram <= effects.memory
+        assert effects.started == ["a", "b", "a", "b"] and effects.most_loaded == 1
+        assert [e.reason for e in seen if isinstance(e, Stopped)] == ["evicted"] * 3
+
+    run(body)
+
+
+def test_models_that_fit_together_stay_loaded_together():
+    async def body():
+        effects = FakeEffects(needs={"a": 300 * MiB, "b": 200 * MiB}, memory=600 * MiB)
+        pool, effects, _ = make(entry("a"), entry("b"), effects=effects)
+        for name in ("a", "b", "a", "b"):
+            await use(pool, pool.slots[name])
+        assert effects.started == ["a", "b"] and effects.stopped == [] and pool.used().ram == 500 * MiB
+
+    run(body)
+
+
+def test_a_model_larger_than_the_whole_budget_is_refused_at_once_with_both_numbers():
+    async def body():
+        effects = FakeEffects(needs={"small": 100 * MiB, "huge": 900 * MiB}, memory=600 * MiB)
+        pool, effects, _ = make(entry("small"), entry("huge"), effects=effects)
+        await use(pool, pool.slots["small"])
+        with pytest.raises(TooLarge) as refused:
+            await pool.acquire(pool.slots["huge"])
+        assert "900.0 MiB" in refused.value.message and "600.0 MiB" in refused.value.message
+        assert "context_size" in refused.value.hint
+        assert effects.started == ["small"] and effects.stopped == []  # nothing started, nothing evicted for it
+
+    run(body)
+
+
+def test_what_the_gateway_did_not_start_counts_in_the_budget_but_is_never_evicted():
+    async def body():
+        effects = FakeEffects(needs={"mine": 300 * MiB}, memory=600 * MiB)
+        effects.outside["theirs"] = effects.endpoint("theirs", owner="cli")
+        pool, effects, _ = make(entry("theirs"), entry("mine"), effects=effects, queue_timeout=5)
+        await pool.adopt()
+        pool.measured(pool.slots["theirs"], 450 * MiB)  # its measured memory
+        with pytest.raises(QueueTimeout):
+            waiting = asyncio.create_task(pool.acquire(pool.slots["mine"]))
+            await settle()
+            assert pool.waiting == 1
+            await effects.clock.advance(5)
+            await waiting
+        assert effects.stopped == [] and effects.started == []
+
+    run(body)
+
+
+def test_context_auto_gets_the_room_left_next_to_what_is_loaded():
+    async def body():
+        effects = FakeEffects(needs={"a": 200 * MiB, "fit": 100 * MiB}, memory=1000 * MiB)
+        pool, effects, _ = make(entry("a"), entry("fit", context_size="auto"), effects=effects)
+        await use(pool, pool.slots["a"])
+        await use(pool, pool.slots["fit"])
+        assert effects.rooms["fit"] == 800 * MiB  # the budget minus what a holds
+        assert pool.slots["fit"].need == Need(400 * MiB)  # what the fitted context takes
+        assert effects.stopped == []
+
+    run(body)
+
+
+# -- per model: max_concurrent, then a queue, then 429 ---------------------------------------------------------
+def test_past_max_concurrent_requests_wait_their_turn_in_order_then_get_429():
+    async def body():
+        pool, effects, _ = make(entry("a", max_concurrent=1, max_queue=2), entry("b"))
+        a = pool.slots["a"]
+        await pool.acquire(a)
+        second = asyncio.create_task(pool.acquire(a))
+        third = asyncio.create_task(pool.acquire(a))
+        await settle()
+        assert not second.done() and not third.done() and len(a.turns) == 2
+        with pytest.raises(TooBusy):
+            await pool.acquire(a)  # the fourth: the queue is full
+        await use(pool, pool.slots["b"])  # another model answers meanwhile
+        pool.release(a)
+        await settle()
+        assert second.done() and not third.done() and a.in_flight == 1  # first come, first served
+        pool.release(a)
+        await settle()
+        assert third.done() and a.in_flight == 1
+
+    run(body)
+
+
+def test_the_default_max_concurrent_is_twice_the_engine_slots():
+    async def body():
+        pool, _, _ = make(entry("a"), effects=FakeEffects(parallel=4))
+        assert pool.slots["a"].max_concurrent == 8
 
     run(body)

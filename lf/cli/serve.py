@@ -77,6 +77,46 @@ def serve(
             "--max-body", min=1024, help="Largest request body accepted, in bytes (default 10 MiB).", show_default=False
         ),
     ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget",
+            help="Memory the models may take together, e.g. 6GiB or 450MiB (default: the machine's memory minus 10%).",
+            show_default=False,
+        ),
+    ] = None,
+    max_tokens_default: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens-default",
+            min=1,
+            help="max_tokens of a request that sets none (default 2048).",
+            show_default=False,
+        ),
+    ] = None,
+    max_tokens_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens-limit", min=1, help="The most max_tokens a request may ask for.", show_default=False
+        ),
+    ] = None,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--request-timeout",
+            min=0,
+            help="Seconds an answer may take; a longer stream ends with finish_reason length (default 600; 0: none).",
+            show_default=False,
+        ),
+    ] = None,
+    reload: Annotated[
+        bool | None,
+        typer.Option(
+            "--reload/--no-reload",
+            help="Reload llamafarm.yaml when it changes, and on SIGHUP (default: on).",
+            show_default=False,
+        ),
+    ] = None,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback address without an API key.")
     ] = False,
@@ -138,6 +178,11 @@ def serve(
         "start_timeout": start_timeout,
         "probe_interval": probe_interval,
         "max_body": max_body,
+        "memory_budget": memory_budget,
+        "max_tokens_default": max_tokens_default,
+        "max_tokens_limit": max_tokens_limit,
+        "request_timeout": request_timeout,
+        "reload": reload,
         "insecure": insecure or None,
         "pull": pull or None,
     }

@@ -64,12 +64,59 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting(
             "max_loaded",
             "integer",
-            "instances the gateway started that stay loaded at once (ones from `lf runtime start` are not counted); the least recently used idle one is stopped to make room (0: no limit)",
-            default=3,
+            "an extra cap on instances the gateway started that stay loaded at once, besides the memory budget "
+            "(ones from `lf runtime start` are not counted); the least recently used idle one makes room (0: none)",
+            default=0,
             minimum=0,
             maximum=1024,
             env="LF_GATEWAY_MAX_LOADED",
             flag="--max-loaded",
+        ),
+        Setting(
+            "memory_budget",
+            "size",
+            "memory the models it loads may take together, e.g. 6GiB (default: the machine's memory minus 10%, at "
+            "least 1 GiB, left to the rest; and each GPU's memory when one is found); a start that does not fit "
+            "stops least recently used idle models, one that cannot fit even alone is refused at once",
+            env="LF_GATEWAY_MEMORY_BUDGET",
+            flag="--memory-budget",
+        ),
+        Setting(
+            "max_tokens_default",
+            "integer",
+            "max_tokens of a request that sets none (a model entry's own max_tokens_default wins; never more than its "
+            "context), so an answer that loops ends",
+            default=2048,
+            minimum=1,
+            env="LF_GATEWAY_MAX_TOKENS_DEFAULT",
+            flag="--max-tokens-default",
+        ),
+        Setting(
+            "max_tokens_limit",
+            "integer",
+            "the most max_tokens a request may ask for; more is lowered to it (a model entry's own wins; default: none)",
+            minimum=1,
+            env="LF_GATEWAY_MAX_TOKENS_LIMIT",
+            flag="--max-tokens-limit",
+        ),
+        Setting(
+            "request_timeout",
+            "number",
+            "seconds an answer may take from its first byte upstream; a longer stream is ended by lf with "
+            "finish_reason length (0: no limit)",
+            default=600,
+            minimum=0,
+            env="LF_GATEWAY_REQUEST_TIMEOUT",
+            flag="--request-timeout",
+        ),
+        Setting(
+            "reload",
+            "boolean",
+            "reload llamafarm.yaml when it changes (and on SIGHUP): new models appear, removed ones drain then stop, "
+            "changed ones restart once idle; an invalid edit is logged and the running config kept",
+            default=True,
+            env="LF_GATEWAY_RELOAD",
+            flag="--reload",
         ),
         Setting(
             "max_queue",
@@ -145,6 +192,11 @@ class GatewayConfig:
     insecure: bool = _default("insecure")
     idle_ttl: float = _default("idle_ttl")
     max_loaded: int = _default("max_loaded")
+    memory_budget: int | str | None = None
+    max_tokens_default: int = _default("max_tokens_default")
+    max_tokens_limit: int | None = None
+    request_timeout: float = _default("request_timeout")
+    reload: bool = _default("reload")
     max_queue: int = _default("max_queue")
     queue_timeout: float = _default("queue_timeout")
     start_timeout: float | None = None

@@ -37,6 +37,11 @@ class ModelEntry:
     keep_loaded: bool = False  # LlamaFarm's "never unload": the gateway neither times it out nor evicts it
     idle_ttl: float | None = None  # seconds the gateway keeps it loaded after its last request (0: forever)
     aliases: list[str] = field(default_factory=list)  # more names the gateway routes to this entry
+    context_size: int | str | None = None  # tokens, or "auto": the largest that fits the memory left (the gateway's)
+    max_concurrent: int | None = None  # requests the gateway sends it at once (default: its engine's slots × 2)
+    max_queue: int | None = None  # requests that wait for it beyond those; more get 429
+    max_tokens_default: int | None = None  # max_tokens of a request that sets none (default: the gateway's)
+    max_tokens_limit: int | None = None  # the most max_tokens a request may ask of it
     extra_body: dict = field(
         default_factory=dict
     )  # LlamaFarm's per-model parameters: its GGUF ones (n_ctx, n_gpu_layers, …)
@@ -288,6 +293,11 @@ def _entry(item: dict, name: str, provider_config: dict | None, line: int | None
         keep_loaded=bool(item.get("keep_loaded")),
         idle_ttl=item.get("idle_ttl"),
         aliases=list(item.get("aliases") or []),
+        context_size=item.get("context_size"),
+        max_concurrent=item.get("max_concurrent"),
+        max_queue=item.get("max_queue"),
+        max_tokens_default=item.get("max_tokens_default"),
+        max_tokens_limit=item.get("max_tokens_limit"),
         extra_body=dict(item.get("extra_body") or {}),
     )
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 
 from lf.config.yamlfile import key_node_at, node_at
 from lf.errors import ConfigError
-from lf.runtimes.settings import Setting, describe_type, describe_value
+from lf.runtimes.settings import SIZE_PATTERN, Setting, describe_type, describe_value
 from lf.suggest import did_you_mean
 
 ENTRY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -81,12 +81,34 @@ def _model_fields(provider_type) -> dict[str, Any]:
             Field(None, ge=0, description="seconds `lf serve` keeps it loaded after its last request (0: forever)"),
         ),
         "aliases": (list[str], Field(None, description="more names `lf serve` routes to this model")),
+        "context_size": (
+            typing.Annotated[int, Field(ge=128, le=1048576)] | Literal["auto"],
+            Field(None, description="context window in tokens, or auto: the largest that fits the memory left"),
+        ),
+        "max_concurrent": (
+            int,
+            Field(None, ge=1, description="requests `lf serve` sends it at once (default: its engine's slots × 2)"),
+        ),
+        "max_queue": (
+            int,
+            Field(None, ge=0, description="requests that wait for it beyond max_concurrent; more get 429"),
+        ),
+        "max_tokens_default": (
+            int,
+            Field(None, ge=1, description="max_tokens of a request through `lf serve` that sets none"),
+        ),
+        "max_tokens_limit": (
+            int,
+            Field(None, ge=1, description="the most max_tokens a request through `lf serve` may ask for"),
+        ),
     }
 
 
 def _python_type(setting: Setting):
     if setting.enum:
         return Literal[tuple(setting.enum)]
+    if setting.type == "size":
+        return typing.Annotated[int, Field(ge=0)] | typing.Annotated[str, Field(pattern=SIZE_PATTERN)]
     return {"integer": int, "number": float, "string": str, "boolean": bool, "array": list[str]}[setting.type]
 
 

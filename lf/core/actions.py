@@ -91,7 +91,11 @@ def _start_through(
     if not already:
         _emit(on_event, Starting(spec.name, spec.runtime.name, spec.model, through=gateway.describe()))
         wait = (timeout if timeout is not None else spec.runtime.start_timeout) + GATEWAY_ACTION_MARGIN
-        on_wait = (lambda elapsed: _emit(on_event, Waiting(spec.name, elapsed))) if on_event else None
+        on_wait = (
+            (lambda elapsed: _emit(on_event, Waiting(spec.name, elapsed, "starting in the gateway")))
+            if on_event
+            else None
+        )
         served.act(gateway, "start", spec.name, wait, on_wait)
     record = store.load_or_none(spec.name)
     if record is None:
@@ -112,9 +116,11 @@ def start_spec(
     on_event: OnEvent | None = None,
     store: StateStore | None = None,
     force: bool = False,
+    room: int | None = None,
 ) -> StartResult:
     """Start one resolved instance (or find it running); `owner` is recorded as who started it. One that
-    must be launched and does not fit in available memory is refused, unless `force`."""
+    must be launched and does not fit in available memory is refused, unless `force`. `context_size: auto` takes
+    the largest context whose estimate fits in `room` bytes (default: the memory available now)."""
     for warning in spec.warnings:
         _emit(on_event, Notice(warning))
     _emit(on_event, Starting(spec.name, spec.runtime.name, spec.model))
@@ -122,12 +128,13 @@ def start_spec(
     if store is None or store.project != spec.project:
         store = (store or StateStore()).scoped(spec.project)  # the record goes where its project's are
 
-    needed = None if force else memory_estimate(spec)
-
     def plan_for():
-        if needed is not None:  # checked only when something is launched: a running instance is no new memory
-            require_memory(spec, needed)
-        return make_plan(spec, choose_port(spec.host, spec.port, spec.port_auto, taken_ports, store), owner)
+        fitted = fit_context(spec, room) if spec.context_auto else spec
+        # checked only when something is launched: a running instance is no new memory
+        needed = None if force else memory_estimate(fitted)
+        if needed is not None:
+            require_memory(fitted, needed)
+        return make_plan(fitted, choose_port(spec.host, spec.port, spec.port_auto, taken_ports, store), owner)
 
     hooks = hooks_of(spec.runtime)
     result = supervisor.start(
@@ -136,11 +143,18 @@ def start_spec(
         plan_for,
         wait=wait,
         timeout=timeout,
-        on_wait=(lambda elapsed: _emit(on_event, Waiting(spec.name, elapsed))) if on_event else None,
+        on_wait=(lambda at: _emit(on_event, Waiting(spec.name, at.elapsed, at.stage, at.percent)))
+        if on_event
+        else None,
         after_healthy=hooks.after_healthy if hooks is not None else None,
     )
     if result.already_running:
-        changed = changed_settings(spec, result.record)
+        running_spec = spec
+        if spec.context_auto:  # whatever context it was fitted to is what auto asked for
+            running_spec = replace(
+                spec, settings=_with(spec.settings, context_size=result.record.instance.settings.get("context_size"))
+            )
+        changed = changed_settings(running_spec, result.record)
         if changed:
             # restart reapplies the flags the running instance was started with, not these
             given = json.loads(json.dumps(dict(spec.overrides), default=str))
@@ -158,6 +172,28 @@ def start_spec(
             )
             result = replace(result, changed=tuple(changed))
     return result
+
+
+def _with(settings, **changes):
+    from types import MappingProxyType
+
+    return MappingProxyType({**settings, **changes})
+
+
+def fit_context(spec: InstanceSpec, room: int | None = None) -> InstanceSpec:
+    """`spec` with `context_size: auto` made a number: the largest context (up to the model's trained length) whose
+    estimate fits in `room` bytes (default: the memory available now). Unchanged when lf cannot read the model."""
+    if not spec.model_path:
+        return spec
+    from lf.hardware import memory
+    from lf.models.budget import headroom
+    from lf.models.memory import fit_context as fit
+
+    if room is None:
+        machine = memory()
+        room = max(0, machine.available - headroom(machine.total))
+    fitted = fit(spec.model_path, spec.settings, room)
+    return replace(spec, settings=_with(spec.settings, context_size=fitted.context_size))
 
 
 def memory_estimate(spec: InstanceSpec):
@@ -202,6 +238,7 @@ def dry_run(
     plans = []
     available = memory().available
     for spec in specs_for(target, project, overrides or Overrides()):
+        spec = fit_context(spec) if spec.context_auto else spec
         scoped = store.scoped(spec.project)
         record = scoped.load_or_none(spec.name)
         running = record is not None and record.process_alive()
@@ -242,8 +279,10 @@ def ensure_running(
     timeout: float | None = None,
     on_event: OnEvent | None = None,
     store: StateStore | None = None,
+    room: int | None = None,
 ) -> Endpoint:
-    """The endpoint of a model entry, starting its instance first when it is not running (on demand).
+    """The endpoint of a model entry, starting its instance first when it is not running (on demand); `room`:
+    the memory `context_size: auto` may take (default: what is available now).
 
     `model` asks for another model than the entry's (one-model-per-process runtimes serve only the one
     they were started with). An external entry is returned as configured, never started."""
@@ -274,7 +313,7 @@ def ensure_running(
             exit_status=ExitStatus.NOT_RUNNING,
         )
     spec = build_spec(entry, project, Overrides(model=model), single=True)
-    result = start_spec(spec, owner=owner, timeout=timeout, on_event=on_event, store=store)
+    result = start_spec(spec, owner=owner, timeout=timeout, on_event=on_event, store=store, room=room)
     return Endpoint.of(result.record, target.api_key, started=not result.already_running)
 
 

@@ -25,6 +25,8 @@ class Waiting:
 
     name: str
     elapsed: float
+    stage: str = "starting"  # lf.daemon.supervisor.Loading's
+    percent: float | None = None
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,10 @@ def resolve_settings(runtime: Runtime, entry: ModelEntry, flags: Mapping[str, ob
             f"runtime {runtime.name!r} has no setting {unknown[0]!r}",
             hint=did_you_mean(unknown[0], runtime.settings) or f"its settings: {', '.join(runtime.settings) or 'none'}",
         )
-    return resolve(runtime.settings, flags, entry.provider_config, entry.extra_body)
+    config = dict(entry.provider_config)
+    if isinstance(entry.context_size, int) and "context_size" in runtime.settings:
+        config["context_size"] = entry.context_size  # the entry's own field, over provider_config's
+    return resolve(runtime.settings, flags, config, entry.extra_body)
 
 
 def build_spec(
@@ -103,9 +106,12 @@ def build_spec(
         from lf.models.catalog import resolve_model_path
 
         model_path = str(resolve_model_path(model, project.folder if project else None))
+    # auto: fitted to the memory left when it starts (lf.core.actions.start_spec), unless a flag says a size
+    context_auto = entry.context_size == "auto" and sources.get("context_size") != "flag"
     return InstanceSpec(
         name=entry.name,
         runtime=runtime,
+        context_auto=context_auto and runtime.model_format == "gguf",
         model=model,
         model_path=model_path,
         host=host,

@@ -33,6 +33,7 @@ class Instance:
     model_path: str | None = None
     health_path: str | None = None
     health_ready: str = "http-ok"  # how to read the health endpoint (lf.daemon.health.interpret)
+    progress: str | None = None  # a pattern of its log whose group is the percent of its load, where it says one
     start_timeout: float = 60.0  # until then an instance that is not ready yet is still starting
     after_start: Mapping = field(default_factory=_empty)  # what the runtime's after-start step needs (JSON-able)
     overrides: Mapping = field(default_factory=_empty)  # command-line settings, so `restart` reapplies them
@@ -108,7 +109,7 @@ def _check_types(instance: Instance) -> None:
     for name in ("name", "runtime", "engine", "host", "api_base", "model", "health_ready", "owner"):
         if not isinstance(getattr(instance, name), str):
             raise ValueError(f"{name} is not text")
-    for name in ("model_path", "health_path", "project", "project_folder"):
+    for name in ("model_path", "health_path", "project", "project_folder", "progress"):
         if not isinstance(getattr(instance, name), (str, type(None))):
             raise ValueError(f"{name} is not text")
     if not (isinstance(instance.port, int) and not isinstance(instance.port, bool) and 0 <= instance.port <= 65535):

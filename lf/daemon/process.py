@@ -105,6 +105,19 @@ def tree(pid: int) -> list:
         return []
 
 
+def tree_memory(pid: int) -> int | None:
+    """Resident memory of a process and its descendants (an engine may run workers); None when it is gone."""
+    import psutil
+
+    total = None
+    for proc in tree(pid):
+        try:
+            total = (total or 0) + proc.memory_info().rss
+        except psutil.Error:
+            pass  # gone meanwhile
+    return total
+
+
 def terminate_group(pid: int, timeout: float) -> bool:
     """Stop the process `pid` leads, its process group and every descendant. True if SIGKILL was needed."""
     procs = tree(pid)

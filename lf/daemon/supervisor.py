@@ -123,7 +123,7 @@ def start(
     *,
     wait: bool = True,
     timeout: float | None = None,
-    on_wait: Callable[[float], None] | None = None,
+    on_wait: Callable[[Loading], None] | None = None,
     after_healthy: Callable[[RuntimeRecord, Health | None, float], Health | None] | None = None,
 ) -> StartResult:
     """Start the instance `name` (or find it running) and, unless wait=False, wait until it is healthy.
@@ -293,15 +293,26 @@ def _record_of(plan: Instance, pid: int, pump_pid: int, log_path) -> RuntimeReco
     )
 
 
+@dataclass(frozen=True)
+class Loading:
+    """How far a start is, while lf waits for it: seconds so far, the stage, and the percent where the engine
+    says it (its runtime declares how: `[health] progress`, a pattern of its log)."""
+
+    elapsed: float
+    stage: str  # launching (no answer yet) | loading model (the engine says so) | starting (it answers, not ready)
+    percent: float | None = None
+
+
 def wait_until_healthy(
     record: RuntimeRecord,
     timeout: float,
     proc: subprocess.Popen | None = None,
-    on_wait: Callable[[float], None] | None = None,
+    on_wait: Callable[[Loading], None] | None = None,
 ) -> Health | None:
     """Poll the health endpoint until ready; fail fast if the process exits first."""
     probe = record.health_probe()
     started = time.monotonic()
+    progress = _ProgressReader(record) if on_wait is not None and record.instance.progress else None
     # every 10 ms while a small model would be loading (about a second), then back off to 100 ms
     interval = 0.01
     while True:
@@ -329,10 +340,35 @@ def wait_until_healthy(
                 hint=f"raise --timeout, or look at its log: lf runtime logs {record.name}\n{read_tail(record.log_path, 10)}",
             )
         if on_wait is not None:
-            on_wait(elapsed)
+            stage = "launching" if not last.reachable else "loading model" if last.status_code == 503 else "starting"
+            on_wait(Loading(elapsed, stage, progress.percent() if progress else None))
         time.sleep(interval)
         if elapsed > 3.0:
             interval = min(interval * 1.5, 0.1)
+
+
+class _ProgressReader:
+    """The latest percent the engine's log states (by its runtime's pattern), read at most twice a second."""
+
+    def __init__(self, record: RuntimeRecord):
+        import re
+
+        self.path = record.log_path
+        self.pattern = re.compile(record.instance.progress or "")
+        self.read_at = 0.0
+        self.last: float | None = None
+
+    def percent(self) -> float | None:
+        now = time.monotonic()
+        if now - self.read_at >= 0.5:
+            self.read_at = now
+            found = self.pattern.findall(read_tail(self.path, 20))
+            if found:
+                try:
+                    self.last = float(found[-1])
+                except ValueError:
+                    pass
+        return self.last
 
 
 def frozen_error(record: RuntimeRecord, exit_status: ExitStatus = ExitStatus.START_FAILED) -> LfError:

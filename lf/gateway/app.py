@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import signal
 import time
 from contextlib import asynccontextmanager
 
@@ -27,12 +29,14 @@ from lf.gateway.dashboard import Dashboard, wants_page
 from lf.gateway.effects import CoreEffects, Effects
 from lf.gateway.events import EventBus, RequestFinished, log_event
 from lf.gateway.metrics import Metrics
-from lf.gateway.monitor import Monitor
-from lf.gateway.pool import SERVING, CouldNotStart, Frozen, Pool, QueueFull, QueueTimeout, Slot
+from lf.gateway.monitor import Monitor, describe_loading, loading
+from lf.gateway.pool import SERVING, CouldNotStart, Frozen, Pool, QueueFull, QueueTimeout, Slot, TooBusy, TooLarge
+from lf.gateway.reload import watch
 from lf.gateway.upstream import UpstreamClient
 from lf.net import bearer_token, key_matches, split_userinfo
 from lf.secrets import StreamMasker, redact_url, secrets_of
 
+log = logging.getLogger(__name__)
 KEEPALIVE_SECONDS = 2.0  # a streaming request waiting for its model gets an SSE comment this often
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 PASSED_HEADERS = ("content-type", "cache-control")
@@ -85,12 +89,15 @@ class Gateway:
         self.names = Names(project, entries)
         self.events = EventBus()
         self.metrics = Metrics()
-        external = {}
-        for entry in entries:
-            if not entry.managed:
-                target = target_of(entry)
-                external[entry.name] = Endpoint(entry.name, target.base_url or "", entry.model, target.api_key)
-        self.pool = Pool(config, entries, effects or CoreEffects(project, config, self.events), self.events, external)
+        self.pool = Pool(
+            config,
+            entries,
+            effects or CoreEffects(project, config, self.events),
+            self.events,
+            _external_endpoints(entries),
+        )
+        self._reloading = asyncio.Lock()
+        self._gateway_section = dict(project.gateway) if project else {}
         self.client: httpx.AsyncClient | None = None
         self.upstream = UpstreamClient()
         self.monitor: Monitor | None = None
@@ -119,11 +126,17 @@ class Gateway:
                 on_probed=self.dashboard.changed,
             )
             await self.pool.adopt()
-            monitor = asyncio.get_running_loop().create_task(self.monitor.run())
+            loop = asyncio.get_running_loop()
+            background = [loop.create_task(self.monitor.run())]
+            if self.project is not None and self.config.reload:
+                background.append(loop.create_task(watch(self.project.path, self.reload)))
+            if self.project is not None and hasattr(signal, "SIGHUP"):  # the service manager's "reload"
+                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
             try:
                 yield
             finally:
-                monitor.cancel()
+                for task in background:
+                    task.cancel()
                 try:
                     await self.pool.close()
                     await self.client.aclose()
@@ -146,6 +159,33 @@ class Gateway:
         return Starlette(
             routes=routes, lifespan=lifespan, exception_handlers={404: self.not_found, 405: self.not_allowed}
         )
+
+    # -- llamafarm.yaml edited ----------------------------------------------------------------------------------
+    async def reload(self) -> None:
+        """Read llamafarm.yaml again and take its models (lf.gateway.pool.Pool.reconfigure): no answer is cut. An
+        invalid file is logged where it is wrong, and the running models stay as they are."""
+        from lf.config.project import load_project
+        from lf.errors import ConfigError
+        from lf.gateway.server import entries_of
+
+        assert self.project is not None
+        async with self._reloading:
+            try:
+                project = await anyio.to_thread.run_sync(load_project, self.project.path)
+            except ConfigError as exc:
+                log.warning("llamafarm.yaml not reloaded, the running models stay as they are: %s", exc.message)
+                return
+            entries, default = entries_of(project)
+            external = _external_endpoints(entries)
+            done = self.pool.reconfigure(entries, external)
+            self.project, self.entries, self.default_model = project, entries, default
+            self.names = Names(project, entries)
+            if project.gateway != self._gateway_section:
+                log.warning("runtime.gateway changed in llamafarm.yaml: restart lf serve to apply it")
+                self._gateway_section = project.gateway
+            said = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in done.items() if names)
+            log.info("reloaded llamafarm.yaml (%s)", said or "no model changed", extra={"event": "reload"})
+            self.dashboard.changed()
 
     # -- small endpoints ---------------------------------------------------------------------------------
     async def liveness(self, request: Request) -> Response:
@@ -197,6 +237,7 @@ class Gateway:
             "owned_by": entry.provider,
             "lf": {
                 "state": slot.state.value,
+                "loading": loading(slot),
                 "model": entry.model,
                 "aliases": entry.aliases,
                 "default": entry.name == self.default_model,
@@ -255,6 +296,15 @@ class Gateway:
             return problem.response()
         stream = payload.get("stream") is True
         slot = self.pool.slots[entry.name]
+        if path == "/embeddings" and slot.embeddings is False:  # refused as it is, never started just to refuse
+            problem = HTTPProblem(
+                501,
+                f"{entry.name} does not serve embeddings: its {entry.provider} engine runs with them off; say "
+                "embeddings: true in its provider_config (llamafarm.yaml) to turn them on",
+                "embeddings_off",
+            )
+            self.finished(request, path, entry.name, problem.status, arrived)
+            return problem.response()
         asked = name if isinstance(name, str) else entry.name
         exchange = _Exchange(self, request, slot, asked, payload, path, stream, arrived)
         if slot.managed and slot.state not in SERVING and stream:
@@ -328,6 +378,10 @@ class _Exchange:
         self.tokens = 0
         self.status = 0
         self.rewrite: StreamMasker[bytes] = StreamMasker([])
+        self.deadline: float | None = None  # loop time when lf ends the answer (request_timeout)
+        self.defaulted = False  # lf set its max_tokens (the request set none)
+        self.length = False  # the answer ended for its length (finish_reason "length")
+        self.cut: str | None = None  # why lf ended it: "deadline", or its default max_tokens
 
     # -- getting an endpoint -------------------------------------------------------------------------------
     async def _endpoint(self) -> Endpoint:
@@ -346,12 +400,27 @@ class _Exchange:
             endpoint = await self._endpoint()
             self.rewrite = _rewriter(endpoint, self.asked)
             # the file's request defaults (temperature, …) under what the request itself says
-            body = json.dumps({**self.entry.request_defaults, **self.payload, "model": endpoint.model}).encode()
+            payload = {**self.entry.request_defaults, **self.payload, "model": endpoint.model}
+            if self.path != "/embeddings":
+                payload = self._bounded(payload, endpoint)
+            body = json.dumps(payload).encode()
             headers = {"content-type": "application/json", "accept": self.request.headers.get("accept", "*/*")}
             if endpoint.api_key:
                 headers["authorization"] = f"Bearer {endpoint.api_key}"
+            timeout = self.gateway.config.request_timeout or None
+            self.deadline = asyncio.get_running_loop().time() + timeout if timeout else None
             try:
-                return await self.gateway.send(endpoint.base_url.rstrip("/") + self.path, headers, body)
+                return await asyncio.wait_for(
+                    self.gateway.send(endpoint.base_url.rstrip("/") + self.path, headers, body), timeout
+                )
+            except asyncio.TimeoutError:
+                self._release()
+                raise HTTPProblem(
+                    504,
+                    f"{self.entry.name} did not answer within {timeout:g}s (the gateway's request_timeout)",
+                    "upstream_timeout",
+                    "api_error",
+                ) from None
             except httpx.ConnectError as exc:
                 self._release()
                 record = endpoint.record
@@ -371,9 +440,34 @@ class _Exchange:
                 ) from None
         raise AssertionError("unreachable")
 
+    def _bounded(self, payload: dict, endpoint: Endpoint) -> dict:
+        """The request with its answer's length bounded: max_tokens where it sets none (the entry's default, else the
+        gateway's, never more than the instance's context), and lowered to the limit where it asks for more."""
+        config, entry = self.gateway.config, self.entry
+        limit = entry.max_tokens_limit or config.max_tokens_limit
+        context = endpoint.record.instance.settings.get("context_size") if endpoint.record else None
+        asked = [key for key in ("max_tokens", "max_completion_tokens") if isinstance(payload.get(key), int)]
+        if not asked:
+            default = entry.max_tokens_default or config.max_tokens_default
+            if isinstance(context, int):
+                default = min(default, context)
+            if limit:
+                default = min(default, limit)
+            self.defaulted = True
+            return {**payload, "max_tokens": default}
+        if limit:
+            return {**payload, **{key: min(payload[key], limit) for key in asked}}
+        return payload
+
     def _problem(self, exc: BaseException) -> HTTPProblem:
         if isinstance(exc, HTTPProblem):
             return exc
+        if isinstance(exc, TooBusy):
+            return HTTPProblem(429, exc.message, "model_busy", "rate_limit_error", headers={"retry-after": "1"})
+        if isinstance(exc, TooLarge):
+            return HTTPProblem(
+                503, exc.message + (f"; {exc.hint}" if exc.hint else ""), "model_too_large", "server_error"
+            )
         if isinstance(exc, (QueueFull, QueueTimeout)):
             return HTTPProblem(503, exc.message, "overloaded", "server_error", headers={"retry-after": "5"})
         if isinstance(exc, CouldNotStart):
@@ -423,7 +517,9 @@ class _Exchange:
         waited = time.monotonic()
         try:
             while not opening.done():
-                yield f": loading {self.entry.name} ({time.monotonic() - waited:.0f}s)\n\n".encode()
+                progress = loading(self.slot)
+                said = describe_loading(progress) if progress else f"waiting ({time.monotonic() - waited:.0f}s)"
+                yield f": loading {self.entry.name}: {said}\n\n".encode()
                 await asyncio.wait([opening], timeout=KEEPALIVE_SECONDS)
             try:
                 upstream = opening.result()
@@ -455,19 +551,28 @@ class _Exchange:
         return self.rewrite.feed(body) + (self.rewrite.flush() or b"")
 
     async def _relay(self, upstream, finish: bool = True):
+        watchdog = None
+        if self.deadline is not None:
+            watchdog = asyncio.get_running_loop().call_at(self.deadline, self._time_up, upstream)
         try:
             if upstream.status_code >= 400:
                 # an error answer is read whole, so a key it quotes is masked, and ends as a clean JSON body
                 yield self._rewritten(await upstream.aread())
                 return
-            async for chunk in upstream.aiter_raw():
-                self._observe(chunk)
-                out = self.rewrite.feed(chunk)
-                if out:
-                    yield out
+            try:
+                async for chunk in upstream.aiter_raw():
+                    self._observe(chunk)
+                    out = self.rewrite.feed(chunk)
+                    if out:
+                        yield out
+            except httpx.HTTPError:
+                if self.cut != "deadline":  # else lf closed it: the answer took too long
+                    raise
             rest = self.rewrite.flush()
             if rest:
                 yield rest
+            if self.cut == "deadline" and self.stream:
+                yield self._length_event()  # lf ended it: said as the engine says an answer cut for its length
         except httpx.HTTPError as exc:
             self.status = 502
             if self.stream:  # the client learns the answer broke, instead of waiting or taking it as complete
@@ -475,14 +580,41 @@ class _Exchange:
                     f"{self.entry.name} stopped answering mid-stream ({type(exc).__name__})", "upstream_broke"
                 )
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
+            if self.defaulted and self.length and self.cut is None:
+                self.cut = "max_tokens_default"
             if finish:
                 self._finish(self.status)
+
+    def _time_up(self, upstream) -> None:
+        """The gateway's request_timeout: the upstream is closed, the stream ends with finish_reason length."""
+        self.cut = "deadline"
+        asyncio.get_running_loop().create_task(upstream.aclose())
+
+    def _length_event(self) -> bytes:
+        kind = "text_completion" if self.path == "/completions" else "chat.completion.chunk"
+        choice = {
+            "index": 0,
+            "finish_reason": "length",
+            **({"text": ""} if self.path == "/completions" else {"delta": {}}),
+        }
+        event = {
+            "id": "lf-deadline",
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.asked,
+            "choices": [choice],
+        }
+        return b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
 
     def _observe(self, chunk: bytes) -> None:
         """Count generated pieces as they pass (a chat stream's content, a completion stream's text), without
         parsing the events; a whole answer's count comes from its usage."""
+        if b'"length"' in chunk and (b'"finish_reason":"length"' in chunk or b'"finish_reason": "length"' in chunk):
+            self.length = True
         if self.stream:
             field = b'"text"' if self.path == "/completions" else b'"content"'
             pieces = (
@@ -519,6 +651,7 @@ class _Exchange:
                 "duration_ms": round((ended - self.arrived) * 1000, 1),
                 "tokens": self.tokens,
                 "tokens_per_s": rate,
+                "cut": self.cut,
             }
         self.gateway.finished(
             self.request,
@@ -530,7 +663,18 @@ class _Exchange:
             ttft=ttft,
             tokens=self.tokens,
             tokens_per_s=rate,
+            cut=self.cut,
         )
+
+
+def _external_endpoints(entries: list[ModelEntry]) -> dict[str, Endpoint]:
+    """Where each endpoint lf does not run is, as configured."""
+    found = {}
+    for entry in entries:
+        if not entry.managed:
+            target = target_of(entry)
+            found[entry.name] = Endpoint(entry.name, target.base_url or "", entry.model, target.api_key)
+    return found
 
 
 def _rewriter(endpoint: Endpoint, asked: str) -> StreamMasker[bytes]:

@@ -41,7 +41,6 @@ ACTION_HEADER = "x-lf-action"
 ACTIONS = ("start", "stop", "restart", "unload")
 REQUESTS_KEPT = 50
 PUSH_INTERVAL = 1.0  # seconds: at most this often a snapshot per open page, however busy the gateway
-MEMORY_AGE = 5.0  # seconds a process tree's memory reading is shown before it is read again
 HEARTBEAT = 15.0  # seconds: an SSE comment when nothing changed, so proxies and the browser keep the stream
 MAX_ACTION_BODY = 4096
 
@@ -53,7 +52,6 @@ class Dashboard:
         self.version = 0
         self._changed: asyncio.Event | None = None
         self._page = PAGE.read_text(encoding="utf-8")
-        self._memory: dict[int, tuple[float, int | None]] = {}  # pid → (when read, bytes)
 
     # -- what changes ----------------------------------------------------------------------------------
     def changed(self) -> None:
@@ -108,7 +106,8 @@ class Dashboard:
                     "url": item["details"]["host"],
                     "port": record.port if record else None,
                     "pid": record.pid if record else None,
-                    "memory_bytes": self._memory_of(record.pid) if record else None,
+                    "memory_bytes": slot.rss if record else None,
+                    "memory_need_bytes": slot.need.ram if slot.need else None,
                     "started_at": record.started_at if record else None,
                     "ttl_s": slot.ttl,
                     "expires_at": slot.expires_at,
@@ -133,17 +132,6 @@ class Dashboard:
             "models": models,
             "requests": list(self.requests),
         }
-
-    def _memory_of(self, pid: int) -> int | None:
-        """A process tree's resident memory, read at most every MEMORY_AGE seconds: finding a process's
-        children walks all of /proc, which a snapshot on every request would do again and again."""
-        now = time.monotonic()
-        when, value = self._memory.get(pid, (0.0, None))
-        if now - when > MEMORY_AGE:
-            value = _memory(pid)
-            self._memory = {p: v for p, v in self._memory.items() if now - v[0] <= MEMORY_AGE}  # gone pids go
-            self._memory[pid] = (now, value)
-        return value
 
     async def events(self, request: Request) -> Response:
         if (refused := self._foreign_host(request) or self._viewer_refused(request)) is not None:
@@ -337,21 +325,6 @@ def _is_ip(name: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _memory(pid: int) -> int | None:
-    """Resident memory of a process and its children (an engine may run workers)."""
-    import psutil
-
-    from lf.daemon.process import tree
-
-    total = None
-    for proc in tree(pid):
-        try:
-            total = (total or 0) + proc.memory_info().rss
-        except psutil.Error:
-            pass  # gone meanwhile
-    return total
 
 
 def wants_page(request: Request) -> bool:

@@ -73,6 +73,7 @@ class RequestFinished:
     ttft: float | None = None  # seconds to the first token of a streamed answer
     tokens: int = 0
     tokens_per_s: float | None = None
+    cut: str | None = None  # lf ended the answer: "deadline" (request_timeout) or "max_tokens_default"
 
 
 Event = StateChanged | SlotChanged | Started | StartFailed | Stopped | Pulling | QueueChanged | RequestFinished

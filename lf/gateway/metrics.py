@@ -78,6 +78,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.cut = Counter(
+            "lf_gateway_answers_cut",
+            "Answers lf ended: at the gateway's request_timeout (deadline), or at the max_tokens it set (max_tokens_default)",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.budget = Gauge(
+            "lf_gateway_memory_budget_bytes", "The memory the gateway's models may take together", registry=r
+        )
+        self.used = Gauge(
+            "lf_gateway_memory_used_bytes", "Memory the loaded models hold (estimated, then measured)", registry=r
+        )
         self.probe_failures = Counter(
             "lf_gateway_probe_failures", "Health probes that failed or timed out", ["model"], registry=r
         )
@@ -93,6 +105,8 @@ class Metrics:
                 self.tokens.labels(event.model).inc(event.tokens)
             if event.ttft is not None:
                 self.ttft.labels(event.model).observe(event.ttft)
+            if event.cut:
+                self.cut.labels(event.model, event.cut).inc()
         elif isinstance(event, Started):
             self.starts.labels(event.model).inc()
             self.start_seconds.labels(event.model).observe(event.seconds)
@@ -115,6 +129,8 @@ class Metrics:
         """The exposition, with the gauges read from the pool as it is now."""
         self.loaded.set(pool.loaded_count())
         self.queue.set(pool.waiting)
+        self.budget.set(pool.budget.ram)
+        self.used.set(pool.used().ram)
         for slot in pool.slots.values():
             self.in_flight.labels(slot.name).set(slot.in_flight)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

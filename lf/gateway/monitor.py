@@ -16,6 +16,7 @@ from lf.daemon.health import Health, Probe, interpret, origin
 from lf.daemon.records import StateStore
 from lf.daemon.states import State
 from lf.gateway.pool import SERVING, Pool, Slot
+from lf.models.gguf_meta import human_bytes
 
 PROBE_TIMEOUT = 2.0
 log = logging.getLogger(__name__)
@@ -37,14 +38,7 @@ class Monitor:
         self.client = client
         self.on_probe = on_probe  # after each probe (the metrics)
         self.on_probed = on_probed  # after each round of probes (the dashboard's pages update)
-        self.external: dict[str, Probe] = {}
-        for slot in pool.slots.values():
-            if not slot.managed:
-                target = target_of(slot.entry)
-                runtime = target.runtime
-                base = target.base_url or ""
-                url = origin(base) + runtime.health_path if runtime.health_path else base + "/models"
-                self.external[slot.name] = Probe(url, runtime.health_ready, target.api_key)
+        self._external: dict[str, tuple] = {}  # name → (its entry, its probe): made again when a reload changes it
 
     async def run(self) -> None:
         while True:
@@ -68,6 +62,8 @@ class Monitor:
                 self._lost(slot, record)
                 slot.health = None
                 return
+            assert slot.endpoint is not None
+            self.pool.measured(slot, await self.pool.effects.measure(slot.endpoint))
             if record.process_frozen():  # a probe would only time out
                 self.pool.observed(slot, frozen=True, health=None)
                 return
@@ -82,10 +78,21 @@ class Monitor:
 
     def _probe_of(self, slot: Slot) -> Probe | None:
         if not slot.managed:
-            return self.external[slot.name]
+            return self._external_probe(slot)
         record = slot.endpoint.record if slot.endpoint else None
         live = slot.state in (*SERVING, State.FROZEN)
         return record.health_probe() if record is not None and live else None
+
+    def _external_probe(self, slot: Slot) -> Probe:
+        known = self._external.get(slot.name)
+        if known is None or known[0] is not slot.entry:
+            target = target_of(slot.entry)
+            runtime = target.runtime
+            base = target.base_url or ""
+            url = origin(base) + runtime.health_path if runtime.health_path else base + "/models"
+            known = (slot.entry, Probe(url, runtime.health_ready, target.api_key))
+            self._external[slot.name] = known
+        return known[1]
 
     def _lost(self, slot: Slot, record) -> None:
         from lf.files import read_tail
@@ -122,13 +129,23 @@ class Monitor:
             overall = "degraded"
         loaded = self.pool.loaded_count()
         limit = self.pool.config.max_loaded
+        budget, used = self.pool.budget, self.pool.used()
         document = {
             "status": overall,
             "summary": f"{healthy} of {len(components)} models healthy; {loaded} loaded"
-            + (f" of at most {limit}" if limit else ""),
+            + (f" of at most {limit}" if limit else "")
+            + f"; {human_bytes(used.ram)} of {human_bytes(budget.ram)} memory",
             "timestamp": _iso(time.time()),
             "components": components,
-            "gateway": {"loaded": loaded, "max_loaded": limit, "queued": self.pool.waiting},
+            "gateway": {
+                "loaded": loaded,
+                "max_loaded": limit,
+                "queued": self.pool.waiting,
+                "memory_budget_bytes": budget.ram,
+                "memory_used_bytes": used.ram,
+                "vram_budget_bytes": budget.vram,
+                "vram_used_bytes": used.vram if budget.vram is not None else None,
+            },
         }
         return document, 503 if overall == "unhealthy" else 200
 
@@ -177,8 +194,13 @@ def component(slot: Slot) -> dict:
         owned=slot.owned,
         pid=record.pid if record else None,
         in_flight=slot.in_flight,
+        waiting=len(slot.turns),
+        max_concurrent=slot.max_concurrent,
         ttl_s=slot.ttl,
         expires_at=_iso(slot.expires_at),
+        context_size=record.instance.settings.get("context_size") if record else None,
+        memory_bytes=slot.rss,
+        memory_need_bytes=slot.need.ram if slot.need else None,
     )
     item["details"]["model_loaded"] = False
     if slot.state in SERVING:
@@ -195,7 +217,26 @@ def component(slot: Slot) -> dict:
     else:
         status, message = _ABOUT[slot.state]
         item.update(status=status, message=message)
+    if slot.state == State.STARTING and slot.loading is not None:
+        item["loading"] = loading(slot)
+        item["message"] = "starting: " + describe_loading(item["loading"])
     return item
+
+
+def loading(slot: Slot) -> dict | None:
+    """How far its start is: {"stage", "percent", "elapsed_s"}; None when it is not starting."""
+    if slot.state != State.STARTING or slot.loading is None:
+        return None
+    return {
+        "stage": slot.loading["stage"],
+        "percent": slot.loading["percent"],
+        "elapsed_s": round(max(0.0, time.time() - slot.loading["since"]), 1),
+    }
+
+
+def describe_loading(progress: dict) -> str:
+    percent = f" {progress['percent']:.0f}%" if progress.get("percent") is not None else ""
+    return f"{progress['stage']}{percent} ({progress['elapsed_s']:.0f}s)"
 
 
 def _percentile(values: list[float], q: float) -> float | None:

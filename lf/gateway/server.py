@@ -89,10 +89,11 @@ def run(
             server_header=False,
         )
     )
-    # a closed terminal (SIGHUP) stops the gateway as SIGTERM does, instances included; uvicorn shuts down
-    # gracefully on SIGTERM and then re-raises it, which should end the process as a service manager
-    # expects of a SIGTERM, not as lf's commands turn it into an error
-    signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True))
+    # SIGHUP reloads llamafarm.yaml (the app installs that once its loop runs; until then it is ignored, not
+    # fatal); uvicorn shuts down gracefully on SIGTERM and then re-raises it, which should end the process as a
+    # service manager expects of a SIGTERM, not as lf's commands turn it into an error
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     where = local_url(config.host, config.port)
     if is_wildcard(config.host):
@@ -201,7 +202,9 @@ def detach(
         choose_port(config.host, config.port, auto=False)
         return instance_of(project, config, command)
 
-    return supervisor.start(config.record_name, store, plan, on_wait=on_wait)
+    return supervisor.start(
+        config.record_name, store, plan, on_wait=(lambda at: on_wait(at.elapsed)) if on_wait else None
+    )
 
 
 def _flags(config: GatewayConfig) -> list[str]:
@@ -216,7 +219,8 @@ def _flags(config: GatewayConfig) -> list[str]:
         if setting is None or setting.flag is None or value is None or f.name == "api_key":
             continue
         if setting.type == "boolean":
-            out += [setting.flag] if value else []
+            if value != setting.default:  # --reload is on unless said off: --no-reload
+                out += [setting.flag if value else setting.flag.replace("--", "--no-", 1)]
         else:
             out += [setting.flag, str(value)]
     return out

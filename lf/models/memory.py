@@ -186,6 +186,41 @@ def estimate_settings(model_path: str, settings: Mapping[str, object]) -> Estima
     )
 
 
+MIN_AUTO_CONTEXT = 2048  # what `context_size: auto` never goes below (a chat needs room for its turns)
+AUTO_STEP = 1024  # the context sizes auto tries are multiples of this
+
+
+def fit_context(model_path: str, settings: Mapping[str, object], room: int) -> Estimate:
+    """The estimate at the largest context (a multiple of AUTO_STEP, up to the model's trained length, at least
+    MIN_AUTO_CONTEXT) whose instance fits in `room` bytes; at MIN_AUTO_CONTEXT when none does (the caller
+    says that it does not fit). What `context_size: auto` starts with."""
+    from lf.models.gguf_meta import GgufError, read
+
+    try:
+        trained = read(model_path).context_length or MIN_AUTO_CONTEXT
+    except (GgufError, OSError) as exc:
+        raise unusable_model(model_path, exc) from None
+    top = max(MIN_AUTO_CONTEXT, trained)
+
+    def at(ctx: int) -> Estimate:
+        return estimate_settings(model_path, {**settings, "context_size": ctx})
+
+    best = at(MIN_AUTO_CONTEXT)
+    if best.total > room:
+        return best
+    low, high = MIN_AUTO_CONTEXT // AUTO_STEP, max(MIN_AUTO_CONTEXT, top) // AUTO_STEP
+    while low < high:  # the estimate grows with the context: the largest step that fits
+        mid = (low + high + 1) // 2
+        candidate = at(mid * AUTO_STEP)
+        if candidate.total <= room:
+            low, best = mid, candidate
+        else:
+            high = mid - 1
+    if top % AUTO_STEP and top > best.context_size and (full := at(top)).total <= room:
+        best = full  # the trained length itself, when it is not a multiple of the step
+    return best
+
+
 def unusable_model(path: str, exc: Exception):
     """The error (exit 8, as for a model that is not installed) for a model file whose header cannot be read:
     no engine would load it either."""

@@ -84,6 +84,7 @@ class InstanceSpec:
     host: str
     port: int
     port_auto: bool  # True when nobody chose the port: lf may move to the next free one
+    context_auto: bool = False  # context_size: auto, fitted to the memory left when it starts
     settings: Mapping[str, object] = field(
         default_factory=lambda: MappingProxyType({})
     )  # every declared setting (None: unset)
@@ -145,6 +146,7 @@ def default_plan(spec: InstanceSpec, engine: ResolvedEngine, port: int, **change
         model_path=spec.model_path,
         health_path=runtime.health_path,
         health_ready=runtime.health_ready,
+        progress=runtime.progress,
         start_timeout=runtime.start_timeout,
         overrides=MappingProxyType(dict(spec.overrides)),
         settings=MappingProxyType(recorded_settings(spec)),

@@ -93,6 +93,7 @@ class Runtime:
     model_format: str | None
     one_model_per_process: bool
     start_timeout: float
+    progress: str | None = None  # [health] progress: a pattern of its log whose group is the percent loaded
     model_env: str | None = None  # the environment variable that names the model
     settings: Mapping[str, Setting] = field(default_factory=lambda: MappingProxyType({}))
     engines: tuple[Engine, ...] = ()
@@ -238,6 +239,7 @@ def _parse(folder: Path) -> Runtime:
         api_base=m.get("api_base", "/v1"),
         health_path=health.get("path"),
         health_ready=health.get("ready", "http-ok"),
+        progress=_pattern(health.get("progress"), path),
         default_model=m.get("default_model"),
         model_format=m.get("model_format"),
         model_env=m.get("model_env"),
@@ -250,6 +252,19 @@ def _parse(folder: Path) -> Runtime:
         builders=MappingProxyType(dict(m.get("builders", {}))),
         leftover_files=_leftover_files(m.get("leftover_files", []), path),
     )
+
+
+def _pattern(text, path: Path) -> str | None:
+    if text is None:
+        return None
+    import re
+
+    try:
+        if not isinstance(text, str) or re.compile(text).groups != 1:
+            raise ValueError("it needs exactly one group: the percent")
+    except (re.error, ValueError) as exc:
+        raise LfError(f"{path}: [health] progress {text!r} is not a pattern lf can use: {exc}") from None
+    return text
 
 
 def _leftover_files(patterns, path: Path) -> tuple[str, ...]:
