@@ -104,6 +104,12 @@ def is_env_ref(value: str) -> bool:
     return _ENV_REF.match(value.strip()) is not None
 
 
+def env_ref_name(value: str) -> str | None:
+    """The variable an `${env:NAME}` reference names; None for anything else."""
+    match = _ENV_REF.match(value.strip())
+    return match.group(1) if match else None
+
+
 def find_config(explicit: str | os.PathLike | None = None, start: Path | None = None) -> Path | None:
     """-c/--config, then LF_CONFIG, then llamafarm.yaml/.yml in the current dir or its nearest parent."""
     chosen = explicit or os.environ.get(AppEnvVars.CONFIG)
