@@ -74,9 +74,11 @@ def _show(plan, dry_run: bool, json_out: bool) -> None:
             out(f"# would write {planned.path} (mode {planned.mode:04o}):")
             out(planned.shown.rstrip("\n"))
             out()
+        for step in plan.steps:
+            out(f"# would run: {shlex.join(step.argv)}" + (f"   ({step.why})" if step.why else ""))
         for path in plan.remove:
             out(f"# would remove {path}")
-        for step in plan.steps:
+        for step in plan.then:
             out(f"# would run: {shlex.join(step.argv)}" + (f"   ({step.why})" if step.why else ""))
         for note in plan.notes:
             err(note)

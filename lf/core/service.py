@@ -109,9 +109,11 @@ class ServicePlan:
     service: Service
     argv: tuple[str, ...]  # what the service runs (install)
     workdir: Path | None
+    # carried out in this order: write, steps, remove, then
     write: tuple[PlannedFile, ...] = ()
-    remove: tuple[Path, ...] = ()
     steps: tuple[Step, ...] = ()
+    remove: tuple[Path, ...] = ()
+    then: tuple[Step, ...] = ()
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
@@ -128,7 +130,7 @@ class ServicePlan:
             "workdir": str(self.workdir) if self.workdir else None,
             "write": [{"path": str(f.path), "mode": f"{f.mode:04o}"} for f in self.write],
             "remove": [str(p) for p in self.remove],
-            "commands": [list(step.argv) for step in self.steps],
+            "commands": [list(step.argv) for step in (*self.steps, *self.then)],
             "notes": list(self.notes),
         }
 
@@ -257,7 +259,7 @@ def install_plan(
                     why="start it at boot and keep it running after you log out",
                 ),
             )
-    return ServicePlan("install", service, argv, workdir, write, (), steps)
+    return ServicePlan("install", service, argv, workdir, write, steps)
 
 
 def uninstall_plan(project, *, kind: str, places: Places, uid: int) -> ServicePlan:
@@ -265,17 +267,16 @@ def uninstall_plan(project, *, kind: str, places: Places, uid: int) -> ServicePl
     _refuse_anothers(service, project)
     remove = tuple(p for p in (service.definition, service.env_file) if p.exists())
     if not service.installed():
-        return ServicePlan("uninstall", service, (), None, (), remove, (), ("not installed: nothing to remove",))
+        return ServicePlan("uninstall", service, (), None, remove=remove, notes=("not installed: nothing to remove",))
     if kind == LAUNCHD:
         steps: tuple[Step, ...] = (
             Step(("launchctl", "bootout", f"gui/{uid}/{service.name}"), required=False, why="stop and unload it"),
         )
     else:
         steps = (Step(("systemctl", "--user", "disable", "--now", service.name), required=False, why="stop it"),)
-    # systemd forgets the unit only once its file is gone: the reload comes after the removal (see apply)
-    if kind == SYSTEMD:
-        steps += (Step(("systemctl", "--user", "daemon-reload"), required=False, why="forget it"),)
-    return ServicePlan("uninstall", service, (), None, (), remove, steps)
+    # systemd forgets the unit only once its file is gone: the reload comes after the removal
+    then = (Step(("systemctl", "--user", "daemon-reload"), required=False, why="forget it"),) if kind == SYSTEMD else ()
+    return ServicePlan("uninstall", service, (), None, steps=steps, remove=remove, then=then)
 
 
 def _refuse_anothers(service: Service, project) -> None:
@@ -425,22 +426,15 @@ def apply(plan: ServicePlan, runner: Runner = run_command) -> Applied:
         atomic_write(planned.path, planned.text)  # 0600 from its first byte
         if planned.mode != 0o600:
             planned.path.chmod(planned.mode)
-    results: list[StepResult] = []
     warnings: list[str] = []
-    steps = list(plan.steps)
-    if plan.action == "uninstall":  # stop first (the file must still be there), then remove, then reload
-        first = [s for s in steps if s.argv[-1] != "daemon-reload"]
-        then = [s for s in steps if s.argv[-1] == "daemon-reload"]
-        results += _run(first, runner, warnings, plan)
-        for path in plan.remove:
-            path.unlink(missing_ok=True)
-        results += _run(then, runner, warnings, plan)
-    else:
-        results += _run(steps, runner, warnings, plan)
+    results = _run(plan.steps, runner, warnings, plan)
+    for path in plan.remove:
+        path.unlink(missing_ok=True)
+    results += _run(plan.then, runner, warnings, plan)
     return Applied(plan, tuple(results), tuple(warnings))
 
 
-def _run(steps: list[Step], runner: Runner, warnings: list[str], plan: ServicePlan) -> list[StepResult]:
+def _run(steps: Sequence[Step], runner: Runner, warnings: list[str], plan: ServicePlan) -> list[StepResult]:
     results = []
     for step in steps:
         code, output = runner(step.argv)
@@ -449,11 +443,11 @@ def _run(steps: list[Step], runner: Runner, warnings: list[str], plan: ServicePl
             continue
         said = f"`{shlex.join(step.argv)}` failed (exit {code}): {output.splitlines()[0] if output else 'no message'}"
         if step.required:
-            wrote = ", ".join(str(f.path) for f in plan.write)
-            raise LfError(
-                said + (f"; {wrote} written" if wrote else ""),
-                hint=_no_manager_hint(plan.service.kind, output),
-            )
+            wrote = " and ".join(str(f.path) for f in plan.write)
+            hint = _no_manager_hint(plan.service.kind, output)
+            if wrote:
+                hint += f"\n{wrote} are written (lf serve --uninstall-service removes them)"
+            raise LfError(said, hint=hint)
         warnings.append(said + (f" ({step.why})" if step.why else ""))
     return results
 
