@@ -436,11 +436,16 @@ def test_the_log_pane_keeps_its_place_across_updates_and_follows_the_tail_only_f
             wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, f'{alpha} [data-action="log"]'))
             browser.find_element(By.CSS_SELECTOR, f'{alpha} [data-action="log"]').click()
             pre = browser.find_element(By.CSS_SELECTOR, f"{alpha} pre.log")
-            pane = lambda: browser.execute_script(  # noqa: E731
-                "const p = arguments[0]; return [p.scrollTop, p.scrollHeight, p.clientHeight, p.textContent.length]",
-                pre,
-            )
-            at_bottom = lambda: (lambda t, h, c, _: h - t - c < 4)(*pane())  # noqa: E731
+
+            def pane() -> list[int]:  # scrollTop, scrollHeight, clientHeight
+                return browser.execute_script(
+                    "const p = arguments[0]; return [p.scrollTop, p.scrollHeight, p.clientHeight]", pre
+                )
+
+            def at_bottom() -> bool:
+                top, height, shown = pane()
+                return height - top - shown < 4
+
             wait.until(lambda _: last in pre.text and pane()[1] > 2 * pane()[2])  # scrollable
             assert at_bottom(), pane()
 
@@ -456,13 +461,16 @@ def test_the_log_pane_keeps_its_place_across_updates_and_follows_the_tail_only_f
             assert place > 100, pane()  # mid-pane: a jump to the top would show
 
             # three updates of the page (a request each), and new lines in the log meanwhile
-            version = lambda: browser.execute_script("return data.version")  # noqa: E731
+            def updated(seen: int, line: str) -> bool:  # the page drew a newer snapshot, and the log has the line
+                version = browser.execute_script("return data.version")
+                return version > seen and line in pre.get_attribute("textContent")
+
             body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}]}
             for i in range(3):
-                seen = version()
+                seen = browser.execute_script("return data.version")
                 assert httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
                 last = write(300 + 10 * i, 10)
-                wait.until(lambda _: version() > seen and last in pre.get_attribute("textContent"))
+                wait.until(lambda _, seen=seen, last=last: updated(seen, last))
                 time.sleep(0.3)  # the redraw after the event
                 assert pane()[0] == place, f"update {i + 1}: the pane moved from {place} to {pane()[0]}"
             assert browser.find_element(By.CSS_SELECTOR, f"{alpha} pre.log").id == pre.id  # the very same pane
