@@ -45,6 +45,7 @@ demo: setup
 
 test: setup-test
 	bash scripts/ensure-browser
+	bash scripts/ensure-systemd-analyze
 	bash scripts/run-tests
 
 # the README's picture of the dashboard, taken by its browser test

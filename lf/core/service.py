@@ -25,7 +25,8 @@ from lf.errors import ExitStatus, LfError
 SYSTEMD, LAUNCHD = "systemd", "launchd"
 RESTART_SECONDS = 5
 STOP_SECONDS = 60  # the gateway stops its instances (each SIGTERM, then SIGKILL after 10 s) before it exits
-MARK = "Written by `lf serve --install-service`"  # the first line of what lf writes: it removes only its own
+MARK = "Written by `lf serve --install-service`"  # the first line of what lf writes: it replaces only its own
+MARK_XML = "Written by lf serve, with its option install-service"  # an XML comment cannot hold "--"
 # variables whose value is a secret: shown as *** by --dry-run (the file itself has them, 0600)
 SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 # more variables lf's engines and model downloads read (besides LF_*, the gateway's and the runtimes' own)
@@ -228,7 +229,7 @@ def install_plan(
     env = _environment(project, environ, carried)
     header = f"{MARK} for {_what(service, project)}; remove it with `lf serve --uninstall-service`."
     if kind == LAUNCHD:
-        definition = render_plist(service, argv, workdir, header)
+        definition = render_plist(service, argv, workdir)
         env_text = render_env_sh(env, header)
     else:
         definition = render_unit(service, argv, workdir, header)
@@ -280,26 +281,45 @@ def uninstall_plan(project, *, kind: str, places: Places, uid: int) -> ServicePl
 
 
 def _refuse_anothers(service: Service, project) -> None:
-    """A unit or plist of that name lf did not write, or wrote for another folder, is left alone."""
+    """A unit or plist of that name lf did not write, or wrote for another project, is left alone."""
     if not service.definition.is_file():
         return
     try:
-        first = service.definition.read_text(errors="replace").splitlines()[:3]
+        data = service.definition.read_bytes()
     except OSError as exc:
         raise LfError(f"cannot read {service.definition}: {exc.strerror or exc}") from exc
-    text = "\n".join(first)
-    if MARK not in text:
+    ours, config = _written_for(service.kind, data)
+    if not ours:
         raise LfError(
             f"{service.definition} exists and was not written by lf",
             hint="move it away first if lf may replace it",
         )
-    wanted = _what(service, project)
-    if wanted not in text:
-        other = text.split(" for ", 1)[-1].split(";")[0]
+    wanted = str(project.path.resolve()) if project is not None else None
+    if config != wanted:
         raise LfError(
-            f"{service.definition} runs lf serve for another project folder: {other}",
-            hint="remove that one with lf serve --uninstall-service from its folder first",
+            f"{service.definition} runs lf serve for {config or 'the embedded default model'}, not for this project",
+            hint="remove that one first: lf serve --uninstall-service, in its folder",
         )
+
+
+def _written_for(kind: str, data: bytes) -> tuple[bool, str | None]:
+    """(written by lf?, the llamafarm.yaml its lf serve is given: None for none) of a unit or plist."""
+    argv: list[str] = []
+    if kind == LAUNCHD:
+        try:
+            agent = plistlib.loads(data)
+            argv = [str(a) for a in agent.get("ProgramArguments", [])]
+        except Exception:  # noqa: BLE001 - not a plist lf could have written
+            return False, None
+        ours = MARK_XML in data.decode(errors="replace")
+    else:
+        text = data.decode(errors="replace")
+        ours = text.startswith(f"# {MARK}")
+        for line in text.splitlines():
+            if line.startswith("ExecStart="):
+                argv = [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line.partition("=")[2])]
+    config = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+    return ours, config
 
 
 def _what(service: Service, project) -> str:
@@ -389,7 +409,7 @@ def render_env_sh(env: Mapping[str, str], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_plist(service: Service, argv: Sequence[str], workdir: Path, header: str) -> str:
+def render_plist(service: Service, argv: Sequence[str], workdir: Path) -> str:
     # launchd reads no environment file: a shell sources it, then becomes lf serve (the key stays off argv)
     program = ["/bin/sh", "-c", 'set -a && . "$0" && exec "$@"', str(service.env_file), *argv]
     agent = {
@@ -407,7 +427,7 @@ def render_plist(service: Service, argv: Sequence[str], workdir: Path, header: s
         agent["StandardOutPath"] = agent["StandardErrorPath"] = str(service.log_file)
     text = plistlib.dumps(agent, sort_keys=False).decode()
     declaration, _, rest = text.partition("\n")
-    return f"{declaration}\n<!-- {header} -->\n{rest}"
+    return f"{declaration}\n<!-- {MARK_XML}; uninstall-service removes it -->\n{rest}"
 
 
 # -- carrying a plan out ----------------------------------------------------------------------------------
