@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import httpx
 import psutil
 import pytest
 from conftest import default_model_installed, run_lf
+from test_chat_repl import PROMPT, Terminal, recorder  # noqa: F401 (recorder: the fixture, found by its name)
 
 from fakes import Gateway, free_ports, read_record, use_fakes
 from fakes.hfhub import FakeHub, write_gguf
@@ -180,6 +183,33 @@ def test_run_is_chat_with_the_model_named():
     project_file.write_text("version: v1\nname: x\nnamespace: y\nruntime: {provider: llamacpp, model: smollm2-135m}\n")
     missing = run_lf("run", "nosuch", "hi")
     assert missing.returncode == 4 and "nosuch" in missing.stderr  # chat's resolution of a model name
+
+
+class RunTerminal(Terminal):
+    """`lf run ARGS…` on a pseudo-terminal (test_chat_repl's Terminal, which runs `lf chat`)."""
+
+    def __init__(self, *args: str):
+        env = {**os.environ, "TERM": "xterm", "INPUTRC": os.devnull}
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                os.execve(sys.executable, [sys.executable, "-m", "lf", "run", *args], env)
+            finally:
+                os._exit(127)
+        self.seen, self.pos, self.eof, self.status = b"", 0, False, None
+
+
+def test_run_without_a_prompt_on_a_terminal_is_the_interactive_chat(recorder):  # noqa: F811
+    with RunTerminal("recorder") as term:
+        term.expect("Chatting with rec-model")
+        term.expect(PROMPT)
+        term.enter("Say one")
+        term.expect("Answer 1.")
+        term.expect(PROMPT)
+        term.enter("/exit")
+        assert term.wait() == 0
+    assert [m["content"] for m in recorder.messages(0)] == ["Say one"]
 
 
 # -- did you mean ------------------------------------------------------------------------------------------
