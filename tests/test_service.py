@@ -426,3 +426,20 @@ def test_a_started_gateway_is_named_when_the_service_could_not_listen(tmp_path, 
     finally:
         run_lf("runtime", "stop", f"lf-serve-{port}", env=env)
         time.sleep(0.1)
+
+
+def test_the_variable_an_env_reference_names_is_carried_and_never_shown(tmp_path, home):
+    """api_key: ${env:GW_PASS} in llamafarm.yaml: the service needs GW_PASS, and --dry-run must not show it."""
+    from lf.core.service import SYSTEMD
+
+    path = project(
+        tmp_path / "p",
+        "    - {name: chat, provider: llamacpp, model: smollm2-135m}\n",
+        gateway="api_key: '${env:GW_PASS}'",
+    )
+    plan = plan_for(path, SYSTEMD, environ={"GW_PASS": "pass-word-5", "LF_STATE_DIR": "/srv/lf", "UNRELATED": "x"})
+    (env_file, unit) = plan.write
+    assert systemd_env(env_file.text) == {"GW_PASS": "pass-word-5", "LF_STATE_DIR": "/srv/lf"}
+    assert "pass-word-5" not in env_file.shown and 'GW_PASS="***"' in env_file.shown
+    assert 'LF_STATE_DIR="/srv/lf"' in env_file.shown  # what is no secret is shown as it is
+    assert "pass-word-5" not in unit.text + " ".join(plan.argv)

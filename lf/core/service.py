@@ -17,7 +17,7 @@ import re
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lf.errors import ExitStatus, LfError
@@ -80,10 +80,6 @@ class Service:
     definition: Path  # the unit file or the plist
     env_file: Path
     log_file: Path | None
-
-    @property
-    def unit(self) -> str:
-        return self.name  # what systemctl and launchctl are given
 
     def installed(self) -> bool:
         return self.definition.is_file()
@@ -164,7 +160,6 @@ class ServiceState:
     running: bool | None  # None: the service manager could not be asked
     detail: str
     lingering: bool | None = None  # systemd: whether it runs without a login (None: not known / not systemd)
-    problems: list[str] = field(default_factory=list)
 
 
 # -- which service, where -----------------------------------------------------------------------------------
@@ -226,7 +221,7 @@ def install_plan(
     for part in (*argv, str(workdir)):
         if "\n" in part or "\r" in part:
             raise LfError(f"{part!r}: a path or flag with a line break cannot go into a service definition")
-    env = _environment(project, environ, carried)
+    env, secrets = _environment(project, environ, carried)
     header = f"{MARK} for {_what(service, project)}; remove it with `lf serve --uninstall-service`."
     if kind == LAUNCHD:
         definition = render_plist(service, argv, workdir)
@@ -234,7 +229,7 @@ def install_plan(
     else:
         definition = render_unit(service, argv, workdir, header)
         env_text = render_env_systemd(env, header)
-    env_shown = (render_env_sh if kind == LAUNCHD else render_env_systemd)(_masked(env), header)
+    env_shown = (render_env_sh if kind == LAUNCHD else render_env_systemd)(_masked(env, secrets), header)
     write = (
         PlannedFile(service.env_file, env_text, 0o600, env_shown),
         PlannedFile(service.definition, definition, 0o644, definition),
@@ -328,15 +323,18 @@ def _what(service: Service, project) -> str:
     return f"project {project.key} ({project.path.resolve()})"
 
 
-def _environment(project, environ: Mapping[str, str], carried: Sequence[str]) -> dict[str, str]:
-    """The variables lf reads, as set in `environ`; and the one an `${env:NAME}` API key names."""
+def _environment(project, environ: Mapping[str, str], carried: Sequence[str]) -> tuple[dict[str, str], set[str]]:
+    """The variables lf reads, as set in `environ`, and the one an `${env:NAME}` API key names; and the names
+    of those that hold a secret."""
     names = list(dict.fromkeys([*sorted(n for n in environ if n.startswith("LF_")), *carried, *CARRIED]))
+    secrets = {name for name in names if SECRET.search(name)}
     key = (project.gateway or {}).get("api_key") if project is not None else None
     if isinstance(key, str):
         from lf.config.project import env_ref_name
 
         if (name := env_ref_name(key)) is not None:
             names.append(name)
+            secrets.add(name)
     out = {}
     for name in names:
         value = environ.get(name)
@@ -345,11 +343,11 @@ def _environment(project, environ: Mapping[str, str], carried: Sequence[str]) ->
                 raise LfError(f"the environment variable {name} holds a line break: it cannot go into a service file")
             out[name] = value
     out.pop("LF_DEBUG", None)
-    return out
+    return out, secrets
 
 
-def _masked(env: Mapping[str, str]) -> dict[str, str]:
-    return {name: ("***" if SECRET.search(name) else value) for name, value in env.items()}
+def _masked(env: Mapping[str, str], secrets: set[str]) -> dict[str, str]:
+    return {name: ("***" if name in secrets else value) for name, value in env.items()}
 
 
 # -- rendering --------------------------------------------------------------------------------------------
