@@ -406,3 +406,90 @@ def test_serve_open_opens_the_page_in_the_browser_once_it_answers(tmp_path, fake
         assert url == f"http://127.0.0.1:{port}/"
         page = httpx.get(url, headers={"Accept": "text/html"})
         assert page.status_code == 200 and "<title>lf serve</title>" in page.text
+
+
+def test_the_log_pane_keeps_its_place_across_updates_and_follows_the_tail_only_from_the_bottom(tmp_path, fakes):
+    """A real headless Chromium: the reader scrolls the log pane up with the mouse wheel; three updates of the page
+    and new log lines later the same lines are under their eyes; back at the bottom, new lines are followed."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    a, b, port = free_ports(3)
+    project(tmp_path / "work", fake_models(a, b))
+    with Gateway(tmp_path / "work", port) as gateway:
+        assert act(gateway, "start", "alpha").status_code == 200
+        log = Path(read_record(fakes, "alpha")["log_path"])
+
+        def write(first: int, count: int) -> str:
+            with open(log, "a") as fh:
+                fh.writelines(f"log line {n:04d}\n" for n in range(first, first + count))
+            return f"log line {first + count - 1:04d}"
+
+        last = write(0, 300)
+        browser = _browser()
+        try:
+            browser.get(gateway.url + "/")
+            wait = WebDriverWait(browser, 15)
+            alpha = 'article[data-model="alpha"]'
+            wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, f'{alpha} [data-action="log"]'))
+            browser.find_element(By.CSS_SELECTOR, f'{alpha} [data-action="log"]').click()
+            pre = browser.find_element(By.CSS_SELECTOR, f"{alpha} pre.log")
+
+            def pane() -> list[int]:  # scrollTop, scrollHeight, clientHeight
+                return browser.execute_script(
+                    "const p = arguments[0]; return [p.scrollTop, p.scrollHeight, p.clientHeight]", pre
+                )
+
+            def at_bottom() -> bool:
+                top, height, shown = pane()
+                return height - top - shown < 4
+
+            wait.until(lambda _: last in pre.text and pane()[1] > 2 * pane()[2])  # scrollable
+            assert at_bottom(), pane()
+
+            # scrolled up by the wheel, as a reader does
+            ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(pre), 0, -600).perform()
+
+            def settled(_) -> int | None:  # the wheel scrolls smoothly: wait until it has come to rest
+                before = pane()[0]
+                time.sleep(0.2)
+                return before if before == pane()[0] and not at_bottom() else None
+
+            place = wait.until(settled)
+            assert place > 100, pane()  # mid-pane: a jump to the top would show
+
+            # three updates of the page (a request each), and new lines in the log meanwhile
+            def updated(seen: int, line: str) -> bool:  # the page drew a newer snapshot, and the log has the line
+                version = browser.execute_script("return data.version")
+                return version > seen and line in pre.get_attribute("textContent")
+
+            body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}]}
+            for i in range(3):
+                seen = browser.execute_script("return data.version")
+                assert httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+                last = write(300 + 10 * i, 10)
+                wait.until(lambda _, seen=seen, last=last: updated(seen, last))
+                time.sleep(0.3)  # the redraw after the event
+                assert pane()[0] == place, f"update {i + 1}: the pane moved from {place} to {pane()[0]}"
+            assert browser.find_element(By.CSS_SELECTOR, f"{alpha} pre.log").id == pre.id  # the very same pane
+
+            # back at the bottom, new lines are followed
+            browser.execute_script("arguments[0].scrollTop = arguments[0].scrollHeight", pre)
+            wait.until(lambda _: at_bottom())
+            last = write(400, 20)
+            wait.until(lambda _: last in pre.get_attribute("textContent"))
+            time.sleep(0.3)
+            assert at_bottom(), pane()
+        finally:
+            browser.quit()
+
+
+def test_stop_and_unload_say_how_they_differ(tmp_path, fakes):
+    a, b, port = free_ports(3)
+    project(tmp_path / "work", fake_models(a, b))
+    with Gateway(tmp_path / "work", port) as gateway:
+        page = httpx.get(gateway.url + "/", headers={"Accept": "text/html"}).text
+    assert "whoever started it" in page and "only for an instance this gateway started" in page
+    assert "Unload frees the memory of one this gateway started" in page  # said on the page, not only on hover

@@ -14,6 +14,7 @@ from lf.cli._common import (
     complete_instances,
     complete_models,
     complete_runtimes,
+    complete_settings,
     complete_startable,
     err,
     load_project,
@@ -125,6 +126,7 @@ def start(
         typer.Option(
             "--set",
             help="Any setting the runtime declares, as NAME=VALUE (repeatable; see lf config show).",
+            autocompletion=complete_settings,
             show_default=False,
         ),
     ] = None,

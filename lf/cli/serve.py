@@ -149,6 +149,23 @@ def serve(
         str,
         typer.Option("--log-format", help="text (lf-serve: … lines) or json (one object per line, for journald)."),
     ] = "text",
+    install_service: Annotated[
+        bool,
+        typer.Option(
+            "--install-service",
+            help="Install lf serve for this project as a user service (systemd, or launchd on macOS): "
+            "started now, at login and at boot, restarted when it fails; with the other flags given.",
+        ),
+    ] = False,
+    uninstall_service: Annotated[
+        bool, typer.Option("--uninstall-service", help="Stop and remove this project's service.")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="With --install-service or --uninstall-service: print what would be written and run."
+        ),
+    ] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -187,6 +204,15 @@ def serve(
         "pull": pull or None,
     }
     settings = resolve_config(project, flags)
+    if install_service or uninstall_service or dry_run:
+        logs = [
+            *(["--log-level", log_level] if log_level != "info" else []),
+            *(["--log-format", log_format] if log_format != "text" else []),
+        ]
+        _service(
+            project, settings, flags, logs, install_service, uninstall_service, dry_run, detach or open_page, json_out
+        )
+        return
     if not detach:
         from lf.gateway.server import run
 
@@ -222,6 +248,26 @@ def serve(
             f"Warning: listening on {settings.host}: reachable from other machines"
             + ("" if settings.api_key else ", with no API key (--insecure)")
         )
+
+
+def _service(project, settings, flags, logs, install, uninstall, dry_run, other, json_out) -> None:
+    from lf.cli import service
+    from lf.errors import ExitStatus, LfError
+
+    if install == uninstall or other:
+        raise LfError(
+            "--dry-run goes with --install-service or --uninstall-service"
+            if not (install or uninstall)
+            else "give one of --install-service and --uninstall-service, without --detach or --open",
+            exit_status=ExitStatus.USAGE,
+        )
+    if uninstall:
+        service.uninstall(project, dry_run=dry_run, json_out=json_out)
+        return
+    from lf.config.gateway import serve_flags
+
+    given = serve_flags(flags) + logs  # the flags given here: the service's own command line
+    service.install(project, given, settings.record_name, dry_run=dry_run, json_out=json_out)
 
 
 def _open_page(settings) -> None:

@@ -20,3 +20,9 @@ def expand_env_ref(value: str | None) -> str | None:
 
 def is_env_ref(value: str) -> bool:
     return _ENV_REF.match(value.strip()) is not None
+
+
+def env_ref_name(value: str) -> str | None:
+    """The variable an `${env:NAME}` reference names; None for anything else."""
+    match = _ENV_REF.match(value.strip())
+    return match.group(1) if match else None

@@ -265,3 +265,17 @@ def gateway_key(project) -> str | None:
     file_values = {"api_key": project.gateway["api_key"]} if project and "api_key" in project.gateway else {}
     values, _sources = resolve({"api_key": GATEWAY_SETTINGS["api_key"]}, {}, file_values)
     return expand_env_ref(values.get("api_key")) or None
+
+
+def serve_flags(values: dict) -> list[str]:
+    """The `lf serve` command-line flags that give these settings (the key never: it is not for a command line)."""
+    out: list[str] = []
+    for name, value in values.items():
+        setting = GATEWAY_SETTINGS.get(name)
+        if setting is None or setting.flag is None or value is None or name == "api_key":
+            continue
+        if setting.type == "boolean":
+            out.append(setting.flag if value else setting.flag.replace("--", "--no-", 1))
+        else:
+            out += [setting.flag, str(value)]
+    return out

@@ -10,6 +10,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from lf.core.ps import GATEWAY_RUNTIME
 from lf.errors import ExitStatus
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -19,7 +20,9 @@ LOW_MEMORY = 1 * GIB  # less available than this: a small model may still run, l
 
 @dataclass(frozen=True)
 class Check:
-    name: str  # stable: python, lf, cpu, memory, gpus, npus, engine:<runtime>, port:<runtime>, state_dir, config, model:<entry>
+    # stable: python, lf, cpu, memory, gpus, npus, engine:<runtime>, port:<instance>, port:gateway, state_dir,
+    # config, model:<entry>, service
+    name: str
     status: str  # ok | warn | fail
     detail: str  # one line: what was found
     fix: str | None = None  # one line: what to do (None when nothing is needed)
@@ -48,8 +51,12 @@ def run(config: str | None = None) -> Report:
     needed = _needed_specs(project, config_check)
     checks += check_engines(needed)
     checks += check_ports(needed)
+    if config_check.status != FAIL:
+        checks.append(check_gateway_port(project))
     checks.append(config_check)
     checks += check_models(project, config_check)
+    if config_check.status != FAIL:
+        checks.append(check_service(project))
     return Report(tuple(checks))
 
 
@@ -283,43 +290,28 @@ def engine_devices(runtime, engine) -> str:
 
 
 def check_ports(needed) -> list[Check]:
-    """The port each needed instance would take, and the default port of every other managed runtime."""
-    from lf.daemon.process import port_is_free, port_owner
-    from lf.daemon.records import StateStore
-    from lf.runtimes.registry import all_runtimes
-
-    try:
-        recorded = {r.port: r for r in StateStore().all_records() if r.process_alive()}
-    except Exception:  # noqa: BLE001 - an unreadable state dir is the state_dir check's to report
-        recorded = {}
+    """The port each instance the project needs would take (other runtimes' ports are none of its business)."""
     wanted = [(spec.runtime.name, spec.name, spec.host, spec.port, spec.port_auto) for spec in needed]
-    used = {spec.runtime.name for spec in needed}
-    wanted += [
-        (name, None, "127.0.0.1", rt.default_port, True)
-        for name, rt in sorted(all_runtimes().items())
-        if rt.managed and rt.default_port and name not in used
-    ]
+    recorded = _recorded_ports()
     checks = []
     for runtime, instance, host, port, auto in wanted:
-        name = f"port:{instance or runtime}"
+        name = f"port:{instance}"
         record = recorded.get(port)
         if record is not None:
-            mine = instance is not None and record.name == instance
+            mine = record.name == instance
             detail = f"{port} is held by lf's instance {record.name!r} (pid {record.pid})"
             checks.append(
                 Check(
                     name,
-                    OK if mine or instance is None else WARN,
+                    OK if mine else WARN,
                     detail + (": the one configured here" if mine else ""),
-                    None
-                    if mine or instance is None
-                    else f"lf runtime stop {record.name}, or give {instance} another port",
+                    None if mine else f"lf runtime stop {record.name}, or give {instance} another port",
                 )
             )
-        elif port_is_free(host, port):
+        elif _free(host, port):
             checks.append(Check(name, OK, f"{port} on {host} is free"))
         else:
-            owner, _pid = port_owner(port)
+            owner = _owner(port)
             if auto:
                 checks.append(
                     Check(
@@ -339,6 +331,106 @@ def check_ports(needed) -> list[Check]:
                     )
                 )
     return checks
+
+
+def check_gateway_port(project) -> Check:
+    """The port `lf serve` listens on for this project (LF_GATEWAY_PORT, runtime.gateway.port, or 11500)."""
+    from lf.config.gateway import GATEWAY_SETTINGS
+    from lf.errors import LfError
+    from lf.runtimes.settings import resolve
+
+    try:
+        values, sources = resolve(
+            {k: GATEWAY_SETTINGS[k] for k in ("host", "port")}, {}, dict(project.gateway) if project else {}
+        )
+    except LfError as exc:
+        return Check("port:gateway", FAIL, exc.message, exc.hint or "fix LF_GATEWAY_PORT / LF_GATEWAY_HOST")
+    host, port = str(values["host"]), int(values["port"])
+    where = {"env": "LF_GATEWAY_PORT", "config": "runtime.gateway.port", "default": "the default"}[sources["port"]]
+    record = _recorded_ports().get(port)
+    if record is not None:
+        gateway = record.runtime == GATEWAY_RUNTIME
+        what = "gateway" if gateway else "instance"
+        held = f"{port} ({where}) is held by lf's {what} {record.name!r} (pid {record.pid})"
+        fix = f"lf runtime stop {record.name}, or give lf serve another port (LF_GATEWAY_PORT, runtime.gateway.port)"
+        return Check("port:gateway", OK if gateway else WARN, held, None if gateway else fix)
+    if _free(host, port):
+        return Check("port:gateway", OK, f"{port} on {host} ({where}) is free for lf serve")
+    return Check(
+        "port:gateway",
+        WARN,
+        f"{port} on {host} ({where}) is in use by {_owner(port)}: lf serve would not start",
+        "stop that process, or give lf serve another port (--port, LF_GATEWAY_PORT, runtime.gateway.port)",
+    )
+
+
+def _recorded_ports() -> dict:
+    from lf.daemon.records import StateStore
+
+    try:
+        return {r.port: r for r in StateStore().all_records() if r.process_alive()}
+    except Exception:  # noqa: BLE001 - an unreadable state dir is the state_dir check's to report
+        return {}
+
+
+def _free(host: str, port: int) -> bool:
+    from lf.daemon.process import port_is_free
+
+    return port_is_free(host, port)
+
+
+def _owner(port: int) -> str:
+    from lf.daemon.process import port_owner
+
+    return port_owner(port)[0]
+
+
+# -- lf serve as a service -------------------------------------------------------------------------------
+def check_service(project, runner=None) -> Check:
+    """Whether `lf serve --install-service` installed this project's service, and whether it runs."""
+    import getpass
+
+    from lf.core import service
+    from lf.errors import LfError
+
+    try:
+        kind = service.kind_here()
+    except LfError:
+        return Check("service", OK, f"lf installs no service on {sys.platform}")
+    places = service.Places.default(kind)
+    target = service.service_of(project, kind, places)
+    user = getpass.getuser()
+    found = service.state(target, runner or service.run_command, user, places, os.getuid())
+    if not found.installed:
+        return Check("service", OK, "not installed (lf serve --install-service runs lf serve at login and boot)")
+    systemd = kind == service.SYSTEMD
+    if found.running is None:
+        ask = (
+            f"systemctl --user status {target.name}" if systemd else f"launchctl print gui/{os.getuid()}/{target.name}"
+        )
+        return Check(
+            "service",
+            WARN,
+            f"{target.name} installed ({target.definition}); {found.detail}",
+            f"ask in a login session: {ask}",
+        )
+    if not found.running:
+        log = f"journalctl --user -u {target.name}" if systemd else str(target.log_file)
+        start = (
+            f"systemctl --user start {target.name}"
+            if systemd
+            else f"launchctl kickstart gui/{os.getuid()}/{target.name}"
+        )
+        detail = f"{target.name} installed but not running ({found.detail})"
+        return Check("service", WARN, detail, f"{start}; its log: {log}")
+    if found.lingering is False:
+        return Check(
+            "service",
+            WARN,
+            f"{target.name} installed and running, but only while you are logged in",
+            f"loginctl enable-linger {user} (then it starts at boot and outlives your logout)",
+        )
+    return Check("service", OK, f"{target.name} installed and running")
 
 
 # -- the project's models ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ def resolved_config(project) -> dict:
             "provider": entry.provider,
             "model": entry.model,
             "default": (project.default_model == entry.name) if project else True,
+            "aliases": list(entry.aliases),  # more names the gateway routes to this entry
             "managed": bool(entry.managed),
             "api_key": _redact(entry.api_key),
             "model_api_parameters": entry.model_api_parameters,
@@ -48,7 +49,19 @@ def resolved_config(project) -> dict:
         "namespace": project.namespace if project else None,
         "default_model": project.default_model if project else entries[0].name,
         "models": models,
+        "gateway": gateway_settings(project),
     }
+
+
+def gateway_settings(project) -> dict:
+    """`lf serve`'s settings as it would resolve them here (without flags): each value and where it comes from
+    (env, config, default); the API key only as *** (or the ${env:NAME} reference that names it)."""
+    from lf.config.gateway import GATEWAY_SETTINGS
+    from lf.runtimes.settings import resolve
+
+    values, sources = resolve(GATEWAY_SETTINGS, {}, dict(project.gateway) if project else {})
+    values["api_key"] = _redact(values["api_key"])
+    return {name: {"value": values[name], "source": sources[name]} for name in GATEWAY_SETTINGS}
 
 
 def _redact(value: str | None) -> str | None:

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
-from lf.config.gateway import RECORD_RUNTIME, GatewayConfig
+from lf.config.gateway import GATEWAY_SETTINGS, RECORD_RUNTIME, GatewayConfig, serve_flags
 from lf.config.names import default_entry
 from lf.config.project import ModelEntry, Project
 from lf.core.served import gateway_records
@@ -208,19 +208,10 @@ def detach(
 
 
 def _flags(config: GatewayConfig) -> list[str]:
+    """The flags that give the daemon every resolved setting (booleans only where they differ from the default)."""
     from dataclasses import fields
 
-    from lf.config.gateway import GATEWAY_SETTINGS
-
-    out: list[str] = []
-    for f in fields(config):
-        setting = GATEWAY_SETTINGS.get(f.name)
-        value = getattr(config, f.name)
-        if setting is None or setting.flag is None or value is None or f.name == "api_key":
-            continue
-        if setting.type == "boolean":
-            if value != setting.default:  # --reload is on unless said off: --no-reload
-                out += [setting.flag if value else setting.flag.replace("--", "--no-", 1)]
-        else:
-            out += [setting.flag, str(value)]
-    return out
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    return serve_flags(
+        {k: v for k, v in values.items() if not (isinstance(v, bool) and v == GATEWAY_SETTINGS[k].default)}
+    )
