@@ -16,7 +16,7 @@ def install(project, serve_flags: list[str], gateway_record: str, *, dry_run: bo
     plan = service.install_plan(project, serve_flags, kind=kind, **_context(kind))
     # a gateway of this project already on that port, and not the service's own: the service cannot listen
     other = StateStore.of(project).load_or_none(gateway_record)
-    if other is not None and (not other.process_alive() or other.command[1:] == list(plan.argv)[1:]):
+    if other is not None and (not other.process_alive() or list(other.instance.argv)[1:] == list(plan.argv)[1:]):
         other = None
     _show(plan, dry_run, json_out)
     if other is not None and not dry_run:

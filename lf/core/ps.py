@@ -1,7 +1,7 @@
 """What runs now, as `ollama ps` shows it: each live instance with its process tree's memory and, for the
 instances a running `lf serve` of the project started, when it will unload them (no CLI imports here).
 
-The instances and their states are `lf runtime status`'s (lf.core.actions.status); the expiry is asked of
+The instances and their states are `lf runtime status`'s (lf.core.status.collect); the expiry is asked of
 the project's gateway, when one has a record, through its /health.
 """
 
@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from lf.core.actions import status
+from lf.config.gateway import gateway_key
+from lf.core.status import collect
 from lf.daemon.health import http_get, origin
-from lf.daemon.process import tree
-from lf.daemon.records import RuntimeRecord, StateStore
+from lf.daemon.process import tree_memory
+from lf.daemon.records import GATEWAY_RUNTIME, RuntimeRecord, StateStore
 
 PS_VERSION = 1
-# the runtime a gateway's record names (lf.gateway.settings.RECORD_RUNTIME, which this layer cannot import)
-GATEWAY_RUNTIME = "lf-serve"
 HEALTH_TIMEOUT = 1.0
 
 
@@ -75,7 +73,7 @@ class PsReport:
 
 def running(project, store: StateStore, *, all_projects: bool = False, probe_timeout: float = 1.0) -> PsReport:
     """The live instances of the project (or of every project), with memory and expiry."""
-    report = status(None, project, probe_timeout=probe_timeout, all_projects=all_projects, store=store)
+    report = collect(None, project, store, probe_timeout, all_projects=all_projects)
     live = [i for i in report.instances if i.state.is_alive and i.record is not None]
     warnings = list(report.warnings)
     expiries: dict[tuple, dict] = {}  # (project, instance) → its component in that project's gateway's /health
@@ -84,7 +82,7 @@ def running(project, store: StateStore, *, all_projects: bool = False, probe_tim
         record = inst.record
         if record is None or record.runtime != GATEWAY_RUNTIME:
             continue
-        components = _components(record, _gateway_key(project) if inst.project == store.project else None)
+        components = _components(record, gateway_key(project) if inst.project == store.project else None)
         if components is None:
             warnings.append(f"Warning: the gateway at {record.base_url} did not say when it unloads its models")
             continue
@@ -102,46 +100,18 @@ def running(project, store: StateStore, *, all_projects: bool = False, probe_tim
                 name=inst.name,
                 project=inst.project,
                 runtime=inst.runtime,
-                model=inst.model,
+                model=record.model,
                 state=inst.state.value,
-                pid=inst.pid,
-                port=inst.port,
-                base_url=inst.base_url,
-                memory_bytes=tree_rss(record.pid, exclude=pids - {record.pid}),
-                started_at=inst.started_at,
+                pid=record.pid,
+                port=record.port,
+                base_url=record.base_url,
+                memory_bytes=tree_memory(record.pid, exclude=pids - {record.pid}),
+                started_at=record.started_at,
                 expires_at=expires,
                 until=until,
             )
         )
     return PsReport(rows, asked, warnings)
-
-
-def tree_rss(pid: int, exclude: Collection[int] = ()) -> int | None:
-    """Resident memory of a process and its descendants (an engine may run workers); None when it is gone.
-    The trees of `exclude` (other instances: a gateway's are its descendants) are counted with their own."""
-    import psutil
-
-    procs = tree(pid)
-    others = {q.pid for p in procs if p.pid in exclude for q in tree(p.pid)}
-    total = None
-    for proc in procs:
-        if proc.pid in others:
-            continue
-        try:
-            total = (total or 0) + proc.memory_info().rss
-        except psutil.Error:
-            pass  # gone meanwhile
-    return total
-
-
-def _gateway_key(project) -> str | None:
-    """The API key `lf serve` of this project requires (its env var, then llamafarm.yaml), to ask its /health."""
-    from lf.config.gateway import GATEWAY_SETTINGS
-    from lf.config.project import expand_env_ref
-    from lf.runtimes.settings import resolve
-
-    values, _ = resolve({"api_key": GATEWAY_SETTINGS["api_key"]}, {}, dict(project.gateway) if project else {})
-    return expand_env_ref(values.get("api_key")) or None
 
 
 def _components(record: RuntimeRecord, api_key: str | None) -> dict[str, dict] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Collection
 
 CREATE_TIME_TOLERANCE = 0.5  # seconds: /proc has clock-tick resolution; psutil derives the same value
 
@@ -105,12 +106,17 @@ def tree(pid: int) -> list:
         return []
 
 
-def tree_memory(pid: int) -> int | None:
-    """Resident memory of a process and its descendants (an engine may run workers); None when it is gone."""
+def tree_memory(pid: int, exclude: Collection[int] = ()) -> int | None:
+    """Resident memory of a process and its descendants (an engine may run workers); None when it is gone.
+    The trees of `exclude` (other instances: a gateway's are its descendants) count with their own, not here."""
     import psutil
 
+    procs = tree(pid)
+    others = {q.pid for p in procs if p.pid in exclude for q in tree(p.pid)}
     total = None
-    for proc in tree(pid):
+    for proc in procs:
+        if proc.pid in others:
+            continue
         try:
             total = (total or 0) + proc.memory_info().rss
         except psutil.Error:
