@@ -25,6 +25,7 @@ from lf.daemon.health import Health, local_url, probe_once
 from lf.daemon.process import (
     command_matches,
     family,
+    mapped_files,
     port_is_free,
     port_owner,
     process_create_time,
@@ -35,6 +36,7 @@ from lf.daemon.process import (
 from lf.daemon.records import NO_PROJECT, CorruptRecord, RuntimeRecord, StateStore, project_label
 from lf.errors import ExitStatus, LfError, StartError
 from lf.files import exclusive_lock, read_tail
+from lf.platform import require_daemons, termination_signals
 
 LOG_TAIL_LINES = 20
 
@@ -170,6 +172,7 @@ def start(
     concurrent starts make one daemon. If the wait is interrupted (Ctrl-C) or fails, what this call
     launched is stopped again: no half-started orphan is left behind.
     """
+    require_daemons()  # Windows: a clear error, not a traceback from the first POSIX call
     launched: subprocess.Popen | None = None
     record: RuntimeRecord | None = None
     try:
@@ -227,7 +230,7 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(held[0])
 
 
-_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_HELD_SIGNALS = (signal.SIGINT, *termination_signals())
 
 
 def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subprocess.Popen]:
@@ -437,7 +440,7 @@ def held_files(pid: int, patterns: list[str]) -> list[str]:
         paths: list[str] = []
         try:
             paths += [f.path for f in proc.open_files()]
-            paths += [m.path for m in proc.memory_maps(grouped=True)]
+            paths += mapped_files(proc)
         except psutil.Error:
             continue
         found.update(p for p in paths if any(fnmatch.fnmatchcase(p, pattern) for pattern in patterns))

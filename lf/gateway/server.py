@@ -17,6 +17,7 @@ from lf.daemon.records import RuntimeRecord, StateStore
 from lf.daemon.supervisor import choose_port
 from lf.errors import LfError
 from lf.gateway.settings import RECORD_RUNTIME, GatewayConfig
+from lf.platform import hangup_signal
 
 START_TIMEOUT = 30.0
 LIVENESS = "/health/liveness"
@@ -51,7 +52,9 @@ def run(project: Project | None, config: GatewayConfig, on_ready=None) -> None:
     # a closed terminal (SIGHUP) stops the gateway as SIGTERM does, instances included; uvicorn shuts down
     # gracefully on SIGTERM and then re-raises it, which should end the process as a service manager
     # expects of a SIGTERM, not as lf's commands turn it into an error
-    signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True))
+    hangup = hangup_signal()
+    if hangup is not None:  # Windows has none
+        signal.signal(hangup, lambda *_: setattr(server, "should_exit", True))
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     print(
         f"lf-serve: listening on {local_url(config.host, config.port)} for {', '.join(e.name for e in entries)}",
