@@ -7,6 +7,7 @@ import stat
 
 import pytest
 
+from fakes.platforms import linux_only
 from lf.core.targets import Overrides, build_spec, default_entry
 from lf.errors import NotInstalledError, UnknownNameError
 from lf.runtimes.folders import runtimes_dir
@@ -59,6 +60,7 @@ def test_llama_server_on_path_is_preferred(tmp_path, monkeypatch):
     ]
 
 
+@linux_only("the threads default is checked against the affinity mask (os.sched_getaffinity)")
 def test_embedded_engine_without_llama_server(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no llama-server anywhere
     model = tmp_path / "m.gguf"
