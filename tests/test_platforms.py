@@ -130,6 +130,7 @@ print("ready", flush=True)
 time.sleep(60)
 """
 
+
 def test_an_instances_leftover_files_are_found_with_and_without_memory_maps(tmp_path, monkeypatch):
     mapped, held = tmp_path / "psm_mapped", tmp_path / "psm_open"
     mapped.write_bytes(b"\0" * 4096)
