@@ -160,12 +160,21 @@ def cpu_from_sysctl(facts: dict[str, str]) -> CpuInfo:
     )
 
 
+def _sysctl(query: list[str]) -> list[str]:
+    """`query` with sysctl found on PATH, else where macOS keeps it (a PATH without /usr/sbin is common)."""
+    import shutil
+
+    if shutil.which(query[0]) is None and os.path.exists("/usr/sbin/sysctl"):
+        return ["/usr/sbin/sysctl", *query[1:]]
+    return query
+
+
 @lru_cache(maxsize=1)
 def sysctl_facts() -> dict[str, str]:
     """This Mac's `sysctl hw machdep.cpu`, once per process; {} elsewhere or when sysctl fails."""
     if sys.platform != "darwin":
         return {}
-    text = run_tool(SYSCTL_QUERY)
+    text = run_tool(_sysctl(SYSCTL_QUERY))
     return parse_sysctl(text) if text else {}
 
 
@@ -258,7 +267,7 @@ def gpu_memory_limit(gpu_layers: object = None) -> GpuMemoryLimit | None:
         return None
     facts = sysctl_facts()
     memsize = _int(facts.get("hw.memsize")) or memory().total
-    wired = run_tool(WIRED_LIMIT_QUERY)
+    wired = run_tool(_sysctl(WIRED_LIMIT_QUERY))
     return metal_working_set(memsize, _int(wired.strip()) if wired else None)
 
 
