@@ -15,17 +15,19 @@ import textwrap
 
 import pytest
 
+from fakes.platforms import LINUX
 from lf.daemon.instance import Instance
 from lf.daemon.process import process_create_time
 from lf.daemon.records import RuntimeRecord, StateStore
 
 # Heavy modules the status path can do without: the probes speak HTTP over a plain socket, process
-# identity comes from /proc, output is plain JSON or text, and typer below 0.29 parses without pydantic.
+# identity comes from /proc (Linux's; elsewhere psutil asks), output is plain JSON or text, and typer below
+# 0.29 parses without pydantic.
 STATUS_AVOIDS = (
     "httpx",
     "pydantic",
     "rich",
-    "psutil",
+    *(("psutil",) if LINUX else ()),
     "lf.gateway",
     "starlette",
     "uvicorn",

@@ -22,6 +22,7 @@ import pytest
 from conftest import run_lf
 
 from fakes import group_processes, read_record, wait_until
+from fakes.platforms import needs_vllm_wheel
 
 CACHE = Path(os.environ.get("LF_TEST_CACHE") or "~/.cache/lf-test").expanduser()
 CACHED_DATA = CACHE / "data"
@@ -29,6 +30,7 @@ INSTALL_TIMEOUT = 3600
 START_TIMEOUT = 900  # the subprocess's guard; lf's own wait is vLLM's start_timeout
 QUESTION = "What is the capital of France? Answer in one sentence."
 SHM_PATTERNS = ("/dev/shm/psm_", "/dev/shm/sem.mp-")  # shared memory, multiprocessing's semaphores
+pytestmark = needs_vllm_wheel
 
 
 SOCKET_DIRS: set[str] = set()  # vLLM's socket dirs in /tmp the tests' instances used (their state dirs are long)

@@ -11,7 +11,6 @@ import re
 import signal
 import textwrap
 import threading
-import time
 
 import httpx
 import pytest

@@ -7,6 +7,7 @@ import stat
 
 import pytest
 
+from fakes.platforms import linux_only
 from lf.config.names import default_entry
 from lf.core.targets import Overrides, build_spec
 from lf.errors import NotInstalledError, UnknownNameError
@@ -58,6 +59,7 @@ def test_llama_server_on_path_is_preferred(tmp_path, monkeypatch):
     ]
 
 
+@linux_only("the threads default is checked against the affinity mask (os.sched_getaffinity)")
 def test_embedded_engine_without_llama_server(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no llama-server anywhere
     model = tmp_path / "m.gguf"

@@ -189,8 +189,9 @@ def main() -> None:
     import signal
 
     from lf.errors import raise_terminated
+    from lf.platform import termination_signals
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):  # like Ctrl-C: nothing half-done is left behind
+    for signum in termination_signals():  # like Ctrl-C: nothing half-done is left behind (no SIGHUP on Windows)
         signal.signal(signum, raise_terminated)
     argv = sys.argv[1:]
     completing = "_LF_COMPLETE" in os.environ

@@ -32,6 +32,16 @@ def default_entry(runtime_name: str, model: str | None = None) -> ModelEntry:
     )
 
 
+def served_entries(project: Project | None) -> tuple[list[ModelEntry], str]:
+    """The entries a gateway for `project` serves, and its default model (no project: the embedded default)."""
+    if project is None:
+        from lf.runtimes.folders import DEFAULT_RUNTIME
+
+        entry = default_entry(DEFAULT_RUNTIME)
+        return [entry], entry.name
+    return list(project.models), project.default_model
+
+
 @dataclass(frozen=True)
 class Qualified:
     """`NAMESPACE/PROJECT/ENTRY`: an entry of the project NAMESPACE/PROJECT."""

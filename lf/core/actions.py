@@ -210,11 +210,20 @@ def memory_estimate(spec: InstanceSpec):
 
 
 def require_memory(spec: InstanceSpec, needed) -> None:
-    """StartError (exit 7) when the estimate exceeds the memory available now (lf.hardware.memory)."""
-    from lf.hardware import memory
+    """StartError (exit 7) when the estimate exceeds the memory available now (lf.hardware.memory), or, on
+    Apple silicon, what Metal may hold (lf.hardware.gpu_memory_limit)."""
+    from lf.hardware import gpu_memory_limit, memory
     from lf.models.gguf_meta import human_bytes
 
     available = memory().available
+    metal = gpu_memory_limit(spec.settings.get("gpu_layers"))
+    if metal is not None and available >= needed.total > metal.bytes:
+        raise StartError(
+            f"{spec.name} needs about {human_bytes(needed.total)} on the GPU ({spec.model} at {needed.context_size} "
+            f"tokens of context), but Metal may hold {human_bytes(metal.bytes)} ({metal.source})",
+            hint="offload fewer layers (--set gpu_layers=N), use a smaller --ctx-size, raise the limit "
+            "(sudo sysctl iogpu.wired_limit_mb=<MiB>), or start it anyway with --force",
+        )
     if needed.total <= available:
         return
     raise StartError(
@@ -231,7 +240,7 @@ def dry_run(
 ) -> list[dict]:
     """What `start` would launch, without launching anything: for each instance its argv, port, model, the
     memory estimate and whether it fits, or that it is already running."""
-    from lf.hardware import memory
+    from lf.hardware import gpu_memory_limit, memory
 
     store = _store(store, project)
     taken: set[int] = set()
@@ -250,6 +259,7 @@ def dry_run(
         taken.add(port)
         plan = make_plan(spec, port)
         needed = memory_estimate(spec)
+        metal = gpu_memory_limit(spec.settings.get("gpu_layers")) if needed else None
         plans.append(
             {
                 "name": spec.name,
@@ -263,7 +273,9 @@ def dry_run(
                 "model_path": spec.model_path,
                 "estimate": needed.to_dict() if needed else None,
                 "available_bytes": available,
-                "fits": None if needed is None else needed.total <= available,
+                "fits": None
+                if needed is None
+                else needed.total <= available and (metal is None or needed.total <= metal.bytes),
             }
         )
     return plans

@@ -84,7 +84,10 @@ def check_cpu() -> Check:
     cores = f"{cpu.physical} cores, {cpu.logical} threads" + (
         f" ({usable} usable by lf)" if usable != cpu.logical else ""
     )
-    detail = f"{cpu.model}: {cores}; {extensions}; engines get {hardware.physical_cores()} threads by default (one per physical core)"
+    detail = (
+        f"{cpu.model}: {cores}; {extensions}; "
+        f"engines get {hardware.physical_cores()} threads by default ({hardware.threads_rule()})"
+    )
     x86 = any(flag in cpu.flags for flag in ("sse2", "sse4_2"))
     if x86 and not cpu.avx2:
         return Check(
@@ -101,6 +104,9 @@ def check_memory() -> Check:
 
     mem = hardware.memory()
     detail = f"{_gib(mem.total)} total, {_gib(mem.available)} available"
+    metal = hardware.gpu_memory_limit()
+    if metal is not None:
+        detail += f"; Metal may hold {_gib(metal.bytes)} of it ({metal.source})"
     if mem.available < LOW_MEMORY:
         return Check(
             "memory",
@@ -123,15 +129,16 @@ def check_accelerators() -> list[Check]:
             f"{listed}: llamacpp and llama-cpp-python offload every layer by default (gpu_layers -1) when their build has {_backends(gpus)}",
         )
     else:
-        gpu = Check("gpus", OK, "none found (NVML/nvidia-smi, rocm-smi, sysfs, Metal): engines run on the CPU")
+        gpu = Check("gpus", OK, f"none found ({hardware.searched('gpu')}): engines run on the CPU")
     if npus:
         npu = Check(
             "npus",
             OK,
-            f"{'; '.join(_describe(a) for a in npus)}: Lemonade's ONNX backend (ryzenai recipes) can use it; llama.cpp engines cannot",
+            f"{'; '.join(_describe(a) for a in npus)}: Lemonade's ONNX backend (ryzenai recipes) can use an AMD one; "
+            "llama.cpp engines cannot",
         )
     else:
-        npu = Check("npus", OK, "none found (AMD XDNA: /dev/accel with the amdxdna driver)")
+        npu = Check("npus", OK, f"none found ({hardware.searched('npu')})")
     return [gpu, npu]
 
 
@@ -473,7 +480,8 @@ def _with_fit(check: Check, path, entry, project) -> Check:
     from lf.core.targets import Overrides, build_spec
 
     try:
-        needed = memory_estimate(build_spec(entry, project, Overrides(), single=True))
+        spec = build_spec(entry, project, Overrides(), single=True)
+        needed = memory_estimate(spec)
     except Exception as exc:  # noqa: BLE001 - an estimate that cannot be made is said, never fatal
         return Check(
             check.name, check.status, check.detail + f"; fits: not checked ({type(exc).__name__}: {exc})", check.fix
@@ -492,6 +500,15 @@ def _with_fit(check: Check, path, entry, project) -> Check:
             FAIL,
             check.detail + f"; needs about {_gib(needed.total)}, {_gib(available)} available",
             "free memory, lower context_size (n_ctx), quantize the KV cache (cache_type_k/v: q8_0), or use a smaller quantization",
+        )
+    metal = hardware.gpu_memory_limit(spec.settings.get("gpu_layers"))
+    if metal is not None and needed.total > metal.bytes:
+        return Check(
+            check.name,
+            FAIL,
+            check.detail + f"; needs about {_gib(needed.total)}, Metal may hold {_gib(metal.bytes)} ({metal.source})",
+            "offload fewer layers (gpu_layers), lower context_size (n_ctx), or raise the limit: "
+            "sudo sysctl iogpu.wired_limit_mb=<MiB>",
         )
     return Check(
         check.name,

@@ -16,7 +16,8 @@ from pathlib import Path
 from lf.daemon.instance import Instance
 from lf.dirs import UnwritableDir, ensure_private_dir, state_dir
 from lf.errors import ExitStatus, LfError, UnknownNameError
-from lf.files import LockBusy, LockUnavailable, atomic_write, exclusive_lock
+from lf.files import LockBusy, LockUnavailable, atomic_write, exclusive_lock, open_no_follow
+from lf.platform import open_flag, owned_by_me
 
 RECORD_VERSION = 2  # 2: typed fields for what version 1 kept in `extra`
 GATEWAY_RUNTIME = "lf-serve"  # the runtime a gateway's own record names: `lf runtime stop lf-serve` stops it
@@ -344,12 +345,12 @@ MAX_RECORD_BYTES = 1024 * 1024
 
 def _read_own_file(path: Path) -> bytes:
     """The bytes of a record: not through a symlink, only a regular file of ours, bounded in size."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    fd = open_no_follow(path, os.O_RDONLY | open_flag("O_NONBLOCK"))
     try:  # checked before fdopen, which refuses a directory without closing the descriptor it was given
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "it is not a regular file")
-        if info.st_uid != os.geteuid():
+        if not owned_by_me(info):
             raise OSError(errno.EPERM, f"it belongs to another user (uid {info.st_uid})")
         if info.st_size > MAX_RECORD_BYTES:
             raise OSError(errno.EFBIG, f"it is too big for a record ({info.st_size} bytes)")

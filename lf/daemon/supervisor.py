@@ -25,6 +25,7 @@ from lf.daemon.instance import Instance
 from lf.daemon.process import (
     command_matches,
     family,
+    mapped_files,
     port_is_free,
     port_owner,
     process_create_time,
@@ -36,6 +37,7 @@ from lf.daemon.records import NO_PROJECT, CorruptRecord, RuntimeRecord, StateSto
 from lf.daemon.states import State, check_transition
 from lf.errors import ExitStatus, LfError, StartError
 from lf.files import exclusive_lock, read_tail
+from lf.platform import require_daemons, termination_signals
 
 LOG_TAIL_LINES = 20
 
@@ -132,6 +134,7 @@ def start(
     concurrent starts make one daemon. If the wait is interrupted (Ctrl-C) or fails, what this call
     launched is stopped again: no half-started orphan is left behind.
     """
+    require_daemons()  # Windows: a clear error, not a traceback from the first POSIX call
     launched: subprocess.Popen | None = None
     record: RuntimeRecord | None = None
     try:
@@ -190,7 +193,7 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(held[0])
 
 
-_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_HELD_SIGNALS = (signal.SIGINT, *termination_signals())
 
 
 def launch(plan: Instance, store: StateStore) -> tuple[RuntimeRecord, subprocess.Popen]:
@@ -435,7 +438,7 @@ def held_files(pid: int, patterns: list[str]) -> list[str]:
         paths: list[str] = []
         try:
             paths += [f.path for f in proc.open_files()]
-            paths += [m.path for m in proc.memory_maps(grouped=True)]
+            paths += mapped_files(proc)
         except psutil.Error:
             continue
         found.update(p for p in paths if any(fnmatch.fnmatchcase(p, pattern) for pattern in patterns))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import time
 from contextlib import asynccontextmanager
 
@@ -19,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from lf.config.gateway import GatewayConfig
-from lf.config.names import Names
+from lf.config.names import Names, served_entries
 from lf.config.project import ModelEntry, Project
 from lf.core.events import Endpoint
 from lf.core.targets import target_of
@@ -34,6 +33,7 @@ from lf.gateway.pool import SERVING, CouldNotStart, Frozen, Pool, QueueFull, Que
 from lf.gateway.reload import watch
 from lf.gateway.upstream import UpstreamClient
 from lf.net import bearer_token, key_matches, split_userinfo
+from lf.platform import hangup_signal
 from lf.secrets import StreamMasker, redact_url, secrets_of
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,9 @@ class Gateway:
             background = [loop.create_task(self.monitor.run())]
             if self.project is not None and self.config.reload:
                 background.append(loop.create_task(watch(self.project.path, self.reload)))
-            if self.project is not None and hasattr(signal, "SIGHUP"):  # the service manager's "reload"
-                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+            hangup = hangup_signal()
+            if self.project is not None and hangup is not None:  # a service manager's "reload"
+                loop.add_signal_handler(hangup, lambda: loop.create_task(self.reload()))
             try:
                 yield
             finally:
@@ -166,7 +167,6 @@ class Gateway:
         invalid file is logged where it is wrong, and the running models stay as they are."""
         from lf.config.project import load_project
         from lf.errors import ConfigError
-        from lf.gateway.server import entries_of
 
         assert self.project is not None
         async with self._reloading:
@@ -175,7 +175,7 @@ class Gateway:
             except ConfigError as exc:
                 log.warning("llamafarm.yaml not reloaded, the running models stay as they are: %s", exc.message)
                 return
-            entries, default = entries_of(project)
+            entries, default = served_entries(project)
             external = _external_endpoints(entries)
             done = self.pool.reconfigure(entries, external)
             self.project, self.entries, self.default_model = project, entries, default

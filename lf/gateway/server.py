@@ -14,8 +14,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from lf.config.gateway import GATEWAY_SETTINGS, RECORD_RUNTIME, GatewayConfig, serve_flags
-from lf.config.names import default_entry
-from lf.config.project import ModelEntry, Project
+from lf.config.names import served_entries
+from lf.config.project import Project
 from lf.core.served import gateway_records
 from lf.daemon import supervisor
 from lf.daemon.instance import Instance
@@ -24,24 +24,16 @@ from lf.daemon.records import RuntimeRecord, StateStore
 from lf.daemon.supervisor import choose_port
 from lf.errors import LfError
 from lf.net import connect_host, is_wildcard, local_url
-from lf.runtimes.folders import DEFAULT_RUNTIME
+from lf.platform import hangup_signal
 
 START_TIMEOUT = 30.0
 LIVENESS = "/health/liveness"
 log = logging.getLogger(__name__)
 
 
-def entries_of(project: Project | None) -> tuple[list[ModelEntry], str]:
-    """The entries a gateway for `project` serves, and its default model (no project: the embedded default)."""
-    if project is None:
-        entry = default_entry(DEFAULT_RUNTIME)
-        return [entry], entry.name
-    return list(project.models), project.default_model
-
-
 def instance_of(project: Project | None, config: GatewayConfig, argv: list[str]) -> Instance:
     """The gateway as an instance: its identity, its command, where it listens, and the models it serves."""
-    entries, default = entries_of(project)
+    entries, default = served_entries(project)
     return Instance(
         name=config.record_name,
         runtime=RECORD_RUNTIME,
@@ -70,7 +62,7 @@ def run(
     from lf.gateway.logs import configure
 
     configure(log_level, log_format)
-    entries, default = entries_of(project)
+    entries, default = served_entries(project)
     store = StateStore.of(project)  # the gateway's record lies with its project's instances
     own = _claim_record(store, project, config)
     release = (lambda: _release_record(store, config)) if own else None
@@ -90,10 +82,11 @@ def run(
         )
     )
     # SIGHUP reloads llamafarm.yaml (the app installs that once its loop runs; until then it is ignored, not
-    # fatal); uvicorn shuts down gracefully on SIGTERM and then re-raises it, which should end the process as a
-    # service manager expects of a SIGTERM, not as lf's commands turn it into an error
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # fatal; Windows has none); uvicorn shuts down gracefully on SIGTERM and then re-raises it, which should end
+    # the process as a service manager expects of a SIGTERM, not as lf's commands turn it into an error
+    hangup = hangup_signal()
+    if hangup is not None:
+        signal.signal(hangup, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     where = local_url(config.host, config.port)
     if is_wildcard(config.host):
