@@ -188,6 +188,7 @@ def log_request(conn: socket.socket, method: str, path: str) -> None:
 
 
 def chat(conn: socket.socket, args: argparse.Namespace, request: dict) -> None:
+    log(f"chat max_tokens={request.get('max_tokens')} stream={bool(request.get('stream'))}")
     words = tokens(args.tokens)
     if not request.get("stream"):
         respond(
