@@ -55,6 +55,7 @@ class InstanceStatus:
             "base_url": instance.base_url if instance else self.base_url,
             "model": instance.model if instance else self.model,
             "engine": instance.engine if instance else None,
+            "context_size": instance.settings.get("context_size") if instance else None,
             "started_at": _iso(record.started_at) if record else None,
             "uptime_s": round(time.time() - record.started_at, 1) if alive and record is not None else None,
             "log_path": record.log_path if record else None,

@@ -29,7 +29,18 @@ from lf.gateway.effects import CoreEffects, Effects
 from lf.gateway.events import EventBus, RequestFinished, log_event
 from lf.gateway.metrics import Metrics
 from lf.gateway.monitor import Monitor, describe_loading, loading
-from lf.gateway.pool import SERVING, CouldNotStart, Frozen, Pool, QueueFull, QueueTimeout, Slot, TooBusy, TooLarge
+from lf.gateway.pool import (
+    NOT_LOADED,
+    SERVING,
+    CouldNotStart,
+    Frozen,
+    Pool,
+    QueueFull,
+    QueueTimeout,
+    Slot,
+    TooBusy,
+    TooLarge,
+)
 from lf.gateway.reload import watch
 from lf.gateway.upstream import UpstreamClient
 from lf.net import bearer_token, key_matches, split_userinfo
@@ -37,7 +48,8 @@ from lf.platform import hangup_signal
 from lf.secrets import StreamMasker, redact_url, secrets_of
 
 log = logging.getLogger(__name__)
-KEEPALIVE_SECONDS = 2.0  # a streaming request waiting for its model gets an SSE comment this often
+KEEPALIVE_SECONDS = 2.0
+COLD_DECISION_SECONDS = 1.0  # a streamed request for a model not loaded waits this long for a refusal to come  # a streaming request waiting for its model gets an SSE comment this often
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 PASSED_HEADERS = ("content-type", "cache-control")
 OPENAI_ROUTES = {
@@ -501,7 +513,12 @@ class _Exchange:
         """A streaming request for a model that is not running: answer at once, with SSE comments while
         the model starts (clients do not time out), then the model's own stream."""
         acquire = asyncio.get_running_loop().create_task(self._open())
-        await asyncio.wait([acquire], timeout=0.05)  # a fast failure (queue full, crashed start) gets a proper status
+        # a refusal that comes first (too large for the budget, queue full, a start that fails at once) gets a
+        # proper status: wait until the pool has decided to start it, or for up to a second while it decides
+        decided = asyncio.get_running_loop().time() + COLD_DECISION_SECONDS
+        await asyncio.wait([acquire], timeout=0.05)
+        while not acquire.done() and self.slot.state in NOT_LOADED and asyncio.get_running_loop().time() < decided:
+            await asyncio.wait([acquire], timeout=0.02)
         failure = acquire.exception() if acquire.done() else None
         if failure is not None:
             problem = self._problem(failure)
