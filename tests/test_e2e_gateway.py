@@ -319,7 +319,9 @@ def test_a_looping_answer_without_max_tokens_ends_with_finish_reason_length(tmp_
     with Gateway(tmp_path / "work", port, "--max-tokens-default", "64") as gateway:
         client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
         prompt = "Count from 1 to 100000, one number per line, and never stop:"
-        answer = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": prompt}], temperature=0)
+        answer = client.chat.completions.create(
+            model="smol", messages=[{"role": "user", "content": prompt}], temperature=0
+        )
         assert answer.choices[0].finish_reason == "length" and answer.usage.completion_tokens == 64
         chunks = client.chat.completions.create(
             model="small", messages=[{"role": "user", "content": prompt}], temperature=0, stream=True

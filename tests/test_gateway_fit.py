@@ -154,7 +154,9 @@ def test_editing_llamafarm_yaml_under_load_adds_removes_and_restarts_models_and_
 
         new = f"- {{name: new, provider: fake-brisk, model: m, provider_config: {{port: {c}}}}}"
         write_project(work, keep + "\n" + new)  # gone removed, new added
-        assert wait_until(lambda: [m["id"] for m in httpx.get(gateway.url + "/v1/models").json()["data"]] == ["keep", "new"], 15)
+        assert wait_until(
+            lambda: [m["id"] for m in httpx.get(gateway.url + "/v1/models").json()["data"]] == ["keep", "new"], 15
+        )
         assert stream(gateway, "new")[0] == 200
         assert wait_until(lambda: "stopped gone (removed from llamafarm.yaml)" in gateway.text(), 15)
 
@@ -179,7 +181,9 @@ def test_editing_llamafarm_yaml_under_load_adds_removes_and_restarts_models_and_
 # -- loading progress, embeddings ------------------------------------------------------------------------------
 def test_clients_of_a_loading_model_see_its_stage_and_health_shows_it(tmp_path, fakes):
     a, port = free_ports(2)
-    write_project(tmp_path / "work", f"- {{name: slow, provider: fake-loading, model: m, provider_config: {{port: {a}}}}}")
+    write_project(
+        tmp_path / "work", f"- {{name: slow, provider: fake-loading, model: m, provider_config: {{port: {a}}}}}"
+    )
     with Gateway(tmp_path / "work", port) as gateway:
         comments: list[str] = []
 

@@ -183,6 +183,21 @@ def _default(name: str):
 
 
 @dataclass(frozen=True)
+class Peer:
+    """Another OpenAI-compatible server the gateway routes to (another lf serve, llama-swap, Ollama, vLLM, …)."""
+
+    name: str
+    url: str  # its OpenAI base, /v1 added when the URL has no path
+    api_key: str | None = None  # resolved (an env reference read): never printed
+
+    @property
+    def shown_url(self) -> str:
+        from lf.secrets import redact_url
+
+        return redact_url(self.url) or self.url
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The gateway's settings, resolved once at start (resolve_config); the defaults are the table's."""
 
@@ -197,6 +212,7 @@ class GatewayConfig:
     max_tokens_limit: int | None = None
     request_timeout: float = _default("request_timeout")
     reload: bool = _default("reload")
+    peers: tuple[Peer, ...] = ()
     max_queue: int = _default("max_queue")
     queue_timeout: float = _default("queue_timeout")
     start_timeout: float | None = None
@@ -233,7 +249,7 @@ def resolve_config(project, flags: dict) -> GatewayConfig:
     file_values = dict(project.gateway) if project else {}
     values, _sources = resolve(GATEWAY_SETTINGS, {k: v for k, v in flags.items() if v is not None}, file_values)
     values["api_key"] = expand_env_ref(values.get("api_key")) or None
-    config = GatewayConfig(**values)
+    config = GatewayConfig(**values, peers=peers_of(file_values.get("peers") or []))
     check_key(config.api_key)
     if not config.loopback and not config.api_key and not config.insecure:
         raise LfError(
@@ -242,6 +258,27 @@ def resolve_config(project, flags: dict) -> GatewayConfig:
             "or pass --insecure to allow it without",
         )
     return config
+
+
+def peers_of(items: list) -> tuple[Peer, ...]:
+    """runtime.gateway.peers as validated (names unique, URLs http(s)), each URL an OpenAI base."""
+    from urllib.parse import urlsplit
+
+    from lf.config.envref import expand_env_ref
+
+    peers = []
+    for item in items:
+        url = str(item["url"]).rstrip("/")
+        if urlsplit(url).path in ("", "/"):
+            url += "/v1"
+        peers.append(Peer(str(item["name"]), url, expand_env_ref(item.get("api_key")) or None))
+    names = [p.name for p in peers]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise LfError(
+            f"runtime.gateway.peers: the name {twice[0]!r} is given twice", hint="each peer needs its own name"
+        )
+    return tuple(peers)
 
 
 def check_key(key: str | None) -> None:

@@ -112,9 +112,9 @@ def _python_type(setting: Setting):
     return {"integer": int, "number": float, "string": str, "boolean": bool, "array": list[str]}[setting.type]
 
 
-def settings_model(title: str, settings: dict[str, Setting]) -> type[BaseModel]:
-    """A closed mapping of the given settings, each with its declared type and limits."""
-    fields: dict[str, Any] = {}
+def settings_model(title: str, settings: dict[str, Setting], **more: Any) -> type[BaseModel]:
+    """A closed mapping of the given settings, each with its declared type and limits (and `more` fields)."""
+    fields: dict[str, Any] = dict(more)
     for name, s in settings.items():
         constraints = {"ge": s.minimum, "le": s.maximum, "min_length": s.min_length}
         fields[name] = (
@@ -153,8 +153,19 @@ def _document(registry_key: tuple) -> tuple[type[BaseModel], TypeAdapter]:
     any_settings = settings_model("ProviderConfig", _any_settings(runtimes))
     from lf.config.gateway import GATEWAY_SETTINGS
 
+    peer = create_model(
+        "Peer",
+        __config__=OPEN,
+        name=(str, Field(pattern=ENTRY_NAME_PATTERN, description="what its models are called here: NAME/MODEL")),
+        url=(str, Field(pattern="^https?://", description="its OpenAI base URL, with or without /v1")),
+        api_key=(str, Field(None, description="its key, or an env reference such as ${env:PEER_KEY}; never printed")),
+    )
     gateway = (
-        settings_model("Gateway", GATEWAY_SETTINGS),
+        settings_model(
+            "Gateway",
+            GATEWAY_SETTINGS,
+            peers=(list[peer], Field(None, description="other lf serves or OpenAI-compatible servers to route to")),
+        ),
         Field(None, description="settings of `lf serve` (lf's; LlamaFarm leaves runtime open)"),
     )
     sections = {

@@ -23,12 +23,14 @@ from lf.config.project import ModelEntry, Project
 from lf.core.events import Endpoint
 from lf.core.targets import target_of
 from lf.daemon.records import StateStore
+from lf.daemon.states import State
 from lf.errors import LfError
 from lf.gateway.dashboard import Dashboard, wants_page
 from lf.gateway.effects import CoreEffects, Effects
 from lf.gateway.events import EventBus, RequestFinished, log_event
 from lf.gateway.metrics import Metrics
 from lf.gateway.monitor import Monitor, describe_loading, loading
+from lf.gateway.peers import Peers
 from lf.gateway.pool import (
     NOT_LOADED,
     SERVING,
@@ -40,6 +42,7 @@ from lf.gateway.pool import (
     Slot,
     TooBusy,
     TooLarge,
+    Unreachable,
 )
 from lf.gateway.reload import watch
 from lf.gateway.upstream import UpstreamClient
@@ -113,6 +116,7 @@ class Gateway:
         self.client: httpx.AsyncClient | None = None
         self.upstream = UpstreamClient()
         self.monitor: Monitor | None = None
+        self.peers: Peers | None = None
         self.started_at = time.time()
         self.dashboard = Dashboard(self)
         self.events.subscribe(log_event)
@@ -129,6 +133,7 @@ class Gateway:
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
                 trust_env=False,
             )
+            self.peers = Peers(self.config.peers, self.pool, self.client, on_probe=self.metrics.peer_probed)
             self.monitor = Monitor(
                 self.pool,
                 self.store,
@@ -136,6 +141,7 @@ class Gateway:
                 self.client,
                 on_probe=lambda slot, health: self.metrics.probed(slot.name, health),
                 on_probed=self.dashboard.changed,
+                peers=self.peers,
             )
             await self.pool.adopt()
             loop = asyncio.get_running_loop()
@@ -230,15 +236,17 @@ class Gateway:
     async def list_models(self, request: Request) -> Response:
         if (denied := self.denied(request)) is not None:
             return denied
-        return JSONResponse({"object": "list", "data": [self._model_object(e) for e in self.entries]})
+        peers = [self._peer_object(s) for s in self.pool.slots.values() if s.peer is not None]
+        return JSONResponse({"object": "list", "data": [*(self._model_object(e) for e in self.entries), *peers]})
 
     async def get_model(self, request: Request) -> Response:
         if (denied := self.denied(request)) is not None:
             return denied
-        entry = self.names.lookup(request.path_params["model"])
-        if entry is None:
+        places = self.route(request.path_params["model"])
+        if not places:
             return self._unknown_model(request.path_params["model"]).response()
-        return JSONResponse(self._model_object(entry))
+        slot = places[0]
+        return JSONResponse(self._peer_object(slot) if slot.peer is not None else self._model_object(slot.entry))
 
     def _model_object(self, entry: ModelEntry) -> dict:
         slot = self.pool.slots[entry.name]
@@ -254,6 +262,15 @@ class Gateway:
                 "aliases": entry.aliases,
                 "default": entry.name == self.default_model,
             },
+        }
+
+    def _peer_object(self, slot: Slot) -> dict:
+        return {
+            "id": slot.name,
+            "object": "model",
+            "created": int(self.started_at),
+            "owned_by": slot.peer,
+            "lf": {"state": slot.state.value, "peer": slot.peer, "model": slot.entry.model, "down": slot.down},
         }
 
     async def not_found(self, request: Request, exc) -> Response:
@@ -300,14 +317,15 @@ class Gateway:
         try:
             payload = await self._payload(request)
             name = payload.get("model") or self.default_model
-            entry = self.names.lookup(name) if isinstance(name, str) else None
-            if entry is None:
+            places = self.route(name) if isinstance(name, str) else []
+            if not places:
                 raise self._unknown_model(name)
         except HTTPProblem as problem:
             self.finished(request, path, "-", problem.status, arrived)
             return problem.response()
         stream = payload.get("stream") is True
-        slot = self.pool.slots[entry.name]
+        slot = places[0]
+        entry = slot.entry
         if path == "/embeddings" and slot.embeddings is False:  # refused as it is, never started just to refuse
             problem = HTTPProblem(
                 501,
@@ -318,10 +336,20 @@ class Gateway:
             self.finished(request, path, entry.name, problem.status, arrived)
             return problem.response()
         asked = name if isinstance(name, str) else entry.name
-        exchange = _Exchange(self, request, slot, asked, payload, path, stream, arrived)
-        if slot.managed and slot.state not in SERVING and stream:
+        exchange = _Exchange(self, request, places, asked, payload, path, stream, arrived)
+        ready = any(p.state in SERVING or (p.state == State.EXTERNAL and p.down is None) for p in places)
+        if stream and not ready and any(p.managed for p in places):
             return await exchange.cold_stream()
         return await exchange.answer()
+
+    def route(self, name: str) -> list[Slot]:
+        """The places a model name means: a configured entry's (by any of its names), a peer's PEER/MODEL, or a
+        bare model name only one peer serves."""
+        entry = self.names.lookup(name)
+        if entry is not None:
+            return self.pool.places(entry.name)
+        peer = self.pool.slots.get(name)
+        return [peer] if peer is not None and peer.peer is not None else self.pool.peer_models(name)
 
     async def send(self, url: str, headers: dict, body: bytes):
         """POST upstream, the answer streamed: plain HTTP (lf's own runtimes) through the lean client,
@@ -375,15 +403,16 @@ class _Exchange:
         self,
         gateway: Gateway,
         request: Request,
-        slot: Slot,
+        places: list[Slot],
         asked: str,
         payload: dict,
         path: str,
         stream: bool,
         arrived: float,
     ):
-        self.gateway, self.request, self.slot, self.asked = gateway, request, slot, asked
-        self.entry = slot.entry
+        self.gateway, self.request, self.places, self.asked = gateway, request, places, asked
+        self.slot = places[0]  # the place it goes to (chosen when it is sent)
+        self.entry = self.slot.entry
         self.payload, self.path, self.stream, self.arrived = payload, path, stream, arrived
         self.acquired = False
         self.first_token: float | None = None
@@ -407,8 +436,14 @@ class _Exchange:
             self.gateway.pool.release(self.slot)
 
     async def _open(self):
-        """Send the request upstream; once more if a managed instance turns out to have died (it is started again)."""
+        """Send the request upstream; once more if it fails before its first byte: to another place of the model (a
+        replica, a peer) when it has one, else to the same instance started again if it turns out to have died."""
+        pool = self.gateway.pool
+        tried: list[Slot] = []
         for attempt in (1, 2):
+            if len(self.places) > 1:
+                self.slot = pool.choose(self.places, exclude=tuple(tried))
+                self.entry = self.slot.entry
             endpoint = await self._endpoint()
             self.rewrite = _rewriter(endpoint, self.asked)
             # the file's request defaults (temperature, …) under what the request itself says
@@ -422,7 +457,7 @@ class _Exchange:
             timeout = self.gateway.config.request_timeout or None
             self.deadline = asyncio.get_running_loop().time() + timeout if timeout else None
             try:
-                return await asyncio.wait_for(
+                answer = await asyncio.wait_for(
                     self.gateway.send(endpoint.base_url.rstrip("/") + self.path, headers, body), timeout
                 )
             except asyncio.TimeoutError:
@@ -433,23 +468,30 @@ class _Exchange:
                     "upstream_timeout",
                     "api_error",
                 ) from None
-            except httpx.ConnectError as exc:
+            except httpx.HTTPError as exc:  # before the first byte: nothing was sent back yet, it may go elsewhere
                 self._release()
                 record = endpoint.record
-                if attempt == 1 and record is not None and not record.process_alive():
-                    self.gateway.pool.crashed(self.slot, f"its process (pid {record.pid}) exited")
+                died = record is not None and not record.process_alive()
+                if died:
+                    pool.crashed(self.slot, f"its process (pid {record.pid}) exited")
+                else:
+                    pool.failed(self.slot, _why(exc))
+                    tried.append(self.slot)
+                elsewhere = any(p not in tried for p in self.places) and len(self.places) > 1
+                if attempt == 1 and (died or elsewhere):
                     continue
-                raise HTTPProblem(
-                    502,
-                    f"cannot reach {self.entry.name} at {redact_url(endpoint.base_url)}: {exc}",
-                    "upstream_unreachable",
-                    "api_error",
-                ) from None
-            except httpx.HTTPError as exc:
-                self._release()
+                if isinstance(exc, httpx.ConnectError):
+                    raise HTTPProblem(
+                        502,
+                        f"cannot reach {self.entry.name} at {redact_url(endpoint.base_url)}: {exc}",
+                        "upstream_unreachable",
+                        "api_error",
+                    ) from None
                 raise HTTPProblem(
                     502, f"{self.entry.name} did not answer: {exc}", "upstream_error", "api_error"
                 ) from None
+            pool.succeeded(self.slot)
+            return answer
         raise AssertionError("unreachable")
 
     def _bounded(self, payload: dict, endpoint: Endpoint) -> dict:
@@ -474,6 +516,8 @@ class _Exchange:
     def _problem(self, exc: BaseException) -> HTTPProblem:
         if isinstance(exc, HTTPProblem):
             return exc
+        if isinstance(exc, Unreachable):
+            return HTTPProblem(503, exc.message, "upstream_down", "server_error", headers={"retry-after": "5"})
         if isinstance(exc, TooBusy):
             return HTTPProblem(429, exc.message, "model_busy", "rate_limit_error", headers={"retry-after": "1"})
         if isinstance(exc, TooLarge):
@@ -681,7 +725,12 @@ class _Exchange:
             tokens=self.tokens,
             tokens_per_s=rate,
             cut=self.cut,
+            upstream=self.slot.peer or self.slot.name,
         )
+
+
+def _why(exc: httpx.HTTPError) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _external_endpoints(entries: list[ModelEntry]) -> dict[str, Endpoint]:

@@ -74,6 +74,7 @@ class RequestFinished:
     tokens: int = 0
     tokens_per_s: float | None = None
     cut: str | None = None  # lf ended the answer: "deadline" (request_timeout) or "max_tokens_default"
+    upstream: str | None = None  # the place that answered: an instance's name, or a peer's
 
 
 Event = StateChanged | SlotChanged | Started | StartFailed | Stopped | Pulling | QueueChanged | RequestFinished

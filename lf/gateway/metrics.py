@@ -78,6 +78,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.upstream_requests = Counter(
+            "lf_gateway_upstream_requests",
+            "Requests answered, by model, the place that answered (an instance, or a peer) and HTTP status",
+            ["model", "upstream", "status"],
+            registry=r,
+        )
+        self.peer_up = Gauge(
+            "lf_gateway_peer_up", "1 while a peer answers its probes, 0 while it does not", ["peer"], registry=r
+        )
         self.cut = Counter(
             "lf_gateway_answers_cut",
             "Answers lf ended: at the gateway's request_timeout (deadline), or at the max_tokens it set (max_tokens_default)",
@@ -100,6 +109,8 @@ class Metrics:
             if not event.endpoint:
                 return  # not an OpenAI route
             self.requests.labels(event.model, event.endpoint, str(event.status)).inc()
+            if event.upstream:
+                self.upstream_requests.labels(event.model, event.upstream, str(event.status)).inc()
             self.duration.labels(event.model).observe(event.seconds)
             if event.tokens:
                 self.tokens.labels(event.model).inc(event.tokens)
@@ -118,6 +129,9 @@ class Metrics:
                 self.evictions.labels(event.model).inc()
         elif isinstance(event, QueueChanged):
             self.queue.set(event.waiting)
+
+    def peer_probed(self, peer: str, up: bool | None) -> None:
+        self.peer_up.labels(peer).set(1 if up else 0)
 
     def probed(self, model: str, health: Health) -> None:
         if health.latency_ms is not None and health.reachable:

@@ -31,6 +31,7 @@ class Monitor:
         client: httpx.AsyncClient,
         on_probe: Callable[[Slot, Health], None] | None = None,
         on_probed: Callable[[], None] | None = None,
+        peers=None,
     ):
         self.pool = pool
         self.store = store
@@ -38,6 +39,7 @@ class Monitor:
         self.client = client
         self.on_probe = on_probe  # after each probe (the metrics)
         self.on_probed = on_probed  # after each round of probes (the dashboard's pages update)
+        self.peers = peers  # lf.gateway.peers.Peers: probed in the same rounds
         self._external: dict[str, tuple] = {}  # name → (its entry, its probe): made again when a reload changes it
 
     async def run(self) -> None:
@@ -46,7 +48,10 @@ class Monitor:
             await asyncio.sleep(self.interval)
 
     async def probe_all(self) -> None:
-        await asyncio.gather(*(self._probe(slot) for slot in self.pool.slots.values()))
+        rounds = [self._probe(slot) for slot in list(self.pool.slots.values()) if slot.peer is None]
+        if self.peers is not None:
+            rounds.append(self.peers.probe_all())
+        await asyncio.gather(*rounds)
         if self.on_probed is not None:
             self.on_probed()
 
@@ -137,6 +142,7 @@ class Monitor:
             + f"; {human_bytes(used.ram)} of {human_bytes(budget.ram)} memory",
             "timestamp": _iso(time.time()),
             "components": components,
+            "peers": [state.to_dict() for state in self.peers.states.values()] if self.peers else [],
             "gateway": {
                 "loaded": loaded,
                 "max_loaded": limit,
@@ -182,6 +188,12 @@ def component(slot: Slot) -> dict:
         "probes": len(lat),
         "last_request": slot.last_request,
     }
+    if slot.peer is not None:
+        item.update(peer=slot.peer, in_flight=slot.in_flight, failures=slot.failures)
+        item.update(status="unhealthy", message=f"down: {slot.down}") if slot.down else item.update(
+            message="served by a peer"
+        )
+        return item
     if not slot.managed:
         if last is None:
             item.update(status="degraded", message="not probed yet")

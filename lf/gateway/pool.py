@@ -26,6 +26,7 @@ from lf.gateway.events import EventBus, QueueChanged, SlotChanged, Started, Star
 from lf.models.budget import NOTHING, Budget, Need
 
 HISTORY = 20  # health probes kept per model for the latency percentiles
+FAILURES_OUT = 3  # answers failed before their first byte, in a row, that take a place out until it is probed
 SERVING = (State.RUNNING, State.UNHEALTHY)  # a request may go to an instance in these states
 LOADED = (State.STARTING, State.RUNNING, State.UNHEALTHY, State.FROZEN, State.STOPPING)  # holds (or will) memory
 NOT_LOADED = (State.IDLE, State.CRASHED)  # the next request starts it
@@ -51,6 +52,10 @@ class Frozen(LfError):
 
 class TooLarge(LfError):
     """The model cannot fit in the memory budget even alone: nothing is started, nothing evicted."""
+
+
+class Unreachable(LfError):
+    """Every place that serves the model is down (a peer that does not answer)."""
 
 
 class TooBusy(LfError):
@@ -81,6 +86,9 @@ class Slot:
     turns: deque = field(default_factory=deque, repr=False)  # futures of the requests waiting, first come first
     handed: int = 0  # turns handed to waiting requests that have not taken them yet
     embeddings: bool | None = None  # serves /v1/embeddings (False: its runtime has them off; None: cannot tell)
+    peer: str | None = None  # the peer gateway (or server) that serves it, for a model of a peer
+    down: str | None = None  # a peer that does not answer: why (its models get 503 until it answers again)
+    failures: int = 0  # answers that failed before their first byte, in a row (K of them: taken out until probed)
     replacement: ModelEntry | None = None  # llamafarm.yaml changed it: it restarts with this once its requests end
     retired: bool = False  # llamafarm.yaml no longer has it: it stops once its requests end, then goes
     start_task: asyncio.Task | None = field(default=None, repr=False)
@@ -202,6 +210,8 @@ class Pool:
                 raise LfError("the gateway is shutting down")
             if slot.retired:
                 raise LfError(f"{slot.name} is no longer in llamafarm.yaml")
+            if slot.down is not None:
+                raise Unreachable(f"{slot.name} is down: {slot.down}", hint="it is tried again at every probe")
             if serving and slot.replacement is not None:  # its settings changed: the restart comes first
                 await self._restart_for(slot)
                 continue
@@ -245,6 +255,82 @@ class Pool:
                 await asyncio.wait([slot.stop_task])  # how the stop went is not this request's concern
             else:
                 await self._admit(slot)
+
+    # -- a model with several places (replicas, peers): the one with the fewest in flight ---------------------------
+    def choose(self, places: list[Slot], exclude: tuple[Slot, ...] = ()) -> Slot:
+        """Where the next request for a model goes: among its places that answer (not down, not taken out after
+        FAILURES_OUT failures in a row), the one with the fewest requests in flight; else one that can be started.
+        Unreachable when only places that are down remain."""
+        usable = [p for p in places if p not in exclude and p.down is None and p.failures < FAILURES_OUT]
+        ready = [p for p in usable if p.state == State.EXTERNAL or p.state in SERVING]
+        startable = [p for p in usable if p.managed and p not in ready]
+        if ready:
+            for other in startable:
+                if other.state in NOT_LOADED:  # keep its replicas up: started beside, for the requests after this
+                    self._start_beside(other)
+            return min(ready, key=lambda p: (p.in_flight / (p.max_concurrent or 1), p.last_used))
+        if startable:
+            for other in startable[1:]:
+                if other.state in NOT_LOADED:
+                    self._start_beside(other)
+            return min(startable, key=lambda p: (p.state not in (State.STARTING, *NOT_LOADED), p.in_flight))
+        reasons = "; ".join(f"{p.name}: {p.down or 'failed ' + str(p.failures) + ' times'}" for p in places)
+        raise Unreachable(f"no place serving it answers ({reasons})", hint="it is retried at every probe")
+
+    def places(self, name: str) -> list[Slot]:
+        """Where requests for the model `name` (an entry's name, or PEER/MODEL) may go."""
+        slot = self.slots.get(name)
+        return [slot] if slot is not None else []
+
+    def peer_models(self, name: str) -> list[Slot]:
+        """The places of a bare model name that peers serve (one, when it names one peer's model only)."""
+        found = [s for s in self.slots.values() if s.peer is not None and s.entry.model == name]
+        return found if len(found) == 1 else []
+
+    def _start_beside(self, slot: Slot) -> None:
+        task = asyncio.get_running_loop().create_task(self.start_now(slot))
+        task.add_done_callback(_retrieve)
+
+    def failed(self, slot: Slot, reason: str) -> None:
+        """An answer from this place failed before its first byte: after FAILURES_OUT in a row, it is taken out
+        until a probe finds it answering again."""
+        slot.failures += 1
+        if slot.peer is not None:
+            slot.down = reason
+        self._changed(slot)
+
+    def succeeded(self, slot: Slot) -> None:
+        if slot.failures:
+            slot.failures = 0
+            self._changed(slot)
+
+    def set_peer(self, peer: str, url: str, api_key: str | None, models: list[str] | None, reason: str | None) -> None:
+        """What a probe of a peer found: the models it serves now (each a place named PEER/MODEL), or that it is down
+        (`models` None: its places answer 503 with `reason` until it is back)."""
+        mine = {name: slot for name, slot in self.slots.items() if slot.peer == peer}
+        if models is None:
+            for slot in mine.values():
+                if slot.down != reason:
+                    slot.down = reason
+                    self._changed(slot)
+            return
+        for model in models:
+            name = f"{peer}/{model}"
+            slot = mine.pop(name, None)
+            if slot is None:
+                entry = ModelEntry(name=name, provider="openai", model=model, base_url=url, managed=False)
+                slot = Slot(entry, None, State.EXTERNAL, endpoint=Endpoint(name, url, model, api_key), peer=peer)
+                self._limit(slot)
+                self.slots[name] = slot
+            if slot.down is not None or slot.failures:
+                slot.down, slot.failures = None, 0
+            self._changed(slot)
+        for name, slot in mine.items():  # it no longer serves them
+            if not slot.busy:
+                self.slots.pop(name)
+            else:
+                slot.down = "the peer no longer lists it"
+            self._changed(slot)
 
     # -- per model: at most max_concurrent at once, then max_queue waiting in turn, then 429 ---------------------
     def _over_limit(self, slot: Slot) -> bool:
@@ -305,6 +391,8 @@ class Pool:
         wanted = {e.name: e for e in entries}
         done: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
         for name, slot in list(self.slots.items()):
+            if slot.peer is not None:
+                continue  # a peer's model: its probes say what it serves, not llamafarm.yaml's entries
             entry = wanted.get(name)
             if entry is None:
                 slot.retired = True
