@@ -82,16 +82,17 @@ def atomic_write(path: Path, text: str) -> None:
 
     The temp file is created exclusively (O_EXCL never follows a link) and the rename replaces whatever
     is at `path`, a planted symlink included, without following it."""
-    import tempfile  # deferred: the status path only reads
-
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # a name of its own (tempfile.mkstemp would cost a start ~3 ms of imports for `random`)
+        name = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | open_flag("O_NOFOLLOW"), 0o600)
+        tmp = name  # ours from here: removed if what follows fails
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             if posix_owners():
-                os.fchmod(fh.fileno(), 0o600)  # mkstemp's mode already; kept for an odd umask-less platform
+                os.fchmod(fh.fileno(), 0o600)  # the mode given already, unless a umask-less platform ignored it
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:

@@ -36,13 +36,11 @@ def physical_cores() -> int:
     engine with one thread per physical core is as fast as one per logical CPU, and leaves the rest free.
     Where the CPU has cores of two kinds (Apple silicon's performance and efficiency cores), its performance
     cores: a thread on an efficiency core holds the others back at every step (llama.cpp counts the same)."""
-    import psutil
-
     logical = usable_cpus()
-    performance = cpu_info().performance if sys.platform == "darwin" else None
-    if performance:
-        return max(1, min(logical, performance))
-    physical, total = psutil.cpu_count(logical=False), psutil.cpu_count(logical=True)
+    info = cpu_info()  # /proc/cpuinfo on Linux: no psutil on a start's path (it costs ~20 ms to import)
+    if info.performance:
+        return max(1, min(logical, info.performance))
+    physical, total = info.physical, info.logical
     if not physical or not total:
         return logical
     return max(1, min(logical, round(logical * physical / total)))  # the share of them this process may use
@@ -55,10 +53,29 @@ class Memory:
 
 
 def memory() -> Memory:
+    found = _meminfo()
+    if found is not None:
+        return found
     import psutil
 
     vm = psutil.virtual_memory()
     return Memory(total=vm.total, available=vm.available)
+
+
+def _meminfo(path: Path = Path("/proc/meminfo")) -> Memory | None:
+    """MemTotal and MemAvailable as Linux counts them (what psutil reads too, without importing it)."""
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    found = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("MemTotal", "MemAvailable"):
+            found[key] = int(rest.split()[0]) * 1024  # kB
+    if len(found) < 2:
+        return None
+    return Memory(total=found["MemTotal"], available=found["MemAvailable"])
 
 
 # -- CPU -------------------------------------------------------------------------------------------------

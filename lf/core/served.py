@@ -9,8 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lf.config.gateway import RECORD_RUNTIME, gateway_key
-from lf.daemon.records import RuntimeRecord, StateStore
+from lf.daemon.records import GATEWAY_RUNTIME, RuntimeRecord, StateStore
 from lf.errors import ExitStatus, LfError
 from lf.net import local_url
 
@@ -48,12 +47,17 @@ class ServingGateway:
 
 def gateway_records(store: StateStore) -> list[RuntimeRecord]:
     """The records of this project's gateways whose process is alive."""
-    return [r for r in store.records() if r.runtime == RECORD_RUNTIME and r.process_alive()]
+    return [r for r in store.records() if r.runtime == GATEWAY_RUNTIME and r.process_alive()]
 
 
 def serving_gateway(project, store: StateStore, entry: str | None = None) -> ServingGateway | None:
     """The project's running gateway (that serves `entry`, when one is named), or None."""
-    for record in gateway_records(store):
+    records = gateway_records(store)
+    if not records:
+        return None  # the common case: the gateway's settings table is not even loaded
+    from lf.config.gateway import gateway_key
+
+    for record in records:
         found = ServingGateway(record, gateway_key(project))
         if entry is None or entry in found.serves:
             return found

@@ -294,10 +294,114 @@ def _read_header(path: Path) -> GgufMeta:
     return _meta(path, size, fields, tensors)
 
 
-def _tensors(cur: _Cursor, count: int) -> list[tuple[str, str, int, int, int]]:
-    """(name, type name, elements, bytes, data offset) of every tensor, checked as llama.cpp checks them."""
+# ggml's tensor types (id: name, elements per block, bytes per block) and llama.cpp's file types, as the `gguf`
+# package defines them: written out so reading a header (on every start that launches) needs neither gguf nor numpy
+# (~0.4 s of imports); a type a newer model uses that is not here is looked up in the package. A test checks the tables.
+QUANT_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1),
+    25: ("I16", 1, 2),
+    26: ("I32", 1, 4),
+    27: ("I64", 1, 8),
+    28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
+    40: ("NVFP4", 64, 36),
+    41: ("Q1_0", 128, 18),
+}
+FILE_TYPES: dict[int, str] = {
+    0: "ALL_F32",
+    1: "MOSTLY_F16",
+    2: "MOSTLY_Q4_0",
+    3: "MOSTLY_Q4_1",
+    7: "MOSTLY_Q8_0",
+    8: "MOSTLY_Q5_0",
+    9: "MOSTLY_Q5_1",
+    10: "MOSTLY_Q2_K",
+    11: "MOSTLY_Q3_K_S",
+    12: "MOSTLY_Q3_K_M",
+    13: "MOSTLY_Q3_K_L",
+    14: "MOSTLY_Q4_K_S",
+    15: "MOSTLY_Q4_K_M",
+    16: "MOSTLY_Q5_K_S",
+    17: "MOSTLY_Q5_K_M",
+    18: "MOSTLY_Q6_K",
+    19: "MOSTLY_IQ2_XXS",
+    20: "MOSTLY_IQ2_XS",
+    21: "MOSTLY_Q2_K_S",
+    22: "MOSTLY_IQ3_XS",
+    23: "MOSTLY_IQ3_XXS",
+    24: "MOSTLY_IQ1_S",
+    25: "MOSTLY_IQ4_NL",
+    26: "MOSTLY_IQ3_S",
+    27: "MOSTLY_IQ3_M",
+    28: "MOSTLY_IQ2_S",
+    29: "MOSTLY_IQ2_M",
+    30: "MOSTLY_IQ4_XS",
+    31: "MOSTLY_IQ1_M",
+    32: "MOSTLY_BF16",
+    36: "MOSTLY_TQ1_0",
+    37: "MOSTLY_TQ2_0",
+    38: "MOSTLY_MXFP4_MOE",
+    39: "MOSTLY_NVFP4",
+    40: "MOSTLY_Q1_0",
+    1024: "GUESSED",
+}
+
+
+def quant_type(raw: int) -> tuple[str, int, int] | None:
+    """(name, elements per block, bytes per block) of a tensor type id; None when neither lf nor gguf knows it."""
+    known = QUANT_TYPES.get(raw)
+    if known is not None:
+        return known
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
+    try:
+        kind = GGMLQuantizationType(raw)
+        block, size = GGML_QUANT_SIZES[kind]
+    except (ValueError, KeyError):
+        return None
+    return kind.name, block, size
+
+
+def file_type_name(raw: int) -> str | None:
+    known = FILE_TYPES.get(raw)
+    if known is not None:
+        return known
+    from gguf import LlamaFileType
+
+    try:
+        return LlamaFileType(raw).name
+    except ValueError:
+        return None
+
+
+def _tensors(cur: _Cursor, count: int) -> list[tuple[str, str, int, int, int]]:
+    """(name, type name, elements, bytes, data offset) of every tensor, checked as llama.cpp checks them."""
     tensors = []
     names: set[str] = set()
     for i in range(count):
@@ -315,21 +419,18 @@ def _tensors(cur: _Cursor, count: int) -> list[tuple[str, str, int, int, int]]:
         if any(dim >= 1 << 63 for dim in dims) or elements >= 1 << 63:
             raise cur.fail(f"tensor {name!r} has the shape {dims}: more elements than a GGUF tensor can have")
         raw_type, offset = cur.unpack("IQ", f"the type of tensor {name!r}")
-        try:
-            kind = GGMLQuantizationType(raw_type)
-            block, type_size = GGML_QUANT_SIZES[kind]
-        except (ValueError, KeyError):
-            raise cur.fail(f"tensor {name!r} has type {raw_type}, which llama.cpp does not define") from None
+        known = quant_type(raw_type)
+        if known is None:
+            raise cur.fail(f"tensor {name!r} has type {raw_type}, which llama.cpp does not define")
+        kind, block, type_size = known
         if dims and dims[0] % block:
-            raise cur.fail(f"tensor {name!r} has rows of {dims[0]} elements, not a multiple of {kind.name}'s {block}")
-        label = "token_embd" if name == "token_embd.weight" else kind.name
+            raise cur.fail(f"tensor {name!r} has rows of {dims[0]} elements, not a multiple of {kind}'s {block}")
+        label = "token_embd" if name == "token_embd.weight" else kind
         tensors.append((name, label, elements, elements * type_size // block, offset))
     return tensors
 
 
 def _meta(path: Path, size: int, fields: dict, tensors: list) -> GgufMeta:
-    from gguf import LlamaFileType
-
     def fail(reason: str) -> GgufError:
         return GgufError(path, reason)
 
@@ -365,10 +466,8 @@ def _meta(path: Path, size: int, fields: dict, tensors: list) -> GgufMeta:
         by_type[label] = by_type.get(label, 0) + n_bytes
         elements += n
     file_type = number("general.file_type", 1 << 31)
-    try:
-        quantization = LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else None
-    except ValueError:
-        quantization = None
+    named = file_type_name(file_type) if file_type is not None else None
+    quantization = named.removeprefix("MOSTLY_") if named else None
     if quantization is None:  # no file type: the type holding most of the weights
         main = max(((b, t) for t, b in by_type.items() if t != "token_embd"), default=(0, "unknown"))
         quantization = main[1]

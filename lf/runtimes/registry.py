@@ -207,15 +207,56 @@ def _env_text(setting: Setting | None) -> str:
     return os.environ.get(setting.env, "") if setting is not None and setting.env else ""
 
 
-def _parse(folder: Path) -> Runtime:
-    import tomllib
+def read_manifest(path: Path) -> dict:
+    """A manifest.toml as a dict: parsed once, then read back from a JSON copy in lf's cache while the file is the
+    same (size, mtime, inode), as the checked llamafarm.yaml is: TOML's parser is most of a start's registry time."""
+    import json
+    import zlib
 
-    path = folder / "manifest.toml"
+    from lf.dirs import state_dir
+
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise LfError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    key = [str(path), st.st_size, st.st_mtime_ns, st.st_ino, MANIFEST_CACHE_FORMAT]
+    cache = state_dir() / "cache" / f"manifest-{zlib.crc32(str(path).encode()):08x}.json"
+    try:
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached["key"] == key and isinstance(cached["manifest"], dict):
+            return cached["manifest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    manifest = _parse_toml(path)
+    try:
+        from lf.dirs import ensure_private_dir
+        from lf.files import atomic_write
+
+        ensure_private_dir(cache.parent)
+        atomic_write(cache, json.dumps({"key": key, "manifest": manifest}))
+    except Exception:  # a cache that cannot be written costs time, nothing else
+        pass
+    return manifest
+
+
+MANIFEST_CACHE_FORMAT = 1
+
+
+def _parse_toml(path: Path) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
     try:
         with open(path, "rb") as fh:
-            m = tomllib.load(fh)
+            return tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise LfError(f"{path}: cannot be read: {exc}") from None
+
+
+def _parse(folder: Path) -> Runtime:
+    path = folder / "manifest.toml"
+    m = read_manifest(path)
     if m.get("name") != folder.name:
         raise LfError(f"{path}: name {m.get('name')!r} differs from its folder name {folder.name!r}")
     unknown = [k for k in m if k not in MANIFEST_KEYS]
