@@ -6,7 +6,7 @@ A base module (it imports nothing): the status path uses it on every call.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, overload
 
 T = TypeVar("T", str, bytes)
 
@@ -14,6 +14,10 @@ MASK = "***"
 MIN_SECRET = 4  # shorter values are not searched for in text: masking every "ab" would garble it, and hide little
 
 
+@overload
+def redact_url(url: str) -> str: ...
+@overload
+def redact_url(url: None) -> None: ...
 def redact_url(url: str | None) -> str | None:
     """`https://user:key@host/v1` → `https://***@host/v1`; any other URL as it is."""
     if not url:
@@ -86,9 +90,9 @@ class StreamMasker(Generic[T]):
     """
 
     def __init__(self, secrets: Sequence[T], replace: Mapping[T, T] | None = None, mask: T | None = None):
-        self.secrets = tuple(secrets)
-        self.replace = dict(replace or {})
-        self.patterns = (*self.secrets, *self.replace)
+        self.secrets: tuple[T, ...] = tuple(secrets)
+        self.replace: dict[T, T] = dict(replace or {})
+        self.patterns: tuple[T, ...] = self.secrets + tuple(self.replace)
         if mask is None:
             binary = bool(self.patterns) and isinstance(self.patterns[0], bytes)
             mask = MASK.encode() if binary else MASK  # type: ignore[assignment]
@@ -98,7 +102,7 @@ class StreamMasker(Generic[T]):
     def feed(self, piece: T) -> T:
         if not self.patterns:
             return piece
-        text = self._rewrite(piece if self.held is None else self.held + piece)  # type: ignore[operator]
+        text = self._rewrite(piece if self.held is None else self.held + piece)
         keep = self._unfinished(text)
         self.held = text[len(text) - keep :] if keep else None
         return text[: len(text) - keep]
@@ -114,11 +118,11 @@ class StreamMasker(Generic[T]):
 
     def _rewrite(self, text: T) -> T:
         for secret in self.secrets:
-            if secret in text:  # type: ignore[operator]
-                text = text.replace(secret, self.mask)  # type: ignore[arg-type]
+            if secret in text:
+                text = text.replace(secret, self.mask)
         for old, new in self.replace.items():
-            if old in text:  # type: ignore[operator]
-                text = text.replace(old, new)  # type: ignore[arg-type]
+            if old in text:
+                text = text.replace(old, new)
         return text
 
     def _unfinished(self, text: T) -> int:
@@ -126,7 +130,7 @@ class StreamMasker(Generic[T]):
         longest = 0
         for pattern in self.patterns:
             for n in range(min(len(pattern) - 1, len(text)), longest, -1):
-                if text.endswith(pattern[:n]):  # type: ignore[arg-type]
+                if text.endswith(pattern[:n]):
                     longest = n
                     break
         return longest

@@ -143,7 +143,7 @@ def _utf8(text: str | bytes, where: str) -> str:
             return text.decode("utf-8")
         text.encode("utf-8")  # an argument arrives with its undecodable bytes as lone surrogates
         return text
-    except UnicodeError as exc:
+    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
         bad = exc.object[exc.start]
         byte = bad if isinstance(bad, int) else ord(bad) - 0xDC00 if 0xDC80 <= ord(bad) <= 0xDCFF else None
         at = (

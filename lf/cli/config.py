@@ -37,8 +37,9 @@ def validate(
             if result.unreadable is not None:
                 report_error(result.unreadable)
             raise typer.Exit(int(ExitStatus.CONFIG))
-    if not result.valid:
-        raise result.error()
+    problem = result.error()
+    if problem is not None:
+        raise problem
     if not json_out:
         for line in result.warnings:
             err(line)

@@ -74,7 +74,7 @@ def _scope(config: str | None, project: str | None, *, lenient: bool = False):
 
         path = find_config(config)
         store = StateStore().of_folder(path.resolve().parent) if path is not None else None
-        if store is None:
+        if store is None or path is None:
             raise
         err(f"Warning: {exc.message}; acting on the instances started from {path.parent} (project {store.project})")
         return None, store

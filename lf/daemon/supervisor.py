@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from lf.daemon import logpump
 from lf.daemon.health import Health, probe_once
 from lf.daemon.instance import Instance
 from lf.daemon.process import (
@@ -135,7 +136,7 @@ def start(
     launched is stopped again: no half-started orphan is left behind.
     """
     require_daemons()  # Windows: a clear error, not a traceback from the first POSIX call
-    launched: subprocess.Popen | None = None
+    launched: logpump.Launched | None = None
     record: RuntimeRecord | None = None
     try:
         with store.lock(name):
@@ -196,7 +197,7 @@ def _signals_deferred() -> Iterator[None]:
 _HELD_SIGNALS = (signal.SIGINT, *termination_signals())
 
 
-def launch(plan: Instance, store: StateStore) -> tuple[RuntimeRecord, subprocess.Popen]:
+def launch(plan: Instance, store: StateStore) -> tuple[RuntimeRecord, logpump.Launched]:
     """Launch the instance as a daemon and write its record. The caller holds the instance's lock.
 
     The daemon's stdout and stderr reach its log through its log pump (lf.daemon.logpump), a small process
@@ -204,7 +205,6 @@ def launch(plan: Instance, store: StateStore) -> tuple[RuntimeRecord, subprocess
     first, never through a symlink, so a start in a state dir that cannot be written fails before anything runs.
     The record is saved before the engine may run (the launcher waits for lf's `go`): should lf be killed at
     any instant of this, either no engine runs or a record names it. Whatever fails, the launcher is reaped."""
-    from lf.daemon import logpump
     from lf.daemon.records import RecordNotRemoved
     from lf.files import open_append, write_error
 
@@ -309,7 +309,7 @@ class Loading:
 def wait_until_healthy(
     record: RuntimeRecord,
     timeout: float,
-    proc: subprocess.Popen | None = None,
+    proc: logpump.Launched | None = None,
     on_wait: Callable[[Loading], None] | None = None,
 ) -> Health | None:
     """Poll the health endpoint until ready; fail fast if the process exits first."""

@@ -327,14 +327,14 @@ class Gateway:
         slot = places[0]
         entry = slot.entry
         if path == "/embeddings" and slot.embeddings is False:  # refused as it is, never started just to refuse
-            problem = HTTPProblem(
+            refusal = HTTPProblem(
                 501,
                 f"{entry.name} does not serve embeddings: its {entry.provider} engine runs with them off; say "
                 "embeddings: true in its provider_config (llamafarm.yaml) to turn them on",
                 "embeddings_off",
             )
-            self.finished(request, path, entry.name, problem.status, arrived)
-            return problem.response()
+            self.finished(request, path, entry.name, refusal.status, arrived)
+            return refusal.response()
         asked = name if isinstance(name, str) else entry.name
         exchange = _Exchange(self, request, places, asked, payload, path, stream, arrived)
         ready = any(p.state in SERVING or (p.state == State.EXTERNAL and p.down is None) for p in places)
@@ -657,7 +657,7 @@ class _Exchange:
 
     def _length_event(self) -> bytes:
         kind = "text_completion" if self.path == "/completions" else "chat.completion.chunk"
-        choice = {
+        choice: dict[str, object] = {
             "index": 0,
             "finish_reason": "length",
             **({"text": ""} if self.path == "/completions" else {"delta": {}}),

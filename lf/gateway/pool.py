@@ -316,8 +316,10 @@ class Pool:
             return
         for model in models:
             name = f"{peer}/{model}"
-            slot = mine.pop(name, None)
-            if slot is None:
+            found = mine.pop(name, None)
+            if found is not None:
+                slot = found
+            else:
                 entry = ModelEntry(name=name, provider="openai", model=model, base_url=url, managed=False)
                 slot = Slot(entry, None, State.EXTERNAL, endpoint=Endpoint(name, url, model, api_key), peer=peer)
                 self._limit(slot)

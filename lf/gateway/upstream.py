@@ -75,7 +75,7 @@ class UpstreamResponse:
         return b"".join([chunk async for chunk in self.aiter_raw()])
 
     async def aclose(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn = self._conn, None  # type: ignore[assignment]  # closed: no connection any more
         if conn is not None:
             conn.close()
 

@@ -206,7 +206,8 @@ def render_argv(template, values: Mapping[str, object], runtime: str) -> list[st
     argv: list[str] = []
     for part in template:
         if isinstance(part, EachArg):
-            extra = [str(item) for item in values.get(part.setting) or ()]
+            items = values.get(part.setting) or ()
+            extra = [str(item) for item in items] if isinstance(items, (list, tuple)) else [str(items)]
             _refuse_own_flags(extra, template, part.setting, runtime)
             argv.extend(extra)
         elif isinstance(part, OptionalArgs):

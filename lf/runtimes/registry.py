@@ -246,7 +246,7 @@ def _parse_toml(path: Path) -> dict:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
@@ -317,7 +317,7 @@ def _leftover_files(patterns, path: Path) -> tuple[str, ...]:
 
 
 def _engine(table: dict, settings: dict[str, Setting], path: Path) -> Engine:
-    argv = []
+    argv: list[str | OptionalArgs | EachArg] = []
     for part in table.get("argv", ()):
         if isinstance(part, dict) and set(part) == {"each"}:
             if settings.get(part["each"]) is None or settings[part["each"]].type != "array":

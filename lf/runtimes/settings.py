@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 TYPES = ("integer", "number", "string", "boolean", "array", "size")  # array: of strings; size: bytes, or 6GiB
 SETTING_KEYS = ("type", "description", "default", "enum", "minimum", "maximum", "min_length", "env", "extra_body")
@@ -196,7 +197,7 @@ def from_manifest(name: str, table: dict, where: str) -> Setting:
     kind = table.get("type", base.type if base else None)
     if kind not in TYPES:
         raise LfError(f"{where}: [settings.{name}] needs a type, one of {', '.join(TYPES)}")
-    values = {k: (tuple(v) if k == "enum" else v) for k, v in table.items() if k != "type"}
+    values: dict[str, Any] = {k: (tuple(v) if k == "enum" else v) for k, v in table.items() if k != "type"}
     setting = replace(base, **values) if base else Setting(name, kind, **values)
     if setting.default is not None and setting.problem(setting.default):
         raise LfError(f"{where}: the default of {name!r} is not valid: {setting.problem(setting.default)}")
@@ -214,7 +215,8 @@ def _type_ok(value, wanted: str) -> bool:
         except (ValueError, TypeError):
             return False
         return True
-    return isinstance(value, {"integer": int, "number": (int, float), "string": str, "boolean": bool}[wanted])
+    kinds: dict[str, type | tuple[type, ...]] = {"integer": int, "number": (int, float), "string": str, "boolean": bool}
+    return isinstance(value, kinds[wanted])
 
 
 def describe_type(wanted: str) -> str:
