@@ -223,7 +223,7 @@ def test_provider_enum_follows_the_runtime_registry(tmp_path, monkeypatch):
     from lf.runtimes.registry import all_runtimes, runtime_names
 
     enum = schema()["properties"]["runtime"]["oneOf"][0]["properties"]["provider"]["enum"]
-    assert enum == sorted(runtime_names())
+    assert enum == sorted([*runtime_names(), "router"])  # the runtimes, and LlamaFarm's router (lf serve routes it)
     extra = tmp_path / "more" / "myengine"
     extra.mkdir(parents=True)
     (extra / "manifest.toml").write_text('name = "myengine"\ndescription = "test"\nmanaged = false\n')

@@ -111,18 +111,32 @@ def chat(
         endpoint, entry = with_pull(
             pull,
             lambda: chat_endpoint(
-                project, runtime, model, auto_start=not no_auto_start, direct=direct, on_event=progress
+                project,
+                runtime,
+                model,
+                auto_start=not no_auto_start,
+                direct=direct,
+                on_event=progress,
+                message=message,
             ),
         )
     finally:
         progress.done()
-
-    payload: dict = {"model": endpoint.model, **entry.request_defaults}
+    asked: dict = {}  # what the flags ask of every answer
     if temperature is not None:
-        payload["temperature"] = temperature
+        asked["temperature"] = temperature
     if max_tokens is not None:
-        payload["max_tokens"] = max_tokens
+        asked["max_tokens"] = max_tokens
     history: list[dict] = [{"role": "system", "content": system}] if system else []
+    if endpoint is None:  # a router with no gateway to route: it routes each message of the chat here
+
+        def routed(text: str):
+            return chat_endpoint(project, runtime, model, auto_start=not no_auto_start, on_event=progress, message=text)
+
+        _Session(None, asked, history, timeout, route=routed, name=entry.name).run()
+        return
+
+    payload: dict = {"model": endpoint.model, **entry.request_defaults, **asked}
 
     if message is not None:
         _ask(
@@ -195,8 +209,10 @@ def _ask(
 class _Session:
     """The interactive chat: reads lines (a command, a message, a block), asks, keeps the conversation."""
 
-    def __init__(self, endpoint, payload: dict, history: list[dict], timeout: float):
+    def __init__(self, endpoint, payload: dict, history: list[dict], timeout: float, route=None, name: str = ""):
         self.endpoint = endpoint
+        self.route = route  # a router's: (message) → (the endpoint and entry it goes to), asked for each message
+        self.name = name
         self.payload = payload
         self.history = history
         self.timeout = timeout
@@ -205,9 +221,12 @@ class _Session:
     def run(self) -> None:
         from lf.secrets import redact_url
 
-        err(
-            f"Chatting with {self.endpoint.model} at {redact_url(self.endpoint.base_url)}. /help for commands; Ctrl-D or /exit to leave."
+        where = (
+            f"{self.name} (it routes each message)"
+            if self.endpoint is None
+            else f"{self.endpoint.model} at {redact_url(self.endpoint.base_url)}"
         )
+        err(f"Chatting with {where}. /help for commands; Ctrl-D or /exit to leave.")
         while True:
             try:
                 message = self.next_message()
@@ -216,10 +235,14 @@ class _Session:
             if message is None:
                 continue
             turn = len(self.history)
+            endpoint, payload = self.endpoint, self.payload
             try:
+                if self.route is not None:
+                    endpoint, entry = self.route(message)
+                    payload = {"model": endpoint.model, **entry.request_defaults, **self.payload}
                 _ask(
-                    self.endpoint,
-                    self.payload,
+                    endpoint,
+                    payload,
                     self.history,
                     message,
                     stream=True,

@@ -124,6 +124,12 @@ class Names:
             return managed if self.project is not None else [default_entry(DEFAULT_RUNTIME)]
         found = self.lookup(target)
         if found is not None:
+            if found.is_router:
+                targets = sorted({r["target_model"] for r in (found.router or {}).get("routes", ())})
+                raise LfError(
+                    f"{found.name!r} is a router: it has no instance of its own",
+                    hint=f"start what it routes to ({', '.join(targets)}), or lf serve, which starts them on demand",
+                )
             if not found.managed:
                 raise LfError(
                     f"{found.name!r} is an endpoint lf does not run ({found.provider}): there is nothing to start",

@@ -42,6 +42,12 @@ class ModelEntry:
     max_queue: int | None = None  # requests that wait for it beyond those; more get 429
     max_tokens_default: int | None = None  # max_tokens of a request that sets none (default: the gateway's)
     max_tokens_limit: int | None = None  # the most max_tokens a request may ask of it
+    router: dict | None = None  # provider: router: {embedder_model, default_model, similarity_threshold, routes}
+
+    @property
+    def is_router(self) -> bool:
+        return self.router is not None
+
     extra_body: dict = field(
         default_factory=dict
     )  # LlamaFarm's per-model parameters: its GGUF ones (n_ctx, n_gpu_layers, …)
@@ -254,7 +260,7 @@ def normalise(path: Path, data: dict, root=None) -> Project:
     from lf.runtimes.registry import get_runtime
 
     for entry in models:
-        entry.managed = get_runtime(entry.provider).managed and not entry.base_url
+        entry.managed = not entry.is_router and get_runtime(entry.provider).managed and not entry.base_url
     return Project(
         path=path,
         name=data.get("name"),
@@ -264,6 +270,19 @@ def normalise(path: Path, data: dict, root=None) -> Project:
         shape=shape,
         gateway=dict(runtime.get("gateway") or {}),
     )
+
+
+def _router(item: dict) -> dict:
+    """A router's own fields, as validated (lf.config.schema checks them against the other entries)."""
+    return {
+        "embedder_model": item["embedder_model"],
+        "default_model": item["default_model"],
+        "similarity_threshold": float(item.get("similarity_threshold", 0.7)),
+        "routes": [
+            {"name": r["name"], "target_model": r["target_model"], "utterances": list(r["utterances"])}
+            for r in item["routes"]
+        ],
+    }
 
 
 def _generation(mapping: dict) -> dict:
@@ -277,7 +296,7 @@ def _entry(item: dict, name: str, provider_config: dict | None, line: int | None
     return ModelEntry(
         name=name,
         provider=item["provider"],
-        model=str(item["model"]),
+        model=str(item.get("model") or ""),
         description=item.get("description"),
         base_url=item.get("base_url"),
         api_key=item.get("api_key"),
@@ -298,6 +317,7 @@ def _entry(item: dict, name: str, provider_config: dict | None, line: int | None
         max_queue=item.get("max_queue"),
         max_tokens_default=item.get("max_tokens_default"),
         max_tokens_limit=item.get("max_tokens_limit"),
+        router=_router(item) if item["provider"] == "router" else None,
         extra_body=dict(item.get("extra_body") or {}),
     )
 

@@ -345,14 +345,17 @@ def chat_endpoint(
     auto_start: bool = True,
     direct: bool = False,
     on_event: OnEvent | None = None,
-) -> tuple[Endpoint, ModelEntry]:
+    message: str | None = None,
+) -> tuple[Endpoint | None, ModelEntry]:
     """The endpoint `lf chat --runtime R --model M` talks to, and its model entry: the project's gateway when one
     serves that entry (it starts the model itself, on this request), else the entry's own instance, started if
-    needed. `--model` naming a model that no entry configures asks for that very model, directly."""
+    needed. `--model` naming a model that no entry configures asks for that very model, directly. A router (with
+    no gateway to route) routes `message` here, with the gateway's own code; without a message, None: the caller
+    asks again for each one."""
     names = Names(project)
     entry = names.entry(model, runtime)
     configured = model is None or names.lookup(model) is entry
-    if not direct and configured and entry.managed:
+    if not direct and configured and (entry.managed or entry.is_router):
         store = _store(None, project)
         gateway = served.serving_gateway(project, store, entry.name)
         if gateway is not None and not auto_start and running(entry, project, store) is None:
@@ -366,9 +369,37 @@ def chat_endpoint(
             return Endpoint(
                 entry.name, gateway.base_url, model or entry.name, gateway.api_key, gateway=gateway.name
             ), entry
+    if entry.is_router:
+        if message is None:
+            return None, entry
+        return routed_endpoint(project, entry, message, auto_start=auto_start, on_event=on_event)
     requested = model if model is not None and not configured else None
     endpoint = ensure_running(entry, project, model=requested, auto_start=auto_start, on_event=on_event)
     return endpoint, entry
+
+
+def routed_endpoint(
+    project: Project | None,
+    router: ModelEntry,
+    message: str,
+    *,
+    auto_start: bool = True,
+    on_event: OnEvent | None = None,
+) -> tuple[Endpoint, ModelEntry]:
+    """Where a router sends `message` (lf.core.router: the same decision `lf serve` makes): its embedding model's
+    instance and the chosen target's, started as needed; the target's endpoint and entry."""
+    from lf.core.router import EmbeddingCache, RouterSpec, RoutingTable, embed_with, embedder_entry, identity_of
+
+    spec = RouterSpec.of(router)
+    embedder = embedder_entry(spec, project)
+    at = ensure_running(embedder, project, auto_start=auto_start, on_event=on_event)
+    embed = embed_with(at.base_url, at.model, at.api_key)
+    table = RoutingTable.build(spec, embed, EmbeddingCache(identity_of(embedder, project)))
+    decision = table.decide(embed([message])[0])
+    said = f"route {decision.route}" if decision.route else f"no route above {spec.threshold:g}: its default"
+    _emit(on_event, Notice(f"{router.name}: {said} → {decision.target} (similarity {decision.score:.2f})"))
+    target = Names(project).entry(decision.target)
+    return ensure_running(target, project, auto_start=auto_start, on_event=on_event), target
 
 
 # -- stop, restart -----------------------------------------------------------------------------------

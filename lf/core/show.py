@@ -15,6 +15,9 @@ def resolved_config(project) -> dict:
     entries = project.models if project else Names(None).to_start(None)
     models = []
     for entry in entries:
+        if entry.is_router:
+            models.append({"name": entry.name, "provider": entry.provider, "managed": False, "router": entry.router})
+            continue
         runtime = get_runtime(entry.provider)
         item = {
             "name": entry.name,

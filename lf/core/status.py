@@ -235,6 +235,8 @@ def _configured(project, gateway: InstanceStatus | None) -> list[InstanceStatus]
     serves = set(gateway.record.instance.settings.get("serves") or ()) if gateway and gateway.record else set()
     out = []
     for entry in project.models:
+        if entry.is_router:
+            continue  # no instance of its own: what it routes to is listed
         if entry.managed:  # decided when the file was validated: no manifest to parse here
             idle = entry.name in serves
             out.append(

@@ -27,7 +27,7 @@ from lf.daemon.states import State
 from lf.errors import LfError
 from lf.gateway.dashboard import Dashboard, wants_page
 from lf.gateway.effects import CoreEffects, Effects
-from lf.gateway.events import EventBus, RequestFinished, log_event
+from lf.gateway.events import EventBus, RequestFinished, Routed, log_event
 from lf.gateway.metrics import Metrics
 from lf.gateway.monitor import Monitor, describe_loading, loading
 from lf.gateway.peers import Peers
@@ -45,6 +45,7 @@ from lf.gateway.pool import (
     Unreachable,
 )
 from lf.gateway.reload import watch
+from lf.gateway.routers import Routers, embedder_entries
 from lf.gateway.upstream import UpstreamClient
 from lf.net import bearer_token, key_matches, split_userinfo
 from lf.platform import hangup_signal
@@ -104,13 +105,15 @@ class Gateway:
         self.names = Names(project, entries)
         self.events = EventBus()
         self.metrics = Metrics()
+        served = _pooled(project, entries)
         self.pool = Pool(
             config,
-            entries,
+            served,
             effects or CoreEffects(project, config, self.events),
             self.events,
-            _external_endpoints(entries),
+            _external_endpoints(served),
         )
+        self.routers = Routers(project, self.pool, self.post_json)
         self._reloading = asyncio.Lock()
         self._gateway_section = dict(project.gateway) if project else {}
         self.client: httpx.AsyncClient | None = None
@@ -142,6 +145,7 @@ class Gateway:
                 on_probe=lambda slot, health: self.metrics.probed(slot.name, health),
                 on_probed=self.dashboard.changed,
                 peers=self.peers,
+                routers=self.routers,
             )
             await self.pool.adopt()
             loop = asyncio.get_running_loop()
@@ -194,8 +198,9 @@ class Gateway:
                 log.warning("llamafarm.yaml not reloaded, the running models stay as they are: %s", exc.message)
                 return
             entries, default = served_entries(project)
-            external = _external_endpoints(entries)
-            done = self.pool.reconfigure(entries, external)
+            pooled = _pooled(project, entries)
+            done = self.pool.reconfigure(pooled, _external_endpoints(pooled))
+            self.routers.load(project)
             self.project, self.entries, self.default_model = project, entries, default
             self.names = Names(project, entries)
             if project.gateway != self._gateway_section:
@@ -249,6 +254,19 @@ class Gateway:
         return JSONResponse(self._peer_object(slot) if slot.peer is not None else self._model_object(slot.entry))
 
     def _model_object(self, entry: ModelEntry) -> dict:
+        if entry.is_router:
+            state = self.routers.states[entry.name]
+            return {
+                "id": entry.name,
+                "object": "model",
+                "created": int(self.started_at),
+                "owned_by": "router",
+                "lf": {
+                    "router": state.to_dict(),
+                    "aliases": entry.aliases,
+                    "default": entry.name == self.default_model,
+                },
+            }
         slot = self.pool.slots[entry.name]
         return {
             "id": entry.name,
@@ -314,10 +332,16 @@ class Gateway:
         path = OPENAI_ROUTES[request.url.path]
         if (denied := self.denied(request)) is not None:
             return denied
+        routed: dict[str, str] = {}
         try:
             payload = await self._payload(request)
             name = payload.get("model") or self.default_model
-            places = self.route(name) if isinstance(name, str) else []
+            router = self.names.lookup(name) if isinstance(name, str) else None
+            if router is not None and router.is_router:
+                target, routed = await self._routed(router, payload, path)
+                places = self.pool.places(target)
+            else:
+                places = self.route(name) if isinstance(name, str) else []
             if not places:
                 raise self._unknown_model(name)
         except HTTPProblem as problem:
@@ -336,11 +360,48 @@ class Gateway:
             self.finished(request, path, entry.name, refusal.status, arrived)
             return refusal.response()
         asked = name if isinstance(name, str) else entry.name
-        exchange = _Exchange(self, request, places, asked, payload, path, stream, arrived)
+        exchange = _Exchange(self, request, places, asked, payload, path, stream, arrived, routed)
         ready = any(p.state in SERVING or (p.state == State.EXTERNAL and p.down is None) for p in places)
         if stream and not ready and any(p.managed for p in places):
             return await exchange.cold_stream()
         return await exchange.answer()
+
+    async def _routed(self, router: ModelEntry, payload: dict, path: str) -> tuple[str, dict[str, str]]:
+        """The entry a request for a router goes to, and the headers that say so."""
+        from lf.core.router import last_user_text
+
+        if path == "/embeddings":
+            raise HTTPProblem(
+                400, f"{router.name} is a router: it routes chats and completions, not embeddings", "not_routable"
+            )
+        text = last_user_text(payload)
+        if not text:
+            raise HTTPProblem(
+                400, f"{router.name} is a router: it needs a user message (or a prompt) to route by", "not_routable"
+            )
+        try:
+            decision, seconds = await self.routers.route(router.name, text)
+        except LfError as exc:
+            raise HTTPProblem(
+                503, f"{router.name} could not route: {exc.message}", "router_failed", "server_error"
+            ) from None
+        self.events.emit(Routed(router.name, decision.route or "default", decision.target, seconds))
+        headers = {"x-lf-route": decision.route or "default", "x-lf-routed-to": decision.target}
+        return decision.target, headers
+
+    async def post_json(self, endpoint: Endpoint, path: str, body: dict) -> dict:
+        """POST a JSON body upstream and read the whole JSON answer (what the routers' embeddings take)."""
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if endpoint.api_key:
+            headers["authorization"] = f"Bearer {endpoint.api_key}"
+        answer = await self.send(endpoint.base_url.rstrip("/") + path, headers, json.dumps(body).encode())
+        try:
+            raw = await answer.aread()
+        finally:
+            await answer.aclose()
+        if answer.status_code >= 400:
+            raise ValueError(f"HTTP {answer.status_code}: {raw[:300].decode('utf-8', 'replace')}")
+        return json.loads(raw)
 
     def route(self, name: str) -> list[Slot]:
         """The places a model name means: a configured entry's (by any of its names), a peer's PEER/MODEL, or a
@@ -409,8 +470,10 @@ class _Exchange:
         path: str,
         stream: bool,
         arrived: float,
+        routed: dict[str, str] | None = None,
     ):
         self.gateway, self.request, self.places, self.asked = gateway, request, places, asked
+        self.routed = routed or {}  # a router's decision, said in the answer's headers
         self.slot = places[0]  # the place it goes to (chosen when it is sent)
         self.entry = self.slot.entry
         self.payload, self.path, self.stream, self.arrived = payload, path, stream, arrived
@@ -551,6 +614,7 @@ class _Exchange:
         headers = {k: v for k, v in upstream.headers.items() if k in PASSED_HEADERS}
         if "text/event-stream" in headers.get("content-type", ""):
             headers.update(SSE_HEADERS)
+        headers.update(self.routed)
         return StreamingResponse(self._relay(upstream), status_code=upstream.status_code, headers=headers)
 
     async def cold_stream(self) -> Response:
@@ -571,7 +635,7 @@ class _Exchange:
         return StreamingResponse(
             self._wait_then_relay(acquire),
             status_code=200,
-            headers={"content-type": "text/event-stream", **SSE_HEADERS},
+            headers={"content-type": "text/event-stream", **SSE_HEADERS, **self.routed},
         )
 
     async def _wait_then_relay(self, opening: asyncio.Task):
@@ -731,6 +795,12 @@ class _Exchange:
 
 def _why(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _pooled(project: Project | None, entries: list[ModelEntry]) -> list[ModelEntry]:
+    """What the pool serves: every entry but the routers (they pick among the others), and the embedding models the
+    routers need that the project does not list itself."""
+    return [e for e in entries if not e.is_router] + embedder_entries(project)
 
 
 def _external_endpoints(entries: list[ModelEntry]) -> dict[str, Endpoint]:

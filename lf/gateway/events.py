@@ -55,6 +55,16 @@ class Pulling:
 
 
 @dataclass(frozen=True)
+class Routed:
+    """A router sent a request to one of its routes' targets (or its default)."""
+
+    router: str
+    route: str  # the route's name, or "default"
+    target: str
+    seconds: float  # the message's embedding
+
+
+@dataclass(frozen=True)
 class QueueChanged:
     waiting: int
 
@@ -77,7 +87,7 @@ class RequestFinished:
     upstream: str | None = None  # the place that answered: an instance's name, or a peer's
 
 
-Event = StateChanged | SlotChanged | Started | StartFailed | Stopped | Pulling | QueueChanged | RequestFinished
+Event = StateChanged | SlotChanged | Started | StartFailed | Stopped | Pulling | QueueChanged | RequestFinished | Routed
 
 
 class EventBus:

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from lf.daemon.health import Health
-from lf.gateway.events import Event, QueueChanged, RequestFinished, Started, StartFailed, Stopped
+from lf.gateway.events import Event, QueueChanged, RequestFinished, Routed, Started, StartFailed, Stopped
 from lf.gateway.pool import Pool
 
 disable_created_metrics()  # the *_created series only repeat the start time of each label set
@@ -87,6 +87,19 @@ class Metrics:
         self.peer_up = Gauge(
             "lf_gateway_peer_up", "1 while a peer answers its probes, 0 while it does not", ["peer"], registry=r
         )
+        self.routed = Counter(
+            "lf_gateway_routed",
+            "Requests a router sent on, by router, route (or default) and target model",
+            ["router", "route", "target"],
+            registry=r,
+        )
+        self.route_embedding = Histogram(
+            "lf_gateway_route_embedding_seconds",
+            "The time a router took to embed a message",
+            ["router"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.cut = Counter(
             "lf_gateway_answers_cut",
             "Answers lf ended: at the gateway's request_timeout (deadline), or at the max_tokens it set (max_tokens_default)",
@@ -129,6 +142,9 @@ class Metrics:
                 self.evictions.labels(event.model).inc()
         elif isinstance(event, QueueChanged):
             self.queue.set(event.waiting)
+        elif isinstance(event, Routed):
+            self.routed.labels(event.router, event.route, event.target).inc()
+            self.route_embedding.labels(event.router).observe(event.seconds)
 
     def peer_probed(self, peer: str, up: bool | None) -> None:
         self.peer_up.labels(peer).set(1 if up else 0)

@@ -32,6 +32,7 @@ class Monitor:
         on_probe: Callable[[Slot, Health], None] | None = None,
         on_probed: Callable[[], None] | None = None,
         peers=None,
+        routers=None,
     ):
         self.pool = pool
         self.store = store
@@ -40,6 +41,7 @@ class Monitor:
         self.on_probe = on_probe  # after each probe (the metrics)
         self.on_probed = on_probed  # after each round of probes (the dashboard's pages update)
         self.peers = peers  # lf.gateway.peers.Peers: probed in the same rounds
+        self.routers = routers  # lf.gateway.routers.Routers: their counts, in /health
         self._external: dict[str, tuple] = {}  # name → (its entry, its probe): made again when a reload changes it
 
     async def run(self) -> None:
@@ -143,6 +145,7 @@ class Monitor:
             "timestamp": _iso(time.time()),
             "components": components,
             "peers": [state.to_dict() for state in self.peers.states.values()] if self.peers else [],
+            "routers": self.routers.document() if self.routers else [],
             "gateway": {
                 "loaded": loaded,
                 "max_loaded": limit,
