@@ -117,6 +117,9 @@ class Dashboard:
                     "latencies_ms": [round(v, 2) for v in slot.latencies],
                     "last_request": item["last_request"],
                     "log_tail": item.get("log_tail", []),
+                    "context_size": item.get("context_size"),
+                    "loading": item.get("loading"),
+                    "peer": slot.peer,
                 }
             )
         return {
@@ -130,6 +133,8 @@ class Dashboard:
                 **document["gateway"],
             },
             "models": models,
+            "routers": document.get("routers", []),
+            "peers": document.get("peers", []),
             "requests": list(self.requests),
         }
 
