@@ -18,7 +18,7 @@ from lf.envvars import AppEnvVars
 from lf.errors import ConfigError, UnknownNameError
 
 CONFIG_NAMES = ("llamafarm.yaml", "llamafarm.yml")
-_CACHE_FORMAT = 2  # bumped when ModelEntry gains a field, so a cached copy without it is not read back
+_CACHE_FORMAT = 3  # bumped when ModelEntry gains a field, so a cached copy without it is not read back
 # ${VAR}, ${VAR:-default}, and LlamaFarm's ${env:VAR}
 _ENV_REF = re.compile(r"^\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$")
 
@@ -44,6 +44,7 @@ class ModelEntry:
         default_factory=dict
     )  # LlamaFarm's per-model parameters: its GGUF ones (n_ctx, n_gpu_layers, …)
     # set the runtime settings that declare them (lf.runtimes.settings), below provider_config
+    scaling: dict = field(default_factory=dict)  # replicas, min/max_replicas, spread, … as written (lf.config.cluster)
 
     def resolved_api_key(self) -> str | None:
         return expand_env_ref(self.api_key)
@@ -58,6 +59,7 @@ class Project:
     default_model: str
     shape: str  # "single" or "list"
     gateway: dict = field(default_factory=dict)  # runtime.gateway: settings of `lf serve` (lf.config.gateway)
+    cluster: dict = field(default_factory=dict)  # runtime.cluster: the Ray cluster to deploy to (lf.config.cluster)
     warnings: list[str] = field(default_factory=list)  # what lf keeps without using (unknown keys), located
 
     @property
@@ -196,6 +198,7 @@ def _cache_read(path: Path, key: list | None) -> Project | None:
             default_model=p["default_model"],
             shape=p["shape"],
             gateway=p.get("gateway") or {},
+            cluster=p.get("cluster") or {},
             warnings=p.get("warnings") or [],
         )
     except (OSError, ValueError, KeyError, TypeError):
@@ -283,6 +286,7 @@ def normalise(path: Path, data: dict, root=None) -> Project:
         default_model=default,
         shape=shape,
         gateway=dict(runtime.get("gateway") or {}),
+        cluster=dict(runtime.get("cluster") or {}),
     )
 
 
@@ -293,6 +297,8 @@ def _generation(mapping: dict) -> dict:
 
 
 def _entry(item: dict, name: str, provider_config: dict | None, line: int | None, shared: dict) -> ModelEntry:
+    from lf.config.cluster import SCALING_KEYS
+
     settings = dict(provider_config or {})
     return ModelEntry(
         name=name,
@@ -314,6 +320,7 @@ def _entry(item: dict, name: str, provider_config: dict | None, line: int | None
         idle_ttl=item.get("idle_ttl"),
         aliases=list(item.get("aliases") or []),
         extra_body=dict(item.get("extra_body") or {}),
+        scaling={key: item[key] for key in SCALING_KEYS if key in item},
     )
 
 
