@@ -133,6 +133,25 @@ def test_each_project_and_entry_has_its_own_application_and_route(tmp_path):
     assert apps[0].base_url("http://127.0.0.1:11560") == "http://127.0.0.1:11560/test/demo/chat/v1"
 
 
+def test_spread_replicas_no_node_can_take_are_refused_before_anything_runs():
+    from lf.cluster.deploy import _require_nodes_for_spread
+    from lf.cluster.nodes import ClusterError
+
+    def app(**scaling):
+        return placement.EntryApp(
+            "chat", "test/demo/chat", "/test/demo/chat", placement.serve_options(_entry(**scaling))
+        )
+
+    one_node = lambda: [{"node_id": "a", "alive": True}]  # noqa: E731
+    with pytest.raises(ClusterError, match="2 are wanted from the start, and the cluster has 1 node") as caught:
+        _require_nodes_for_spread(app(replicas=2, spread=True), one_node)
+    assert caught.value.exit_status == ExitStatus.START_FAILED and "lf cluster join" in caught.value.hint
+    _require_nodes_for_spread(app(replicas=2), one_node)  # without spread they share the node
+    _require_nodes_for_spread(app(min_replicas=1, max_replicas=4, spread=True), one_node)  # scaling up may wait
+    with pytest.raises(ClusterError):
+        _require_nodes_for_spread(app(min_replicas=2, max_replicas=4, spread=True), one_node)
+
+
 # -- vLLM across GPUs and nodes (command lines only: no GPU here) ------------------------------------------------
 def test_tensor_and_pipeline_parallel_run_vllms_workers_through_the_cluster():
     entry = ModelEntry(name="big", provider="vllm", model="org/model")

@@ -95,8 +95,8 @@ def _lf(env: dict, *args: str, cwd: Path, timeout: float = 300) -> subprocess.Co
 
 @pytest.fixture(scope="module")
 def cluster(cluster_env, tmp_path_factory):
-    """A head and a worker on this machine, 2 logical CPUs each (room for two replicas of 1 CPU on either:
-    only `spread` keeps them apart), the project's folder, and the environment lf runs with."""
+    """A head and a worker on this machine, 4 logical CPUs each (room for more replicas of 1 CPU on either node
+    than the tests run: only `spread` keeps them apart), the project's folder, and the environment lf runs with."""
     root = tmp_path_factory.mktemp("cluster")
     work = root / "work"
     work.mkdir()
@@ -104,10 +104,10 @@ def cluster(cluster_env, tmp_path_factory):
     env = {"LF_STATE_DIR": str(root / "state"), "LF_DATA_DIR": str(CACHED_DATA)}
     address = machine_address()
     port, serve_port = free_ports(2)
-    head = _lf(env, "cluster", "start", "--host", address, "--port", str(port), "--num-cpus", "2",
+    head = _lf(env, "cluster", "start", "--host", address, "--port", str(port), "--num-cpus", "4",
                "--serve-port", str(serve_port), "--json", cwd=work)  # fmt: skip
     assert head.returncode == 0, head.stderr
-    worker = _lf(env, "cluster", "join", f"{address}:{port}", "--num-cpus", "2", "--json", cwd=work)
+    worker = _lf(env, "cluster", "join", f"{address}:{port}", "--num-cpus", "4", "--json", cwd=work)
     info = {
         "root": root,
         "work": work,
@@ -121,6 +121,8 @@ def cluster(cluster_env, tmp_path_factory):
         "pids": set(),
     }
     info["pids"] |= _tree_pids(info["head"]["pid"])
+    if info["worker"] is not None:
+        info["pids"] |= _tree_pids(info["worker"]["pid"])
     yield info
     _lf(env, "cluster", "stop", cwd=work, timeout=180)  # a no-op once the last test stopped it
 
@@ -160,6 +162,12 @@ def _app(cluster, entry: str) -> dict:
     return next(a for a in _status(cluster)["applications"] if a["entry"] == entry)
 
 
+def _replicas(app: dict) -> str:
+    """An application's target and replicas, for an assertion's message."""
+    replicas = ", ".join(f"{r['state']} on {str(r['node_id'])[:8]}" for r in app["replicas"])
+    return f"{app['name']}: {app['status']}, target {app['target_replicas']}: {replicas}"
+
+
 def _client(base_url: str):
     from openai import OpenAI
 
@@ -188,12 +196,25 @@ def test_start_and_join_make_a_cluster_of_two_nodes(shared):
     report = _status(shared)
     nodes = [n for n in report["nodes"] if n["alive"]]
     assert len(nodes) == 2 and sum(n["head"] for n in nodes) == 1, report["nodes"]
-    assert all(n["cpus"] == 2 and n["memory_bytes"] > 0 and n["gpus"] == 0 for n in nodes)
+    assert all(n["cpus"] == 4 and n["memory_bytes"] > 0 and n["gpus"] == 0 for n in nodes)
     assert [(n["name"], n["state"]) for n in report["local_nodes"]] == [
         ("ray-head", "running"),
         ("ray-worker", "running"),
     ]
     assert report["auth"] == "token (lf's key)"
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["ray:bind"]["status"] == "warn" and "every network interface" in checks["ray:bind"]["detail"]
+    assert checks["ray:bind"]["fix"] and checks["ray:auth"]["status"] == "ok"
+    # an existing cluster, named by RAY_ADDRESS, from where lf did not start it: Ray's own RAY_AUTH_* let it in
+    elsewhere = {"LF_STATE_DIR": str(shared["root"] / "elsewhere"), "RAY_ADDRESS": shared["address"]}
+    refused = _lf({**shared["env"], **elsewhere}, "cluster", "status", "--json", cwd=shared["work"])
+    assert refused.returncode == 3 and "cannot connect" in json.loads(refused.stdout)["error"]
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": head["token_file"]}
+    other = _lf({**shared["env"], **elsewhere, **token}, "cluster", "status", "--json", cwd=shared["work"])
+    assert other.returncode == 0, other.stderr
+    seen = json.loads(other.stdout)
+    assert seen["source"] == "RAY_ADDRESS" and seen["local_nodes"] == []
+    assert sum(n["alive"] for n in seen["nodes"]) == 2
     # the nodes are lf instances like any other: in lf runtime status, healthy
     status = json.loads(run_lf("runtime", "status", "--all-projects", "--json").stdout)
     names = {i["name"]: i for i in status["instances"]}
@@ -323,7 +344,7 @@ def test_min1_max3_scales_up_under_load_one_per_node_and_down_when_idle(shared):
         return app["target_replicas"] == 3 and len(running) == 2
 
     try:
-        assert wait_until(scaled_up, timeout=240, interval=3), seen[-1]
+        assert wait_until(scaled_up, timeout=240, interval=3), _replicas(seen[-1])
         # the load calls for three, and spread keeps it at one per node: the third waits for a node
         time.sleep(10)
         app = _app(shared, "auto")
@@ -339,7 +360,7 @@ def test_min1_max3_scales_up_under_load_one_per_node_and_down_when_idle(shared):
         app = _app(shared, "auto")
         return app["target_replicas"] == 1 and sum(r["state"] == "RUNNING" for r in app["replicas"]) == 1
 
-    assert wait_until(scaled_down, timeout=240, interval=3), _app(shared, "auto")
+    assert wait_until(scaled_down, timeout=240, interval=3), _replicas(_app(shared, "auto"))
     removed = _lf(shared["env"], "cluster", "undeploy", "auto", "--json", cwd=shared["work"], timeout=300)
     assert removed.returncode == 0 and json.loads(removed.stdout)["deleted"] == ["test/demo/auto"], removed.stderr
 
@@ -425,6 +446,12 @@ def test_the_default_cluster_listens_on_loopback_only_and_takes_no_worker(cluste
             except psutil.Error:
                 pass
         assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip in listening), listening
+        report = json.loads(run_lf("cluster", "status", "--json").stdout)
+        checks = {c["name"]: c["status"] for c in report["checks"]}
+        assert checks == {"ray:bind": "ok", "ray:auth": "ok"}, report["checks"]
+        (Path.cwd() / "llamafarm.yaml").write_text(PROJECT)
+        refused = run_lf("cluster", "deploy", "chat")  # replicas: 2, spread: true, on one node
+        assert refused.returncode == 7 and "spread keeps one replica per node" in refused.stderr, refused.stderr
         joined = run_lf("cluster", "join", f"127.0.0.1:{port}")
         assert joined.returncode == 1 and "keeps such a cluster to its one node" in joined.stderr
     finally:

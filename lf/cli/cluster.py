@@ -183,8 +183,6 @@ def status(address: AddressOpt = None, config: ConfigOpt = None, json_out: JsonO
         print_json(report.to_dict())
     else:
         _render(report)
-    for warning in report.warnings:
-        err(f"Warning: {warning}")
     if report.error:
         from lf.errors import ExitStatus
 
@@ -232,6 +230,15 @@ def _render(report) -> None:
             app_rows.append([app["name"], str(app["status"]), counts, app["base_url"] or "-"])
         out("")
         out(table(app_rows, ["APPLICATION", "STATUS", "REPLICAS", "URL"]))
+    if report.checks:
+        from lf.cli.doctor import MARKS
+
+        width = max(len(c.name) for c in report.checks)
+        out("")
+        for c in report.checks:
+            out(f"{MARKS[c.status]}  {c.name.ljust(width)}  {c.detail}")
+            if c.fix:
+                out(f"      {' ' * width}  fix: {c.fix}")
 
 
 @command

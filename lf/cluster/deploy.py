@@ -151,9 +151,15 @@ def deploy(
     if not picked:
         raise ConfigError(f"{project.path} has no model entry lf runs", hint="entries with a managed provider deploy")
 
+    alive: list[dict] = []
+
+    def nodes() -> list[dict]:  # asked once, and only when an entry needs to know
+        if not alive:
+            alive.extend(n for n in bridge.call(cluster, "status", {}).get("nodes", []) if n.get("alive"))
+        return alive
+
     def gpus() -> float:
-        nodes = bridge.call(cluster, "status", {}).get("nodes", [])
-        return sum(float(n.get("gpus") or 0) for n in nodes if n.get("alive"))
+        return sum(float(n.get("gpus") or 0) for n in nodes())
 
     planned = plan_apps(
         project,
@@ -163,6 +169,8 @@ def deploy(
         replica_cpus=replica_cpus,
         cluster_gpus=gpus,
     )
+    for app, _init in planned:
+        _require_nodes_for_spread(app, nodes)
     request = {
         "http": {"host": cluster.serve_host, "port": cluster.serve_port},
         "timeout": timeout,
@@ -189,6 +197,25 @@ def deploy(
             exit_status=ExitStatus.START_FAILED,
         )
     return result
+
+
+def _require_nodes_for_spread(app: EntryApp, nodes: Callable[[], list[dict]]) -> None:
+    """`spread` keeps one replica per node: replicas wanted from the start that no node can take would only wait,
+    and the deploy with them, until its timeout. Said at once instead (scaling up later may still wait)."""
+    if not app.options.get("max_replicas_per_node"):
+        return
+    scaling = app.options.get("autoscaling_config") or {}
+    wanted = int(scaling.get("min_replicas", 1) if scaling else app.options.get("num_replicas", 1))
+    if wanted <= 1:
+        return
+    count = len(nodes())
+    if wanted > count:
+        raise ClusterError(
+            f"{app.entry}: spread keeps one replica per node, {wanted} are wanted from the start, and the cluster "
+            f"has {count} node{'s' if count != 1 else ''}",
+            hint="join more nodes (lf cluster join), lower replicas (min_replicas) in llamafarm.yaml, or drop spread",
+            exit_status=ExitStatus.START_FAILED,
+        )
 
 
 def _result(cluster: Cluster, answer: dict, apps: list[EntryApp], skipped: tuple[str, ...]) -> DeployResult:

@@ -4,12 +4,14 @@ every replica of every Ray Serve application with its node."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 from lf.cluster import bridge
-from lf.cluster.nodes import HEAD, WORKER, ClusterError, connect, is_loopback, local_nodes
+from lf.cluster.nodes import HEAD, WORKER, Cluster, ClusterError, connect, is_loopback, local_nodes
 from lf.cluster.placement import app_prefix
 from lf.config.project import Project
+from lf.core.doctor import Check
 from lf.daemon.health import local_url
 from lf.daemon.states import classify
 
@@ -34,7 +36,7 @@ class ClusterStatus:
     nodes: list[dict] = field(default_factory=list)
     serve: dict | None = None
     applications: list[dict] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)  # what protects the cluster, as `lf doctor` says it
     error: str | None = None  # why the cluster could not be asked (its local nodes are still listed)
 
     def to_dict(self) -> dict:
@@ -67,12 +69,7 @@ def status(project: Project | None = None, address: str | None = None) -> Cluste
         return report
     report.address, report.source = cluster.address, cluster.source
     report.auth = "token (lf's key)" if cluster.local_head is not None else "Ray's own settings (RAY_AUTH_*)"
-    if cluster.local_head is not None and not cluster.local_head.settings.get("loopback"):
-        host = cluster.address.rpartition(":")[0]
-        report.warnings.append(
-            f"Ray on {host} listens on every network interface of this machine; its ports are protected by lf's "
-            "token only, unencrypted: keep the nodes on a private network or firewall them"
-        )
+    report.checks = security_checks(cluster)
     try:
         answer = bridge.call(cluster, "status", {})
     except ClusterError as exc:
@@ -84,11 +81,7 @@ def status(project: Project | None = None, address: str | None = None) -> Cluste
         host = str(serve.get("host") or "127.0.0.1")
         url_host = cluster.address.rpartition(":")[0] if host in ("0.0.0.0", "::") else host
         report.serve = {**serve, "url": local_url(url_host, int(serve["port"]))}
-        if not is_loopback(host):
-            report.warnings.append(
-                f"Ray Serve's HTTP proxy listens on {host}: anyone who reaches it can use the models (it has no "
-                "authentication)"
-            )
+        report.checks.append(serve_check(host, int(serve["port"])))
     prefix = app_prefix(project) if project is not None else None
     for app in answer.get("applications", []):
         replicas = [r for d in app.get("deployments", []) for r in d.get("replicas", [])]
@@ -107,3 +100,49 @@ def status(project: Project | None = None, address: str | None = None) -> Cluste
             }
         )
     return report
+
+
+def security_checks(cluster: Cluster) -> list[Check]:
+    """Where Ray listens and who it lets in, each an ok or a warning with its fix."""
+    head = cluster.local_head
+    host = cluster.address.rpartition(":")[0]
+    if head is not None and head.settings.get("loopback"):
+        bind = Check("ray:bind", "ok", f"Ray listens on loopback only ({cluster.address}); no other node can join")
+    elif head is not None:
+        bind = Check(
+            "ray:bind",
+            "warn",
+            f"Ray on {host} listens on every network interface of this machine, as on every node (Ray cannot bind one)",
+            "keep the nodes on a private network, or firewall their ports to each other",
+        )
+    else:
+        bind = Check(
+            "ray:bind", "ok", f"a cluster lf did not start ({cluster.address}): its nodes decide where they listen"
+        )
+    if head is not None:
+        auth = Check(
+            "ray:auth", "ok", f"token authentication on, with lf's key ({head.settings.get('token_file')}, 0600)"
+        )
+    elif os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        auth = Check(
+            "ray:auth", "ok", "token authentication on (RAY_AUTH_MODE=token and this machine's RAY_AUTH_TOKEN*)"
+        )
+    else:
+        auth = Check(
+            "ray:auth",
+            "warn",
+            "Ray itself checks nobody unless its token authentication is on, and RAY_AUTH_MODE is not token here",
+            "start the cluster's nodes with RAY_AUTH_MODE=token and a key (lf cluster start does), then set both here",
+        )
+    return [bind, auth]
+
+
+def serve_check(host: str, port: int) -> Check:
+    if is_loopback(host):
+        return Check("serve:http", "ok", f"Ray Serve's HTTP proxy (no authentication) listens on {host}:{port} only")
+    return Check(
+        "serve:http",
+        "warn",
+        f"Ray Serve's HTTP proxy listens on {host}:{port}: whoever reaches it uses the models, with no key",
+        "serve_host: 127.0.0.1 in runtime.cluster (a new cluster), and a gateway with a key in front",
+    )
