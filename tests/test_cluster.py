@@ -208,6 +208,30 @@ def test_on_a_cluster_without_gpus_the_parallel_path_is_refused_as_vllm_would():
         placement.parallel_plan(entry, {"tensor_parallel_size": 2, "distributed_executor_backend": "mp"}, "x:1")
 
 
+def test_deploy_plans_a_parallel_vllm_entry_only_where_there_are_gpus(tmp_path):
+    from lf.cluster.deploy import plan_apps
+    from lf.cluster.nodes import Cluster
+
+    path = _project(
+        tmp_path,
+        "    - name: big\n      provider: vllm\n      model: org/model\n      api_key: sk-not-for-the-cluster\n"
+        "      provider_config: {tensor_parallel_size: 2, pipeline_parallel_size: 2}\n",
+    )
+    project = load_project(path)
+    cluster = Cluster("10.0.0.5:6379")
+    with pytest.raises(ConfigError, match="current platform cpu does not support ray"):
+        plan_apps(project, project.models, cluster, cluster_gpus=lambda: 0)
+    ((app, init),) = plan_apps(project, project.models, cluster, cluster_gpus=lambda: 4)
+    assert init["settings"] == {
+        "tensor_parallel_size": 2,
+        "pipeline_parallel_size": 2,
+        "distributed_executor_backend": "ray",
+        "ray_address": "10.0.0.5:6379",
+    }
+    assert init["entry"]["api_key"] is None and "sk-not" not in json.dumps(init)  # no key travels to the cluster
+    assert app.app_name == "test/demo/big"
+
+
 def test_the_same_entry_as_a_ray_serve_llm_config():
     entry = ModelEntry(
         name="big", provider="vllm", model="org/model", scaling={"min_replicas": 1, "max_replicas": 2, "spread": True}

@@ -361,18 +361,23 @@ def test_min1_max3_scales_up_under_load_one_per_node_and_down_when_idle(shared):
         return app["target_replicas"] == 1 and sum(r["state"] == "RUNNING" for r in app["replicas"]) == 1
 
     assert wait_until(scaled_down, timeout=240, interval=3), _replicas(_app(shared, "auto"))
-    # a replica Ray Serve removes stops its engine: one engine left, then none once undeployed
+    # a replica Ray Serve removes stops its engine as lf does (its record goes too): one left, then none
     assert wait_until(lambda: len(_engines(shared, "auto")) == 1, timeout=60, interval=1), _engines(shared, "auto")
+    assert wait_until(lambda: len(_engine_records(shared, "auto")) == 1, timeout=30, interval=1)
     removed = _lf(shared["env"], "cluster", "undeploy", "auto", "--json", cwd=shared["work"], timeout=300)
     assert removed.returncode == 0 and json.loads(removed.stdout)["deleted"] == ["test/demo/auto"], removed.stderr
     assert wait_until(lambda: _engines(shared, "auto") == [], timeout=60, interval=1), _engines(shared, "auto")
+    assert wait_until(lambda: _engine_records(shared, "auto") == [], timeout=30, interval=1)
+
+
+def _engine_records(cluster, entry: str) -> list[Path]:
+    return sorted((cluster["root"] / "state" / "projects" / "test" / "demo" / "instances").glob(f"{entry}-*.json"))
 
 
 def _engines(cluster, entry: str) -> list[int]:
     """The live engines of an entry's replicas on this machine, by their records."""
-    folder = cluster["root"] / "state" / "projects" / "test" / "demo" / "instances"
     pids = []
-    for path in folder.glob(f"{entry}-*.json"):
+    for path in _engine_records(cluster, entry):
         try:
             pid = json.loads(path.read_text())["pid"]
         except (OSError, ValueError):
