@@ -255,14 +255,14 @@ def test_the_same_entry_as_a_ray_serve_llm_config():
 
 
 # -- which cluster ----------------------------------------------------------------------------------------------
-def _fake_head(state: Path, address: str, **settings) -> None:
-    """A record of a running head: this test process stands in for it (alive, and ours)."""
+def _fake_head(state: Path, address: str, name: str = "ray-head", **settings) -> None:
+    """A record of a running node: this test process stands in for it (alive, and ours)."""
     from lf.daemon.process import process_create_time
     from lf.daemon.records import RuntimeRecord, StateStore
 
     StateStore(state).save(
         RuntimeRecord(
-            name="ray-head",
+            name=name,
             runtime="ray",
             pid=os.getpid(),
             create_time=process_create_time(os.getpid()) or 0.0,
@@ -303,6 +303,16 @@ def test_which_cluster_flag_then_env_then_file_then_the_head_here(isolated, monk
     monkeypatch.setenv("RAY_ADDRESS", "10.2.2.2:7001")
     assert connect(None, project).source == "RAY_ADDRESS"
     assert connect("10.3.3.3:7002", project).address == "10.3.3.3:7002"
+
+
+def test_a_machine_that_only_joined_talks_to_the_cluster_it_joined(isolated, monkeypatch):
+    from lf.cluster.nodes import connect
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _fake_head(isolated / "state", "10.0.0.9:6379", name="ray-worker")
+    cluster = connect()
+    assert (cluster.address, cluster.source, cluster.local_head) == ("10.0.0.9:6379", "lf cluster join", None)
+    assert cluster.env["RAY_AUTH_TOKEN_PATH"] == str(isolated / "state" / "cluster" / "auth_token")
 
 
 def test_a_loopback_head_is_reached_on_loopback(isolated, monkeypatch):

@@ -413,6 +413,14 @@ def connect(address: str | None = None, project=None, *, serve_port: int | None 
     if not address and configured.get("address"):
         address, source = str(configured["address"]), f"runtime.cluster.address in {project.path}"
     head = running_head()
+    worker = store().load_or_none(WORKER)
+    if not address and head is None and worker is not None and worker.process_alive():
+        # a machine that only joined: its worker knows the cluster and the key it joined with
+        address = str(worker.settings["address"])
+        key = auth_env(worker.settings["token_file"]) if worker.settings.get("token_file") else {}
+        serve_host = _setting("serve_host", configured, None)
+        port = serve_port or int(_setting("serve_port", configured, None))
+        return Cluster(address, key, str(serve_host), port, None, "lf cluster join")
     if not address:
         if head is None:
             raise ClusterError(
