@@ -1,4 +1,4 @@
-"""One error family, one table of exit codes, and which exit code each instance state means."""
+"""One error family and one table of exit codes (what each instance state exits with: lf.daemon.states)."""
 
 from __future__ import annotations
 
@@ -22,28 +22,8 @@ class ExitStatus(IntEnum):
     INTERRUPTED = 130  # Ctrl-C
 
 
-# What `lf runtime status` exits with for an instance in each state (lf.daemon.states.State values).
-# An external endpoint has no process: it counts as up unless its probe fails.
-STATE_EXIT = {
-    "running": ExitStatus.OK,
-    "external": ExitStatus.OK,
-    "starting": ExitStatus.UNHEALTHY,
-    "unhealthy": ExitStatus.UNHEALTHY,
-    "frozen": ExitStatus.UNHEALTHY,
-    "stopped": ExitStatus.NOT_RUNNING,
-    "crashed": ExitStatus.NOT_RUNNING,
-    "unknown": ExitStatus.NOT_RUNNING,
-}
 # When several instances are asked about, the most serious answer wins.
 _SEVERITY = (ExitStatus.UNKNOWN, ExitStatus.NOT_RUNNING, ExitStatus.UNHEALTHY, ExitStatus.OK)
-
-
-def exit_for_state(state: str, healthy: bool | None = None) -> ExitStatus:
-    """The exit code for one instance: its state's, and UNHEALTHY for a probe that failed."""
-    code = STATE_EXIT[state]
-    if code == ExitStatus.OK and healthy is False:
-        return ExitStatus.UNHEALTHY
-    return code
 
 
 def worst(codes) -> ExitStatus:

@@ -1,4 +1,7 @@
-"""Files written so that readers never see half of them, locks that die with their holder, log tails."""
+"""Files written so that readers never see half of them, locks that die with their holder, log tails.
+
+Portable where the platform differs (lf.platform): no O_NOFOLLOW or POSIX owners on Windows, no fcntl there.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lf.errors import LfError
+from lf.platform import open_flag, owned_by_me, posix_owners, quote
 
 
 def write_error(path: Path, exc: OSError) -> LfError:
@@ -20,7 +24,8 @@ def write_error(path: Path, exc: OSError) -> LfError:
     if exc.errno == errno.ELOOP:
         return LfError(
             f"{path} is a symbolic link: lf does not write through links in its own dirs",
-            hint=f"remove it (rm {path}); something else put it there, so check who else can write to {Path(path).parent}",
+            hint=f"remove it (rm {quote(path)}); something else put it there, so check who else can write to "
+            f"{quote(Path(path).parent)}",
         )
     kind = UnwritableDir if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else LfError
     return kind(f"could not write {path}: {exc.strerror or exc}", hint=fix_hint(path, exc))
@@ -30,28 +35,40 @@ def _check_own_file(fd: int, path: Path) -> None:
     """A file lf writes must be a regular file of ours: not a FIFO, a device, or someone else's file."""
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
-        raise LfError(f"{path} is not a regular file", hint=f"remove it (rm {path}); lf creates it again")
-    if info.st_uid != os.geteuid():
+        raise LfError(f"{path} is not a regular file", hint=f"remove it (rm {quote(path)}); lf creates it again")
+    if not owned_by_me(info):
         raise LfError(
             f"{path} belongs to another user (uid {info.st_uid})",
-            hint=f"remove it (rm {path}); something else put it there, so check who else can write to {Path(path).parent}",
+            hint=f"remove it (rm {quote(path)}); something else put it there, so check who else can write to "
+            f"{quote(Path(path).parent)}",
         )
-    if info.st_mode & 0o077:
+    if posix_owners() and info.st_mode & 0o077:
         os.fchmod(fd, 0o600)
+
+
+def open_no_follow(path: str | Path, flags: int, mode: int = 0o600) -> int:
+    """os.open that never goes through a symbolic link at `path` (ELOOP instead): O_NOFOLLOW where the platform
+    has it; where it has not (Windows, where making links takes a privilege) a link found just before is refused.
+    Binary mode on Windows, where a descriptor would otherwise translate line ends."""
+    nofollow = open_flag("O_NOFOLLOW")
+    if not nofollow and os.path.islink(path):
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+    return os.open(path, flags | nofollow | open_flag("O_BINARY"), mode)
 
 
 def open_append(path: Path) -> int:
     """Open (create, 0600) a file to append to: never through a symlink, never a FIFO or someone else's file.
     Returns the fd; an LfError naming the path otherwise."""
     # O_NONBLOCK: a FIFO planted here must not block the open (it fails the regular-file check instead)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+    nonblock = open_flag("O_NONBLOCK")
     try:
-        fd = os.open(path, flags, 0o600)
+        fd = open_no_follow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | nonblock)
     except OSError as exc:
         raise write_error(path, exc) from exc
     try:
         _check_own_file(fd, path)
-        os.set_blocking(fd, True)
+        if nonblock:
+            os.set_blocking(fd, True)
     except BaseException as exc:
         os.close(fd)
         if isinstance(exc, OSError):
@@ -65,15 +82,17 @@ def atomic_write(path: Path, text: str) -> None:
 
     The temp file is created exclusively (O_EXCL never follows a link) and the rename replaces whatever
     is at `path`, a planted symlink included, without following it."""
-    import tempfile  # deferred: the status path only reads
-
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # a name of its own (tempfile.mkstemp would cost a start ~3 ms of imports for `random`)
+        name = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | open_flag("O_NOFOLLOW"), 0o600)
+        tmp = name  # ours from here: removed if what follows fails
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
-            os.fchmod(fh.fileno(), 0o600)
+            if posix_owners():
+                os.fchmod(fh.fileno(), 0o600)  # the mode given already, unless a umask-less platform ignored it
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
@@ -97,12 +116,12 @@ class LockUnavailable(LfError):
 
 def _open_lock(path: Path) -> int:
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        return open_no_follow(path, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
         if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise write_error(path, exc) from exc
         try:  # an existing lock file still locks when it cannot be written (flock needs no write access)
-            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            return open_no_follow(path, os.O_RDONLY)
         except OSError:
             error = write_error(path, exc)
             raise LockUnavailable(
@@ -117,9 +136,14 @@ def exclusive_lock(path: Path, timeout: float | None = None) -> Iterator[None]:
 
     The kernel drops the lock when the holder exits, however it exits: no stale lock files. Each call
     opens its own file description, so threads of one process exclude each other too."""
-    import fcntl
     import time
 
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        with _lock_without_fcntl(path, timeout):
+            yield
+        return
     fd = _open_lock(path)
     try:
         if timeout is None:
@@ -139,11 +163,44 @@ def exclusive_lock(path: Path, timeout: float | None = None) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+@contextmanager
+def _lock_without_fcntl(path: Path, timeout: float | None) -> Iterator[None]:
+    """exclusive_lock where there is no flock: Windows' byte-range lock (msvcrt, through the filelock package),
+    which also dies with its holder; one lock object per call, as above. Where neither exists, a lock file that
+    exists while it is held (filelock's SoftFileLock: one a killed holder leaves behind)."""
+    try:
+        import msvcrt  # noqa: F401
+
+        from filelock import WindowsFileLock as Lock
+
+        os.close(_open_lock(path))  # the refusals flock gets first: a link, an unwritable dir (filelock would wait)
+    except ImportError:
+        import warnings
+
+        with warnings.catch_warnings():  # filelock warns that it has only this one here
+            warnings.simplefilter("ignore")
+            from filelock import SoftFileLock as Lock  # type: ignore[assignment]
+
+        if os.path.islink(path):
+            raise write_error(path, OSError(errno.ELOOP, os.strerror(errno.ELOOP))) from None
+    from filelock import Timeout
+
+    lock = Lock(str(path), timeout=-1 if timeout is None else timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LockBusy(str(path)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 _BLOCK = 64 * 1024
 
 
 def _open_log(path: str | Path) -> BinaryIO:
-    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0)
+    return os.fdopen(open_no_follow(path, os.O_RDONLY), "rb", buffering=0)
 
 
 def _tail_start(fh: BinaryIO, lines: int) -> tuple[int, int]:

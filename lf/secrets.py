@@ -5,10 +5,19 @@ A base module (it imports nothing): the status path uses it on every call.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Generic, TypeVar, overload
+
+T = TypeVar("T", str, bytes)
+
 MASK = "***"
 MIN_SECRET = 4  # shorter values are not searched for in text: masking every "ab" would garble it, and hide little
 
 
+@overload
+def redact_url(url: str) -> str: ...
+@overload
+def redact_url(url: None) -> None: ...
 def redact_url(url: str | None) -> str | None:
     """`https://user:key@host/v1` → `https://***@host/v1`; any other URL as it is."""
     if not url:
@@ -71,35 +80,57 @@ def mask_data(data, secrets: tuple[str, ...] | list[str]):
     return data
 
 
-class StreamMasker:
-    """Masks secrets in text that arrives in pieces (a streamed answer), a secret split across pieces too.
+class StreamMasker(Generic[T]):
+    """Rewrites text that arrives in pieces (a streamed answer), a pattern split across pieces too: every secret
+    becomes `***`, and each of `replace`'s keys its value (the gateway gives back the model name the client asked
+    for). Pieces are str, or bytes (then secrets and replacements are given as bytes too).
 
-    `feed` returns what is safe to show now; the end of a piece that could begin a secret waits for the
-    next piece. `flush` returns what waited: as it is when too short to be telling, else masked.
+    `feed` returns what is safe to show now; the end of a piece that could begin a pattern waits for the next
+    piece. `flush` returns what waited: as it is when too short to be telling, else masked.
     """
 
-    def __init__(self, secrets: tuple[str, ...] | list[str]):
-        self.secrets = tuple(secrets)
-        self.held = ""
+    def __init__(self, secrets: Sequence[T], replace: Mapping[T, T] | None = None, mask: T | None = None):
+        self.secrets: tuple[T, ...] = tuple(secrets)
+        self.replace: dict[T, T] = dict(replace or {})
+        self.patterns: tuple[T, ...] = self.secrets + tuple(self.replace)
+        if mask is None:
+            binary = bool(self.patterns) and isinstance(self.patterns[0], bytes)
+            mask = MASK.encode() if binary else MASK  # type: ignore[assignment]
+        self.mask: T = mask  # type: ignore[assignment]
+        self.held: T | None = None
 
-    def feed(self, piece: str) -> str:
-        if not self.secrets:
+    def feed(self, piece: T) -> T:
+        if not self.patterns:
             return piece
-        text = mask(self.held + piece, self.secrets)
+        text = self._rewrite(piece if self.held is None else self.held + piece)
         keep = self._unfinished(text)
-        self.held = text[len(text) - keep :] if keep else ""
+        self.held = text[len(text) - keep :] if keep else None
         return text[: len(text) - keep]
 
-    def flush(self) -> str:
-        held, self.held = self.held, ""
-        return held if len(held) < MIN_SECRET else MASK
+    def flush(self) -> T | None:
+        """What was held back, or None when nothing was."""
+        held, self.held = self.held, None
+        if held is None:
+            return None
+        if any(secret.startswith(held) for secret in self.secrets) and len(held) >= MIN_SECRET:
+            return self.mask
+        return held
 
-    def _unfinished(self, text: str) -> int:
-        """The length of the longest end of `text` that is the start of a secret."""
-        longest = 0
+    def _rewrite(self, text: T) -> T:
         for secret in self.secrets:
-            for n in range(min(len(secret) - 1, len(text)), longest, -1):
-                if text.endswith(secret[:n]):
+            if secret in text:
+                text = text.replace(secret, self.mask)
+        for old, new in self.replace.items():
+            if old in text:
+                text = text.replace(old, new)
+        return text
+
+    def _unfinished(self, text: T) -> int:
+        """The length of the longest end of `text` that is the start of a pattern."""
+        longest = 0
+        for pattern in self.patterns:
+            for n in range(min(len(pattern) - 1, len(text)), longest, -1):
+                if text.endswith(pattern[:n]):
                     longest = n
                     break
         return longest

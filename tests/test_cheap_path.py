@@ -15,16 +15,19 @@ import textwrap
 
 import pytest
 
+from fakes.platforms import LINUX
+from lf.daemon.instance import Instance
 from lf.daemon.process import process_create_time
 from lf.daemon.records import RuntimeRecord, StateStore
 
 # Heavy modules the status path can do without: the probes speak HTTP over a plain socket, process
-# identity comes from /proc, output is plain JSON or text, and typer below 0.29 parses without pydantic.
+# identity comes from /proc (Linux's; elsewhere psutil asks), output is plain JSON or text, and typer below
+# 0.29 parses without pydantic.
 STATUS_AVOIDS = (
     "httpx",
     "pydantic",
     "rich",
-    "psutil",
+    *(("psutil",) if LINUX else ()),
     "lf.gateway",
     "starlette",
     "uvicorn",
@@ -100,24 +103,27 @@ def healthy_server():
         proc.wait(10)
 
 
-def _record(name: str, pid: int, create_time: float, port: int, log_path) -> RuntimeRecord:
+def _record(name: str, pid: int, create_time: float, port: int, log_path, project: str | None = None) -> RuntimeRecord:
     import time
 
     return RuntimeRecord(
-        name=name,
-        runtime="llamacpp",
+        instance=Instance(
+            name=name,
+            runtime="llamacpp",
+            engine="xllamacpp",
+            argv=(sys.executable, "-c", "server"),
+            host="127.0.0.1",
+            port=port,
+            api_base="/v1",
+            model="smollm2-135m",
+            health_path="/health",
+            health_ready="http-ok",
+            project=project,
+        ),
         pid=pid,
         create_time=create_time,
-        host="127.0.0.1",
-        port=port,
-        base_url=f"http://127.0.0.1:{port}/v1",
-        model="smollm2-135m",
-        command=[sys.executable, "-c", "server"],
         log_path=str(log_path),
         started_at=time.time() - 300,
-        engine="xllamacpp",
-        health_url=f"http://127.0.0.1:{port}/health",
-        health_ready="http-ok",
     )
 
 
@@ -160,8 +166,8 @@ def test_status_with_running_stopped_external_and_crashed_instances_stays_light(
     log.write_text("loading\nsegfault\n")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    store.save(_record("m1", server.pid, process_create_time(server.pid), port, log))
-    store.save(_record("old", gone.pid, 1.0, port + 1 if port < 65535 else port - 1, log))
+    store.save(_record("m1", server.pid, process_create_time(server.pid), port, log, store.project))
+    store.save(_record("old", gone.pid, 1.0, port + 1 if port < 65535 else port - 1, log, store.project))
 
     for attempt in (
         "first call",

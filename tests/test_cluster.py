@@ -175,6 +175,7 @@ def test_the_vllm_command_line_of_a_parallel_entry(tmp_path):
     from dataclasses import replace
 
     from lf.core.targets import Overrides, build_spec
+    from lf.runtimes.launch import hooks_of
     from lf.runtimes.registry import ResolvedEngine, get_runtime
 
     model = tmp_path / "hf-model"
@@ -186,7 +187,9 @@ def test_the_vllm_command_line_of_a_parallel_entry(tmp_path):
     spec = build_spec(entry, None, Overrides(settings=dict(plan.settings)), single=True)
     runtime = get_runtime("vllm")
     engine = ResolvedEngine(runtime.engines[0], None, "/envs/vllm/bin/python", "test")
-    launch = runtime.hooks().plan(replace(spec), engine, 11800)
+    hooks = hooks_of(runtime)
+    assert hooks is not None and hooks.plan is not None
+    launch = hooks.plan(replace(spec), engine, 11800)
     argv = " ".join(launch.argv)
     assert argv.startswith("/envs/vllm/bin/python -m vllm.entrypoints.openai.api_server --model " + str(model))
     assert "--tensor-parallel-size 2" in argv and "--pipeline-parallel-size 3" in argv
@@ -257,30 +260,35 @@ def test_the_same_entry_as_a_ray_serve_llm_config():
 # -- which cluster ----------------------------------------------------------------------------------------------
 def _fake_head(state: Path, address: str, name: str = "ray-head", **settings) -> None:
     """A record of a running node: this test process stands in for it (alive, and ours)."""
+    from lf.daemon.instance import Instance
     from lf.daemon.process import process_create_time
     from lf.daemon.records import RuntimeRecord, StateStore
 
+    instance = Instance(
+        name=name,
+        runtime="ray",
+        engine="ray",
+        argv=tuple(psutil.Process().cmdline()),
+        host=address.rpartition(":")[0],
+        port=1,
+        api_base="",
+        model="Ray head",
+        owner="cluster",
+        settings={
+            "address": address,
+            "token_file": str(state / "cluster" / "auth_token"),
+            "serve_host": "127.0.0.1",
+            "serve_port": 12345,
+            **settings,
+        },
+    )
     StateStore(state).save(
         RuntimeRecord(
-            name=name,
-            runtime="ray",
+            instance=instance,
             pid=os.getpid(),
             create_time=process_create_time(os.getpid()) or 0.0,
-            host=address.rpartition(":")[0],
-            port=1,
-            base_url="http://127.0.0.1:1",
-            model="Ray head",
-            command=psutil.Process().cmdline(),
-            log_path=str(state / "logs" / "ray-head.log"),
             started_at=time.time(),
-            owner="cluster",
-            settings={
-                "address": address,
-                "token_file": str(state / "cluster" / "auth_token"),
-                "serve_host": "127.0.0.1",
-                "serve_port": 12345,
-                **settings,
-            },
+            log_path=str(state / "logs" / f"{name}.log"),
         )
     )
 

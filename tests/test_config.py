@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lf.config.names import Names
 from lf.config.project import expand_env_ref, find_config, load_project
 from lf.errors import ConfigError, ExitStatus
 
@@ -39,8 +40,8 @@ def test_list_shape_keeps_every_entry_and_the_default():
     assert project.shape == "list"
     assert [m.name for m in project.models] == ["local", "fast", "expert", "onnx", "gateway"]
     assert project.default_model == "local"
-    assert project.model("expert").api_key == "${OPENAI_API_KEY}"
-    assert project.model("local").line == 38
+    assert Names(project).entry("expert").api_key == "${OPENAI_API_KEY}"
+    assert Names(project).entry("local").line == 38
 
 
 def test_first_entry_is_the_default_without_default_model():
@@ -190,14 +191,14 @@ def test_precedence_flag_over_env_over_file_over_default(monkeypatch):
     from lf.core.targets import Overrides, build_spec
 
     project = load_project(FIXTURES / "configs" / "list_full.yaml")
-    entry = project.model("local")
+    entry = Names(project).entry("local")
     assert build_spec(entry, project, Overrides(), single=True).port == 11634  # file
     monkeypatch.setenv("LLAMACPP_PORT", "12001")
     assert build_spec(entry, project, Overrides(), single=True).port == 12001  # env over file
     assert build_spec(entry, project, Overrides(port=12002), single=True).port == 12002  # flag over env
     monkeypatch.delenv("LLAMACPP_PORT")
     bare = load_project(FIXTURES / "configs" / "list_two_llamacpp.yaml")
-    spec = build_spec(bare.model("alpha"), bare, Overrides(), single=True)
+    spec = build_spec(Names(bare).entry("alpha"), bare, Overrides(), single=True)
     assert (spec.port, spec.port_auto, spec.context_size) == (11634, True, 4096)  # manifest defaults
 
 
@@ -222,7 +223,7 @@ def test_provider_enum_follows_the_runtime_registry(tmp_path, monkeypatch):
     from lf.runtimes.registry import all_runtimes, runtime_names
 
     enum = schema()["properties"]["runtime"]["oneOf"][0]["properties"]["provider"]["enum"]
-    assert enum == sorted(runtime_names())
+    assert enum == sorted([*runtime_names(), "router"])  # the runtimes, and LlamaFarm's router (lf serve routes it)
     extra = tmp_path / "more" / "myengine"
     extra.mkdir(parents=True)
     (extra / "manifest.toml").write_text('name = "myengine"\ndescription = "test"\nmanaged = false\n')

@@ -19,11 +19,10 @@ def fakes(isolated, monkeypatch):
 
 
 def test_ensure_running_from_eight_threads_makes_one_daemon(fakes, free_port):
+    from lf.config.names import default_entry
     from lf.core import actions
-    from lf.core.targets import default_entry
-    from lf.runtimes.registry import get_runtime
 
-    entry = dataclasses.replace(default_entry(get_runtime("fake-loading")), provider_config={"port": free_port})
+    entry = dataclasses.replace(default_entry("fake-loading"), provider_config={"port": free_port})
     endpoints, errors = [], []
 
     def call() -> None:
@@ -74,18 +73,21 @@ def test_the_classifier_and_its_transitions():
     assert check_transition(State.STOPPED, State.STARTING) == State.STARTING
     with pytest.raises(InvalidTransition):
         check_transition(State.STOPPED, State.RUNNING)
-    from lf.errors import ExitStatus, exit_for_state
+    assert classify(None, False, served=True) == State.IDLE  # a running gateway starts it on demand
+    from lf.daemon.states import exit_for
+    from lf.errors import ExitStatus
 
-    assert [exit_for_state(s) for s in ("running", "starting", "stopped", "crashed", "unknown")] == [0, 6, 3, 3, 3]
-    assert exit_for_state("external", healthy=False) == ExitStatus.UNHEALTHY
+    words = ("running", "starting", "stopped", "crashed", "unknown", "idle", "frozen", "stopping")
+    assert [exit_for(State(s)) for s in words] == [0, 6, 3, 3, 3, 0, 6, 3]
+    assert exit_for(State.EXTERNAL, healthy=False) == ExitStatus.UNHEALTHY
 
 
 def test_plans_and_specs_are_frozen(free_port):
-    from lf.core.targets import Overrides, build_spec, default_entry
+    from lf.config.names import default_entry
+    from lf.core.targets import Overrides, build_spec
     from lf.runtimes.launch import make_plan
-    from lf.runtimes.registry import get_runtime
 
-    spec = build_spec(default_entry(get_runtime("fake")), None, Overrides(port=free_port), single=True)
+    spec = build_spec(default_entry("fake"), None, Overrides(port=free_port), single=True)
     plan = make_plan(spec, spec.port, owner="gateway")
     for frozen, field in ((spec, "port"), (plan, "argv")):
         with pytest.raises(dataclasses.FrozenInstanceError):

@@ -97,7 +97,7 @@ def test_the_event_stream_shows_every_model_and_each_request_without_its_content
         assert alpha["state"] == "running" and alpha["port"] == a and alpha["pid"] == read_record(fakes, "alpha")["pid"]
         assert alpha["memory_bytes"] > 1_000_000 and alpha["started_at"] and alpha["expires_at"] > time.time()
         assert alpha["last_request"]["tokens"] > 0
-        assert models["beta"]["state"] == "stopped" and models["remote"]["state"] == "external"
+        assert models["beta"]["state"] == "idle" and models["remote"]["state"] == "external"
         (request,) = snapshot["requests"]
         assert (request["model"], request["path"], request["status"]) == ("alpha", "/v1/chat/completions", 200)
         assert secret not in json.dumps(snapshot)
@@ -162,12 +162,12 @@ def test_start_stop_restart_and_unload_go_through_the_core(tmp_path, fakes):
         first = read_record(fakes, "alpha")["pid"]
         assert act(gateway, "restart", "alpha").json()["state"] == "running"
         assert read_record(fakes, "alpha")["pid"] != first
-        assert act(gateway, "unload", "alpha").json()["state"] == "stopped"
+        assert act(gateway, "unload", "alpha").json()["state"] == "idle"
         assert read_record(fakes, "alpha") is None and engines(fakes) == []
         # one lf runtime start made: stop, yes; unload (the gateway's idle unload), no
-        run_lf("runtime", "start", "beta", check=True)
+        run_lf("runtime", "start", "beta", "--direct", check=True)  # its own daemon, beside the gateway
         assert act(gateway, "unload", "beta").status_code == 409
-        assert act(gateway, "stop", "beta").json()["state"] == "stopped"
+        assert act(gateway, "stop", "beta").json()["state"] == "idle"
         assert engines(fakes) == []
         assert act(gateway, "stop", "remote").status_code == 409
         assert act(gateway, "stop", "nobody").status_code == 404
@@ -384,8 +384,8 @@ def test_the_page_in_a_real_browser_with_two_real_models(tmp_path, isolated):
             WebDriverWait(browser, 5).until(
                 lambda _: cards()["gemma"].find_element(By.CSS_SELECTOR, '[data-action="stop"]').click() or True
             )
-            WebDriverWait(browser, 30).until(lambda _: state("gemma") == "stopped")
-            assert _state_of(work, "gemma") == "stopped"
+            WebDriverWait(browser, 30).until(lambda _: state("gemma") == "idle")
+            assert _state_of(work, "gemma") == "idle"
             assert _state_of(work, "smol") == "running"
         finally:
             other.close()
@@ -406,3 +406,90 @@ def test_serve_open_opens_the_page_in_the_browser_once_it_answers(tmp_path, fake
         assert url == f"http://127.0.0.1:{port}/"
         page = httpx.get(url, headers={"Accept": "text/html"})
         assert page.status_code == 200 and "<title>lf serve</title>" in page.text
+
+
+def test_the_log_pane_keeps_its_place_across_updates_and_follows_the_tail_only_from_the_bottom(tmp_path, fakes):
+    """A real headless Chromium: the reader scrolls the log pane up with the mouse wheel; three updates of the page
+    and new log lines later the same lines are under their eyes; back at the bottom, new lines are followed."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    a, b, port = free_ports(3)
+    project(tmp_path / "work", fake_models(a, b))
+    with Gateway(tmp_path / "work", port) as gateway:
+        assert act(gateway, "start", "alpha").status_code == 200
+        log = Path(read_record(fakes, "alpha")["log_path"])
+
+        def write(first: int, count: int) -> str:
+            with open(log, "a") as fh:
+                fh.writelines(f"log line {n:04d}\n" for n in range(first, first + count))
+            return f"log line {first + count - 1:04d}"
+
+        last = write(0, 300)
+        browser = _browser()
+        try:
+            browser.get(gateway.url + "/")
+            wait = WebDriverWait(browser, 15)
+            alpha = 'article[data-model="alpha"]'
+            wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, f'{alpha} [data-action="log"]'))
+            browser.find_element(By.CSS_SELECTOR, f'{alpha} [data-action="log"]').click()
+            pre = browser.find_element(By.CSS_SELECTOR, f"{alpha} pre.log")
+
+            def pane() -> list[int]:  # scrollTop, scrollHeight, clientHeight
+                return browser.execute_script(
+                    "const p = arguments[0]; return [p.scrollTop, p.scrollHeight, p.clientHeight]", pre
+                )
+
+            def at_bottom() -> bool:
+                top, height, shown = pane()
+                return height - top - shown < 4
+
+            wait.until(lambda _: last in pre.text and pane()[1] > 2 * pane()[2])  # scrollable
+            assert at_bottom(), pane()
+
+            # scrolled up by the wheel, as a reader does
+            ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(pre), 0, -600).perform()
+
+            def settled(_) -> int | None:  # the wheel scrolls smoothly: wait until it has come to rest
+                before = pane()[0]
+                time.sleep(0.2)
+                return before if before == pane()[0] and not at_bottom() else None
+
+            place = wait.until(settled)
+            assert place > 100, pane()  # mid-pane: a jump to the top would show
+
+            # three updates of the page (a request each), and new lines in the log meanwhile
+            def updated(seen: int, line: str) -> bool:  # the page drew a newer snapshot, and the log has the line
+                version = browser.execute_script("return data.version")
+                return version > seen and line in pre.get_attribute("textContent")
+
+            body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}]}
+            for i in range(3):
+                seen = browser.execute_script("return data.version")
+                assert httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+                last = write(300 + 10 * i, 10)
+                wait.until(lambda _, seen=seen, last=last: updated(seen, last))
+                time.sleep(0.3)  # the redraw after the event
+                assert pane()[0] == place, f"update {i + 1}: the pane moved from {place} to {pane()[0]}"
+            assert browser.find_element(By.CSS_SELECTOR, f"{alpha} pre.log").id == pre.id  # the very same pane
+
+            # back at the bottom, new lines are followed
+            browser.execute_script("arguments[0].scrollTop = arguments[0].scrollHeight", pre)
+            wait.until(lambda _: at_bottom())
+            last = write(400, 20)
+            wait.until(lambda _: last in pre.get_attribute("textContent"))
+            time.sleep(0.3)
+            assert at_bottom(), pane()
+        finally:
+            browser.quit()
+
+
+def test_stop_and_unload_say_how_they_differ(tmp_path, fakes):
+    a, b, port = free_ports(3)
+    project(tmp_path / "work", fake_models(a, b))
+    with Gateway(tmp_path / "work", port) as gateway:
+        page = httpx.get(gateway.url + "/", headers={"Accept": "text/html"}).text
+    assert "whoever started it" in page and "only for an instance this gateway started" in page
+    assert "Unload frees the memory of one this gateway started" in page  # said on the page, not only on hover

@@ -237,3 +237,96 @@ def test_embeddings_from_an_entry_that_asks_for_them_with_its_own_engine_flags(t
         assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == len(vectors.data[1].embedding) > 100
         command = read_record(tmp_path / "state", "emb")["command"]
         assert command[-6:] == ["--embeddings", "--pooling", "mean", "--batch-size", "256", "--ubatch-size=256"]
+
+
+# -- the memory budget, with the real engines --------------------------------------------------------------------
+def test_a_memory_budget_that_holds_one_of_two_models_swaps_them_and_never_runs_both(tmp_path, gemma_installed):
+    # lf's estimates at 4096 tokens: SmolLM2 about 265 MiB, Gemma 3 about 431 MiB; 600 MiB holds one, not both
+    *_, port = two_models(tmp_path)
+    state = tmp_path / "state"
+    most = [0]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            live = [p for p in engines(state) if _alive(p)]
+            most[0] = max(most[0], len(live))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with Gateway(tmp_path / "work", port, "--memory-budget", "600MiB") as gateway:
+            codes = []
+            for model in ["smol", "gemma"] * 3:
+                answer = httpx.post(
+                    gateway.url + "/v1/completions",
+                    json={"model": model, "prompt": "Hello", "max_tokens": 4},
+                    timeout=120,
+                )
+                codes.append(answer.status_code)
+            assert codes == [200] * 6
+            assert gateway.text().count("(evicted)") == 5
+            health = httpx.get(gateway.url + "/health").json()["gateway"]
+            assert health["memory_budget_bytes"] == 600 * 2**20 and 0 < health["memory_used_bytes"] <= 600 * 2**20
+    finally:
+        sampling.set()
+        sampler.join(5)
+    assert most[0] == 1, f"{most[0]} engines were alive at once under a budget that holds one"
+    assert engines(state) == []
+
+
+def test_a_model_larger_than_the_budget_is_refused_with_both_numbers_and_nothing_starts(tmp_path):
+    *_, port = two_models(tmp_path)
+    with Gateway(tmp_path / "work", port, "--memory-budget", "200MiB") as gateway:
+        answer = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json={"model": "smol", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+            timeout=30,
+        )
+        assert answer.status_code == 503, answer.text
+        message = answer.json()["error"]["message"]
+        assert "200.0 MiB" in message and "MiB (lf's estimate)" in message and "context_size" in message
+        assert engines(tmp_path / "state") == [] and read_record(tmp_path / "state", "smol") is None
+
+
+@pytest.mark.parametrize("budget,larger", [("2GiB", True), ("470MiB", False)])
+def test_context_auto_takes_what_the_budget_leaves(tmp_path, gemma_installed, budget, larger):
+    *_, port = two_models(tmp_path, gemma="context_size: auto,")
+    with Gateway(tmp_path / "work", port, "--memory-budget", budget) as gateway:
+        answer = httpx.post(
+            gateway.url + "/v1/completions", json={"model": "gemma", "prompt": "Hello", "max_tokens": 8}, timeout=120
+        )
+        assert answer.status_code == 200, answer.text
+        component = next(c for c in httpx.get(gateway.url + "/health").json()["components"] if c["name"] == "gemma")
+        context = component["context_size"]
+        assert (context == 32768) if larger else (2048 <= context < 32768), context  # Gemma 3 270M was trained on 32768
+        limit = 2 * 2**30 if larger else 470 * 2**20
+        assert wait_until(lambda: _component(gateway, "gemma")["memory_bytes"] is not None, 10)
+        assert _component(gateway, "gemma")["memory_bytes"] <= limit  # what the engine really takes fits
+        status = run_lf("runtime", "status", "gemma", "--json")
+        assert f'"context_size": {context}' in status.stdout
+
+
+def _component(gateway: Gateway, name: str) -> dict:
+    return next(c for c in httpx.get(gateway.url + "/health").json()["components"] if c["name"] == name)
+
+
+def test_a_looping_answer_without_max_tokens_ends_with_finish_reason_length(tmp_path):
+    from openai import OpenAI
+
+    *_, port = two_models(tmp_path)
+    with Gateway(tmp_path / "work", port, "--max-tokens-default", "64") as gateway:
+        client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+        prompt = "Count from 1 to 100000, one number per line, and never stop:"
+        answer = client.chat.completions.create(
+            model="smol", messages=[{"role": "user", "content": prompt}], temperature=0
+        )
+        assert answer.choices[0].finish_reason == "length" and answer.usage.completion_tokens == 64
+        chunks = client.chat.completions.create(
+            model="small", messages=[{"role": "user", "content": prompt}], temperature=0, stream=True
+        )
+        reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert reasons == ["length"]
+        metrics = httpx.get(gateway.url + "/metrics").text
+        assert 'lf_gateway_answers_cut_total{model="smol",reason="max_tokens_default"} 2.0' in metrics

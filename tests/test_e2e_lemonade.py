@@ -22,6 +22,7 @@ import pytest
 from conftest import run_lf
 
 from fakes import group_processes, read_record
+from fakes.platforms import listening_pid
 
 pytestmark = pytest.mark.e2e
 
@@ -66,9 +67,7 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def _listening(port: int) -> bool:
-    return any(
-        c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in psutil.net_connections(kind="inet")
-    )
+    return listening_pid(port) is not None
 
 
 def _another_free_port(not_this: int) -> int:

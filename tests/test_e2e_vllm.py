@@ -22,6 +22,7 @@ import pytest
 from conftest import run_lf
 
 from fakes import group_processes, read_record, wait_until
+from fakes.platforms import needs_vllm_wheel
 
 CACHE = Path(os.environ.get("LF_TEST_CACHE") or "~/.cache/lf-test").expanduser()
 CACHED_DATA = CACHE / "data"
@@ -29,6 +30,7 @@ INSTALL_TIMEOUT = 3600
 START_TIMEOUT = 900  # the subprocess's guard; lf's own wait is vLLM's start_timeout
 QUESTION = "What is the capital of France? Answer in one sentence."
 SHM_PATTERNS = ("/dev/shm/psm_", "/dev/shm/sem.mp-")  # shared memory, multiprocessing's semaphores
+pytestmark = needs_vllm_wheel
 
 
 SOCKET_DIRS: set[str] = set()  # vLLM's socket dirs in /tmp the tests' instances used (their state dirs are long)
@@ -328,13 +330,11 @@ def _hf_folder(path: Path) -> Path:
 
 
 def _plan(model: str, **settings):
-    from lf.core.targets import Overrides, build_spec, default_entry
+    from lf.config.names import default_entry
+    from lf.core.targets import Overrides, build_spec
     from lf.runtimes.launch import make_plan
-    from lf.runtimes.registry import get_runtime
 
-    spec = build_spec(
-        default_entry(get_runtime("vllm")), None, Overrides(model=model, port=11811, settings=settings), single=True
-    )
+    spec = build_spec(default_entry("vllm"), None, Overrides(model=model, port=11811, settings=settings), single=True)
     plan = make_plan(spec, spec.port)
     _note_socket_dir(dict(plan.env))
     return plan

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from lf.config.names import Names
 from lf.errors import ConfigError, ExitStatus, LfError, NotInstalledError
+from lf.runtimes.launch import hooks_module
 
 
 # -- a runtime whose env is one tiny local wheel ---------------------------------------------------
@@ -219,7 +221,7 @@ def lemonade():
     from lf.runtimes.registry import get_runtime
 
     rt = get_runtime("lemonade")
-    return rt, rt.hooks()
+    return rt, hooks_module(rt)
 
 
 def _spec(rt, model="smollm2-135m-onnx", host="127.0.0.1", **settings):
@@ -359,10 +361,11 @@ def test_model_plans(lemonade, tmp_path, onnx_model, monkeypatch):
     with pytest.raises(ConfigError, match="holds a onnx model"):
         hooks.model_plan(_spec(rt, model=str(onnx_model), backend="llamacpp"), "v8")
     monkeypatch.setenv("LEMONADE_BACKEND", "tensorrt")  # an unknown backend, wherever it comes from
-    from lf.core.targets import Overrides, build_spec, default_entry
+    from lf.config.names import default_entry
+    from lf.core.targets import Overrides, build_spec
 
     with pytest.raises(ConfigError):
-        build_spec(default_entry(rt), None, Overrides(), single=True)
+        build_spec(default_entry(rt.name), None, Overrides(), single=True)
     monkeypatch.delenv("LEMONADE_BACKEND")
     with pytest.raises(NotInstalledError) as missing:
         hooks.model_plan(_spec(rt), "v6")  # the default model, not built in this data dir
@@ -387,7 +390,7 @@ def test_relative_model_paths_are_relative_to_the_project(lemonade, tmp_path, mo
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     loaded = load_project(project / "llamafarm.yaml")
-    spec = build_spec(loaded.model(None), loaded, Overrides(), single=True)
+    spec = build_spec(Names(loaded).entry(None), loaded, Overrides(), single=True)
     plan = hooks.model_plan(spec, "v6")
     assert plan.checkpoint == str((project / "models" / "m").resolve())
 

@@ -11,6 +11,7 @@ from conftest import default_model_installed, run_lf
 from lf import hardware
 from lf.config.project import load_project
 from lf.core.targets import Overrides, build_spec
+from lf.runtimes.launch import hooks_of
 from lf.runtimes.registry import ResolvedEngine
 
 GGUF = {
@@ -61,7 +62,7 @@ def argv_of(project, engine_index: int, overrides: Overrides = Overrides()) -> l
     spec = build_spec(project.models[0], project, overrides, single=True, resolve_model=False)
     runtime = spec.runtime
     engine = ResolvedEngine(runtime.engines[engine_index], "/opt/llama-server", "/env/bin/python", "test")
-    return list(runtime.hooks().plan(spec, engine, 1234).argv)
+    return list(hooks_of(runtime).plan(spec, engine, 1234).argv)
 
 
 def pairs(argv: list[str]) -> set[tuple[str, str]]:

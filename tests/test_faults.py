@@ -66,6 +66,7 @@ def assert_nothing_left(state: Path, name: str) -> None:
 
 def write_record(name: str, pid: int, create_time: float, port: int, log_lines: list[str] = ()) -> None:
     """A record as lf writes it, pointing at a process of the test's choosing."""
+    from lf.daemon.instance import Instance
     from lf.daemon.records import RuntimeRecord, StateStore
 
     store = StateStore()
@@ -74,21 +75,23 @@ def write_record(name: str, pid: int, create_time: float, port: int, log_lines: 
     log_path.write_text("".join(f"{line}\n" for line in log_lines))
     store.save(
         RuntimeRecord(
-            name=name,
-            runtime="fake",
+            instance=Instance(
+                name=name,
+                runtime="fake",
+                engine="fake-server",
+                argv=(sys.executable, "-m", "fakes.server", "--port", str(port)),
+                host="127.0.0.1",
+                port=port,
+                api_base="/v1",
+                model="fake-model",
+                health_path="/health",
+                health_ready="http-ok",
+                start_timeout=20,
+            ),
             pid=pid,
             create_time=create_time,
-            host="127.0.0.1",
-            port=port,
-            base_url=f"http://127.0.0.1:{port}/v1",
-            model="fake-model",
-            command=[sys.executable, "-m", "fakes.server", "--port", str(port)],
             log_path=str(log_path),
             started_at=time.time() - 60,
-            engine="fake-server",
-            health_url=f"http://127.0.0.1:{port}/health",
-            health_ready="http-ok",
-            start_timeout=20,
         )
     )
 
@@ -248,8 +251,11 @@ def test_runtime_exiting_during_start_fails_fast_with_its_log(state, free_port):
 
 @pytest.mark.e2e
 def test_bad_model_file_fails_fast_with_the_engine_log(state, tmp_path, free_port):
-    bad = tmp_path / "broken.gguf"
-    bad.write_bytes(b"GGUF" + os.urandom(4096))
+    from fakes.hfhub import write_gguf
+
+    # a header lf reads (a file it cannot read is refused before anything runs: test_faults_gguf.py), with
+    # nothing of a model in it: the engine refuses it
+    bad = write_gguf(tmp_path / "broken.gguf", "broken", padding=4096)
     started = time.monotonic()
     result = run_lf("runtime", "start", "llamacpp", "--model", str(bad), "--port", str(free_port), "--timeout", "60")
     elapsed = time.monotonic() - started

@@ -133,6 +133,7 @@ def test_health_from_a_foreign_server_on_the_port_is_not_taken_for_the_engine(st
 
 # -- 4. a record with no command proves nothing ----------------------------------------------------
 def test_a_record_without_a_command_never_gets_a_foreign_process_signalled(state, tmp_path, free_port):
+    from lf.daemon.instance import Instance
     from lf.daemon.records import RuntimeRecord, StateStore
 
     marker = tmp_path / "signalled"
@@ -142,15 +143,18 @@ def test_a_record_without_a_command_never_gets_a_foreign_process_signalled(state
         store.ensure()
         store.save(
             RuntimeRecord(
-                name="fake",
-                runtime="fake",
+                instance=Instance(
+                    name="fake",
+                    runtime="fake",
+                    engine="fake-server",
+                    argv=(),
+                    host="127.0.0.1",
+                    port=free_port,
+                    api_base="/v1",
+                    model="fake-model",
+                ),
                 pid=sentinel.pid,
                 create_time=psutil.Process(sentinel.pid).create_time(),
-                host="127.0.0.1",
-                port=free_port,
-                base_url=f"http://127.0.0.1:{free_port}/v1",
-                model="fake-model",
-                command=[],
                 log_path=str(store.log_path("fake")),
                 started_at=time.time(),
             )

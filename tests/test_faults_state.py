@@ -375,7 +375,7 @@ def test_log_rotates_while_the_daemon_runs_and_loses_no_line(state, free_port):
     record = read_record(state, "fake-chatty")
     pump = psutil.Process(record["log_pump_pid"])
     assert os.getpgid(pump.pid) == record["pid"] and pump.ppid() == record["pid"]  # in the daemon's group
-    for burst in range(20):
+    for _burst in range(20):
         _get(f"http://127.0.0.1:{free_port}/burst/150")  # 150 lines of ~100 bytes at once, 3000 in all
     log = state / "logs" / "fake-chatty.log"
     assert wait_until(lambda: "burst line 150 of 150" in _text(log) and len(_log_files(log)) > 10)
@@ -528,29 +528,20 @@ def test_log_pump_never_writes_through_a_symlink_put_in_the_logs_place(state, tm
     target.write_text("the user's own file\n")
     log.symlink_to(target)
     engine = ["sh", "-c", 'echo one; while [ -L "$1" ]; do sleep 0.05; done; echo two', "engine", str(log)]
-    status_read, status_write = os.pipe()
-    launcher = subprocess.Popen(
-        logpump.argv(str(log), 0, 0, status_write, engine),
-        pass_fds=(status_write,),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    launcher = logpump.Launcher.spawn(
+        str(log), 0, 0, engine, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    os.close(status_write)
     try:
-        pump_pid, failure, finished = logpump.read_report(status_read, 30)
-        os.close(status_read)
-        assert pump_pid and failure is None and finished
+        pump_pid = launcher.wait_ready(30)
+        assert pump_pid and launcher.go(30) and launcher.failure is None
+        launcher.close()
         time.sleep(0.5)  # "one" reached the pump, which could not write it
         assert target.read_text() == "the user's own file\n"
         log.unlink()
-        launcher.wait(10)
+        launcher.proc.wait(10)
         assert wait_until(lambda: is_gone(pump_pid))
     finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
-            launcher.wait(10)
+        launcher.abandon()
     lines = log.read_text().splitlines()
     assert lines == ["--- lf: 4 bytes of output were lost here (Too many levels of symbolic links)", "two"], lines
     assert target.read_text() == "the user's own file\n"

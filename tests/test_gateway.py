@@ -62,11 +62,12 @@ def test_routes_by_name_alias_and_model_and_says_which_models_exist(tmp_path, fa
     with Gateway(tmp_path / "work", port) as gateway:
         models = httpx.get(gateway.url + "/v1/models").json()
         assert [m["id"] for m in models["data"]] == ["alpha", "beta"]
-        assert {m["lf"]["state"] for m in models["data"]} == {"idle-unloaded"}
+        assert {m["lf"]["state"] for m in models["data"]} == {"idle"}
         for asked, served in (("alpha", "model-a"), ("first", "model-a"), ("model-b", "model-b"), ("beta", "model-b")):
             answer = chat(gateway, asked)
             assert answer.status_code == 200, answer.text
-            assert answer.json()["model"] == served  # the fake echoes the model it was started with
+            # the model is named as the client named it; the fake's fingerprint says which instance answered
+            assert answer.json()["model"] == asked and answer.json()["system_fingerprint"] == f"fp-{served}"
         missing = chat(gateway, "gamma")
         assert missing.status_code == 404
         error = missing.json()["error"]
@@ -179,7 +180,7 @@ def test_idle_instances_stop_after_their_ttl_and_keep_loaded_ones_stay(tmp_path,
         assert wait_until(lambda: is_gone(brief_pid), timeout=10)
         assert time.monotonic() - done <= 1 + 1.0, "the idle instance outlived its TTL by more than a second"
         assert wait_until(lambda: read_record(fakes, "brief") is None) and not is_gone(pinned_pid)
-        assert component(gateway, "brief")["state"] == "idle-unloaded"
+        assert component(gateway, "brief")["state"] == "idle"
         time.sleep(1.5)
         assert not is_gone(pinned_pid)  # keep_loaded: never unloaded for idleness
         assert chat(gateway, "brief").status_code == 200  # and an unloaded model comes back on demand

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psutil
 
+from fakes.platforms import linux_only
 from lf import hardware
 
 DATA = Path(__file__).parent / "data" / "hardware"
@@ -36,6 +37,7 @@ def test_cpuinfo_of_arm_has_no_core_ids_nor_x86_extensions():
     assert "asimd" in cpu.flags and not cpu.avx2 and not cpu.avx512
 
 
+@linux_only("the threads default is checked against the affinity mask (os.sched_getaffinity)")
 def test_this_machine_cpu_matches_psutil():
     cpu = hardware.cpu_info()
     assert cpu.logical == psutil.cpu_count(logical=True)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import run_lf
 
+from lf.config.names import Names
+
 FIXTURES = Path(__file__).parent / "fixtures" / "llamafarm"
 FILES = sorted(p.name for p in FIXTURES.glob("*.yaml"))
 
@@ -34,20 +36,20 @@ def test_each_file_validates_and_resolves(cli, name):
 def test_generation_parameters_where_llamafarm_puts_them_become_request_defaults(cli):
     from lf.config.project import load_project
 
-    single = load_project(FIXTURES / "single_ollama_template.yaml").model(None)
+    single = Names(load_project(FIXTURES / "single_ollama_template.yaml")).entry(None)
     assert single.request_defaults == {"temperature": 0.7}  # runtime.temperature
     assert single.api_key is None and single.model_api_parameters == {}  # null: not set
 
     blocks = load_project(FIXTURES / "list_provider_blocks.yaml")
-    local = blocks.model("local")
+    local = Names(blocks).entry("local")
     # runtime-wide, then provider_config's, then model_api_parameters: the nearer wins
     assert local.request_defaults == {"temperature": 0.1, "top_p": 0.8}
     assert local.provider_config["context_size"] == 2048  # the `llamacpp:` block inside the entry, honoured
-    onnx = blocks.model("onnx")
+    onnx = Names(blocks).entry("onnx")
     assert (onnx.provider_config["backend"], onnx.provider_config["recipe"]) == ("onnx", "oga-cpu")
     assert onnx.request_defaults == {"temperature": 0.3}
 
-    every = load_project(FIXTURES / "list_every_field.yaml").model("local")
+    every = Names(load_project(FIXTURES / "list_every_field.yaml")).entry("local")
     assert every.request_defaults == {"temperature": 0.2, "top_p": 0.9, "max_tokens": 64}
     assert every.keep_loaded is True
 

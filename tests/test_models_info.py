@@ -217,8 +217,38 @@ def test_the_kv_cache_type_table_is_ggmls():
     assert {name: GGML_QUANT_SIZES[GGMLQuantizationType[name.upper()]] for name in KV_CACHE_TYPES} == KV_CACHE_TYPES
 
 
+def test_the_tensor_and_file_type_tables_are_ggmls():
+    """lf.models.gguf_meta writes ggml's tensor types and llama.cpp's file types out (reading a header on a start
+    imports neither gguf nor numpy); every one it lists is the package's."""
+    from gguf import LlamaFileType
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from lf.models.gguf_meta import FILE_TYPES, QUANT_TYPES
+
+    for raw, (name, block, size) in QUANT_TYPES.items():
+        kind = GGMLQuantizationType(raw)
+        assert (kind.name, *GGML_QUANT_SIZES[kind]) == (name, block, size)
+    assert {raw: LlamaFileType(raw).name for raw in FILE_TYPES} == FILE_TYPES
+
+
+def test_reading_a_header_imports_neither_gguf_nor_numpy(isolated):
+    import subprocess
+    import sys
+
+    from conftest import default_model_installed
+
+    if not default_model_installed():
+        pytest.skip("needs the default model")
+    code = (
+        "import sys; from lf.models.catalog import CATALOG; from lf.models.gguf_meta import read; "
+        "read(str(CATALOG['smollm2-135m'].path())); print(sorted({m.split('.')[0] for m in sys.modules}))"
+    )
+    modules = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'gguf'" not in modules and "'numpy'" not in modules, modules
+
+
 def test_a_start_reads_a_models_header_once_then_from_the_cache(isolated):
-    """The header is read with gguf (numpy with it) the first time only: a start's estimate then costs a small JSON."""
+    """The header is read once (by lf's own reader: no gguf, no numpy): a start's estimate then costs a small JSON."""
     import subprocess
     import sys
 
@@ -230,5 +260,6 @@ def test_a_start_reads_a_models_header_once_then_from_the_cache(isolated):
     runs = [
         subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120) for _ in range(2)
     ]
-    assert "GGUF-IMPORTED" in runs[0].stderr and "fits" in runs[0].stdout, runs[0].stderr
+    assert "NO-GGUF" in runs[0].stderr and "fits" in runs[0].stdout, runs[0].stderr
     assert "NO-GGUF" in runs[1].stderr and runs[1].stdout == runs[0].stdout, runs[1].stderr
+    assert list((isolated / "state" / "cache").glob("gguf-*.json")), "the header was not kept for the next start"

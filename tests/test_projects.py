@@ -10,11 +10,11 @@ import json
 import textwrap
 from pathlib import Path
 
-import psutil
 import pytest
 from conftest import run_lf
 
 from fakes import daemons, free_ports, use_fakes
+from fakes.platforms import listening_pid
 
 
 @pytest.fixture
@@ -55,10 +55,7 @@ def status(config: Path | None, *args: str) -> list[dict]:
 
 
 def pid_on(port: int) -> int | None:
-    for conn in psutil.net_connections("tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
-            return conn.pid
-    return None
+    return listening_pid(port)
 
 
 def test_two_projects_with_the_same_entry_name_each_have_their_own_instance(state, isolated):

@@ -7,7 +7,9 @@ import stat
 
 import pytest
 
-from lf.core.targets import Overrides, build_spec, default_entry
+from fakes.platforms import linux_only
+from lf.config.names import default_entry
+from lf.core.targets import Overrides, build_spec
 from lf.errors import NotInstalledError, UnknownNameError
 from lf.runtimes.folders import runtimes_dir
 from lf.runtimes.launch import make_plan
@@ -35,9 +37,7 @@ def test_llama_server_on_path_is_preferred(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
-    spec = build_spec(
-        default_entry(get_runtime("llamacpp")), None, Overrides(model=str(model), port=12345, threads=3), single=True
-    )
+    spec = build_spec(default_entry("llamacpp"), None, Overrides(model=str(model), port=12345, threads=3), single=True)
     argv, engine = build_argv(spec)
     assert engine == "llama-server"
     assert argv == [
@@ -59,11 +59,12 @@ def test_llama_server_on_path_is_preferred(tmp_path, monkeypatch):
     ]
 
 
+@linux_only("the threads default is checked against the affinity mask (os.sched_getaffinity)")
 def test_embedded_engine_without_llama_server(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no llama-server anywhere
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
-    spec = build_spec(default_entry(get_runtime("llamacpp")), None, Overrides(model=str(model)), single=True)
+    spec = build_spec(default_entry("llamacpp"), None, Overrides(model=str(model)), single=True)
     argv, engine = build_argv(spec)
     assert engine == "xllamacpp"
     assert argv[1:3] == ["-m", "lf.runtimes.engines.xllamacpp_server"]
@@ -75,24 +76,22 @@ def test_a_model_path_is_resolved_and_a_missing_one_explained(tmp_path):
     runtime = get_runtime("llamacpp")
     model = tmp_path / "x.gguf"
     model.write_bytes(b"GGUF")
-    spec = build_spec(default_entry(runtime), None, Overrides(model=str(model)), single=True)
+    spec = build_spec(default_entry(runtime.name), None, Overrides(model=str(model)), single=True)
     assert spec.model_path == str(model.resolve())
     with pytest.raises(
         NotInstalledError, match="does not exist"
     ):  # a path: a file that is not here (exit 8), not an unknown name
-        build_spec(default_entry(runtime), None, Overrides(model=str(tmp_path / "nope.gguf")), single=True)
+        build_spec(default_entry(runtime.name), None, Overrides(model=str(tmp_path / "nope.gguf")), single=True)
     with pytest.raises(
         UnknownNameError, match="neither a known model name nor an existing file"
     ):  # a bare name: exit 4
-        build_spec(default_entry(runtime), None, Overrides(model="nope"), single=True)
+        build_spec(default_entry(runtime.name), None, Overrides(model="nope"), single=True)
 
 
 def test_binding_all_interfaces_warns(tmp_path):
     model = tmp_path / "x.gguf"
     model.write_bytes(b"GGUF")
-    spec = build_spec(
-        default_entry(get_runtime("llamacpp")), None, Overrides(model=str(model), host="0.0.0.0"), single=True
-    )
+    spec = build_spec(default_entry("llamacpp"), None, Overrides(model=str(model), host="0.0.0.0"), single=True)
     assert spec.host == "0.0.0.0"
     assert "reachable from other machines" in " ".join(spec.warnings)  # the start says it (tests/test_security.py)
     assert make_plan(spec, spec.port).base_url.startswith("http://127.0.0.1:")  # lf itself talks to it over loopback

@@ -69,7 +69,14 @@ TOP_LEVEL: dict[str, str] = {
     "chat": "lf.cli.chat:chat",
     "serve": "lf.cli.serve:serve",
     "doctor": "lf.cli.doctor:doctor",
+    # Ollama's verbs, for the habits people arrive with: each is its long form's own function
+    "ps": "lf.cli.ps:ps",
+    "pull": "lf.cli.models_pull:pull",
+    "run": "lf.cli.run:run",
 }
+# words people type at the top level that live in a group, where the group's own name is not the answer
+# (`list` is in two groups: Ollama's `list` lists models)
+MEANT: dict[str, str] = {"list": "models list", "ls": "models list", "show": "models info", "rm": "models rm"}
 
 
 def _version(value: bool) -> None:
@@ -162,12 +169,41 @@ def _completion(argv: list[str]) -> None:
         sys.exit(int(exc.exit_status))
 
 
+def _meant(word: str) -> str | None:
+    """The command a mistyped or misplaced top-level word probably means: `status` → `runtime status`."""
+    if word in MEANT:
+        return MEANT[word]
+    for group, (_, commands) in GROUPS.items():
+        if word in commands:
+            return f"{group} {word}"
+    import difflib
+
+    close = difflib.get_close_matches(word, [*GROUPS, *TOP_LEVEL, *MEANT], n=1, cutoff=0.6)
+    if not close:
+        return None
+    return _meant(close[0]) if close[0] in MEANT else close[0]
+
+
+def _no_such_command(argv: list[str]) -> None:
+    """A clean usage error (exit 2) naming the command meant, with the rest of the line as typed; returns
+    when nothing close is known (Typer then says "No such command" its own way)."""
+    import shlex
+
+    meant = _meant(argv[0])
+    if meant is None:
+        return
+    print(f"Error: no command {argv[0]!r}", file=sys.stderr)
+    print(f"  did you mean: {shlex.join(['lf', *meant.split(), *argv[1:]])}", file=sys.stderr)
+    sys.exit(int(ExitStatus.USAGE))
+
+
 def main() -> None:
     import signal
 
     from lf.errors import raise_terminated
+    from lf.platform import termination_signals
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):  # like Ctrl-C: nothing half-done is left behind
+    for signum in termination_signals():  # like Ctrl-C: nothing half-done is left behind (no SIGHUP on Windows)
         signal.signal(signum, raise_terminated)
     argv = sys.argv[1:]
     completing = "_LF_COMPLETE" in os.environ
@@ -178,6 +214,8 @@ def main() -> None:
         from typer.completion import completion_init
 
         completion_init()  # the shells' completion classes, which Typer registers only with its own options
+    if argv and not completing and not argv[0].startswith("-") and argv[0] not in (*GROUPS, *TOP_LEVEL):
+        _no_such_command(argv)
     only = argv[0] if argv and not completing and argv[0] in (*GROUPS, *TOP_LEVEL) else None
     # `lf runtime status …`: the one command, unless the word is not a command (then Typer's own
     # "no such command" message needs the whole group)

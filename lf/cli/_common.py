@@ -50,6 +50,15 @@ def complete_models(incomplete: str) -> list[str]:
     return [n for n in model_names() if n.startswith(incomplete)]
 
 
+def complete_settings(ctx: typer.Context, incomplete: str) -> list[str]:
+    """--set NAME=VALUE: the settings of the runtime the command's target names (see completion.setting_names)."""
+    from lf.cli.completion import setting_names
+
+    # while --set waits for its value the parse stops there: a target typed before it is still among ctx.args
+    target = ctx.params.get("target") or next((a for a in ctx.args if not a.startswith("-")), None)
+    return [n for n in setting_names(target, incomplete) if n.startswith(incomplete)]
+
+
 def command(func: Callable) -> Callable:
     """A command behind the one error boundary: LfError → `Error: …` + hint on stderr, and its exit code;
     with --json, also `{"error": {"message", "hint", "exit_code"}}` on stdout, so a script always has one
@@ -165,8 +174,9 @@ class Progress:
         if isinstance(event, Notice):
             err(event.text)
         elif isinstance(event, Starting):
-            if self.announce:
-                err(f"Starting {event.name} ({event.runtime}, {event.model})…")
+            through = f" through {event.through}" if event.through else ""
+            if self.announce or event.through:
+                err(f"Starting {event.name} ({event.runtime}, {event.model}){through}…")
             self.done()
             self.spinner = Spinner(self.starting.format(name=event.name, runtime=event.runtime, model=event.model))
         elif isinstance(event, Waiting) and self.spinner is not None:

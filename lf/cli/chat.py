@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Annotated
 
@@ -11,6 +12,7 @@ import typer
 from lf.cli._common import ConfigOpt, JsonOpt, Progress, command, complete_models, err, load_project, print_json
 from lf.cli.models_pull import PullOpt, with_pull
 from lf.core.client import DEFAULT_TIMEOUT  # a light module: httpx is imported when a request is sent
+from lf.errors import LfError
 
 PROMPT = ">>> "
 MORE = "... "  # inside a multi-line block
@@ -75,10 +77,17 @@ def chat(
             "--timeout", min=0, help="Seconds an answer may take, from the question to its last word (0: no limit)."
         ),
     ] = DEFAULT_TIMEOUT,
+    direct: Annotated[
+        bool,
+        typer.Option("--direct", help="Go around a running lf serve of the project: talk to the model's own daemon."),
+    ] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Chat with a model. Streams the answer to stdout; starts the runtime first if it is not running."""
+    """Chat with a model. Streams the answer to stdout; starts the runtime first if it is not running.
+
+    While an lf serve runs for the project, the question goes through it (it starts the model on demand, counts
+    the request, unloads the model when idle); --direct talks to the model's own daemon instead."""
     from lf.core.actions import chat_endpoint
     from lf.errors import ExitStatus, LfError
 
@@ -100,17 +109,34 @@ def chat(
     try:
         project = load_project(config)
         endpoint, entry = with_pull(
-            pull, lambda: chat_endpoint(project, runtime, model, auto_start=not no_auto_start, on_event=progress)
+            pull,
+            lambda: chat_endpoint(
+                project,
+                runtime,
+                model,
+                auto_start=not no_auto_start,
+                direct=direct,
+                on_event=progress,
+                message=message,
+            ),
         )
     finally:
         progress.done()
-
-    payload: dict = {"model": endpoint.model, **entry.request_defaults}
+    asked: dict = {}  # what the flags ask of every answer
     if temperature is not None:
-        payload["temperature"] = temperature
+        asked["temperature"] = temperature
     if max_tokens is not None:
-        payload["max_tokens"] = max_tokens
+        asked["max_tokens"] = max_tokens
     history: list[dict] = [{"role": "system", "content": system}] if system else []
+    if endpoint is None:  # a router with no gateway to route: it routes each message of the chat here
+
+        def routed(text: str):
+            return chat_endpoint(project, runtime, model, auto_start=not no_auto_start, on_event=progress, message=text)
+
+        _Session(None, asked, history, timeout, route=routed, name=entry.name).run()
+        return
+
+    payload: dict = {"model": endpoint.model, **entry.request_defaults, **asked}
 
     if message is not None:
         _ask(
@@ -131,7 +157,7 @@ def _utf8(text: str | bytes, where: str) -> str:
             return text.decode("utf-8")
         text.encode("utf-8")  # an argument arrives with its undecodable bytes as lone surrogates
         return text
-    except UnicodeError as exc:
+    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
         bad = exc.object[exc.start]
         byte = bad if isinstance(bad, int) else ord(bad) - 0xDC00 if 0xDC80 <= ord(bad) <= 0xDCFF else None
         at = (
@@ -183,8 +209,10 @@ def _ask(
 class _Session:
     """The interactive chat: reads lines (a command, a message, a block), asks, keeps the conversation."""
 
-    def __init__(self, endpoint, payload: dict, history: list[dict], timeout: float):
+    def __init__(self, endpoint, payload: dict, history: list[dict], timeout: float, route=None, name: str = ""):
         self.endpoint = endpoint
+        self.route = route  # a router's: (message) → (the endpoint and entry it goes to), asked for each message
+        self.name = name
         self.payload = payload
         self.history = history
         self.timeout = timeout
@@ -193,9 +221,12 @@ class _Session:
     def run(self) -> None:
         from lf.secrets import redact_url
 
-        err(
-            f"Chatting with {self.endpoint.model} at {redact_url(self.endpoint.base_url)}. /help for commands; Ctrl-D or /exit to leave."
+        where = (
+            f"{self.name} (it routes each message)"
+            if self.endpoint is None
+            else f"{self.endpoint.model} at {redact_url(self.endpoint.base_url)}"
         )
+        err(f"Chatting with {where}. /help for commands; Ctrl-D or /exit to leave.")
         while True:
             try:
                 message = self.next_message()
@@ -204,10 +235,14 @@ class _Session:
             if message is None:
                 continue
             turn = len(self.history)
+            endpoint, payload = self.endpoint, self.payload
             try:
+                if self.route is not None:
+                    endpoint, entry = self.route(message)
+                    payload = {"model": endpoint.model, **entry.request_defaults, **self.payload}
                 _ask(
-                    self.endpoint,
-                    self.payload,
+                    endpoint,
+                    payload,
                     self.history,
                     message,
                     stream=True,
@@ -297,7 +332,13 @@ class _NotText(Exception):
 
 
 class _LineReader:
-    """Lines from the terminal, with editing and a history kept across sessions when Python has readline."""
+    """Lines from the terminal, with editing and a history kept across sessions when Python has readline.
+
+    lf reads and writes the history file itself, one line per entry, rather than through readline's file
+    functions: where Python's readline is libedit (macOS's own Python, and other builds) there is no
+    append_history_file, and libedit refuses a file GNU readline wrote (its own files start with a header and
+    escape spaces), so switching Pythons would lose the history. One plain file serves both; a file libedit
+    wrote is read and rewritten plain."""
 
     def __init__(self):
         try:
@@ -306,6 +347,7 @@ class _LineReader:
             readline = None
         self.readline = readline
         self.history_file = None
+        self.history_count = 0  # lines in the history file
         self.last: str | None = None
         if readline is not None:
             readline.set_auto_history(False)  # blank lines and repeats are left out (see remember)
@@ -313,7 +355,6 @@ class _LineReader:
 
     def _open_history(self):
         from lf.dirs import ensure_private_dir, state_dir
-        from lf.errors import LfError
 
         path = state_dir() / HISTORY_FILE
         try:
@@ -321,8 +362,12 @@ class _LineReader:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # appends need the file; created private
             if path.stat().st_mode & 0o077:
                 path.chmod(0o600)
-            self.readline.set_history_length(HISTORY_LINES)
-            self.readline.read_history_file(str(path))
+            lines, libedit = read_history(path)
+            if libedit:
+                _write_history(path, lines[-HISTORY_LINES:])
+            for line in lines[-HISTORY_LINES:]:
+                self.readline.add_history(line)
+            self.history_count = len(lines)
         except LfError as exc:
             err(f"warning: chat history not kept: {exc.message}")
         except OSError as exc:
@@ -336,7 +381,10 @@ class _LineReader:
             return "  (no line editing or history, and Ctrl-C at a prompt always leaves: this Python has no readline)"
         if self.history_file is None:
             return "  Up, Down         earlier lines of this session (Ctrl-R searches them)"
-        return f"  Up, Down         earlier lines, also of earlier sessions (Ctrl-R searches them; kept in {self.history_file})"
+        return (
+            "  Up, Down         earlier lines, also of earlier sessions "
+            f"(Ctrl-R searches them; kept in {self.history_file})"
+        )
 
     def read(self, prompt: str) -> str:
         try:
@@ -358,8 +406,14 @@ class _LineReader:
         self.readline.add_history(line)
         if self.history_file is not None:
             try:  # line by line: a session that is killed keeps its lines, and sessions side by side interleave
-                self.readline.append_history_file(1, str(self.history_file))
-            except OSError:
+                with open(self.history_file, "a", encoding="utf-8") as fh:
+                    fh.write(line + "\n")
+                self.history_count += 1
+                if self.history_count > HISTORY_LINES:
+                    lines, _ = read_history(self.history_file)
+                    _write_history(self.history_file, lines[-HISTORY_LINES:])
+                    self.history_count = min(len(lines), HISTORY_LINES)
+            except (OSError, LfError):
                 pass
 
     @staticmethod
@@ -381,3 +435,56 @@ class _LineReader:
         finally:
             os.dup2(saved, 1)
             os.close(saved)
+
+
+LIBEDIT_COOKIE = b"_HiStOrY_V2_"  # the first line of a history file libedit wrote
+# libedit writes each entry through strvis(3): spaces, tabs and newlines, backslashes, control and non-ASCII
+# bytes become escapes (\040, \\, \^C, \M-x; \n and \s in the C style)
+_VIS = re.compile(rb"\\(\\|[0-7]{3}|M-.|M\^.|\^.|[ntsrabfv0])", re.DOTALL)
+_VIS_C = {
+    b"n": b"\n",
+    b"t": b"\t",
+    b"s": b" ",
+    b"r": b"\r",
+    b"a": b"\a",
+    b"b": b"\b",
+    b"f": b"\f",
+    b"v": b"\v",
+    b"0": b"\0",
+}
+
+
+def _unvis(data: bytes) -> bytes:
+    def one(match: re.Match) -> bytes:
+        code = match.group(1)
+        if code == b"\\":
+            return code
+        if len(code) == 3 and code.isdigit():
+            return bytes([int(code, 8) & 0xFF])
+        if code.startswith(b"M-"):
+            return bytes([code[2] | 0x80])
+        if code.startswith(b"M^"):
+            return bytes([(0x7F if code[2:] == b"?" else code[2] & 0x1F) | 0x80])
+        if code.startswith(b"^"):
+            return bytes([0x7F if code[1:] == b"?" else code[1] & 0x1F])
+        return _VIS_C[code]
+
+    return _VIS.sub(one, data)
+
+
+def read_history(path) -> tuple[list[str], bool]:
+    """The entries of a chat history file, oldest first, and whether libedit wrote it (GNU readline and lf
+    write one entry per line as it is)."""
+    from pathlib import Path
+
+    raw = [line.removesuffix(b"\r") for line in Path(path).read_bytes().split(b"\n")]
+    libedit = bool(raw) and raw[0] == LIBEDIT_COOKIE
+    if libedit:
+        raw = [_unvis(line) for line in raw[1:]]
+    return [line.decode("utf-8", "replace") for line in raw if line.strip()], libedit
+
+
+def _write_history(path, lines: list[str]) -> None:
+    from lf.files import atomic_write
+
+    atomic_write(path, "".join(line + "\n" for line in lines))

@@ -87,11 +87,11 @@ def start(
             num_gpus=num_gpus,
             serve_port=serve_port,
             timeout=timeout,
-            on_wait=spinner,
+            on_wait=lambda loading: spinner(loading.elapsed),
         )
     finally:
         spinner.done()
-    settings = result.record.settings
+    settings = result.record.instance.settings
     if json_out:
         print_json(_node_json(result))
     else:
@@ -102,8 +102,8 @@ def start(
         err(
             f"  deploy with: lf cluster deploy   (Ray Serve on http://{settings['serve_host']}:{settings['serve_port']})"
         )
-    if not is_loopback(result.record.host):
-        err(security_warning(result.record.host))
+    if not is_loopback(result.record.instance.host):
+        err(security_warning(result.record.instance.host))
 
 
 @command
@@ -128,19 +128,26 @@ def join(
 
     spinner = Spinner(f"joining {address}")
     try:
-        result = join_cluster(address, num_cpus=num_cpus, num_gpus=num_gpus, token_file=token_file, timeout=timeout)
+        result = join_cluster(
+            address,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            token_file=token_file,
+            timeout=timeout,
+            on_wait=lambda loading: spinner(loading.elapsed),
+        )
     finally:
         spinner.done()
     if json_out:
         print_json(_node_json(result))
     else:
-        _started(result, f"worker of {result.record.settings['address']}")
+        _started(result, f"worker of {result.record.instance.settings['address']}")
     err(security_warning(address.rpartition(":")[0]))
 
 
 def _node_json(result) -> dict:
     record = result.record
-    settings = record.settings
+    settings = record.instance.settings
     return {
         "name": record.name,
         "already_running": result.already_running,
@@ -258,6 +265,7 @@ def install(
             {
                 "env_dir": str(result.env_dir),
                 "already_installed": result.already_installed,
+                "updated": result.updated,
                 "ray": result.info.get("ray"),
                 "python": result.info.get("python"),
                 "duration_s": result.info.get("duration_s"),
@@ -265,8 +273,13 @@ def install(
             }
         )
     else:
+        took = f"in {result.info.get('duration_s', 0):.0f}s"
         verb = (
-            "already installed" if result.already_installed else f"installed in {result.info.get('duration_s', 0):.0f}s"
+            "already installed"
+            if result.already_installed
+            else f"updated {took}"
+            if result.updated
+            else f"installed {took}"
         )
         out(f"cluster environment (Ray {result.info.get('ray')}): {verb} at {result.env_dir}")
     if result.note:

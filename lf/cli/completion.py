@@ -34,6 +34,40 @@ def model_names() -> list[str]:
     return sorted(set(_configured_names()) | set(CATALOG))
 
 
+def setting_names(target: str | None, incomplete: str = "") -> list[str]:
+    """What `--set` of `lf runtime start [TARGET]` completes: NAME= for each setting the target's runtime
+    declares (the project's runtimes without a target), and NAME=VALUE for a setting with a list of values.
+    From the manifests and llamafarm.yaml only."""
+    from lf.runtimes.registry import get_runtime
+
+    name, equals, _ = incomplete.partition("=")
+    offered: list[str] = []
+    for runtime_name in _runtimes_of(target):
+        try:
+            settings = get_runtime(runtime_name).settings
+        except Exception:  # an unknown name or a broken manifest: nothing to offer, never an error in the shell
+            continue
+        if not equals:
+            offered += [f"{each}=" for each in settings]
+        elif name in settings:
+            setting = settings[name]
+            values = setting.enum or (("true", "false") if setting.type == "boolean" else ())
+            offered += [f"{name}={value}" for value in values]
+    return sorted(set(offered))
+
+
+def _runtimes_of(target: str | None) -> list[str]:
+    from lf.runtimes.folders import DEFAULT_RUNTIME, runtime_names
+
+    if target is not None and target in runtime_names():
+        return [target]
+    project = _project()
+    entries = [m for m in project.models if m.managed] if project else []
+    if target is not None:
+        entries = [m for m in entries if m.name == target]
+    return sorted({m.provider for m in entries}) or ([DEFAULT_RUNTIME] if target is None or not project else [])
+
+
 def _project():
     try:
         from lf.config.project import load_optional

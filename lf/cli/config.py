@@ -37,8 +37,9 @@ def validate(
             if result.unreadable is not None:
                 report_error(result.unreadable)
             raise typer.Exit(int(ExitStatus.CONFIG))
-    if not result.valid:
-        raise result.error()
+    problem = result.error()
+    if problem is not None:
+        raise problem
     if not json_out:
         for line in result.warnings:
             err(line)
@@ -50,7 +51,8 @@ def validate(
 
 @command
 def show(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-    """The resolved configuration: every model with its runtime settings, defaults filled, secrets redacted."""
+    """The resolved configuration: every model with its aliases and runtime settings, and lf serve's settings with
+    where each comes from (env, config, default); defaults filled, secrets redacted."""
     from lf.core.show import resolved_config
 
     data = resolved_config(load_project(config, warn=True))

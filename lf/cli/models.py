@@ -151,15 +151,13 @@ def info(
     json_out: JsonOpt = False,
 ) -> None:
     """What a local GGUF is (from its header), where it lives, and the memory an instance of it needs."""
-    from lf.core.targets import Overrides, build_spec, default_entry
+    from lf.config.names import Names
+    from lf.core.targets import Overrides, build_spec
     from lf.models.gguf_meta import human_bytes, human_count
     from lf.models.listing import model_info
-    from lf.runtimes.registry import get_runtime
 
     project = load_project(config)
-    entry = next((e for e in (project.models if project else []) if e.provider == "llamacpp"), None) or default_entry(
-        get_runtime("llamacpp")
-    )
+    entry = Names(project).entry(None, "llamacpp")
     settings = build_spec(entry, project, Overrides(context_size=ctx_size), single=True, resolve_model=False).settings
     data = model_info(name, project, dict(settings))
     if json_out:

@@ -14,6 +14,7 @@ from lf.cli._common import (
     complete_instances,
     complete_models,
     complete_runtimes,
+    complete_settings,
     complete_startable,
     err,
     load_project,
@@ -47,6 +48,12 @@ ProjectOpt = Annotated[
 AllProjectsOpt = Annotated[
     bool, typer.Option("--all-projects", "-A", help="Every project's instances, not only this project's.")
 ]
+DirectOpt = Annotated[
+    bool,
+    typer.Option(
+        "--direct", help="Go around a running lf serve of the project (by default it starts the models it serves)."
+    ),
+]
 
 
 def _scope(config: str | None, project: str | None, *, lenient: bool = False):
@@ -67,7 +74,7 @@ def _scope(config: str | None, project: str | None, *, lenient: bool = False):
 
         path = find_config(config)
         store = StateStore().of_folder(path.resolve().parent) if path is not None else None
-        if store is None:
+        if store is None or path is None:
             raise
         err(f"Warning: {exc.message}; acting on the instances started from {path.parent} (project {store.project})")
         return None, store
@@ -119,6 +126,7 @@ def start(
         typer.Option(
             "--set",
             help="Any setting the runtime declares, as NAME=VALUE (repeatable; see lf config show).",
+            autocompletion=complete_settings,
             show_default=False,
         ),
     ] = None,
@@ -142,10 +150,14 @@ def start(
     force: Annotated[
         bool, typer.Option("--force", help="Start even when the memory estimate exceeds the memory available.")
     ] = False,
+    direct: DirectOpt = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Start runtime daemons and wait until they are healthy. Already running is a success."""
+    """Start runtime daemons and wait until they are healthy. Already running is a success.
+
+    A model a running lf serve of the project serves is started by that gateway (which then owns it: its idle
+    timer and memory budget apply); --direct starts it as a daemon of its own."""
     from lf.core import actions
     from lf.core.targets import Overrides
 
@@ -162,7 +174,14 @@ def start(
         results = with_pull(
             pull,
             lambda: actions.start(
-                target, project, overrides, wait=not no_wait, timeout=timeout, on_event=progress, force=force
+                target,
+                project,
+                overrides,
+                wait=not no_wait,
+                timeout=timeout,
+                on_event=progress,
+                force=force,
+                direct=direct,
             ),
         )
     finally:
@@ -174,6 +193,10 @@ def start(
         r = result.record
         verb = "already running" if result.already_running else ("launched" if no_wait else "running")
         out(f"{r.name}: {verb} at {r.base_url} (pid {r.pid}, model {r.model})")
+        if result.gateway:
+            out(
+                f"  served by {result.gateway}: it unloads it when idle (lf runtime start --direct runs one of its own)"
+            )
         out(f"  log: {r.log_path}")
 
 
@@ -207,14 +230,15 @@ def _start_json(result) -> dict:
         "runtime": r.runtime,
         "already_running": result.already_running,
         "pid": r.pid,
-        "host": r.host,
+        "host": r.instance.host,
         "port": r.port,
         "base_url": r.base_url,
         "model": r.model,
-        "engine": r.engine,
+        "engine": r.instance.engine,
         "log_path": r.log_path,
         "health": result.health.to_dict() if result.health else None,
         "changed": list(result.changed),  # already running with other settings: "name: old → new"
+        "gateway": result.gateway,  # the lf serve that started it (it serves the entry), else null
     }
 
 
@@ -263,15 +287,16 @@ def stop(
 def restart(
     target: TargetArg = None,
     timeout: TimeoutOpt = None,
+    direct: DirectOpt = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Stop, then start again with the current settings."""
+    """Stop, then start again with the current settings (through a running lf serve that serves it, unless --direct)."""
     from lf.core import actions
 
     progress = Progress(starting="restarting {name}")
     try:
-        results = actions.restart(target, load_project(config), timeout=timeout, on_event=progress)
+        results = actions.restart(target, load_project(config), timeout=timeout, on_event=progress, direct=direct)
     finally:
         progress.done()
     if json_out:
@@ -298,10 +323,10 @@ def status(
     json_out: JsonOpt = False,
 ) -> None:
     """State and health of this project's instances (or every project's). Exit 0 all healthy, 3 not running, 4 unknown, 6 unhealthy."""
-    from lf.core import actions
+    from lf.core.status import collect
 
     loaded, store = _scope(config, project)
-    report = actions.status(names, loaded, probe_timeout=probe_timeout, all_projects=all_projects, store=store)
+    report = collect(names or None, loaded, store, probe_timeout, all_projects=all_projects)
     for warning in report.warnings:
         err(warning)
     if json_out:
@@ -320,7 +345,7 @@ def _print_status(report) -> None:
     for inst in report.instances:
         d = inst.to_dict()
         h = d["health"]
-        health = "-" if not h else ("ok" if h["healthy"] else h["message"])
+        health = (d["message"] or "-") if not h else ("ok" if h["healthy"] else h["message"])
         latency = f"{h['latency_ms']:.0f}ms" if h and h["latency_ms"] is not None else "-"
         uptime = _duration(d["uptime_s"]) if d["uptime_s"] is not None else "-"
         rows.append(
@@ -343,7 +368,7 @@ def _print_status(report) -> None:
     out(table(rows, headers))
     for inst in report.instances:
         if inst.log_tail:
-            err(f"{inst.name} {inst.state.value}; last lines of {inst.log_path}:")
+            err(f"{inst.name} {inst.state.value}; last lines of {inst.record.log_path if inst.record else '?'}:")
             for line in inst.log_tail:
                 err(f"  {line}")
 
@@ -375,33 +400,15 @@ def logs(
     """Print the last lines of an instance's log (stdout and stderr of the daemon; rotated ones too when needed)."""
     import sys
 
-    from lf.errors import LfError, UnknownNameError
+    from lf.core.logs import find_log
+    from lf.errors import LfError
     from lf.files import follow as follow_log
     from lf.files import write_tail
 
-    _, store = _scope(config, project, lenient=True)
-    path = store.log_path(name)
-    if path.is_symlink():
-        raise LfError(
-            f"{path} is a symbolic link: lf does not read through links in its own dirs", hint=f"remove it (rm {path})"
-        )
-    if not path.exists():
-        others = [each.project for each in store.every_project()[1:] if each.log_path(name).exists()]
-        hint = "lf runtime status lists the known instances"
-        if others:
-            from lf.daemon.records import NO_PROJECT
-
-            hint = (
-                "; ".join(f"lf runtime logs {name} --project {key or NO_PROJECT}" for key in others)
-                + " (another project's)"
-            )
-        raise UnknownNameError(f"no log for {name!r} in {path.parent}", hint=hint)
-    record = store.load_or_none(name)
-    if record is not None and record.log_pump_lost():
-        err(
-            f"Warning: the process that writes this log (pid {record.log_pump_pid}) is gone: what {name} prints now is lost"
-        )
-        err(f"  lf runtime restart {name} starts it with a new one")
+    loaded, store = _scope(config, project, lenient=True)
+    path, warnings = find_log(name, loaded, store)
+    for warning in warnings:
+        err(warning)
     sys.stdout.flush()
     stdout = sys.stdout.buffer
 
@@ -423,28 +430,13 @@ def logs(
 @command
 def list_runtimes(json_out: JsonOpt = False) -> None:
     """Every runtime lf knows: engine available here?, default port, what it is."""
-    from lf.runtimes.registry import all_runtimes
+    from lf.runtimes.registry import describe_runtimes
 
-    rows = []
-    for rt in all_runtimes().values():
-        engine = rt.find_engine() if rt.managed else None
-        rows.append(
-            {
-                "name": rt.name,
-                "managed": rt.managed,
-                "available": bool(engine) if rt.managed else None,
-                "engine": engine.engine.name if engine else None,
-                "source": engine.source if engine else None,
-                "install": None if engine or not rt.managed else rt.install_hint(),
-                "default_port": rt.default_port,
-                "description": rt.description,
-            }
-        )
+    rows = describe_runtimes()
     if json_out:
         print_json({"runtimes": rows})
         return
     # the narrow SOURCE column names lf's own install command; other runtimes' hints are in --json
-    needs_env = {rt.name: rt.install_command for rt in all_runtimes().values() if rt.needs_env}
     out(
         table(
             [
@@ -453,7 +445,7 @@ def list_runtimes(json_out: JsonOpt = False) -> None:
                     "external" if not r["managed"] else ("yes" if r["available"] else "no"),
                     str(r["default_port"] or "-"),
                     r["engine"] or "-",
-                    r["source"] or (r["install"] and needs_env.get(r["name"])) or "-",
+                    r["source"] or (r["install"] and r["install_command"]) or "-",
                     r["description"],
                 ]
                 for r in rows

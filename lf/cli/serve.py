@@ -77,6 +77,46 @@ def serve(
             "--max-body", min=1024, help="Largest request body accepted, in bytes (default 10 MiB).", show_default=False
         ),
     ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget",
+            help="Memory the models may take together, e.g. 6GiB or 450MiB (default: the machine's memory minus 10%).",
+            show_default=False,
+        ),
+    ] = None,
+    max_tokens_default: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens-default",
+            min=1,
+            help="max_tokens of a request that sets none (default 2048).",
+            show_default=False,
+        ),
+    ] = None,
+    max_tokens_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens-limit", min=1, help="The most max_tokens a request may ask for.", show_default=False
+        ),
+    ] = None,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--request-timeout",
+            min=0,
+            help="Seconds an answer may take; a longer stream ends with finish_reason length (default 600; 0: none).",
+            show_default=False,
+        ),
+    ] = None,
+    reload: Annotated[
+        bool | None,
+        typer.Option(
+            "--reload/--no-reload",
+            help="Reload llamafarm.yaml when it changes, and on SIGHUP (default: on).",
+            show_default=False,
+        ),
+    ] = None,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback address without an API key.")
     ] = False,
@@ -99,6 +139,33 @@ def serve(
         bool,
         typer.Option("--open", help="Open the gateway's page (its dashboard) in the default browser once it answers."),
     ] = False,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level", help="Least severe log line shown: debug, info, warning or error.", case_sensitive=False
+        ),
+    ] = "info",
+    log_format: Annotated[
+        str,
+        typer.Option("--log-format", help="text (lf-serve: … lines) or json (one object per line, for journald)."),
+    ] = "text",
+    install_service: Annotated[
+        bool,
+        typer.Option(
+            "--install-service",
+            help="Install lf serve for this project as a user service (systemd, or launchd on macOS): "
+            "started now, at login and at boot, restarted when it fails; with the other flags given.",
+        ),
+    ] = False,
+    uninstall_service: Annotated[
+        bool, typer.Option("--uninstall-service", help="Stop and remove this project's service.")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="With --install-service or --uninstall-service: print what would be written and run."
+        ),
+    ] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -109,8 +176,14 @@ def serve(
     LF_GATEWAY_* env vars (LF_GATEWAY_API_KEY for the key), then runtime.gateway in llamafarm.yaml.
     Foreground by default; SIGTERM stops the instances it started and leaves the others running.
     """
-    from lf.gateway.settings import resolve_config
+    from lf.config.gateway import resolve_config
+    from lf.errors import ExitStatus, LfError
+    from lf.gateway.logs import FORMATS, LEVELS
 
+    log_level = log_level.lower()
+    if log_level not in LEVELS or log_format not in FORMATS:
+        bad, allowed = ("--log-level", LEVELS) if log_level not in LEVELS else ("--log-format", FORMATS)
+        raise LfError(f"{bad}: expected one of {', '.join(allowed)}", exit_status=ExitStatus.USAGE)
     project = load_project(config, warn=True)
     flags = {
         "host": host,
@@ -122,20 +195,35 @@ def serve(
         "start_timeout": start_timeout,
         "probe_interval": probe_interval,
         "max_body": max_body,
+        "memory_budget": memory_budget,
+        "max_tokens_default": max_tokens_default,
+        "max_tokens_limit": max_tokens_limit,
+        "request_timeout": request_timeout,
+        "reload": reload,
         "insecure": insecure or None,
         "pull": pull or None,
     }
     settings = resolve_config(project, flags)
+    if install_service or uninstall_service or dry_run:
+        logs = [
+            *(["--log-level", log_level] if log_level != "info" else []),
+            *(["--log-format", log_format] if log_format != "text" else []),
+        ]
+        _service(
+            project, settings, flags, logs, install_service, uninstall_service, dry_run, detach or open_page, json_out
+        )
+        return
     if not detach:
         from lf.gateway.server import run
 
-        run(project, settings, on_ready=(lambda: _open_page(settings)) if open_page else None)
+        on_ready = (lambda: _open_page(settings)) if open_page else None
+        run(project, settings, on_ready=on_ready, log_level=log_level, log_format=log_format)
         return
     from lf.gateway.server import detach as run_detached
 
     spinner = Spinner(f"starting the gateway on port {settings.port}")
     try:
-        result = run_detached(project, settings, on_wait=spinner)
+        result = run_detached(project, settings, on_wait=spinner, log_level=log_level, log_format=log_format)
     finally:
         spinner.done()
     record = result.record
@@ -162,11 +250,31 @@ def serve(
         )
 
 
+def _service(project, settings, flags, logs, install, uninstall, dry_run, other, json_out) -> None:
+    from lf.cli import service
+    from lf.errors import ExitStatus, LfError
+
+    if install == uninstall or other:
+        raise LfError(
+            "--dry-run goes with --install-service or --uninstall-service"
+            if not (install or uninstall)
+            else "give one of --install-service and --uninstall-service, without --detach or --open",
+            exit_status=ExitStatus.USAGE,
+        )
+    if uninstall:
+        service.uninstall(project, dry_run=dry_run, json_out=json_out)
+        return
+    from lf.config.gateway import serve_flags
+
+    given = serve_flags(flags) + logs  # the flags given here: the service's own command line
+    service.install(project, given, settings.record_name, dry_run=dry_run, json_out=json_out)
+
+
 def _open_page(settings) -> None:
     import webbrowser
 
-    from lf.daemon.health import local_url
+    from lf.net import local_url
 
-    url = local_url("127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host, settings.port, "/")
+    url = local_url(settings.host, settings.port, "/")
     if not webbrowser.open(url):
         err(f"lf: no browser to open here; the dashboard is at {url}")

@@ -59,7 +59,7 @@ class DeployResult:
     address: str
     serve_url: str
     entries: tuple[DeployedEntry, ...]
-    skipped: tuple[str, ...] = ()  # entries that are not lf's to run (external endpoints)
+    skipped: tuple[str, ...] = ()  # entries that are not lf's to run (external endpoints, routers)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -147,7 +147,7 @@ def deploy(
     picked, skipped = chosen_entries(project, entries)
     for name in skipped:
         if on_event is not None:
-            on_event(Notice(f"{name} is an external endpoint, not run by lf: left out"))
+            on_event(Notice(f"{name} is not an engine lf runs (an external endpoint or a router): left out"))
     if not picked:
         raise ConfigError(f"{project.path} has no model entry lf runs", hint="entries with a managed provider deploy")
 

@@ -34,6 +34,7 @@ class InstallResult:
     already_installed: bool
     info: dict = field(default_factory=dict)
     note: str = ""
+    updated: bool = False  # an env built for an earlier lf's requirements, brought up to the current ones
 
 
 def env_dir() -> Path:
@@ -116,10 +117,15 @@ def install(*, force: bool = False, log: IO[str] | None = None, python: str | No
     with exclusive_lock(root / f".{ENV_NAME}.lock"):  # two shells, two test sessions: one builds, one waits
         info = installed_info()
         if info is not None and not force and env_python().exists():
-            note = ""
-            if info.get("requirements_digest") != requirements_digest(reqs):
-                note = f"lf's requirements changed since; rebuild with: {INSTALL_COMMAND} --force"
-            return InstallResult(env_dir(), True, info, note)
+            if info.get("requirements_digest") == requirements_digest(reqs):
+                return InstallResult(env_dir(), True, info)
+            # lf's own requirements changed (a newer lf): pip brings the env up to them, keeping what still fits
+            started = time.monotonic()
+            _progress(log, "lf's requirements changed since this environment was built: updating it")
+            _pip_install(str(env_python()), reqs, log)
+            info = {**info, **_described(str(env_python()), reqs), "duration_s": round(time.monotonic() - started, 1)}
+            _write_marker(info)
+            return InstallResult(env_dir(), False, info, updated=True)
         if env_dir().exists():
             shutil.rmtree(env_dir())
         started = time.monotonic()
@@ -129,10 +135,14 @@ def install(*, force: bool = False, log: IO[str] | None = None, python: str | No
             shutil.rmtree(env_dir(), ignore_errors=True)  # a half-built env is worse than none
             raise
         info["duration_s"] = round(time.monotonic() - started, 1)
-        from lf.files import atomic_write
-
-        atomic_write(env_dir() / MARKER, json.dumps(info, indent=2) + "\n")
+        _write_marker(info)
     return InstallResult(env_dir(), False, info)
+
+
+def _write_marker(info: dict) -> None:
+    from lf.files import atomic_write
+
+    atomic_write(env_dir() / MARKER, json.dumps(info, indent=2) + "\n")
 
 
 def _build(reqs: list[str], base_python: str, log: IO[str]) -> dict:
@@ -140,12 +150,20 @@ def _build(reqs: list[str], base_python: str, log: IO[str]) -> dict:
     _progress(log, f"creating a virtual environment in {target}")
     _run([base_python, "-m", "venv", str(target)], log, f"could not create a virtual environment in {target}")
     python = str(env_python())
+    _pip_install(python, reqs, log)
+    return _described(python, reqs)
+
+
+def _pip_install(python: str, reqs: list[str], log: IO[str]) -> None:
     _progress(log, f"pip install {' '.join(reqs)}")
     _run(
         [python, "-m", "pip", "install", "--disable-pip-version-check", *reqs],
         log,
         "pip could not install Ray and lf's dependencies into the cluster environment",
     )
+
+
+def _described(python: str, reqs: list[str]) -> dict:
     return {
         "env": ENV_NAME,
         "requirements": reqs,

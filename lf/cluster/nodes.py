@@ -30,8 +30,9 @@ from lf.cluster import env as cluster_env
 from lf.config.cluster import CLUSTER_SETTINGS, DEFAULT_GCS_PORT, DEFAULT_SERVE_PORT
 from lf.daemon import supervisor
 from lf.daemon.health import local_url
+from lf.daemon.instance import Instance
 from lf.daemon.records import RuntimeRecord, StateStore
-from lf.daemon.supervisor import LaunchPlan, StartResult, StopResult, choose_port
+from lf.daemon.supervisor import Loading, StartResult, StopResult, choose_port
 from lf.dirs import ensure_private_dir, state_dir
 from lf.errors import ExitStatus, LfError
 from lf.files import atomic_write
@@ -156,7 +157,7 @@ def start_head(
     serve_host: str | None = None,
     serve_port: int | None = None,
     timeout: float | None = None,
-    on_wait: Callable[[float], None] | None = None,
+    on_wait: Callable[[Loading], None] | None = None,
 ) -> StartResult:
     """Start the head node of a new cluster on this machine (or find it running) and wait until it is healthy."""
     if host in ("0.0.0.0", "::", ""):
@@ -168,7 +169,7 @@ def start_head(
     worker = store().load_or_none(WORKER)
     if worker is not None and worker.process_alive() and running_head() is None:
         raise ClusterError(
-            f"this machine already runs a worker node of the cluster at {worker.settings.get('address')} "
+            f"this machine already runs a worker node of the cluster at {worker.instance.settings.get('address')} "
             f"(pid {worker.pid})",
             hint="stop it first: lf cluster stop",
         )
@@ -178,7 +179,7 @@ def start_head(
     chosen_serve_host = serve_host or str(CLUSTER_SETTINGS["serve_host"].default)
     chosen_serve_port = serve_port or DEFAULT_SERVE_PORT
 
-    def plan() -> LaunchPlan:
+    def plan() -> Instance:
         choose_port(node_ip, port, auto=False, store=store())
         choose_port(chosen_serve_host, chosen_serve_port, auto=False, store=store())
         token = _new_token()
@@ -209,7 +210,7 @@ def start_head(
         if loopback:
             environment[LOOPBACK_SWITCH] = "0"
         address = f"{node_ip}:{port}"
-        return LaunchPlan(
+        return Instance(
             name=HEAD,
             runtime=RUNTIME,
             engine="ray",
@@ -248,7 +249,7 @@ def join(
     num_gpus: int | None = None,
     token_file: str | None = None,
     timeout: float | None = None,
-    on_wait: Callable[[float], None] | None = None,
+    on_wait: Callable[[Loading], None] | None = None,
 ) -> StartResult:
     """Start a worker node on this machine that joins the cluster whose head is at `address` (HOST:PORT)."""
     host, port = parse_address(address)
@@ -262,7 +263,7 @@ def join(
     token = _token_for(address, token_file, head)
     cluster_env.require_python()
 
-    def plan() -> LaunchPlan:
+    def plan() -> Instance:
         tmp = temp_dir()
         (agent_port,) = _free_ports(1)
         argv = [
@@ -281,7 +282,7 @@ def join(
         environment = dict(NODE_ENV)
         if token is not None:
             environment.update(auth_env(token))
-        return LaunchPlan(
+        return Instance(
             name=WORKER,
             runtime=RUNTIME,
             engine="ray",
@@ -308,7 +309,7 @@ def join(
     return _start_node(WORKER, plan, timeout, on_wait)
 
 
-def _start_node(name: str, plan: Callable[[], LaunchPlan], timeout, on_wait) -> StartResult:
+def _start_node(name: str, plan: Callable[[], Instance], timeout, on_wait) -> StartResult:
     """Launch the node as a daemon and wait until its own agent says its raylet is healthy."""
     return supervisor.start(name, store(), plan, timeout=timeout, on_wait=on_wait)
 
@@ -349,8 +350,8 @@ def _token_for(address: str, given: str | None, head: RuntimeRecord | None) -> P
         if not path.is_file():
             raise ClusterError(f"{path}: no such token file", hint="copy the head's token file to this machine")
         return path.resolve()
-    if head is not None and _same_address(address, head.settings.get("address", "")):
-        return Path(head.settings["token_file"])
+    if head is not None and _same_address(address, head.instance.settings.get("address", "")):
+        return Path(head.instance.settings["token_file"])
     if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
         return None
     raise ClusterError(
@@ -396,7 +397,7 @@ def stop_replica_engines(timeout: float = 10.0) -> list[StopResult]:
     results = []
     for each in store().every_project():
         for record in each.records():
-            if record.owner == OWNER and record.name not in (HEAD, WORKER):
+            if record.instance.owner == OWNER and record.name not in (HEAD, WORKER):
                 results.append(supervisor.stop(record.name, each, timeout=timeout))
     return results
 
@@ -416,8 +417,8 @@ def connect(address: str | None = None, project=None, *, serve_port: int | None 
     worker = store().load_or_none(WORKER)
     if not address and head is None and worker is not None and worker.process_alive():
         # a machine that only joined: its worker knows the cluster and the key it joined with
-        address = str(worker.settings["address"])
-        key = auth_env(worker.settings["token_file"]) if worker.settings.get("token_file") else {}
+        address = str(worker.instance.settings["address"])
+        key = auth_env(worker.instance.settings["token_file"]) if worker.instance.settings.get("token_file") else {}
         serve_host = _setting("serve_host", configured, None)
         port = serve_port or int(_setting("serve_port", configured, None))
         return Cluster(address, key, str(serve_host), port, None, "lf cluster join")
@@ -429,15 +430,15 @@ def connect(address: str | None = None, project=None, *, serve_port: int | None 
                 "RAY_ADDRESS or runtime.cluster.address in llamafarm.yaml",
                 exit_status=ExitStatus.NOT_RUNNING,
             )
-        address, source = str(head.settings["address"]), "lf cluster start"
+        address, source = str(head.instance.settings["address"]), "lf cluster start"
     parse_address(address)
-    own = head if head is not None and _same_address(address, str(head.settings.get("address", ""))) else None
+    own = head if head is not None and _same_address(address, str(head.instance.settings.get("address", ""))) else None
     environment: dict[str, str] = {}
     if own is not None:
-        environment.update(auth_env(own.settings["token_file"]))
-        if own.settings.get("loopback"):
+        environment.update(auth_env(own.instance.settings["token_file"]))
+        if own.instance.settings.get("loopback"):
             environment[LOOPBACK_SWITCH] = "0"
-        address = str(own.settings["address"])
+        address = str(own.instance.settings["address"])
     serve_host = _setting("serve_host", configured, own)
     port = serve_port or int(_setting("serve_port", configured, own))
     return Cluster(address, environment, str(serve_host), port, own, source)
@@ -453,8 +454,8 @@ def _setting(name: str, configured: dict, head: RuntimeRecord | None):
             raise LfError(
                 f"{setting.env}={os.environ[setting.env]!r} is not a valid {name}", hint=setting.description
             ) from None
-    if head is not None and head.settings.get(name) is not None:
-        return head.settings[name]
+    if head is not None and head.instance.settings.get(name) is not None:
+        return head.instance.settings[name]
     if configured.get(name) is not None:
         return configured[name]
     return setting.default

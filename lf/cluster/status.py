@@ -52,7 +52,7 @@ def local_node_states() -> list[LocalNode]:
                 name=record.name,
                 state=classify(record, alive).value,
                 pid=record.pid,
-                address=str(record.settings.get("address") or ""),
+                address=str(record.instance.settings.get("address") or ""),
                 log_path=record.log_path,
             )
         )
@@ -106,7 +106,7 @@ def security_checks(cluster: Cluster) -> list[Check]:
     """Where Ray listens and who it lets in, each an ok or a warning with its fix."""
     head = cluster.local_head
     host = cluster.address.rpartition(":")[0]
-    if head is not None and head.settings.get("loopback"):
+    if head is not None and head.instance.settings.get("loopback"):
         bind = Check("ray:bind", "ok", f"Ray listens on loopback only ({cluster.address}); no other node can join")
     elif head is not None:
         bind = Check(
@@ -120,9 +120,8 @@ def security_checks(cluster: Cluster) -> list[Check]:
             "ray:bind", "ok", f"a cluster lf did not start ({cluster.address}): its nodes decide where they listen"
         )
     if head is not None:
-        auth = Check(
-            "ray:auth", "ok", f"token authentication on, with lf's key ({head.settings.get('token_file')}, 0600)"
-        )
+        key = head.instance.settings.get("token_file")
+        auth = Check("ray:auth", "ok", f"token authentication on, with lf's key ({key}, 0600)")
     elif os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
         auth = Check(
             "ray:auth", "ok", "token authentication on (RAY_AUTH_MODE=token and this machine's RAY_AUTH_TOKEN*)"

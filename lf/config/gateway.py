@@ -6,6 +6,11 @@ LlamaFarm's own schema leaves `runtime` open, so a file with a `gateway:` sectio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from lf.daemon.records import GATEWAY_RUNTIME as RECORD_RUNTIME
+from lf.errors import LfError
+from lf.net import is_loopback
 from lf.runtimes.settings import Setting
 
 DEFAULT_PORT = 11500
@@ -59,12 +64,59 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting(
             "max_loaded",
             "integer",
-            "instances the gateway started that stay loaded at once (ones from `lf runtime start` are not counted); the least recently used idle one is stopped to make room (0: no limit)",
-            default=3,
+            "an extra cap on instances the gateway started that stay loaded at once, besides the memory budget "
+            "(ones from `lf runtime start` are not counted); the least recently used idle one makes room (0: none)",
+            default=0,
             minimum=0,
             maximum=1024,
             env="LF_GATEWAY_MAX_LOADED",
             flag="--max-loaded",
+        ),
+        Setting(
+            "memory_budget",
+            "size",
+            "memory the models it loads may take together, e.g. 6GiB (default: the machine's memory minus 10%, at "
+            "least 1 GiB, left to the rest; and each GPU's memory when one is found); a start that does not fit "
+            "stops least recently used idle models, one that cannot fit even alone is refused at once",
+            env="LF_GATEWAY_MEMORY_BUDGET",
+            flag="--memory-budget",
+        ),
+        Setting(
+            "max_tokens_default",
+            "integer",
+            "max_tokens of a request that sets none (a model entry's own max_tokens_default wins; never more than its "
+            "context), so an answer that loops ends",
+            default=2048,
+            minimum=1,
+            env="LF_GATEWAY_MAX_TOKENS_DEFAULT",
+            flag="--max-tokens-default",
+        ),
+        Setting(
+            "max_tokens_limit",
+            "integer",
+            "the most max_tokens a request may ask for; more is lowered to it (a model entry's own wins; default: none)",
+            minimum=1,
+            env="LF_GATEWAY_MAX_TOKENS_LIMIT",
+            flag="--max-tokens-limit",
+        ),
+        Setting(
+            "request_timeout",
+            "number",
+            "seconds an answer may take from its first byte upstream; a longer stream is ended by lf with "
+            "finish_reason length (0: no limit)",
+            default=600,
+            minimum=0,
+            env="LF_GATEWAY_REQUEST_TIMEOUT",
+            flag="--request-timeout",
+        ),
+        Setting(
+            "reload",
+            "boolean",
+            "reload llamafarm.yaml when it changes (and on SIGHUP): new models appear, removed ones drain then stop, "
+            "changed ones restart once idle; an invalid edit is logged and the running config kept",
+            default=True,
+            env="LF_GATEWAY_RELOAD",
+            flag="--reload",
         ),
         Setting(
             "max_queue",
@@ -122,3 +174,145 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         ),
     )
 }
+
+MIN_KEY = 12  # characters: a shorter key is guessed by anyone who can reach the port
+
+
+def _default(name: str):
+    return GATEWAY_SETTINGS[name].default
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another OpenAI-compatible server the gateway routes to (another lf serve, llama-swap, Ollama, vLLM, …)."""
+
+    name: str
+    url: str  # its OpenAI base, /v1 added when the URL has no path
+    api_key: str | None = None  # resolved (an env reference read): never printed
+
+    @property
+    def shown_url(self) -> str:
+        from lf.secrets import redact_url
+
+        return redact_url(self.url) or self.url
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The gateway's settings, resolved once at start (resolve_config); the defaults are the table's."""
+
+    host: str = _default("host")
+    port: int = _default("port")
+    api_key: str | None = None
+    insecure: bool = _default("insecure")
+    idle_ttl: float = _default("idle_ttl")
+    max_loaded: int = _default("max_loaded")
+    memory_budget: int | str | None = None
+    max_tokens_default: int = _default("max_tokens_default")
+    max_tokens_limit: int | None = None
+    request_timeout: float = _default("request_timeout")
+    reload: bool = _default("reload")
+    peers: tuple[Peer, ...] = ()
+    max_queue: int = _default("max_queue")
+    queue_timeout: float = _default("queue_timeout")
+    start_timeout: float | None = None
+    probe_interval: float = _default("probe_interval")
+    max_body: int = _default("max_body")
+    pull: bool = _default("pull")
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    @property
+    def record_name(self) -> str:
+        return record_name(self.port)
+
+    def ttl_of(self, entry) -> float | None:
+        """Seconds an idle instance of `entry` stays loaded; None: until the gateway stops."""
+        if entry.keep_loaded:
+            return None
+        ttl = entry.idle_ttl if entry.idle_ttl is not None else self.idle_ttl
+        return float(ttl) if ttl else None
+
+
+def record_name(port: int) -> str:
+    """The name of the record of the gateway that listens on `port`."""
+    return RECORD_RUNTIME if port == DEFAULT_PORT else f"{RECORD_RUNTIME}-{port}"
+
+
+def resolve_config(project, flags: dict) -> GatewayConfig:
+    """The settings from the command line's flags, the environment and the project's runtime.gateway."""
+    from lf.config.envref import expand_env_ref
+    from lf.runtimes.settings import resolve
+
+    file_values = dict(project.gateway) if project else {}
+    values, _sources = resolve(GATEWAY_SETTINGS, {k: v for k, v in flags.items() if v is not None}, file_values)
+    values["api_key"] = expand_env_ref(values.get("api_key")) or None
+    config = GatewayConfig(**values, peers=peers_of(file_values.get("peers") or []))
+    check_key(config.api_key)
+    if not config.loopback and not config.api_key and not config.insecure:
+        raise LfError(
+            f"the gateway would listen on {config.host} (reachable from other machines) with no API key",
+            hint="set one (LF_GATEWAY_API_KEY, or runtime.gateway.api_key: ${env:NAME} in llamafarm.yaml), "
+            "or pass --insecure to allow it without",
+        )
+    return config
+
+
+def peers_of(items: list) -> tuple[Peer, ...]:
+    """runtime.gateway.peers as validated (names unique, URLs http(s)), each URL an OpenAI base."""
+    from urllib.parse import urlsplit
+
+    from lf.config.envref import expand_env_ref
+
+    peers = []
+    for item in items:
+        url = str(item["url"]).rstrip("/")
+        if urlsplit(url).path in ("", "/"):
+            url += "/v1"
+        peers.append(Peer(str(item["name"]), url, expand_env_ref(item.get("api_key")) or None))
+    names = [p.name for p in peers]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise LfError(
+            f"runtime.gateway.peers: the name {twice[0]!r} is given twice", hint="each peer needs its own name"
+        )
+    return tuple(peers)
+
+
+def check_key(key: str | None) -> None:
+    """A key no client could send (blank, spaces at its ends, control characters) would lock everyone out, and a
+    short one is no lock: both are refused before the gateway listens."""
+    if key is None:
+        return
+    how = "set LF_GATEWAY_API_KEY (or runtime.gateway.api_key) to a random value, e.g. from: openssl rand -hex 24"
+    if key != key.strip() or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise LfError("the gateway's API key holds spaces or control characters: no client could send it", hint=how)
+    if len(key) < MIN_KEY:
+        raise LfError(f"the gateway's API key is {len(key)} characters long: at least {MIN_KEY} are needed", hint=how)
+
+
+def gateway_key(project) -> str | None:
+    """The gateway's API key as this process resolves it (LF_GATEWAY_API_KEY, then llamafarm.yaml), None when it
+    has none: what `lf chat` sends a gateway of the project."""
+    from lf.config.envref import expand_env_ref
+    from lf.runtimes.settings import resolve
+
+    file_values = {"api_key": project.gateway["api_key"]} if project and "api_key" in project.gateway else {}
+    values, _sources = resolve({"api_key": GATEWAY_SETTINGS["api_key"]}, {}, file_values)
+    return expand_env_ref(values.get("api_key")) or None
+
+
+def serve_flags(values: dict) -> list[str]:
+    """The `lf serve` command-line flags that give these settings (the key never: it is not for a command line)."""
+    out: list[str] = []
+    for name, value in values.items():
+        setting = GATEWAY_SETTINGS.get(name)
+        if setting is None or setting.flag is None or value is None or name == "api_key":
+            continue
+        if setting.type == "boolean":
+            out.append(setting.flag if value else setting.flag.replace("--", "--no-", 1))
+        else:
+            out += [setting.flag, str(value)]
+    return out

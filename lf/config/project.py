@@ -10,17 +10,14 @@ column and dotted field path of every problem.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lf.config.envref import expand_env_ref, is_env_ref
 from lf.envvars import AppEnvVars
-from lf.errors import ConfigError, UnknownNameError
+from lf.errors import ConfigError
 
 CONFIG_NAMES = ("llamafarm.yaml", "llamafarm.yml")
-_CACHE_FORMAT = 3  # bumped when ModelEntry gains a field, so a cached copy without it is not read back
-# ${VAR}, ${VAR:-default}, and LlamaFarm's ${env:VAR}
-_ENV_REF = re.compile(r"^\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$")
 
 
 @dataclass
@@ -40,6 +37,17 @@ class ModelEntry:
     keep_loaded: bool = False  # LlamaFarm's "never unload": the gateway neither times it out nor evicts it
     idle_ttl: float | None = None  # seconds the gateway keeps it loaded after its last request (0: forever)
     aliases: list[str] = field(default_factory=list)  # more names the gateway routes to this entry
+    context_size: int | str | None = None  # tokens, or "auto": the largest that fits the memory left (the gateway's)
+    max_concurrent: int | None = None  # requests the gateway sends it at once (default: its engine's slots × 2)
+    max_queue: int | None = None  # requests that wait for it beyond those; more get 429
+    max_tokens_default: int | None = None  # max_tokens of a request that sets none (default: the gateway's)
+    max_tokens_limit: int | None = None  # the most max_tokens a request may ask of it
+    router: dict | None = None  # provider: router: {embedder_model, default_model, similarity_threshold, routes}
+
+    @property
+    def is_router(self) -> bool:
+        return self.router is not None
+
     extra_body: dict = field(
         default_factory=dict
     )  # LlamaFarm's per-model parameters: its GGUF ones (n_ctx, n_gpu_layers, …)
@@ -74,36 +82,6 @@ class Project:
         name = self.name if isinstance(self.name, str) and self.name else self.folder.name or "project"
         # the first slash separates the two: one in the namespace is written %2F (and % as %25)
         return f"{namespace.replace('%', '%25').replace('/', '%2F')}/{name}"
-
-    def model(self, name: str | None = None) -> ModelEntry:
-        wanted = name or self.default_model
-        for entry in self.models:
-            if entry.name == wanted:
-                return entry
-        for entry in self.models:  # `--model` may also name the model itself
-            if entry.model == wanted:
-                return entry
-        from lf.suggest import did_you_mean
-
-        raise UnknownNameError(
-            f"no model named {wanted!r} in {self.path}",
-            hint=did_you_mean(wanted, [m.name for m in self.models])
-            or f"configured: {', '.join(m.name for m in self.models)}",
-        )
-
-
-def expand_env_ref(value: str | None) -> str | None:
-    """`${VAR}`, `${env:VAR}` or `${VAR:-default}` → the variable's value; anything else as it is."""
-    if value is None:
-        return None
-    match = _ENV_REF.match(value.strip())
-    if not match:
-        return value
-    return os.environ.get(match.group(1), match.group(2))
-
-
-def is_env_ref(value: str) -> bool:
-    return _ENV_REF.match(value.strip()) is not None
 
 
 def find_config(explicit: str | os.PathLike | None = None, start: Path | None = None) -> Path | None:
@@ -176,8 +154,16 @@ def _cache_key(path: Path) -> list | None:
         st.st_ino,
         __version__,
         fingerprint(),
-        _CACHE_FORMAT,
+        _cache_format(),
     ]
+
+
+def _cache_format() -> str:
+    """What a cached copy was written as: the fields of its dataclasses (a copy from before a field was added is
+    not read back)."""
+    from dataclasses import fields
+
+    return ",".join(f.name for cls in (Project, ModelEntry) for f in fields(cls))
 
 
 def _cache_read(path: Path, key: list | None) -> Project | None:
@@ -277,7 +263,7 @@ def normalise(path: Path, data: dict, root=None) -> Project:
     from lf.runtimes.registry import get_runtime
 
     for entry in models:
-        entry.managed = get_runtime(entry.provider).managed and not entry.base_url
+        entry.managed = not entry.is_router and get_runtime(entry.provider).managed and not entry.base_url
     return Project(
         path=path,
         name=data.get("name"),
@@ -288,6 +274,19 @@ def normalise(path: Path, data: dict, root=None) -> Project:
         gateway=dict(runtime.get("gateway") or {}),
         cluster=dict(runtime.get("cluster") or {}),
     )
+
+
+def _router(item: dict) -> dict:
+    """A router's own fields, as validated (lf.config.schema checks them against the other entries)."""
+    return {
+        "embedder_model": item["embedder_model"],
+        "default_model": item["default_model"],
+        "similarity_threshold": float(item.get("similarity_threshold", 0.7)),
+        "routes": [
+            {"name": r["name"], "target_model": r["target_model"], "utterances": list(r["utterances"])}
+            for r in item["routes"]
+        ],
+    }
 
 
 def _generation(mapping: dict) -> dict:
@@ -303,7 +302,7 @@ def _entry(item: dict, name: str, provider_config: dict | None, line: int | None
     return ModelEntry(
         name=name,
         provider=item["provider"],
-        model=str(item["model"]),
+        model=str(item.get("model") or ""),
         description=item.get("description"),
         base_url=item.get("base_url"),
         api_key=item.get("api_key"),
@@ -319,6 +318,12 @@ def _entry(item: dict, name: str, provider_config: dict | None, line: int | None
         keep_loaded=bool(item.get("keep_loaded")),
         idle_ttl=item.get("idle_ttl"),
         aliases=list(item.get("aliases") or []),
+        context_size=item.get("context_size"),
+        max_concurrent=item.get("max_concurrent"),
+        max_queue=item.get("max_queue"),
+        max_tokens_default=item.get("max_tokens_default"),
+        max_tokens_limit=item.get("max_tokens_limit"),
+        router=_router(item) if item["provider"] == "router" else None,
         extra_body=dict(item.get("extra_body") or {}),
         scaling={key: item[key] for key in SCALING_KEYS if key in item},
     )

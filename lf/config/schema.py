@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 
 from lf.config.yamlfile import key_node_at, node_at
 from lf.errors import ConfigError
-from lf.runtimes.settings import Setting, describe_type, describe_value
+from lf.runtimes.settings import SIZE_PATTERN, Setting, describe_type, describe_value
 from lf.suggest import did_you_mean
 
 ENTRY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -49,12 +49,25 @@ GENERATION_PARAMS = (
 MODES = Literal["config_only", "api_replace", "api_supplement"]
 
 
+ROUTE: Any = create_model(
+    "Route",
+    __config__=ConfigDict(extra="allow", strict=True),
+    name=(str, Field(min_length=1, description="the route's name")),
+    target_model=(str, Field(min_length=1, description="the model entry it routes to")),
+    description=(str, Field(None, description="what it is for")),
+    utterances=(list[str], Field(None, min_length=1, description="example requests that belong to it")),
+    dataset=(str, Field(None, description="LlamaFarm's dataset of utterances (lf reads inline utterances)")),
+)
+ROUTER = "router"  # LlamaFarm's provider for a model that routes to other entries by meaning (lf serve's)
+
+
 def _model_fields(provider_type) -> dict[str, Any]:
     """What a model has in both of LlamaFarm's shapes, then the fields LlamaFarm defines that lf keeps
     but does not use (instructor_mode, tools, prompts, …)."""
     return {
         "provider": (provider_type, Field(description="which runtime serves the model")),
-        "model": (str, Field(min_length=1, description="model name, or a path to a model file or folder")),
+        # required for every provider but router (semantic_checks says so, located)
+        "model": (str, Field(None, min_length=1, description="model name, or a path to a model file or folder")),
         "description": (str, None),
         "base_url": (
             str,
@@ -81,6 +94,38 @@ def _model_fields(provider_type) -> dict[str, Any]:
             Field(None, ge=0, description="seconds `lf serve` keeps it loaded after its last request (0: forever)"),
         ),
         "aliases": (list[str], Field(None, description="more names `lf serve` routes to this model")),
+        # LlamaFarm's router models (provider: router): a request goes to the route whose utterances are most like it
+        "embedder_model": (str, Field(None, min_length=1, description="router: the model that embeds messages")),
+        "default_model": (str, Field(None, min_length=1, description="router: where a request no route fits goes")),
+        "similarity_threshold": (
+            float,
+            Field(None, ge=0, le=1, description="router: the least cosine similarity a route needs (default 0.7)"),
+        ),
+        "complexity_classifier": (
+            str,
+            Field(None, description="router: LlamaFarm's SetFit classifier (not used by lf)"),
+        ),
+        "routes": (list[ROUTE], Field(None, min_length=1, description="router: its routes")),
+        "context_size": (
+            typing.Annotated[int, Field(ge=128, le=1048576)] | Literal["auto"],
+            Field(None, description="context window in tokens, or auto: the largest that fits the memory left"),
+        ),
+        "max_concurrent": (
+            int,
+            Field(None, ge=1, description="requests `lf serve` sends it at once (default: its engine's slots × 2)"),
+        ),
+        "max_queue": (
+            int,
+            Field(None, ge=0, description="requests that wait for it beyond max_concurrent; more get 429"),
+        ),
+        "max_tokens_default": (
+            int,
+            Field(None, ge=1, description="max_tokens of a request through `lf serve` that sets none"),
+        ),
+        "max_tokens_limit": (
+            int,
+            Field(None, ge=1, description="the most max_tokens a request through `lf serve` may ask for"),
+        ),
         **_replica_fields(),
     }
 
@@ -100,12 +145,14 @@ def _replica_fields() -> dict[str, Any]:
 def _python_type(setting: Setting):
     if setting.enum:
         return Literal[tuple(setting.enum)]
+    if setting.type == "size":
+        return typing.Annotated[int, Field(ge=0)] | typing.Annotated[str, Field(pattern=SIZE_PATTERN)]
     return {"integer": int, "number": float, "string": str, "boolean": bool, "array": list[str]}[setting.type]
 
 
-def settings_model(title: str, settings: dict[str, Setting]) -> type[BaseModel]:
-    """A closed mapping of the given settings, each with its declared type and limits."""
-    fields: dict[str, Any] = {}
+def settings_model(title: str, settings: dict[str, Setting], **more: Any) -> type[BaseModel]:
+    """A closed mapping of the given settings, each with its declared type and limits (and `more` fields)."""
+    fields: dict[str, Any] = dict(more)
     for name, s in settings.items():
         constraints = {"ge": s.minimum, "le": s.maximum, "min_length": s.min_length}
         fields[name] = (
@@ -139,13 +186,24 @@ def _document(registry_key: tuple) -> tuple[type[BaseModel], TypeAdapter]:
     from lf.runtimes.registry import all_runtimes
 
     runtimes = all_runtimes()
-    providers = tuple(sorted(runtimes))
+    providers = tuple(sorted([*runtimes, ROUTER]))
     provider_type = Literal[providers]
     any_settings = settings_model("ProviderConfig", _any_settings(runtimes))
     from lf.config.gateway import GATEWAY_SETTINGS
 
+    peer = create_model(
+        "Peer",
+        __config__=OPEN,
+        name=(str, Field(pattern=ENTRY_NAME_PATTERN, description="what its models are called here: NAME/MODEL")),
+        url=(str, Field(pattern="^https?://", description="its OpenAI base URL, with or without /v1")),
+        api_key=(str, Field(None, description="its key, or an env reference such as ${env:PEER_KEY}; never printed")),
+    )
     gateway = (
-        settings_model("Gateway", GATEWAY_SETTINGS),
+        settings_model(
+            "Gateway",
+            GATEWAY_SETTINGS,
+            peers=(list[peer], Field(None, description="other lf serves or OpenAI-compatible servers to route to")),
+        ),
         Field(None, description="settings of `lf serve` (lf's; LlamaFarm leaves runtime open)"),
     )
     from lf.config.cluster import CLUSTER_SETTINGS
@@ -450,12 +508,58 @@ def semantic_checks(data: dict, problems: list[Problem]) -> None:
         for i, item in enumerate(models):
             if isinstance(item, dict):
                 _check_model(item, ("runtime", "models", i), entry_fields, runtimes, problems)
+        _check_routers(models, problems)
     else:
         _check_model(runtime, ("runtime",), _field_names(shapes["single"]), runtimes, problems)
 
 
+def _check_routers(models: list, problems: list[Problem]) -> None:
+    """A router's routes and default go to entries of the project that are not routers; it has routes, each with
+    utterances lf can embed, and an embedder."""
+    entries = {m.get("name"): m for m in models if isinstance(m, dict)}
+    targets = [n for n, m in entries.items() if isinstance(n, str) and m.get("provider") != ROUTER]
+    for i, item in enumerate(models):
+        if not isinstance(item, dict) or item.get("provider") != ROUTER:
+            continue
+        path = ("runtime", "models", i)
+
+        def names_an_entry(value, where: tuple, what: str) -> None:
+            if not isinstance(value, str):
+                return
+            if value not in entries or entries[value].get("provider") == ROUTER:
+                said = "is another router" if value in entries else "names no model entry"
+                hint = did_you_mean(value, targets)
+                problems.append(
+                    Problem(
+                        where,
+                        f"{what} {value!r} {said}" + (f" ({hint})" if hint else ""),
+                        f"one of: {', '.join(targets)}",
+                    )
+                )
+
+        for key, what in (("default_model", "the default model"), ("embedder_model", None), ("routes", None)):
+            if item.get(key) is None:
+                problems.append(Problem(path, f"missing required field {key!r} (a router needs it)"))
+        names_an_entry(item.get("default_model"), path + ("default_model",), "the default model")
+        for j, route in enumerate(item.get("routes") or []):
+            if not isinstance(route, dict):
+                continue
+            names_an_entry(route.get("target_model"), path + ("routes", j, "target_model"), "the target model")
+            if not route.get("utterances"):
+                reason = (
+                    "lf routes by inline utterances, not by a LlamaFarm dataset"
+                    if route.get("dataset")
+                    else "it has none"
+                )
+                problems.append(Problem(path + ("routes", j), f"the route needs utterances: {reason}"))
+
+
 def _check_model(item: dict, path: tuple, fields: list[str], runtimes: dict, problems: list[Problem]) -> None:
     provider = item.get("provider")
+    if provider == ROUTER:
+        return  # a router has no runtime settings: _check_routers checks it against the other entries
+    if not item.get("model"):
+        problems.append(Problem(path, "missing required field 'model'"))
     _unknown_keys(item, path, fields, problems, skip=set(runtimes))
     for name in runtimes:
         if name in item and name != provider:

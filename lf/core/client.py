@@ -174,7 +174,8 @@ def _sse_events(chunks, deadline: _Deadline):
     """(event name, data) of each event of a server-sent event stream (lines end with \\r\\n, \\r or \\n; a
     blank line ends an event; `:` starts a comment), refusing a line or event of more than MAX_EVENT bytes."""
     buffer = bytearray()
-    name, data, size = "", [], 0  # size: bytes of the event so far
+    name, size = "", 0  # size: bytes of the event so far
+    data: list[str] = []
     for chunk in chunks:
         deadline.check()
         search_from = max(0, len(buffer) - 1)  # what is left holds no line end, but maybe a \r before a \n

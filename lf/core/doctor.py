@@ -10,6 +10,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from lf.core.ps import GATEWAY_RUNTIME
 from lf.errors import ExitStatus
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -19,7 +20,9 @@ LOW_MEMORY = 1 * GIB  # less available than this: a small model may still run, l
 
 @dataclass(frozen=True)
 class Check:
-    name: str  # stable: python, lf, cpu, memory, gpus, npus, engine:<runtime>, port:<runtime>, state_dir, config, model:<entry>
+    # stable: python, lf, cpu, memory, gpus, npus, engine:<runtime>, port:<instance>, port:gateway, state_dir,
+    # config, model:<entry>, service
+    name: str
     status: str  # ok | warn | fail
     detail: str  # one line: what was found
     fix: str | None = None  # one line: what to do (None when nothing is needed)
@@ -48,8 +51,12 @@ def run(config: str | None = None) -> Report:
     needed = _needed_specs(project, config_check)
     checks += check_engines(needed)
     checks += check_ports(needed)
+    if config_check.status != FAIL:
+        checks.append(check_gateway_port(project))
     checks.append(config_check)
     checks += check_models(project, config_check)
+    if config_check.status != FAIL:
+        checks.append(check_service(project))
     return Report(tuple(checks))
 
 
@@ -77,7 +84,10 @@ def check_cpu() -> Check:
     cores = f"{cpu.physical} cores, {cpu.logical} threads" + (
         f" ({usable} usable by lf)" if usable != cpu.logical else ""
     )
-    detail = f"{cpu.model}: {cores}; {extensions}; engines get {hardware.physical_cores()} threads by default (one per physical core)"
+    detail = (
+        f"{cpu.model}: {cores}; {extensions}; "
+        f"engines get {hardware.physical_cores()} threads by default ({hardware.threads_rule()})"
+    )
     x86 = any(flag in cpu.flags for flag in ("sse2", "sse4_2"))
     if x86 and not cpu.avx2:
         return Check(
@@ -94,6 +104,9 @@ def check_memory() -> Check:
 
     mem = hardware.memory()
     detail = f"{_gib(mem.total)} total, {_gib(mem.available)} available"
+    metal = hardware.gpu_memory_limit()
+    if metal is not None:
+        detail += f"; Metal may hold {_gib(metal.bytes)} of it ({metal.source})"
     if mem.available < LOW_MEMORY:
         return Check(
             "memory",
@@ -116,15 +129,16 @@ def check_accelerators() -> list[Check]:
             f"{listed}: llamacpp and llama-cpp-python offload every layer by default (gpu_layers -1) when their build has {_backends(gpus)}",
         )
     else:
-        gpu = Check("gpus", OK, "none found (NVML/nvidia-smi, rocm-smi, sysfs, Metal): engines run on the CPU")
+        gpu = Check("gpus", OK, f"none found ({hardware.searched('gpu')}): engines run on the CPU")
     if npus:
         npu = Check(
             "npus",
             OK,
-            f"{'; '.join(_describe(a) for a in npus)}: Lemonade's ONNX backend (ryzenai recipes) can use it; llama.cpp engines cannot",
+            f"{'; '.join(_describe(a) for a in npus)}: Lemonade's ONNX backend (ryzenai recipes) can use an AMD one; "
+            "llama.cpp engines cannot",
         )
     else:
-        npu = Check("npus", OK, "none found (AMD XDNA: /dev/accel with the amdxdna driver)")
+        npu = Check("npus", OK, f"none found ({hardware.searched('npu')})")
     return [gpu, npu]
 
 
@@ -207,10 +221,11 @@ def _needed_specs(project, config_check: Check) -> list:
     """The instances `lf runtime start` would start here (without resolving models: that is the model check's)."""
     if config_check.status == FAIL:
         return []
-    from lf.core.targets import Overrides, build_spec, entries_for
+    from lf.config.names import Names
+    from lf.core.targets import Overrides, build_spec
     from lf.errors import LfError
 
-    entries = entries_for(None, project)
+    entries = Names(project).to_start(None)
     specs = []
     for entry in entries:
         try:
@@ -282,43 +297,28 @@ def engine_devices(runtime, engine) -> str:
 
 
 def check_ports(needed) -> list[Check]:
-    """The port each needed instance would take, and the default port of every other managed runtime."""
-    from lf.daemon.process import port_is_free, port_owner
-    from lf.daemon.records import StateStore
-    from lf.runtimes.registry import all_runtimes
-
-    try:
-        recorded = {r.port: r for r in StateStore().all_records() if r.process_alive()}
-    except Exception:  # noqa: BLE001 - an unreadable state dir is the state_dir check's to report
-        recorded = {}
+    """The port each instance the project needs would take (other runtimes' ports are none of its business)."""
     wanted = [(spec.runtime.name, spec.name, spec.host, spec.port, spec.port_auto) for spec in needed]
-    used = {spec.runtime.name for spec in needed}
-    wanted += [
-        (name, None, "127.0.0.1", rt.default_port, True)
-        for name, rt in sorted(all_runtimes().items())
-        if rt.managed and rt.default_port and name not in used
-    ]
+    recorded = _recorded_ports()
     checks = []
     for runtime, instance, host, port, auto in wanted:
-        name = f"port:{instance or runtime}"
+        name = f"port:{instance}"
         record = recorded.get(port)
         if record is not None:
-            mine = instance is not None and record.name == instance
+            mine = record.name == instance
             detail = f"{port} is held by lf's instance {record.name!r} (pid {record.pid})"
             checks.append(
                 Check(
                     name,
-                    OK if mine or instance is None else WARN,
+                    OK if mine else WARN,
                     detail + (": the one configured here" if mine else ""),
-                    None
-                    if mine or instance is None
-                    else f"lf runtime stop {record.name}, or give {instance} another port",
+                    None if mine else f"lf runtime stop {record.name}, or give {instance} another port",
                 )
             )
-        elif port_is_free(host, port):
+        elif _free(host, port):
             checks.append(Check(name, OK, f"{port} on {host} is free"))
         else:
-            owner, _pid = port_owner(port)
+            owner = _owner(port)
             if auto:
                 checks.append(
                     Check(
@@ -340,16 +340,116 @@ def check_ports(needed) -> list[Check]:
     return checks
 
 
+def check_gateway_port(project) -> Check:
+    """The port `lf serve` listens on for this project (LF_GATEWAY_PORT, runtime.gateway.port, or 11500)."""
+    from lf.config.gateway import GATEWAY_SETTINGS
+    from lf.errors import LfError
+    from lf.runtimes.settings import resolve
+
+    try:
+        values, sources = resolve(
+            {k: GATEWAY_SETTINGS[k] for k in ("host", "port")}, {}, dict(project.gateway) if project else {}
+        )
+    except LfError as exc:
+        return Check("port:gateway", FAIL, exc.message, exc.hint or "fix LF_GATEWAY_PORT / LF_GATEWAY_HOST")
+    host, port = str(values["host"]), int(values["port"])
+    where = {"env": "LF_GATEWAY_PORT", "config": "runtime.gateway.port", "default": "the default"}[sources["port"]]
+    record = _recorded_ports().get(port)
+    if record is not None:
+        gateway = record.runtime == GATEWAY_RUNTIME
+        what = "gateway" if gateway else "instance"
+        held = f"{port} ({where}) is held by lf's {what} {record.name!r} (pid {record.pid})"
+        fix = f"lf runtime stop {record.name}, or give lf serve another port (LF_GATEWAY_PORT, runtime.gateway.port)"
+        return Check("port:gateway", OK if gateway else WARN, held, None if gateway else fix)
+    if _free(host, port):
+        return Check("port:gateway", OK, f"{port} on {host} ({where}) is free for lf serve")
+    return Check(
+        "port:gateway",
+        WARN,
+        f"{port} on {host} ({where}) is in use by {_owner(port)}: lf serve would not start",
+        "stop that process, or give lf serve another port (--port, LF_GATEWAY_PORT, runtime.gateway.port)",
+    )
+
+
+def _recorded_ports() -> dict:
+    from lf.daemon.records import StateStore
+
+    try:
+        return {r.port: r for r in StateStore().all_records() if r.process_alive()}
+    except Exception:  # noqa: BLE001 - an unreadable state dir is the state_dir check's to report
+        return {}
+
+
+def _free(host: str, port: int) -> bool:
+    from lf.daemon.process import port_is_free
+
+    return port_is_free(host, port)
+
+
+def _owner(port: int) -> str:
+    from lf.daemon.process import port_owner
+
+    return port_owner(port)[0]
+
+
+# -- lf serve as a service -------------------------------------------------------------------------------
+def check_service(project, runner=None) -> Check:
+    """Whether `lf serve --install-service` installed this project's service, and whether it runs."""
+    import getpass
+
+    from lf.core import service
+    from lf.errors import LfError
+
+    try:
+        kind = service.kind_here()
+    except LfError:
+        return Check("service", OK, f"lf installs no service on {sys.platform}")
+    places = service.Places.default(kind)
+    target = service.service_of(project, kind, places)
+    user = getpass.getuser()
+    found = service.state(target, runner or service.run_command, user, places, os.getuid())
+    if not found.installed:
+        return Check("service", OK, "not installed (lf serve --install-service runs lf serve at login and boot)")
+    systemd = kind == service.SYSTEMD
+    if found.running is None:
+        ask = (
+            f"systemctl --user status {target.name}" if systemd else f"launchctl print gui/{os.getuid()}/{target.name}"
+        )
+        return Check(
+            "service",
+            WARN,
+            f"{target.name} installed ({target.definition}); {found.detail}",
+            f"ask in a login session: {ask}",
+        )
+    if not found.running:
+        log = f"journalctl --user -u {target.name}" if systemd else str(target.log_file)
+        start = (
+            f"systemctl --user start {target.name}"
+            if systemd
+            else f"launchctl kickstart gui/{os.getuid()}/{target.name}"
+        )
+        detail = f"{target.name} installed but not running ({found.detail})"
+        return Check("service", WARN, detail, f"{start}; its log: {log}")
+    if found.lingering is False:
+        return Check(
+            "service",
+            WARN,
+            f"{target.name} installed and running, but only while you are logged in",
+            f"loginctl enable-linger {user} (then it starts at boot and outlives your logout)",
+        )
+    return Check("service", OK, f"{target.name} installed and running")
+
+
 # -- the project's models ----------------------------------------------------------------------------------
 def check_models(project, config_check: Check) -> list[Check]:
     if config_check.status == FAIL:
         return []
-    from lf.core.targets import entries_for
+    from lf.config.names import Names
     from lf.errors import LfError
     from lf.runtimes.registry import get_runtime
 
     checks = []
-    for entry in entries_for(None, project):
+    for entry in Names(project).to_start(None):
         runtime = get_runtime(entry.provider)
         if runtime.model_format != "gguf":
             checks.append(
@@ -380,7 +480,8 @@ def _with_fit(check: Check, path, entry, project) -> Check:
     from lf.core.targets import Overrides, build_spec
 
     try:
-        needed = memory_estimate(build_spec(entry, project, Overrides(), single=True))
+        spec = build_spec(entry, project, Overrides(), single=True)
+        needed = memory_estimate(spec)
     except Exception as exc:  # noqa: BLE001 - an estimate that cannot be made is said, never fatal
         return Check(
             check.name, check.status, check.detail + f"; fits: not checked ({type(exc).__name__}: {exc})", check.fix
@@ -399,6 +500,15 @@ def _with_fit(check: Check, path, entry, project) -> Check:
             FAIL,
             check.detail + f"; needs about {_gib(needed.total)}, {_gib(available)} available",
             "free memory, lower context_size (n_ctx), quantize the KV cache (cache_type_k/v: q8_0), or use a smaller quantization",
+        )
+    metal = hardware.gpu_memory_limit(spec.settings.get("gpu_layers"))
+    if metal is not None and needed.total > metal.bytes:
+        return Check(
+            check.name,
+            FAIL,
+            check.detail + f"; needs about {_gib(needed.total)}, Metal may hold {_gib(metal.bytes)} ({metal.source})",
+            "offload fewer layers (gpu_layers), lower context_size (n_ctx), or raise the limit: "
+            "sudo sysctl iogpu.wired_limit_mb=<MiB>",
         )
     return Check(
         check.name,

@@ -16,6 +16,7 @@ class Starting:
     name: str
     runtime: str
     model: str
+    through: str | None = None  # the gateway that starts it, when one serves it
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class Waiting:
 
     name: str
     elapsed: float
+    stage: str = "starting"  # lf.daemon.supervisor.Loading's
+    percent: float | None = None
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,14 @@ class Notice:
 class Endpoint:
     """Where to send OpenAI API requests for one model entry."""
 
-    name: str
+    name: str  # the model entry
     base_url: str
     model: str  # the name requests use
     api_key: str | None = None
-    managed: bool = True
-    record: RuntimeRecord | None = None  # the running instance (managed entries)
+    record: RuntimeRecord | None = None  # the running instance lf started (managed entries, not through a gateway)
     started: bool = False  # this call started it
+    gateway: str | None = None  # the lf serve it goes through (its record's name)
 
     @classmethod
     def of(cls, record: RuntimeRecord, api_key: str | None, started: bool = False) -> Endpoint:
-        return cls(record.name, record.base_url, record.model, api_key, True, record, started)
+        return cls(record.name, record.base_url, record.model, api_key, record, started)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
 from lf.config.project import ModelEntry, Project
-from lf.errors import LfError, UnknownNameError
+from lf.errors import LfError
+from lf.net import is_wildcard
 from lf.runtimes.launch import InstanceSpec, hardware_defaults
-from lf.runtimes.registry import DEFAULT_RUNTIME, Runtime, all_runtimes, get_runtime
+from lf.runtimes.registry import Runtime, get_runtime
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -58,41 +59,6 @@ class Overrides:
         return {k: v for k, v in {**standard, **self.settings}.items() if v is not None}
 
 
-def default_entry(runtime: Runtime) -> ModelEntry:
-    return ModelEntry(
-        name=runtime.name, provider=runtime.name, model=runtime.default_model or "", managed=runtime.managed
-    )
-
-
-def managed_entries(project: Project | None) -> list[ModelEntry]:
-    return [e for e in (project.models if project else []) if e.managed]
-
-
-def entries_for(target: str | None, project: Project | None) -> list[ModelEntry]:
-    """Model entries a start/stop target names: an entry, a runtime (all its entries), or the defaults."""
-    managed = managed_entries(project)
-    if target is None:
-        if project is None:
-            return [default_entry(get_runtime(DEFAULT_RUNTIME))]
-        return managed
-    for entry in managed:
-        if entry.name == target:
-            return [entry]
-    runtimes = all_runtimes()
-    if target in runtimes:
-        runtime = runtimes[target]
-        if not runtime.managed:
-            raise LfError(f"{target!r} is not started by lf: it is a server you run yourself", hint=runtime.description)
-        of_runtime = [e for e in managed if e.provider == target]
-        return of_runtime or [default_entry(runtime)]
-    from lf.suggest import did_you_mean
-
-    names = [e.name for e in managed] + list(runtimes)
-    raise UnknownNameError(
-        f"unknown runtime or model entry {target!r}", hint=did_you_mean(target, names) or f"known: {', '.join(names)}"
-    )
-
-
 def resolve_settings(runtime: Runtime, entry: ModelEntry, flags: Mapping[str, object]) -> tuple[dict, dict]:
     """(value, where it came from) of every setting the runtime declares."""
     from lf.runtimes.settings import resolve
@@ -109,7 +75,10 @@ def resolve_settings(runtime: Runtime, entry: ModelEntry, flags: Mapping[str, ob
             f"runtime {runtime.name!r} has no setting {unknown[0]!r}",
             hint=did_you_mean(unknown[0], runtime.settings) or f"its settings: {', '.join(runtime.settings) or 'none'}",
         )
-    return resolve(runtime.settings, flags, entry.provider_config, entry.extra_body)
+    config = dict(entry.provider_config)
+    if isinstance(entry.context_size, int) and "context_size" in runtime.settings:
+        config["context_size"] = entry.context_size  # the entry's own field, over provider_config's
+    return resolve(runtime.settings, flags, config, entry.extra_body)
 
 
 def build_spec(
@@ -120,26 +89,29 @@ def build_spec(
     values, sources = resolve_settings(runtime, entry, overrides.flag_values() if single else {})
     # several instances of one runtime: a port from the environment is where they start counting
     port_auto = values.get("port") is None or (sources.get("port") == "env" and not single)
-    port = int(values.get("port") or runtime.default_port or 0)
-    host = str(values.get("host") or DEFAULT_HOST)
-    values["port"], values["host"] = port, host
+    # host and port are the spec's own fields (the instance's port may move): not also among its settings
+    port = int(values.pop("port", None) or runtime.default_port or 0)
+    host = str(values.pop("host", None) or DEFAULT_HOST)
     for name, value in hardware_defaults(runtime).items():
         if values.get(name) is None:
             values[name], sources[name] = value, "hardware"
     model = overrides.model if (overrides.model and single) else None
     model_env = os.environ.get(runtime.model_env) if runtime.model_env else None
     model = model or model_env or entry.model or runtime.default_model or ""
-    warnings = ()
-    if host in ("0.0.0.0", "::"):
+    warnings: tuple[str, ...] = ()
+    if is_wildcard(host):
         warnings = (f"Warning: {entry.name} will listen on {host}: reachable from other machines, with no API key.",)
     model_path = None
     if runtime.model_format == "gguf" and resolve_model:
         from lf.models.catalog import resolve_model_path
 
         model_path = str(resolve_model_path(model, project.folder if project else None))
+    # auto: fitted to the memory left when it starts (lf.core.actions.start_spec), unless a flag says a size
+    context_auto = entry.context_size == "auto" and sources.get("context_size") != "flag"
     return InstanceSpec(
         name=entry.name,
         runtime=runtime,
+        context_auto=context_auto and runtime.model_format == "gguf",
         model=model,
         model_path=model_path,
         host=host,
@@ -155,11 +127,14 @@ def build_spec(
 
 
 def specs_for(target: str | None, project: Project | None, overrides: Overrides) -> list[InstanceSpec]:
-    entries = entries_for(target, project)
+    from lf.config.names import Names
+
+    entries = Names(project).to_start(target)
     single = len(entries) == 1
     if not single and (overrides.port is not None or overrides.model is not None):
+        names = ", ".join(e.name for e in entries)
         raise LfError(
-            f"--port/--model apply to one instance, but this names {len(entries)}: {', '.join(e.name for e in entries)}",
+            f"--port/--model apply to one instance, but this names {len(entries)}: {names}",
             hint="name one model entry instead",
         )
     return [build_spec(e, project, overrides, single) for e in entries]
@@ -184,26 +159,3 @@ def target_of(entry: ModelEntry) -> ChatTarget:
     if not entry.managed:
         return ChatTarget(entry, runtime, runtime.external_base_url(entry.base_url), entry.resolved_api_key())
     return ChatTarget(entry, runtime, None, entry.resolved_api_key())
-
-
-def chat_target(project: Project | None, runtime_name: str | None, model: str | None) -> ChatTarget:
-    """Pick the model entry and runtime for a chat from the flags, the project, or the embedded default."""
-    entry: ModelEntry | None = None
-    if project is not None:
-        candidates = [e for e in project.models if runtime_name is None or e.provider == runtime_name]
-        if model is not None:
-            entry = next((e for e in candidates if e.name == model), None) or next(
-                (e for e in candidates if e.model == model), None
-            )
-            if entry is None and runtime_name is None:
-                project.model(model)  # raises UnknownNameError with the configured names
-        elif runtime_name is None:
-            entry = project.model(None)
-        elif candidates:
-            entry = candidates[0]
-    if entry is None:
-        runtime = get_runtime(runtime_name or DEFAULT_RUNTIME)
-        entry = default_entry(runtime)
-        if model:
-            entry = replace(entry, model=model)
-    return target_of(entry)

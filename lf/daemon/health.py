@@ -69,9 +69,8 @@ def http_get(url: str, timeout: float, api_key: str | None = None) -> tuple[int,
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     deadline = time.monotonic() + timeout
     # a bytes host skips the IDNA codec (and its imports) that name resolution applies to str hosts
-    sock = socket.create_connection(
-        (host.encode("idna") if not host.isascii() else host.encode(), port), timeout=timeout
-    )
+    address = (host.encode("idna") if not host.isascii() else host.encode(), port)
+    sock = socket.create_connection(address, timeout=timeout)  # type: ignore[arg-type]  # bytes: as the C call takes
     try:
         if context is not None:
             sock = context.wrap_socket(sock, server_hostname=host)

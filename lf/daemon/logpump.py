@@ -1,11 +1,17 @@
 """The log pump: a daemon's stdout and stderr reach its log through a pipe and this small process, which
 appends them and rotates the log at a size limit, so a log never grows without bound and no line is lost.
 
-lf runs this file as `python -I -S logpump.py LOG MAX_BYTES BACKUPS STATUS_FD -- ARGV...` as the leader of
-the daemon's new session. It forks: the child becomes the pump, the parent execs ARGV, so the engine keeps
-the pid lf recorded, leads the process group and has the pump as its child (`stop` signals the group and
-waits for every descendant, the pump included). Before the exec it reports on STATUS_FD `pump PID`, or
-`exec ERRNO MESSAGE` when ARGV cannot be run; the exec closes STATUS_FD, which tells lf the engine runs.
+lf runs this file as `python -I -S logpump.py LOG MAX_BYTES BACKUPS STATUS_FD GO_FD -- ARGV...` as the
+leader of the daemon's new session (lf's side of it is `Launcher`). It forks: the child becomes the pump,
+the parent execs ARGV, so the engine keeps the pid lf recorded, leads the process group and has the pump
+as its child (`stop` signals the group and waits for every descendant, the pump included).
+
+The engine runs only once a record names it. The launcher reports `pump PID` on STATUS_FD, then waits
+for `go` on GO_FD; lf writes the record (the pid is the launcher's own, which the exec keeps) and only
+then sends `go`. Should lf die before that (SIGKILL, the OOM killer, a stop timeout), GO_FD reads end of
+file and the launcher exits without running ARGV: no instant of a start leaves an engine nobody knows
+of. After `go` it execs ARGV, which closes STATUS_FD (lf reads end of file: the engine runs), or reports
+`exec ERRNO MESSAGE` when ARGV cannot be run.
 
 The pump ignores SIGINT, SIGTERM and SIGHUP and exits when the pipe reports end of file, that is once the
 engine and everything it started have exited: `stop` needs no SIGKILL for it and the last lines a daemon
@@ -29,10 +35,13 @@ LONG_LINE = 64 * 1024  # a line this much past the limit is cut: the log stays b
 PATH = os.path.abspath(__file__)
 
 
-def argv(log_path: str, max_bytes: int, backups: int, status_fd: int, command: list[str]) -> list[str]:
-    """The command line that runs `command` with its output pumped into `log_path`."""
+def argv(log_path: str, max_bytes: int, backups: int, status_fd: int, go_fd: int, command: list[str]) -> list[str]:
+    """The command line that runs `command` with its output pumped into `log_path`, once told to go."""
     # -I: no PYTHON* variables, no user site, not the script's dir on sys.path; -S: no site-packages
-    return [sys.executable, "-I", "-S", PATH, log_path, str(max_bytes), str(backups), str(status_fd), "--", *command]
+    return [
+        *(sys.executable, "-I", "-S", PATH, log_path, str(max_bytes), str(backups), str(status_fd), str(go_fd)),
+        *("--", *command),
+    ]
 
 
 def limits() -> tuple[int, int]:
@@ -52,22 +61,131 @@ def limits() -> tuple[int, int]:
     return values[0], values[1]
 
 
-def read_report(fd: int, timeout: float) -> tuple[int | None, str | None, bool]:
-    """What the launcher said on its status pipe until the exec closed it: (the pump's pid, why the command
-    could not be run, whether end of file came within `timeout` s)."""
-    import select
-    import time
+class Launcher:
+    """lf's end of a launch. `spawn` runs the launcher, which forks the log pump and waits; `wait_ready` learns
+    the pump's pid; `go` lets the engine run (the caller has written its record by then); `abandon` makes
+    sure nothing of the launch is left running and reaps the launcher, whichever step it had reached.
 
-    data = b""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return _parse_report(data) + (False,)
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return _parse_report(data) + (True,)
-        data += chunk
+    The status pipe is read with poll(2), never select(2): a gateway with a thousand connections open
+    has descriptors past select's limit of 1024."""
+
+    def __init__(self, proc, status_fd: int, go_fd: int):
+        self.proc = proc
+        self._status: int | None = status_fd
+        self._go: int | None = go_fd
+        self._said = b""
+        self._ended = False  # the status pipe read end of file: the engine runs, or the launcher is gone
+        self.went = False
+
+    @classmethod
+    def spawn(cls, log_path: str, max_bytes: int, backups: int, command: list[str], **popen) -> Launcher:
+        """Run the launcher (subprocess.Popen's keywords in `popen`, but pass_fds and start_new_session) in a
+        session of its own; it waits for `go`."""
+        import subprocess
+
+        status_read, status_write = os.pipe()
+        go_read, go_write = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                argv(log_path, max_bytes, backups, status_write, go_read, command),
+                pass_fds=(status_write, go_read),
+                start_new_session=True,  # own session and process group: survives the terminal, stoppable as a group
+                **popen,
+            )
+        except BaseException:
+            os.close(status_read)
+            os.close(go_write)
+            raise
+        finally:
+            os.close(status_write)
+            os.close(go_read)
+        return cls(proc, status_read, go_write)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def pump_pid(self) -> int | None:
+        return _parse_report(self._said)[0]
+
+    @property
+    def failure(self) -> str | None:
+        """Why the engine could not be run (the exec's error), or None."""
+        return _parse_report(self._said)[1]
+
+    def wait_ready(self, timeout: float) -> int | None:
+        """The pump's pid once the launcher waits for `go`; None when it exited or said nothing in `timeout` s."""
+        self._read(timeout, until=b"\n")
+        return self.pump_pid
+
+    def go(self, timeout: float) -> bool:
+        """Let the engine run; True once the exec happened (or failed: see `failure`) within `timeout` s."""
+        if self._go is not None:
+            try:
+                os.write(self._go, b"go\n")
+                self.went = True
+            except BrokenPipeError:
+                pass  # the launcher is gone: the status pipe says so
+        self._close_go()
+        return self._read(timeout)
+
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def abandon(self, timeout: float = 5.0) -> None:
+        """Nothing of this launch runs any more, and the launcher is reaped. Before `go`, closing the go pipe
+        is all it takes (the launcher exits, its pump with it); after, the engine's group is stopped."""
+        import subprocess
+
+        from lf.daemon.process import terminate_group
+
+        self._close_go()
+        if not self.went or self.failure is not None:  # no engine: the launcher is on its way out
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc.poll() is None:
+            terminate_group(self.proc.pid, min(timeout, 2.0))
+        try:
+            self.proc.wait(timeout)  # reaped: a launch that failed leaves no zombie behind
+        except subprocess.TimeoutExpired:
+            pass  # unkillable (uninterruptible sleep): subprocess reaps it later
+        self.close()
+
+    def close(self) -> None:
+        self._close_go()
+        if self._status is not None:
+            fd, self._status = self._status, None
+            os.close(fd)
+
+    def _close_go(self) -> None:
+        if self._go is not None:
+            fd, self._go = self._go, None
+            os.close(fd)
+
+    def _read(self, timeout: float, until: bytes | None = None) -> bool:
+        """Read the status pipe until `until` was said or end of file; False if neither came within `timeout` s."""
+        import select
+        import time
+
+        fd = self._status
+        if fd is None:
+            return self._ended
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while not self._ended and (until is None or until not in self._said):
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(max(1, int(left * 1000))):
+                return False
+            chunk = os.read(fd, 4096)
+            if chunk:
+                self._said += chunk
+            else:
+                self._ended = True
+        return True
 
 
 def _parse_report(data: bytes) -> tuple[int | None, str | None]:
@@ -113,7 +231,8 @@ class Launched:
         return code
 
     def _wait_for_pump(self) -> None:
-        if self._drained:
+        pid, create_time = self.pump_pid, self.pump_create_time
+        if self._drained or pid is None or create_time is None:
             return
         import time
 
@@ -121,7 +240,7 @@ class Launched:
 
         self._drained = True
         deadline = time.monotonic() + self.drain
-        while time.monotonic() < deadline and is_same_process(self.pump_pid, self.pump_create_time):
+        while time.monotonic() < deadline and is_same_process(pid, create_time):
             time.sleep(0.005)
 
     def __getattr__(self, name: str):
@@ -184,9 +303,11 @@ class Pump:
             self._close()
 
     def _write_all(self, data: bytes) -> None:
+        fd = self.fd
+        assert fd is not None  # opened by _write
         view = memoryview(data)
         while view:
-            written = os.write(self.fd, view)
+            written = os.write(fd, view)
             self.size += written
             view = view[written:]
         self.at_line_start = data.endswith(b"\n")
@@ -266,9 +387,21 @@ def _become_pump(read_end: int, log_path: str, max_bytes: int, backups: int) -> 
         os._exit(0)
 
 
+def _told_to_go(go_fd: int) -> bool:
+    """Wait for lf's `go`; False at end of file (lf gave up on the start, or died before recording it)."""
+    said = b""
+    while b"\n" not in said:
+        chunk = os.read(go_fd, 64)
+        if not chunk:
+            return False
+        said += chunk
+    return said.startswith(b"go\n")
+
+
 def main(args: list[str]) -> None:
-    log_path, max_bytes, backups, status_fd = args[0], int(args[1]), int(args[2]), int(args[3])
-    command = args[5:]
+    log_path, max_bytes, backups = args[0], int(args[1]), int(args[2])
+    status_fd, go_fd = int(args[3]), int(args[4])
+    command = args[6:]
     read_end, write_end = os.pipe()
     here = os.open(".", os.O_RDONLY)
     os.chdir("/")  # the pump works from / from its first instant (the log path is absolute); the engine from here
@@ -277,11 +410,24 @@ def main(args: list[str]) -> None:
         os.close(here)
         os.close(write_end)
         os.close(status_fd)
+        os.close(go_fd)
         _become_pump(read_end, log_path, max_bytes, backups)
     os.fchdir(here)
     os.close(here)
     os.close(read_end)
-    os.write(status_fd, f"pump {pid}\n".encode())
+    try:
+        os.write(status_fd, f"pump {pid}\n".encode())
+        go = _told_to_go(go_fd)
+    except OSError:  # lf is gone already
+        go = False
+    if not go:
+        # no record names this launch: the engine must never run (the pump sees end of file and exits)
+        try:
+            os.write(write_end, b"--- lf: the start was abandoned before the engine ran\n")
+        except OSError:
+            pass
+        os._exit(0)
+    os.close(go_fd)
     os.dup2(write_end, 1)
     os.dup2(write_end, 2)
     os.close(write_end)

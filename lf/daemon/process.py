@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Collection
 
 CREATE_TIME_TOLERANCE = 0.5  # seconds: /proc has clock-tick resolution; psutil derives the same value
 
@@ -105,6 +106,24 @@ def tree(pid: int) -> list:
         return []
 
 
+def tree_memory(pid: int, exclude: Collection[int] = ()) -> int | None:
+    """Resident memory of a process and its descendants (an engine may run workers); None when it is gone.
+    The trees of `exclude` (other instances: a gateway's are its descendants) count with their own, not here."""
+    import psutil
+
+    procs = tree(pid)
+    others = {q.pid for p in procs if p.pid in exclude for q in tree(p.pid)}
+    total = None
+    for proc in procs:
+        if proc.pid in others:
+            continue
+        try:
+            total = (total or 0) + proc.memory_info().rss
+        except psutil.Error:
+            pass  # gone meanwhile
+    return total
+
+
 def terminate_group(pid: int, timeout: float) -> bool:
     """Stop the process `pid` leads, its process group and every descendant. True if SIGKILL was needed."""
     procs = tree(pid)
@@ -120,6 +139,15 @@ def terminate_group(pid: int, timeout: float) -> bool:
         _wait_gone(stragglers, 5.0, reap=pid)
     _reap(pid)
     return escalated
+
+
+def mapped_files(proc) -> list[str]:
+    """The files `proc` (psutil.Process) has mapped into memory; [] where psutil cannot list mappings (macOS:
+    psutil dropped memory_maps there, and POSIX shared memory is no file there anyway)."""
+    maps = getattr(proc, "memory_maps", None)
+    if maps is None:
+        return []
+    return [m.path for m in maps(grouped=True)]
 
 
 def _wait_gone(procs: list, timeout: float, reap: int) -> list:
@@ -190,8 +218,14 @@ def port_is_free(host: str, port: int) -> bool:
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
-        # like the servers themselves: a port in TIME_WAIT is free, one with a listener is not
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        exclusive = getattr(socket, "SO_EXCLUSIVEADDRUSE", None)
+        if exclusive is not None:
+            # Windows: SO_REUSEADDR there lets a bind share a port another socket listens on, so a busy port
+            # would look free; SO_EXCLUSIVEADDRUSE fails on it (and a port in TIME_WAIT binds anyway)
+            sock.setsockopt(socket.SOL_SOCKET, exclusive, 1)
+        else:
+            # like the servers themselves: a port in TIME_WAIT is free, one with a listener is not
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -204,16 +238,39 @@ def port_owner(port: int) -> tuple[str, int | None]:
     import psutil
 
     try:
-        for conn in psutil.net_connections(kind="inet"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-                try:
-                    name = psutil.Process(conn.pid).name()
-                except psutil.Error:
-                    name = "?"
-                return f"pid {conn.pid} ({name})", conn.pid
+        listeners = [
+            conn.pid
+            for conn in psutil.net_connections(kind="inet")
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid
+        ]
     except (psutil.AccessDenied, OSError):
-        pass
+        # macOS lists every socket only to root; this user's own processes still answer one by one
+        listeners = _own_listeners(port)
+    for pid in listeners:
+        try:
+            name = psutil.Process(pid).name()
+        except psutil.Error:
+            name = "?"
+        return f"pid {pid} ({name})", pid
     return "another process (its owner is not visible to this user)", None
+
+
+def _own_listeners(port: int) -> list[int]:
+    """The pids of this user's processes that listen on `port`, asked process by process (Process.net_connections:
+    psutil 6 or newer)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if any(
+                c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                for c in proc.net_connections(kind="inet")
+            ):
+                found.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue  # another user's, or gone
+    return found
 
 
 def session_listens(sid: int, port: int) -> bool | None:

@@ -10,15 +10,17 @@ import re
 import stat
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
+from lf.daemon.instance import Instance
 from lf.dirs import UnwritableDir, ensure_private_dir, state_dir
 from lf.errors import ExitStatus, LfError, UnknownNameError
-from lf.files import LockBusy, LockUnavailable, atomic_write, exclusive_lock
+from lf.files import LockBusy, LockUnavailable, atomic_write, exclusive_lock, open_no_follow
+from lf.platform import open_flag, owned_by_me
 
 RECORD_VERSION = 2  # 2: typed fields for what version 1 kept in `extra`
+GATEWAY_RUNTIME = "lf-serve"  # the runtime a gateway's own record names: `lf runtime stop lf-serve` stops it
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -36,43 +38,50 @@ def validate_name(name: str, what: str = "instance") -> str:
     return name
 
 
-@dataclass
+@dataclass(frozen=True)
 class RuntimeRecord:
-    """What lf knows about an instance it started: written once at launch, never edited (not frozen only
-    because a frozen dataclass costs `lf runtime status` 0.4 ms more to define, measured)."""
+    """What lf knows about an instance it started: the instance as it was launched (lf.daemon.instance) and the
+    process that runs it. Written once at launch, read back by every command and by the gateway, never edited."""
 
-    name: str  # instance name (the runtime's name, or a model entry's name)
-    runtime: str
+    instance: Instance
     pid: int
     create_time: float  # the process's start time: guards against pid reuse
-    host: str
-    port: int
-    base_url: str  # OpenAI-compatible base, e.g. http://127.0.0.1:11634/v1
-    model: str  # the name requests use
-    command: list[str]
-    log_path: str
     started_at: float
-    model_path: str | None = None
-    engine: str | None = None
-    health_url: str | None = None
-    health_ready: str = "http-ok"  # how to read the health endpoint (lf.daemon.health.interpret)
-    start_timeout: float = 60.0  # until then an instance that is not ready yet is still starting
-    overrides: dict = field(default_factory=dict)  # command-line settings, so `restart` reapplies them
-    after_start: dict = field(default_factory=dict)  # what the runtime's after-start step needs (its own data)
-    owner: str = "cli"  # who started it: "cli" (lf runtime start, lf chat) or "gateway" (lf serve, on demand)
-    settings: dict = field(
-        default_factory=dict
-    )  # the model as named and every resolved setting: what a later start compares with
+    log_path: str
     log_pump_pid: int | None = None  # the process that writes and rotates the log (lf.daemon.logpump)
     log_pump_create_time: float | None = None
-    project: str | None = None  # "namespace/name" of the project it belongs to (None: no project)
-    project_folder: str | None = None  # where that project's llamafarm.yaml is
-    leftover_files: list[str] = field(
-        default_factory=list
-    )  # globs of files its processes may leave behind (stop removes theirs)
     version: int = RECORD_VERSION
     # what from_dict left out of a record it could still use, as sentences (not written back)
-    warnings: ClassVar[tuple[str, ...]] = ()
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    # who it is and where it listens, asked by every reader
+    @property
+    def name(self) -> str:
+        return self.instance.name
+
+    @property
+    def runtime(self) -> str:
+        return self.instance.runtime
+
+    @property
+    def project(self) -> str | None:
+        return self.instance.project
+
+    @property
+    def port(self) -> int:
+        return self.instance.port
+
+    @property
+    def base_url(self) -> str:
+        return self.instance.base_url
+
+    @property
+    def model(self) -> str:
+        return self.instance.model
+
+    @property
+    def start_timeout(self) -> float:
+        return self.instance.start_timeout
 
     def process_alive(self) -> bool:
         """Is the recorded process alive, and the very one lf started (not a reused pid)?"""
@@ -97,19 +106,30 @@ class RuntimeRecord:
 
     def health_probe(self):
         """The probe of this instance's health endpoint, as its runtime declared it; None if it has none."""
-        if not self.health_url:
+        url = self.instance.health_url
+        if not url:
             return None
         from lf.daemon.health import Probe
 
-        return Probe(self.health_url, self.health_ready)
+        return Probe(url, self.instance.health_ready)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        data = {
+            **self.instance.recorded(),
+            "pid": self.pid,
+            "create_time": self.create_time,
+            "started_at": self.started_at,
+            "log_path": self.log_path,
+            "log_pump_pid": self.log_pump_pid,
+            "log_pump_create_time": self.log_pump_create_time,
+            "version": self.version,
+        }
+        return json.dumps(data, indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict) -> RuntimeRecord:
-        """A record read back from disk (this version or version 1). ValueError/TypeError unless every
-        field has the type lf relies on."""
+    def from_dict(cls, data: dict, project: str | None = None) -> RuntimeRecord:
+        """A record read back from disk (this version or version 1), of the project whose folder it lies in.
+        ValueError/TypeError unless every field has the type lf relies on, and what lf acts on checks out."""
         data = dict(data)
         if data.get("version", 1) == 1:
             extra = data.pop("extra", {})
@@ -119,32 +139,26 @@ class RuntimeRecord:
                 if key in extra:
                     data[key] = extra[key]
             data["version"] = RECORD_VERSION
-        known = {f.name for f in fields(cls)}
-        record = cls(**{k: v for k, v in data.items() if k in known})
-        if not _is_int(record.pid, 2, 2**31 - 1):
-            raise ValueError("pid is not a valid process id")
-        if not _is_int(record.port, 0, 65535):
-            raise ValueError("port is not a valid port number")
-        for name in ("create_time", "started_at", "start_timeout"):
-            value = getattr(record, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
-                raise ValueError(f"{name} is not a number of seconds")
-        for name in ("name", "runtime", "host", "base_url", "model", "log_path", "health_ready", "owner"):
-            if not isinstance(getattr(record, name), str):
-                raise ValueError(f"{name} is not text")
-        for name in ("model_path", "engine", "health_url", "project", "project_folder"):
-            if not isinstance(getattr(record, name), (str, type(None))):
-                raise ValueError(f"{name} is not text")
-        if not (isinstance(record.command, list) and all(isinstance(part, str) for part in record.command)):
-            raise ValueError("command is not a list of arguments")
-        if not (
-            isinstance(record.leftover_files, list)
-            and all(isinstance(p, str) and p.startswith("/") for p in record.leftover_files)
-        ):
-            raise ValueError("leftover_files is not a list of absolute patterns")
-        for name in ("overrides", "after_start", "settings"):
-            if not isinstance(getattr(record, name), dict):
-                raise ValueError(f"{name} is not an object")
+        data.setdefault("engine", "")
+        missing = [key for key in ("pid", "create_time", "started_at", "log_path") if key not in data]
+        if missing:
+            raise ValueError(f"{missing[0]} is missing")
+        # where a record lies says whose it is (a record of an earlier lf names none)
+        data["project"] = project
+        overrides, dropped = _usable_overrides(data.get("overrides", {}))
+        data["overrides"] = overrides
+        instance = Instance.from_recorded(data)
+        record = cls(
+            instance=instance,
+            pid=data["pid"],
+            create_time=data["create_time"],
+            started_at=data["started_at"],
+            log_path=data["log_path"],
+            log_pump_pid=data.get("log_pump_pid"),
+            log_pump_create_time=data.get("log_pump_create_time"),
+            version=data["version"],
+            warnings=tuple(f"Warning: the record of {instance.name} holds {what}: left out" for what in dropped),
+        )
         _check_strictly(record)
         return record
 
@@ -190,8 +204,10 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _usable_overrides(overrides: dict) -> tuple[dict, list[str]]:
+def _usable_overrides(overrides) -> tuple[dict, list[str]]:
     """The overrides a restart can reapply, and what was left out (a key a newer lf wrote, a wrong type)."""
+    if not isinstance(overrides, dict):
+        raise ValueError("overrides is not an object")
     kept: dict = {}
     dropped: list[str] = []
     for key, value in overrides.items():
@@ -216,26 +232,28 @@ def _usable_overrides(overrides: dict) -> tuple[dict, list[str]]:
 
 
 def _check_strictly(record: RuntimeRecord) -> None:
-    """Beyond the types: what lf relies on when it acts on a record. ValueError names the field.
+    """Beyond the instance's types: what lf relies on when it acts on a record. ValueError names the field.
 
-    A field that decides whether a process is ours (command), how to read its health, or where it is makes
+    A field that decides whether a process is ours (pid, command), how to read its health, or where it is makes
     the record unreadable (state `unknown`); an override only `restart` uses is dropped with a warning."""
-    if not is_valid_name(record.name):
+    instance = record.instance
+    if not is_valid_name(instance.name):
         raise ValueError("name is not a valid instance name")
-    if not record.command:
+    if not _is_int(record.pid, 2, 2**31 - 1):
+        raise ValueError("pid is not a valid process id")
+    if not instance.argv:
         raise ValueError("command is empty: nothing to tell its process by")
-    if not is_health_rule(record.health_ready):
+    if not is_health_rule(instance.health_ready):
+        rules = ", ".join(HEALTH_RULES)
         raise ValueError(
-            f"health_ready {_short(record.health_ready)} is not a rule this lf knows ({', '.join(HEALTH_RULES)}, json:KEY)"
+            f"health_ready {_short(instance.health_ready)} is not a rule this lf knows ({rules}, json:KEY)"
         )
-    for name in ("base_url", "health_url"):
-        url = getattr(record, name)
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"{name} is not an http(s) URL")
+    if not isinstance(record.log_path, str):
+        raise ValueError("log_path is not text")
     for name in ("create_time", "started_at"):
         if not _is_seconds(getattr(record, name)):
             raise ValueError(f"{name} is not a time")
-    if not _is_seconds(record.start_timeout):
+    if not _is_seconds(instance.start_timeout):
         raise ValueError("start_timeout is not a number of seconds")
     if not _is_int(record.version, 1, 2**31 - 1):
         raise ValueError("version is not a record version")
@@ -244,9 +262,6 @@ def _check_strictly(record: RuntimeRecord) -> None:
             raise ValueError("log_pump_pid is not a valid process id")
         if not _is_seconds(record.log_pump_create_time):
             raise ValueError("log_pump_create_time is not a time")
-    record.overrides, dropped = _usable_overrides(record.overrides)
-    if dropped:
-        record.warnings = tuple(f"Warning: the record of {record.name} holds {what}: left out" for what in dropped)
 
 
 NO_PROJECT = "none"  # what --project takes for the instances of no project (a project's key has a slash)
@@ -330,15 +345,19 @@ MAX_RECORD_BYTES = 1024 * 1024
 
 def _read_own_file(path: Path) -> bytes:
     """The bytes of a record: not through a symlink, only a regular file of ours, bounded in size."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as fh:
+    fd = open_no_follow(path, os.O_RDONLY | open_flag("O_NONBLOCK"))
+    try:  # checked before fdopen, which refuses a directory without closing the descriptor it was given
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "it is not a regular file")
-        if info.st_uid != os.geteuid():
+        if not owned_by_me(info):
             raise OSError(errno.EPERM, f"it belongs to another user (uid {info.st_uid})")
         if info.st_size > MAX_RECORD_BYTES:
             raise OSError(errno.EFBIG, f"it is too big for a record ({info.st_size} bytes)")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
         return fh.read(MAX_RECORD_BYTES + 1)
 
 
@@ -374,7 +393,7 @@ class StateStore:
         """The store of the project whose instances were started from `folder` (its llamafarm.yaml cannot
         be read now, so its namespace and name are not known), None when no record names that folder."""
         for each in self.every_project():
-            if each.project is not None and any(r.project_folder == str(folder) for r in each.records()):
+            if each.project is not None and any(r.instance.project_folder == str(folder) for r in each.records()):
                 return each
         return None
 
@@ -419,12 +438,11 @@ class StateStore:
             data = json.loads(raw)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
-            record = RuntimeRecord.from_dict(data)
+            record = RuntimeRecord.from_dict(data, self.project)
         except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
             raise CorruptRecord(path, str(exc) or type(exc).__name__) from exc
         if record.name != name:
             raise CorruptRecord(path, f"it names the instance {record.name!r}, not {name!r}")
-        record.project = self.project  # where a record lies says whose it is (a record of an earlier lf names none)
         return record
 
     def names(self) -> list[str]:
@@ -450,8 +468,36 @@ class StateStore:
         """Every readable record."""
         return [record for name in self.names() if (record := self.load_or_none(name)) is not None]
 
+    # -- a stop in progress ---------------------------------------------------------------------
+    def stopping_path(self, name: str) -> Path:
+        return self.base / "instances" / f"{validate_name(name)}.stopping"
+
+    def mark_stopping(self, name: str) -> None:
+        """Say that this process is stopping `name` (status shows `stopping` meanwhile). Best effort: a state dir
+        that cannot be written still lets a stop go on."""
+        from lf.daemon.process import process_create_time
+
+        try:
+            atomic_write(self.stopping_path(name), f"{os.getpid()} {process_create_time(os.getpid()) or 0}\n")
+        except OSError:
+            pass
+
+    def is_stopping(self, name: str) -> bool:
+        """Is a live lf process stopping `name` right now (its mark is there and its writer alive)?"""
+        from lf.daemon.process import is_same_process
+
+        try:
+            pid, _, created = self.stopping_path(name).read_text().partition(" ")
+            return is_same_process(int(pid), float(created))
+        except (OSError, ValueError):
+            return False
+
     def remove(self, name: str) -> bool:
         """Remove the record of `name` (True), or find none (False); RecordNotRemoved when it cannot go."""
+        try:
+            self.stopping_path(name).unlink()
+        except OSError:
+            pass  # none, or a read-only dir (then the record cannot go either: said below)
         path = self.record_path(name)
         try:
             path.unlink()

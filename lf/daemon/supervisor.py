@@ -5,8 +5,8 @@ stdin closed and stdout+stderr appended to a log file in the state dir. Its reco
 create time, so a reused pid is never mistaken for it, and nothing is ever signalled unless it is
 provably the process lf started.
 
-What to launch arrives as a LaunchPlan, a frozen value a runtime worked out; the record is written from
-the plan and nothing here changes it.
+What to launch arrives as an Instance (lf.daemon.instance), a frozen value a runtime worked out; the record
+carries it as it is, and nothing here changes it.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 
-from lf.daemon.health import Health, local_url, probe_once
+from lf.daemon import logpump
+from lf.daemon.health import Health, probe_once
+from lf.daemon.instance import Instance
 from lf.daemon.process import (
     command_matches,
     family,
+    mapped_files,
     port_is_free,
     port_owner,
     process_create_time,
@@ -33,50 +35,12 @@ from lf.daemon.process import (
     tree,
 )
 from lf.daemon.records import NO_PROJECT, CorruptRecord, RuntimeRecord, StateStore, project_label
+from lf.daemon.states import State, check_transition
 from lf.errors import ExitStatus, LfError, StartError
 from lf.files import exclusive_lock, read_tail
+from lf.platform import require_daemons, termination_signals
 
 LOG_TAIL_LINES = 20
-
-
-def _empty() -> Mapping:
-    return MappingProxyType({})
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    """Everything needed to launch one instance, decided before anything runs."""
-
-    name: str  # the instance
-    runtime: str
-    engine: str
-    argv: tuple[str, ...]
-    host: str
-    port: int
-    api_base: str  # the OpenAI-compatible API's path, e.g. /v1
-    model: str  # the name requests must use
-    model_path: str | None = None
-    health_path: str | None = None
-    health_ready: str = "http-ok"  # how to read the health endpoint (lf.daemon.health.interpret)
-    start_timeout: float = 60.0
-    env: Mapping[str, str] = field(default_factory=_empty)  # added to the daemon's environment
-    after_start: Mapping = field(default_factory=_empty)  # data the runtime's after-start step needs (JSON-able)
-    overrides: Mapping = field(default_factory=_empty)  # command-line settings, recorded so `restart` reapplies them
-    settings: Mapping = field(
-        default_factory=_empty
-    )  # the model as named and the resolved settings (JSON-able), recorded
-    owner: str = "cli"
-    install_hint: str | None = None  # shown when the executable cannot be run
-    project_folder: str | None = None  # the folder of the llamafarm.yaml it comes from (shown by status)
-    leftover_files: tuple[str, ...] = ()  # globs of files its processes may leave behind (stop removes theirs)
-
-    @property
-    def base_url(self) -> str:
-        return local_url(self.host, self.port, self.api_base)
-
-    @property
-    def health_url(self) -> str | None:
-        return local_url(self.host, self.port, self.health_path) if self.health_path else None
 
 
 @dataclass(frozen=True)
@@ -86,6 +50,7 @@ class StartResult:
     health: Health | None = None
     note: str | None = None
     changed: tuple[str, ...] = ()  # already running, but with other settings than asked for: `name: old → new`
+    gateway: str | None = None  # started by this lf serve (its record's name), which serves the entry
 
 
 @dataclass(frozen=True)
@@ -144,7 +109,7 @@ def describe_instance(record: RuntimeRecord, store: StateStore) -> str:
     """`'name'`, with its project when it is not the one `store` holds."""
     if record.project == store.project:
         return repr(record.name)
-    return f"{record.name!r} of {project_label(record.project, record.project_folder)}"
+    return f"{record.name!r} of {project_label(record.project, record.instance.project_folder)}"
 
 
 def stop_command(record: RuntimeRecord, store: StateStore) -> str:
@@ -157,11 +122,11 @@ def stop_command(record: RuntimeRecord, store: StateStore) -> str:
 def start(
     name: str,
     store: StateStore,
-    plan_for: Callable[[], LaunchPlan],
+    plan_for: Callable[[], Instance],
     *,
     wait: bool = True,
     timeout: float | None = None,
-    on_wait: Callable[[float], None] | None = None,
+    on_wait: Callable[[Loading], None] | None = None,
     after_healthy: Callable[[RuntimeRecord, Health | None, float], Health | None] | None = None,
 ) -> StartResult:
     """Start the instance `name` (or find it running) and, unless wait=False, wait until it is healthy.
@@ -170,7 +135,8 @@ def start(
     concurrent starts make one daemon. If the wait is interrupted (Ctrl-C) or fails, what this call
     launched is stopped again: no half-started orphan is left behind.
     """
-    launched: subprocess.Popen | None = None
+    require_daemons()  # Windows: a clear error, not a traceback from the first POSIX call
+    launched: logpump.Launched | None = None
     record: RuntimeRecord | None = None
     try:
         with store.lock(name):
@@ -178,9 +144,10 @@ def start(
             if existing is not None and existing.process_alive():
                 record = existing
             else:
+                check_transition(State.CRASHED if existing is not None else State.STOPPED, State.STARTING)
                 # one launch at a time across lf processes, from choosing a port until the record that
                 # claims it is saved: two starts never pick the same free port
-                with _ports_lock(store):
+                with ports_lock(store):
                     plan = plan_for()
                     with _signals_deferred():  # a signal now would leave a daemon without a record
                         record, launched = launch(plan, store)
@@ -200,7 +167,7 @@ def start(
 
 
 @contextmanager
-def _ports_lock(store: StateStore) -> Iterator[None]:
+def ports_lock(store: StateStore) -> Iterator[None]:
     from lf.dirs import ensure_private_dir
 
     store.ensure()
@@ -227,16 +194,17 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(held[0])
 
 
-_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_HELD_SIGNALS = (signal.SIGINT, *termination_signals())
 
 
-def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subprocess.Popen]:
-    """Launch the plan as a daemon and write its record. The caller holds the instance's lock.
+def launch(plan: Instance, store: StateStore) -> tuple[RuntimeRecord, logpump.Launched]:
+    """Launch the instance as a daemon and write its record. The caller holds the instance's lock.
 
     The daemon's stdout and stderr reach its log through its log pump (lf.daemon.logpump), a small process
     in its process group that appends them and rotates the log at LF_LOG_MAX_BYTES. The log is opened here
-    first, never through a symlink, so a start in a state dir that cannot be written fails before anything runs."""
-    from lf.daemon import logpump
+    first, never through a symlink, so a start in a state dir that cannot be written fails before anything runs.
+    The record is saved before the engine may run (the launcher waits for lf's `go`): should lf be killed at
+    any instant of this, either no engine runs or a record names it. Whatever fails, the launcher is reaped."""
     from lf.daemon.records import RecordNotRemoved
     from lf.files import open_append, write_error
 
@@ -246,6 +214,8 @@ def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subproce
         raise LfError(
             str(exc), hint="set it to a number of bytes (0: never rotate), or unset it for the default"
         ) from None
+    if plan.project != store.project:
+        raise ValueError(f"{plan.name} belongs to {project_label(plan.project)}, not to {project_label(store.project)}")
     log_path = store.log_path(plan.name)
     store.ensure()
     try:
@@ -255,95 +225,97 @@ def launch(plan: LaunchPlan, store: StateStore) -> tuple[RuntimeRecord, subproce
             f"cannot start {plan.name}: its old record {exc.path} cannot be removed ({exc.reason})", hint=exc.fix
         ) from None
     fd = open_append(log_path)
-    header = f"\n--- lf: starting {plan.name} ({plan.runtime}, {plan.engine}) on {plan.host}:{plan.port} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-    status_read, status_write = os.pipe()
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    header = f"\n--- lf: starting {plan.name} ({plan.runtime}, {plan.engine}) on {plan.host}:{plan.port} at {when}\n"
     try:
         try:
             os.write(fd, header.encode())
         except OSError as exc:
             raise write_error(log_path, exc) from exc
-        proc = subprocess.Popen(
-            logpump.argv(
-                os.path.abspath(log_path), max_bytes, backups, status_write, list(plan.argv)
-            ),  # execs plan.argv in place
+        launcher = logpump.Launcher.spawn(
+            os.path.abspath(log_path),
+            max_bytes,
+            backups,
+            list(plan.argv),  # execed in place of the launcher, once told to go
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # own session and process group: survives the terminal, stoppable as a group
             close_fds=True,
-            pass_fds=(status_write,),
             env={**os.environ, **plan.env},
             cwd=str(store.root),
         )
-    except BaseException as exc:
-        os.close(status_read)
-        if isinstance(exc, OSError):
-            raise StartError(
-                f"could not run {exc.filename or plan.argv[0]}: {exc.strerror or exc}", hint=plan.install_hint
-            ) from exc
-        raise
+    except OSError as exc:
+        raise StartError(
+            f"could not run {exc.filename or plan.argv[0]}: {exc.strerror or exc}", hint=plan.install_hint
+        ) from exc
     finally:
         os.close(fd)
-        os.close(status_write)
+    saved = False
     try:
-        pump_pid, failure, finished = logpump.read_report(status_read, timeout=30.0)
-    finally:
-        os.close(status_read)
-    if failure is not None:
-        proc.wait(10)  # the launcher exits at once, and its pump with it
-        raise StartError(f"could not run {plan.argv[0]}: {failure}", hint=plan.install_hint)
-    if pump_pid is None or not finished:
-        terminate_group(proc.pid, 2.0)
-        raise StartError(
-            f"could not start {plan.name}: its launcher {'exited' if finished else 'did not run it within 30s'}",
-            hint=f"last lines of {log_path}:\n{read_tail(log_path, LOG_TAIL_LINES)}",
-        )
+        pump_pid = launcher.wait_ready(timeout=30.0)
+        if pump_pid is None:
+            what = "exited" if launcher.exited() else "did not answer within 30s"
+            raise StartError(
+                f"could not start {plan.name}: its launcher {what}",
+                hint=f"last lines of {log_path}:\n{read_tail(log_path, LOG_TAIL_LINES)}",
+            )
+        record = _record_of(plan, launcher.pid, pump_pid, log_path)
+        store.save(record)
+        saved = True
+        finished = launcher.go(timeout=30.0)
+        if launcher.failure is not None:
+            raise StartError(f"could not run {plan.argv[0]}: {launcher.failure}", hint=plan.install_hint)
+        if not finished:
+            raise StartError(
+                f"could not start {plan.name}: its launcher did not run it within 30s",
+                hint=f"last lines of {log_path}:\n{read_tail(log_path, LOG_TAIL_LINES)}",
+            )
+    except BaseException:
+        launcher.abandon()  # first nothing runs, then no record: never an engine without one
+        if saved:
+            try:
+                store.remove(plan.name)
+            except RecordNotRemoved:
+                pass  # it names a process that is gone: the next start or stop clears it
+        raise
+    launcher.close()
+    return record, logpump.Launched(launcher.proc, record.log_pump_pid, record.log_pump_create_time)
+
+
+def _record_of(plan: Instance, pid: int, pump_pid: int, log_path) -> RuntimeRecord:
+    """The record of `plan` launched as `pid` (the launcher: the engine keeps its pid and create time)."""
     pump_create_time = process_create_time(pump_pid)
-    launched = logpump.Launched(proc, pump_pid, pump_create_time)
-    record = RuntimeRecord(
-        name=plan.name,
-        runtime=plan.runtime,
-        pid=proc.pid,
-        create_time=process_create_time(proc.pid) or time.time(),
-        host=plan.host,
-        port=plan.port,
-        base_url=plan.base_url,
-        model=plan.model,
-        model_path=plan.model_path,
-        command=list(plan.argv),
-        log_path=str(log_path),
+    return RuntimeRecord(
+        instance=plan,
+        pid=pid,
+        create_time=process_create_time(pid) or time.time(),
         started_at=time.time(),
-        engine=plan.engine,
-        health_url=plan.health_url,
-        health_ready=plan.health_ready,
-        start_timeout=plan.start_timeout,
-        overrides=dict(plan.overrides),
-        after_start=dict(plan.after_start),
-        settings=dict(plan.settings),
-        owner=plan.owner,
-        project=store.project,
-        project_folder=plan.project_folder,
+        log_path=str(log_path),
         log_pump_pid=pump_pid if pump_create_time is not None else None,
         log_pump_create_time=pump_create_time,
-        leftover_files=list(plan.leftover_files),
     )
-    try:
-        store.save(record)
-    except BaseException:
-        terminate_group(proc.pid, 2.0)
-        raise
-    return record, launched
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How far a start is, while lf waits for it: seconds so far, the stage, and the percent where the engine
+    says it (its runtime declares how: `[health] progress`, a pattern of its log)."""
+
+    elapsed: float
+    stage: str  # launching (no answer yet) | loading model (the engine says so) | starting (it answers, not ready)
+    percent: float | None = None
 
 
 def wait_until_healthy(
     record: RuntimeRecord,
     timeout: float,
-    proc: subprocess.Popen | None = None,
-    on_wait: Callable[[float], None] | None = None,
+    proc: logpump.Launched | None = None,
+    on_wait: Callable[[Loading], None] | None = None,
 ) -> Health | None:
     """Poll the health endpoint until ready; fail fast if the process exits first."""
     probe = record.health_probe()
     started = time.monotonic()
+    progress = _ProgressReader(record) if on_wait is not None and record.instance.progress else None
     # every 10 ms while a small model would be loading (about a second), then back off to 100 ms
     interval = 0.01
     while True:
@@ -371,10 +343,35 @@ def wait_until_healthy(
                 hint=f"raise --timeout, or look at its log: lf runtime logs {record.name}\n{read_tail(record.log_path, 10)}",
             )
         if on_wait is not None:
-            on_wait(elapsed)
+            stage = "launching" if not last.reachable else "loading model" if last.status_code == 503 else "starting"
+            on_wait(Loading(elapsed, stage, progress.percent() if progress else None))
         time.sleep(interval)
         if elapsed > 3.0:
             interval = min(interval * 1.5, 0.1)
+
+
+class _ProgressReader:
+    """The latest percent the engine's log states (by its runtime's pattern), read at most twice a second."""
+
+    def __init__(self, record: RuntimeRecord):
+        import re
+
+        self.path = record.log_path
+        self.pattern = re.compile(record.instance.progress or "")
+        self.read_at = 0.0
+        self.last: float | None = None
+
+    def percent(self) -> float | None:
+        now = time.monotonic()
+        if now - self.read_at >= 0.5:
+            self.read_at = now
+            found = self.pattern.findall(read_tail(self.path, 20))
+            if found:
+                try:
+                    self.last = float(found[-1])
+                except ValueError:
+                    pass
+        return self.last
 
 
 def frozen_error(record: RuntimeRecord, exit_status: ExitStatus = ExitStatus.START_FAILED) -> LfError:
@@ -409,10 +406,14 @@ def stop(name: str, store: StateStore, timeout: float = 10.0, only_pid: int | No
             return StopResult(name, False, note="not running")
         if only_pid is not None and record.pid != only_pid:
             return StopResult(name, False, note="replaced by another start")
-        if not record.process_alive() or not command_matches(record.pid, record.command):
+        if not record.process_alive() or not command_matches(record.pid, list(record.instance.argv)):
             store.remove(name)
             return StopResult(name, False, note="was not running (its process had exited); record cleaned up")
-        leftovers = held_files(record.pid, record.leftover_files) if record.leftover_files else []
+        leftovers = (
+            held_files(record.pid, list(record.instance.leftover_files)) if record.instance.leftover_files else []
+        )
+        check_transition(State.FROZEN if record.process_frozen() else State.RUNNING, State.STOPPING)
+        store.mark_stopping(name)  # `lf runtime status` says "stopping" until it is gone
         escalated = terminate_group(record.pid, timeout)
         removed = remove_files(leftovers)
         store.remove(name)
@@ -437,7 +438,7 @@ def held_files(pid: int, patterns: list[str]) -> list[str]:
         paths: list[str] = []
         try:
             paths += [f.path for f in proc.open_files()]
-            paths += [m.path for m in proc.memory_maps(grouped=True)]
+            paths += mapped_files(proc)
         except psutil.Error:
             continue
         found.update(p for p in paths if any(fnmatch.fnmatchcase(p, pattern) for pattern in patterns))

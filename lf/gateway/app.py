@@ -1,13 +1,12 @@
-"""The gateway's HTTP side: OpenAI routes that forward to the right model's instance, /v1/models,
-/health, /metrics. Requests go upstream through one httpx.AsyncClient; answers come back byte for
-byte as they arrive (SSE unbuffered), and a client that goes away closes its upstream request."""
+"""The gateway's HTTP side: OpenAI routes that forward to the right model's instance, /v1/models, /health,
+/metrics. Answers come back byte for byte as they arrive (SSE unbuffered), with the model named as the client
+named it and any upstream key masked; a client that goes away closes its upstream request."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import sys
+import logging
 import time
 from contextlib import asynccontextmanager
 
@@ -18,20 +17,50 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from lf.config.gateway import GatewayConfig
+from lf.config.names import Names, served_entries
 from lf.config.project import ModelEntry, Project
 from lf.core.events import Endpoint
 from lf.core.targets import target_of
+from lf.daemon.records import StateStore
+from lf.daemon.states import State
 from lf.errors import LfError
 from lf.gateway.dashboard import Dashboard, wants_page
+from lf.gateway.effects import CoreEffects, Effects
+from lf.gateway.events import EventBus, RequestFinished, Routed, log_event
 from lf.gateway.metrics import Metrics
-from lf.gateway.monitor import Monitor
-from lf.gateway.pool import Pool, PoolHooks, QueueFull, QueueTimeout, Slot, SlotState, StartFailed
-from lf.gateway.settings import GatewayConfig
+from lf.gateway.monitor import Monitor, describe_loading, loading
+from lf.gateway.peers import Peers
+from lf.gateway.pool import (
+    NOT_LOADED,
+    SERVING,
+    CouldNotStart,
+    Frozen,
+    Pool,
+    QueueFull,
+    QueueTimeout,
+    Slot,
+    TooBusy,
+    TooLarge,
+    Unreachable,
+)
+from lf.gateway.reload import watch
+from lf.gateway.routers import Routers, embedder_entries
 from lf.gateway.upstream import UpstreamClient
+from lf.net import bearer_token, key_matches, split_userinfo
+from lf.platform import hangup_signal
+from lf.secrets import StreamMasker, redact_url, secrets_of
 
-KEEPALIVE_SECONDS = 2.0  # a streaming request waiting for its model gets an SSE comment this often
+log = logging.getLogger(__name__)
+KEEPALIVE_SECONDS = 2.0
+COLD_DECISION_SECONDS = 1.0  # a streamed request for a model not loaded waits this long for a refusal to come  # a streaming request waiting for its model gets an SSE comment this often
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 PASSED_HEADERS = ("content-type", "cache-control")
+OPENAI_ROUTES = {
+    "/v1/chat/completions": "/chat/completions",
+    "/v1/completions": "/completions",
+    "/v1/embeddings": "/embeddings",
+}
 
 
 class HTTPProblem(Exception):
@@ -57,30 +86,6 @@ def sse_error(message: str, code: str) -> bytes:
     return b"data: " + json.dumps(error_body(message, "upstream_error", code)).encode() + b"\n\n"
 
 
-class KeyMask:
-    """Replaces a secret in a byte stream, even when it arrives split across chunks."""
-
-    def __init__(self, secret: str | None):
-        self.secret = secret.encode() if secret else None
-        self.tail = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        if not self.secret:
-            return chunk
-        data = (self.tail + chunk).replace(self.secret, b"***")
-        keep = len(self.secret) - 1
-        cut = max(0, len(data) - keep)
-        # hold back what could be the start of the secret, unless it cannot be
-        while cut < len(data) and not self.secret.startswith(data[cut:]):
-            cut += 1
-        self.tail = data[cut:]
-        return data[:cut]
-
-    def flush(self) -> bytes:
-        tail, self.tail = self.tail, b""
-        return tail
-
-
 class Gateway:
     def __init__(
         self,
@@ -88,6 +93,7 @@ class Gateway:
         config: GatewayConfig,
         entries: list[ModelEntry],
         default_model: str | None,
+        effects: Effects | None = None,
         on_stop=None,
     ):
         self.project = project
@@ -95,15 +101,30 @@ class Gateway:
         self.config = config
         self.entries = entries
         self.default_model = default_model
+        self.store = StateStore.of(project)
+        self.names = Names(project, entries)
+        self.events = EventBus()
         self.metrics = Metrics()
-        self.pool = Pool(project, config, entries, _Hooks(self))
-        self.routes = _routes(entries)
-        self.external = {e.name: target_of(e) for e in entries if not e.managed}
+        served = _pooled(project, entries)
+        self.pool = Pool(
+            config,
+            served,
+            effects or CoreEffects(project, config, self.events),
+            self.events,
+            _external_endpoints(served),
+        )
+        self.routers = Routers(project, self.pool, self.post_json)
+        self._reloading = asyncio.Lock()
+        self._gateway_section = dict(project.gateway) if project else {}
         self.client: httpx.AsyncClient | None = None
         self.upstream = UpstreamClient()
         self.monitor: Monitor | None = None
+        self.peers: Peers | None = None
         self.started_at = time.time()
         self.dashboard = Dashboard(self)
+        self.events.subscribe(log_event)
+        self.events.subscribe(self.metrics.on_event)
+        self.events.subscribe(self.dashboard.on_event)
 
     # -- the application ---------------------------------------------------------------------------
     def app(self) -> Starlette:
@@ -115,20 +136,30 @@ class Gateway:
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
                 trust_env=False,
             )
+            self.peers = Peers(self.config.peers, self.pool, self.client, on_probe=self.metrics.peer_probed)
             self.monitor = Monitor(
                 self.pool,
-                self.entries,
+                self.store,
                 self.config.probe_interval,
-                self.metrics,
                 self.client,
+                on_probe=lambda slot, health: self.metrics.probed(slot.name, health),
                 on_probed=self.dashboard.changed,
+                peers=self.peers,
+                routers=self.routers,
             )
             await self.pool.adopt()
-            monitor = asyncio.get_running_loop().create_task(self.monitor.run())
+            loop = asyncio.get_running_loop()
+            background = [loop.create_task(self.monitor.run())]
+            if self.project is not None and self.config.reload:
+                background.append(loop.create_task(watch(self.project.path, self.reload)))
+            hangup = hangup_signal()
+            if self.project is not None and hangup is not None:  # a service manager's "reload"
+                loop.add_signal_handler(hangup, lambda: loop.create_task(self.reload()))
             try:
                 yield
             finally:
-                monitor.cancel()
+                for task in background:
+                    task.cancel()
                 try:
                     await self.pool.close()
                     await self.client.aclose()
@@ -142,9 +173,7 @@ class Gateway:
             Route("/metrics", self.prometheus, methods=["GET"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", self.get_model, methods=["GET"]),
-            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
-            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            *(Route(path, self.forward, methods=["POST"]) for path in OPENAI_ROUTES),
             Route("/", self.index, methods=["GET"]),
             Route("/ui/events", self.dashboard.events, methods=["GET"]),
             Route("/ui/action", self.dashboard.action, methods=["POST"]),
@@ -153,6 +182,33 @@ class Gateway:
         return Starlette(
             routes=routes, lifespan=lifespan, exception_handlers={404: self.not_found, 405: self.not_allowed}
         )
+
+    # -- llamafarm.yaml edited ----------------------------------------------------------------------------------
+    async def reload(self) -> None:
+        """Read llamafarm.yaml again and take its models (lf.gateway.pool.Pool.reconfigure): no answer is cut. An
+        invalid file is logged where it is wrong, and the running models stay as they are."""
+        from lf.config.project import load_project
+        from lf.errors import ConfigError
+
+        assert self.project is not None
+        async with self._reloading:
+            try:
+                project = await anyio.to_thread.run_sync(load_project, self.project.path)
+            except ConfigError as exc:
+                log.warning("llamafarm.yaml not reloaded, the running models stay as they are: %s", exc.message)
+                return
+            entries, default = served_entries(project)
+            pooled = _pooled(project, entries)
+            done = self.pool.reconfigure(pooled, _external_endpoints(pooled))
+            self.routers.load(project)
+            self.project, self.entries, self.default_model = project, entries, default
+            self.names = Names(project, entries)
+            if project.gateway != self._gateway_section:
+                log.warning("runtime.gateway changed in llamafarm.yaml: restart lf serve to apply it")
+                self._gateway_section = project.gateway
+            said = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in done.items() if names)
+            log.info("reloaded llamafarm.yaml (%s)", said or "no model changed", extra={"event": "reload"})
+            self.dashboard.changed()
 
     # -- small endpoints ---------------------------------------------------------------------------------
     async def liveness(self, request: Request) -> Response:
@@ -164,62 +220,76 @@ class Gateway:
         return JSONResponse(
             {
                 "name": "lf serve",
-                "models": list(self.routes_by_name()),
-                "endpoints": [
-                    "/v1/chat/completions",
-                    "/v1/completions",
-                    "/v1/embeddings",
-                    "/v1/models",
-                    "/health",
-                    "/metrics",
-                ],
+                "models": [e.name for e in self.entries],
+                "endpoints": [*OPENAI_ROUTES, "/v1/models", "/health", "/metrics"],
             }
         )
 
     async def health(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := self.denied(request)) is not None:
             return denied
+        assert self.monitor is not None
         document, status = self.monitor.document()
         return JSONResponse(document, status_code=status)
 
     async def prometheus(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := self.denied(request)) is not None:
             return denied
-        self.metrics.queue.set(self.pool.waiting)
-        self.metrics.loaded.set(self.pool.loaded_count())
-        body, content_type = self.metrics.render()
+        body, content_type = self.metrics.render(self.pool)
         return Response(body, media_type=content_type)
 
     async def list_models(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := self.denied(request)) is not None:
             return denied
-        return JSONResponse({"object": "list", "data": [self._model_object(e) for e in self.entries]})
+        peers = [self._peer_object(s) for s in self.pool.slots.values() if s.peer is not None]
+        return JSONResponse({"object": "list", "data": [*(self._model_object(e) for e in self.entries), *peers]})
 
     async def get_model(self, request: Request) -> Response:
-        if (denied := self._denied(request)) is not None:
+        if (denied := self.denied(request)) is not None:
             return denied
-        entry = self.routes.get(request.path_params["model"])
-        if entry is None:
+        places = self.route(request.path_params["model"])
+        if not places:
             return self._unknown_model(request.path_params["model"]).response()
-        return JSONResponse(self._model_object(entry))
+        slot = places[0]
+        return JSONResponse(self._peer_object(slot) if slot.peer is not None else self._model_object(slot.entry))
 
     def _model_object(self, entry: ModelEntry) -> dict:
-        slot = self.pool.slots.get(entry.name)
+        if entry.is_router:
+            state = self.routers.states[entry.name]
+            return {
+                "id": entry.name,
+                "object": "model",
+                "created": int(self.started_at),
+                "owned_by": "router",
+                "lf": {
+                    "router": state.to_dict(),
+                    "aliases": entry.aliases,
+                    "default": entry.name == self.default_model,
+                },
+            }
+        slot = self.pool.slots[entry.name]
         return {
             "id": entry.name,
             "object": "model",
             "created": int(self.started_at),
             "owned_by": entry.provider,
             "lf": {
-                "state": slot.state.value if slot else "external",
+                "state": slot.state.value,
+                "loading": loading(slot),
                 "model": entry.model,
                 "aliases": entry.aliases,
                 "default": entry.name == self.default_model,
             },
         }
 
-    def routes_by_name(self) -> list[str]:
-        return [e.name for e in self.entries]
+    def _peer_object(self, slot: Slot) -> dict:
+        return {
+            "id": slot.name,
+            "object": "model",
+            "created": int(self.started_at),
+            "owned_by": slot.peer,
+            "lf": {"state": slot.state.value, "peer": slot.peer, "model": slot.entry.model, "down": slot.down},
+        }
 
     async def not_found(self, request: Request, exc) -> Response:
         return JSONResponse(
@@ -236,13 +306,15 @@ class Gateway:
         )
 
     # -- auth ----------------------------------------------------------------------------------------------
-    def _denied(self, request: Request) -> Response | None:
+    def key_given(self, request: Request, given: str | None = None) -> bool:
+        """Does the request carry the gateway's key (as a Bearer token, or `given` another way)?"""
         key = self.config.api_key
         if not key:
-            return None
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode()):
+            return False
+        return key_matches(given if given is not None else bearer_token(request.headers.get("authorization")), key)
+
+    def denied(self, request: Request) -> Response | None:
+        if not self.config.api_key or self.key_given(request):
             return None
         return JSONResponse(
             error_body(
@@ -255,40 +327,101 @@ class Gateway:
         )
 
     # -- the OpenAI routes -----------------------------------------------------------------------------------
-    async def chat_completions(self, request: Request) -> Response:
-        return await self.forward(request, "/chat/completions")
-
-    async def completions(self, request: Request) -> Response:
-        return await self.forward(request, "/completions")
-
-    async def embeddings(self, request: Request) -> Response:
-        return await self.forward(request, "/embeddings")
-
-    async def forward(self, request: Request, path: str) -> Response:
+    async def forward(self, request: Request) -> Response:
         arrived = time.monotonic()
-        if (denied := self._denied(request)) is not None:
+        path = OPENAI_ROUTES[request.url.path]
+        if (denied := self.denied(request)) is not None:
             return denied
+        routed: dict[str, str] = {}
         try:
             payload = await self._payload(request)
             name = payload.get("model") or self.default_model
-            entry = self.routes.get(name) if isinstance(name, str) else None
-            if entry is None:
+            router = self.names.lookup(name) if isinstance(name, str) else None
+            if router is not None and router.is_router:
+                target, routed = await self._routed(router, payload, path)
+                places = self.pool.places(target)
+            else:
+                places = self.route(name) if isinstance(name, str) else []
+            if not places:
                 raise self._unknown_model(name)
         except HTTPProblem as problem:
-            self._log(request, "-", problem.status, arrived)
+            self.finished(request, path, "-", problem.status, arrived)
             return problem.response()
         stream = payload.get("stream") is True
-        slot = self.pool.slots.get(entry.name)
-        exchange = _Exchange(self, request, entry, slot, payload, path, stream, arrived)
-        if slot is not None and slot.state != SlotState.RUNNING and stream:
+        slot = places[0]
+        entry = slot.entry
+        if path == "/embeddings" and slot.embeddings is False:  # refused as it is, never started just to refuse
+            refusal = HTTPProblem(
+                501,
+                f"{entry.name} does not serve embeddings: its {entry.provider} engine runs with them off; say "
+                "embeddings: true in its provider_config (llamafarm.yaml) to turn them on",
+                "embeddings_off",
+            )
+            self.finished(request, path, entry.name, refusal.status, arrived)
+            return refusal.response()
+        asked = name if isinstance(name, str) else entry.name
+        exchange = _Exchange(self, request, places, asked, payload, path, stream, arrived, routed)
+        ready = any(p.state in SERVING or (p.state == State.EXTERNAL and p.down is None) for p in places)
+        if stream and not ready and any(p.managed for p in places):
             return await exchange.cold_stream()
         return await exchange.answer()
 
+    async def _routed(self, router: ModelEntry, payload: dict, path: str) -> tuple[str, dict[str, str]]:
+        """The entry a request for a router goes to, and the headers that say so."""
+        from lf.core.router import last_user_text
+
+        if path == "/embeddings":
+            raise HTTPProblem(
+                400, f"{router.name} is a router: it routes chats and completions, not embeddings", "not_routable"
+            )
+        text = last_user_text(payload)
+        if not text:
+            raise HTTPProblem(
+                400, f"{router.name} is a router: it needs a user message (or a prompt) to route by", "not_routable"
+            )
+        try:
+            decision, seconds = await self.routers.route(router.name, text)
+        except LfError as exc:
+            raise HTTPProblem(
+                503, f"{router.name} could not route: {exc.message}", "router_failed", "server_error"
+            ) from None
+        self.events.emit(Routed(router.name, decision.route or "default", decision.target, seconds))
+        headers = {"x-lf-route": decision.route or "default", "x-lf-routed-to": decision.target}
+        return decision.target, headers
+
+    async def post_json(self, endpoint: Endpoint, path: str, body: dict) -> dict:
+        """POST a JSON body upstream and read the whole JSON answer (what the routers' embeddings take)."""
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if endpoint.api_key:
+            headers["authorization"] = f"Bearer {endpoint.api_key}"
+        answer = await self.send(endpoint.base_url.rstrip("/") + path, headers, json.dumps(body).encode())
+        try:
+            raw = await answer.aread()
+        finally:
+            await answer.aclose()
+        if answer.status_code >= 400:
+            raise ValueError(f"HTTP {answer.status_code}: {raw[:300].decode('utf-8', 'replace')}")
+        return json.loads(raw)
+
+    def route(self, name: str) -> list[Slot]:
+        """The places a model name means: a configured entry's (by any of its names), a peer's PEER/MODEL, or a
+        bare model name only one peer serves."""
+        entry = self.names.lookup(name)
+        if entry is not None:
+            return self.pool.places(entry.name)
+        peer = self.pool.slots.get(name)
+        return [peer] if peer is not None and peer.peer is not None else self.pool.peer_models(name)
+
     async def send(self, url: str, headers: dict, body: bytes):
         """POST upstream, the answer streamed: plain HTTP (lf's own runtimes) through the lean client,
-        anything else (https, proxies) through httpx."""
+        anything else (https, proxies) through httpx. Credentials in the URL become Basic authorization, as
+        httpx sends them for lf chat."""
+        url, basic = split_userinfo(url)
+        if basic is not None:
+            headers = {**headers, "authorization": basic}
         if url.startswith("http://"):
             return await self.upstream.send("POST", url, headers, body)
+        assert self.client is not None
         return await self.client.send(
             self.client.build_request("POST", url, content=body, headers=headers), stream=True
         )
@@ -312,21 +445,16 @@ class Gateway:
         return payload
 
     def _unknown_model(self, name) -> HTTPProblem:
-        return HTTPProblem(
-            404,
-            f"The model {name!r} does not exist here. Models: {', '.join(self.routes_by_name()) or 'none'}",
-            "model_not_found",
-        )
+        known = ", ".join(e.name for e in self.entries) or "none"
+        return HTTPProblem(404, f"The model {name!r} does not exist here. Models: {known}", "model_not_found")
 
-    def _log(self, request: Request, model: str, status: int, arrived: float, answer: dict | None = None) -> None:
-        # what was asked of which model and how it went; never a message's content, never a key
-        seconds = time.monotonic() - arrived
-        print(
-            f"lf-serve: {request.method} {request.url.path} model={model} {status} {seconds:.3f}s",
-            file=sys.stderr,
-            flush=True,
+    def finished(self, request: Request, path: str, model: str, status: int, arrived: float, **answer) -> None:
+        """One request done: what was asked of which model and how it went; never a message's content, never a key."""
+        self.events.emit(
+            RequestFinished(
+                request.method, request.url.path, path.strip("/"), model, status, time.monotonic() - arrived, **answer
+            )
         )
-        self.dashboard.request_done(model, request.url.path, status, seconds, answer)
 
 
 class _Exchange:
@@ -336,26 +464,31 @@ class _Exchange:
         self,
         gateway: Gateway,
         request: Request,
-        entry: ModelEntry,
-        slot: Slot | None,
+        places: list[Slot],
+        asked: str,
         payload: dict,
         path: str,
         stream: bool,
         arrived: float,
+        routed: dict[str, str] | None = None,
     ):
-        self.gateway, self.request, self.entry, self.slot = gateway, request, entry, slot
+        self.gateway, self.request, self.places, self.asked = gateway, request, places, asked
+        self.routed = routed or {}  # a router's decision, said in the answer's headers
+        self.slot = places[0]  # the place it goes to (chosen when it is sent)
+        self.entry = self.slot.entry
         self.payload, self.path, self.stream, self.arrived = payload, path, stream, arrived
         self.acquired = False
         self.first_token: float | None = None
         self.tokens = 0
         self.status = 0
-        self.mask = KeyMask(None)
+        self.rewrite: StreamMasker[bytes] = StreamMasker([])
+        self.deadline: float | None = None  # loop time when lf ends the answer (request_timeout)
+        self.defaulted = False  # lf set its max_tokens (the request set none)
+        self.length = False  # the answer ended for its length (finish_reason "length")
+        self.cut: str | None = None  # why lf ended it: "deadline", or its default max_tokens
 
     # -- getting an endpoint -------------------------------------------------------------------------------
     async def _endpoint(self) -> Endpoint:
-        if self.slot is None:
-            target = self.gateway.external[self.entry.name]
-            return Endpoint(self.entry.name, target.base_url, self.entry.model, target.api_key, managed=False)
         endpoint = await self.gateway.pool.acquire(self.slot)
         self.acquired = True
         return endpoint
@@ -366,45 +499,102 @@ class _Exchange:
             self.gateway.pool.release(self.slot)
 
     async def _open(self):
-        """Send the request upstream; once more if a managed instance turns out to have died (it is started again)."""
+        """Send the request upstream; once more if it fails before its first byte: to another place of the model (a
+        replica, a peer) when it has one, else to the same instance started again if it turns out to have died."""
+        pool = self.gateway.pool
+        tried: list[Slot] = []
         for attempt in (1, 2):
+            if len(self.places) > 1:
+                self.slot = pool.choose(self.places, exclude=tuple(tried))
+                self.entry = self.slot.entry
             endpoint = await self._endpoint()
-            self.mask = KeyMask(endpoint.api_key)
+            self.rewrite = _rewriter(endpoint, self.asked)
             # the file's request defaults (temperature, …) under what the request itself says
-            body = json.dumps({**self.entry.request_defaults, **self.payload, "model": endpoint.model}).encode()
+            payload = {**self.entry.request_defaults, **self.payload, "model": endpoint.model}
+            if self.path != "/embeddings":
+                payload = self._bounded(payload, endpoint)
+            body = json.dumps(payload).encode()
             headers = {"content-type": "application/json", "accept": self.request.headers.get("accept", "*/*")}
             if endpoint.api_key:
                 headers["authorization"] = f"Bearer {endpoint.api_key}"
+            timeout = self.gateway.config.request_timeout or None
+            self.deadline = asyncio.get_running_loop().time() + timeout if timeout else None
             try:
-                return await self.gateway.send(endpoint.base_url.rstrip("/") + self.path, headers, body)
-            except httpx.ConnectError as exc:
+                answer = await asyncio.wait_for(
+                    self.gateway.send(endpoint.base_url.rstrip("/") + self.path, headers, body), timeout
+                )
+            except asyncio.TimeoutError:
                 self._release()
-                record = endpoint.record
-                if attempt == 1 and record is not None and not record.process_alive():
-                    self.gateway.pool.crashed(self.slot, f"its process (pid {record.pid}) exited")
-                    continue
                 raise HTTPProblem(
-                    502,
-                    f"cannot reach {self.entry.name} at {endpoint.base_url}: {exc}",
-                    "upstream_unreachable",
+                    504,
+                    f"{self.entry.name} did not answer within {timeout:g}s (the gateway's request_timeout)",
+                    "upstream_timeout",
                     "api_error",
                 ) from None
-            except httpx.HTTPError as exc:
+            except httpx.HTTPError as exc:  # before the first byte: nothing was sent back yet, it may go elsewhere
                 self._release()
+                record = endpoint.record
+                died = record is not None and not record.process_alive()
+                if died:
+                    pool.crashed(self.slot, f"its process (pid {record.pid}) exited")
+                else:
+                    pool.failed(self.slot, _why(exc))
+                    tried.append(self.slot)
+                elsewhere = any(p not in tried for p in self.places) and len(self.places) > 1
+                if attempt == 1 and (died or elsewhere):
+                    continue
+                if isinstance(exc, httpx.ConnectError):
+                    raise HTTPProblem(
+                        502,
+                        f"cannot reach {self.entry.name} at {redact_url(endpoint.base_url)}: {exc}",
+                        "upstream_unreachable",
+                        "api_error",
+                    ) from None
                 raise HTTPProblem(
                     502, f"{self.entry.name} did not answer: {exc}", "upstream_error", "api_error"
                 ) from None
+            pool.succeeded(self.slot)
+            return answer
         raise AssertionError("unreachable")
 
-    def _problem(self, exc: Exception) -> HTTPProblem:
+    def _bounded(self, payload: dict, endpoint: Endpoint) -> dict:
+        """The request with its answer's length bounded: max_tokens where it sets none (the entry's default, else the
+        gateway's, never more than the instance's context), and lowered to the limit where it asks for more."""
+        config, entry = self.gateway.config, self.entry
+        limit = entry.max_tokens_limit or config.max_tokens_limit
+        context = endpoint.record.instance.settings.get("context_size") if endpoint.record else None
+        asked = [key for key in ("max_tokens", "max_completion_tokens") if isinstance(payload.get(key), int)]
+        if not asked:
+            default = entry.max_tokens_default or config.max_tokens_default
+            if isinstance(context, int):
+                default = min(default, context)
+            if limit:
+                default = min(default, limit)
+            self.defaulted = True
+            return {**payload, "max_tokens": default}
+        if limit:
+            return {**payload, **{key: min(payload[key], limit) for key in asked}}
+        return payload
+
+    def _problem(self, exc: BaseException) -> HTTPProblem:
         if isinstance(exc, HTTPProblem):
             return exc
+        if isinstance(exc, Unreachable):
+            return HTTPProblem(503, exc.message, "upstream_down", "server_error", headers={"retry-after": "5"})
+        if isinstance(exc, TooBusy):
+            return HTTPProblem(429, exc.message, "model_busy", "rate_limit_error", headers={"retry-after": "1"})
+        if isinstance(exc, TooLarge):
+            return HTTPProblem(
+                503, exc.message + (f"; {exc.hint}" if exc.hint else ""), "model_too_large", "server_error"
+            )
         if isinstance(exc, (QueueFull, QueueTimeout)):
             return HTTPProblem(503, exc.message, "overloaded", "server_error", headers={"retry-after": "5"})
-        if isinstance(exc, StartFailed):
+        if isinstance(exc, CouldNotStart):
             return HTTPProblem(
                 503, exc.message + (f"\n{exc.hint}" if exc.hint else ""), "model_start_failed", "server_error"
             )
+        if isinstance(exc, Frozen):
+            return HTTPProblem(503, exc.message + (f"; {exc.hint}" if exc.hint else ""), "model_frozen", "server_error")
         if isinstance(exc, LfError):
             return HTTPProblem(503, exc.message, "unavailable", "server_error")
         raise exc
@@ -424,28 +614,37 @@ class _Exchange:
         headers = {k: v for k, v in upstream.headers.items() if k in PASSED_HEADERS}
         if "text/event-stream" in headers.get("content-type", ""):
             headers.update(SSE_HEADERS)
+        headers.update(self.routed)
         return StreamingResponse(self._relay(upstream), status_code=upstream.status_code, headers=headers)
 
     async def cold_stream(self) -> Response:
         """A streaming request for a model that is not running: answer at once, with SSE comments while
         the model starts (clients do not time out), then the model's own stream."""
         acquire = asyncio.get_running_loop().create_task(self._open())
-        await asyncio.wait([acquire], timeout=0.05)  # a fast failure (queue full, crashed start) gets a proper status
-        if acquire.done() and acquire.exception() is not None:
-            problem = self._problem(acquire.exception())
+        # a refusal that comes first (too large for the budget, queue full, a start that fails at once) gets a
+        # proper status: wait until the pool has decided to start it, or for up to a second while it decides
+        decided = asyncio.get_running_loop().time() + COLD_DECISION_SECONDS
+        await asyncio.wait([acquire], timeout=0.05)
+        while not acquire.done() and self.slot.state in NOT_LOADED and asyncio.get_running_loop().time() < decided:
+            await asyncio.wait([acquire], timeout=0.02)
+        failure = acquire.exception() if acquire.done() else None
+        if failure is not None:
+            problem = self._problem(failure)
             self._finish(problem.status)
             return problem.response()
         return StreamingResponse(
             self._wait_then_relay(acquire),
             status_code=200,
-            headers={"content-type": "text/event-stream", **SSE_HEADERS},
+            headers={"content-type": "text/event-stream", **SSE_HEADERS, **self.routed},
         )
 
     async def _wait_then_relay(self, opening: asyncio.Task):
         waited = time.monotonic()
         try:
             while not opening.done():
-                yield f": loading {self.entry.name} ({time.monotonic() - waited:.0f}s)\n\n".encode()
+                progress = loading(self.slot)
+                said = describe_loading(progress) if progress else f"waiting ({time.monotonic() - waited:.0f}s)"
+                yield f": loading {self.entry.name}: {said}\n\n".encode()
                 await asyncio.wait([opening], timeout=KEEPALIVE_SECONDS)
             try:
                 upstream = opening.result()
@@ -456,7 +655,7 @@ class _Exchange:
                 return
             self.status = upstream.status_code
             if upstream.status_code >= 400:  # the 200 is sent already: the refusal becomes an error event
-                text = (self.mask.feed(await upstream.aread()) + self.mask.flush()).decode("utf-8", "replace")
+                text = self._rewritten(await upstream.aread()).decode("utf-8", "replace")
                 yield sse_error(
                     f"{self.entry.name} answered HTTP {upstream.status_code}: {text[:2000]}", "upstream_error"
                 )
@@ -473,21 +672,32 @@ class _Exchange:
                     await opening.result().aclose()
             self._finish(self.status or 499)
 
-    async def _relay(self, upstream: httpx.Response, finish: bool = True):
+    def _rewritten(self, body: bytes) -> bytes:
+        return self.rewrite.feed(body) + (self.rewrite.flush() or b"")
+
+    async def _relay(self, upstream, finish: bool = True):
+        watchdog = None
+        if self.deadline is not None:
+            watchdog = asyncio.get_running_loop().call_at(self.deadline, self._time_up, upstream)
         try:
             if upstream.status_code >= 400:
                 # an error answer is read whole, so a key it quotes is masked, and ends as a clean JSON body
-                body = await upstream.aread()
-                yield self.mask.feed(body) + self.mask.flush()
+                yield self._rewritten(await upstream.aread())
                 return
-            async for chunk in upstream.aiter_raw():
-                self._observe(chunk)
-                out = self.mask.feed(chunk)
-                if out:
-                    yield out
-            rest = self.mask.flush()
+            try:
+                async for chunk in upstream.aiter_raw():
+                    self._observe(chunk)
+                    out = self.rewrite.feed(chunk)
+                    if out:
+                        yield out
+            except httpx.HTTPError:
+                if self.cut != "deadline":  # else lf closed it: the answer took too long
+                    raise
+            rest = self.rewrite.flush()
             if rest:
                 yield rest
+            if self.cut == "deadline" and self.stream:
+                yield self._length_event()  # lf ended it: said as the engine says an answer cut for its length
         except httpx.HTTPError as exc:
             self.status = 502
             if self.stream:  # the client learns the answer broke, instead of waiting or taking it as complete
@@ -495,14 +705,41 @@ class _Exchange:
                     f"{self.entry.name} stopped answering mid-stream ({type(exc).__name__})", "upstream_broke"
                 )
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
+            if self.defaulted and self.length and self.cut is None:
+                self.cut = "max_tokens_default"
             if finish:
                 self._finish(self.status)
+
+    def _time_up(self, upstream) -> None:
+        """The gateway's request_timeout: the upstream is closed, the stream ends with finish_reason length."""
+        self.cut = "deadline"
+        asyncio.get_running_loop().create_task(upstream.aclose())
+
+    def _length_event(self) -> bytes:
+        kind = "text_completion" if self.path == "/completions" else "chat.completion.chunk"
+        choice: dict[str, object] = {
+            "index": 0,
+            "finish_reason": "length",
+            **({"text": ""} if self.path == "/completions" else {"delta": {}}),
+        }
+        event = {
+            "id": "lf-deadline",
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.asked,
+            "choices": [choice],
+        }
+        return b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
 
     def _observe(self, chunk: bytes) -> None:
         """Count generated pieces as they pass (a chat stream's content, a completion stream's text), without
         parsing the events; a whole answer's count comes from its usage."""
+        if b'"length"' in chunk and (b'"finish_reason":"length"' in chunk or b'"finish_reason": "length"' in chunk):
+            self.length = True
         if self.stream:
             field = b'"text"' if self.path == "/completions" else b'"content"'
             pieces = (
@@ -523,73 +760,68 @@ class _Exchange:
 
     def _finish(self, status: int) -> None:
         self._release()
-        gateway, name = self.gateway, self.entry.name
         ended = time.monotonic()
-        gateway.metrics.requests.labels(name, self.path.strip("/"), str(status)).inc()
-        gateway.metrics.duration.labels(name).observe(ended - self.arrived)
-        if self.tokens:
-            gateway.metrics.tokens.labels(name).inc(self.tokens)
         ttft = self.first_token - self.arrived if self.first_token is not None else None
-        if ttft is not None:
-            gateway.metrics.ttft.labels(name).observe(ttft)
-        component = gateway.monitor.components.get(name) if gateway.monitor else None
-        answer = None
-        if component is not None and status < 400 and self.tokens:
+        rate = None
+        if status < 400 and self.tokens:
             # tokens/s of the generation itself: from the first token when streamed, else over the whole answer
             span = ended - (self.first_token if self.first_token is not None else self.arrived)
             generated = self.tokens - 1 if self.first_token is not None else self.tokens
-            component.last_request = {
+            rate = round(generated / span, 1) if span > 0 and generated > 0 else None
+            self.slot.last_request = {
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "status": status,
                 "stream": self.stream,
                 "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
                 "duration_ms": round((ended - self.arrived) * 1000, 1),
                 "tokens": self.tokens,
-                "tokens_per_s": round(generated / span, 1) if span > 0 and generated > 0 else None,
+                "tokens_per_s": rate,
+                "cut": self.cut,
             }
-            answer = component.last_request
-        gateway._log(self.request, name, status, self.arrived, answer)
-
-
-class _Hooks(PoolHooks):
-    def __init__(self, gateway: Gateway):
-        self.gateway = gateway
-
-    def changed(self, slot: Slot) -> None:
-        self.gateway.dashboard.changed()
-        metrics = self.gateway.metrics
-        metrics.in_flight.labels(slot.name).set(slot.in_flight)
-        metrics.loaded.set(self.gateway.pool.loaded_count())
-        metrics.queue.set(self.gateway.pool.waiting)
-
-    def started(self, slot: Slot, seconds: float) -> None:
-        self.gateway.metrics.starts.labels(slot.name).inc()
-        self.gateway.metrics.start_seconds.labels(slot.name).observe(seconds)
-        print(f"lf-serve: started {slot.name} in {seconds:.1f}s", file=sys.stderr, flush=True)
-
-    def start_failed(self, slot: Slot) -> None:
-        self.gateway.metrics.start_failures.labels(slot.name).inc()
-        print(
-            f"lf-serve: could not start {slot.name}: {(slot.last_error or '').splitlines()[0] if slot.last_error else ''}",
-            file=sys.stderr,
-            flush=True,
+        self.gateway.finished(
+            self.request,
+            self.path,
+            self.entry.name,
+            status,
+            self.arrived,
+            stream=self.stream,
+            ttft=ttft,
+            tokens=self.tokens,
+            tokens_per_s=rate,
+            cut=self.cut,
+            upstream=self.slot.peer or self.slot.name,
         )
 
-    def stopped(self, slot: Slot, reason: str) -> None:
-        self.gateway.metrics.stops.labels(slot.name, reason).inc()
-        if reason == "evicted":
-            self.gateway.metrics.evictions.labels(slot.name).inc()
-        print(f"lf-serve: stopped {slot.name} ({reason})", file=sys.stderr, flush=True)
+
+def _why(exc: httpx.HTTPError) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _routes(entries: list[ModelEntry]) -> dict[str, ModelEntry]:
-    """Every name a request may use for a model: entry names first, then aliases, then model names."""
-    routes: dict[str, ModelEntry] = {}
+def _pooled(project: Project | None, entries: list[ModelEntry]) -> list[ModelEntry]:
+    """What the pool serves: every entry but the routers (they pick among the others), and the embedding models the
+    routers need that the project does not list itself."""
+    return [e for e in entries if not e.is_router] + embedder_entries(project)
+
+
+def _external_endpoints(entries: list[ModelEntry]) -> dict[str, Endpoint]:
+    """Where each endpoint lf does not run is, as configured."""
+    found = {}
     for entry in entries:
-        routes.setdefault(entry.name, entry)
-    for entry in entries:
-        for alias in entry.aliases:
-            routes.setdefault(alias, entry)
-    for entry in entries:
-        routes.setdefault(entry.model, entry)
-    return routes
+        if not entry.managed:
+            target = target_of(entry)
+            found[entry.name] = Endpoint(entry.name, target.base_url or "", entry.model, target.api_key)
+    return found
+
+
+def _rewriter(endpoint: Endpoint, asked: str) -> StreamMasker[bytes]:
+    """What an answer goes through on its way back: the endpoint's secrets masked (its key, credentials in its
+    URL, as lf chat masks them), and the model it names renamed to the name the client asked for (OpenAI's
+    clients expect their own name back)."""
+    secrets = [s.encode() for s in secrets_of(endpoint.api_key, endpoint.base_url)]
+    renames: dict[bytes, bytes] = {}
+    if asked != endpoint.model:
+        for sep in (b":", b": "):
+            renames[b'"model"' + sep + json.dumps(endpoint.model).encode()] = (
+                b'"model"' + sep + json.dumps(asked).encode()
+            )
+    return StreamMasker(secrets, renames)

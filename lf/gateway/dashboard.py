@@ -19,7 +19,6 @@ outright when the gateway has none.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import json
 import secrets
@@ -31,7 +30,10 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from lf.gateway.pool import SlotState
+from lf.gateway.events import Event, RequestFinished, SlotChanged, StateChanged, Stopped
+from lf.gateway.monitor import component
+from lf.gateway.pool import SERVING
+from lf.net import is_loopback
 
 PAGE = Path(__file__).with_name("dashboard.html")
 COOKIE = "lf_gateway_key"
@@ -39,16 +41,8 @@ ACTION_HEADER = "x-lf-action"
 ACTIONS = ("start", "stop", "restart", "unload")
 REQUESTS_KEPT = 50
 PUSH_INTERVAL = 1.0  # seconds: at most this often a snapshot per open page, however busy the gateway
-MEMORY_AGE = 5.0  # seconds a process tree's memory reading is shown before it is read again
 HEARTBEAT = 15.0  # seconds: an SSE comment when nothing changed, so proxies and the browser keep the stream
 MAX_ACTION_BODY = 4096
-SHOWN_STATES = {  # the words the page uses
-    SlotState.UNLOADED: "stopped",
-    SlotState.STARTING: "starting",
-    SlotState.RUNNING: "running",
-    SlotState.STOPPING: "stopping",
-    SlotState.CRASHED: "crashed",
-}
 
 
 class Dashboard:
@@ -58,7 +52,6 @@ class Dashboard:
         self.version = 0
         self._changed: asyncio.Event | None = None
         self._page = PAGE.read_text(encoding="utf-8")
-        self._memory: dict[int, tuple[float, int | None]] = {}  # pid → (when read, bytes)
 
     # -- what changes ----------------------------------------------------------------------------------
     def changed(self) -> None:
@@ -67,19 +60,23 @@ class Dashboard:
         if self._changed is not None:
             self._changed.set()
 
-    def request_done(self, model: str, path: str, status: int, seconds: float, answer: dict | None = None) -> None:
-        self.requests.appendleft(
-            {
-                "at": time.time(),
-                "model": model,
-                "path": path,
-                "status": status,
-                "duration_ms": round(seconds * 1000, 1),
-                "ttft_ms": (answer or {}).get("ttft_ms"),
-                "tokens_per_s": (answer or {}).get("tokens_per_s"),
-            }
-        )
-        self.changed()
+    def on_event(self, event: Event) -> None:
+        """What the page shows moved: a model's state or bookkeeping, or a request ended (its log line)."""
+        if isinstance(event, RequestFinished):
+            self.requests.appendleft(
+                {
+                    "at": time.time(),
+                    "model": event.model,
+                    "path": event.path,
+                    "status": event.status,
+                    "duration_ms": round(event.seconds * 1000, 1),
+                    "ttft_ms": round(event.ttft * 1000, 1) if event.ttft is not None else None,
+                    "tokens_per_s": event.tokens_per_s,
+                }
+            )
+            self.changed()
+        elif isinstance(event, (StateChanged, SlotChanged, Stopped)):
+            self.changed()
 
     # -- the page and its data ----------------------------------------------------------------------------
     async def page(self, request: Request) -> Response:
@@ -92,34 +89,32 @@ class Dashboard:
     def snapshot(self) -> dict:
         gateway = self.gateway
         document, _ = gateway.monitor.document()
-        components = {c["name"]: c for c in document["components"]}
         models = []
-        for entry in gateway.entries:
-            item = components[entry.name]
-            slot = gateway.pool.slots.get(entry.name)
-            record = slot.endpoint.record if slot is not None and slot.endpoint is not None else None
-            history = list(gateway.monitor.components[entry.name].latencies)
+        for slot in gateway.pool.slots.values():
+            item = component(slot)
+            record = slot.endpoint.record if slot.endpoint is not None else None
             models.append(
                 {
-                    "name": entry.name,
-                    "state": SHOWN_STATES[slot.state] if slot is not None else "external",
-                    "managed": slot is not None,
-                    "owned": bool(slot and slot.owned),
+                    "name": slot.name,
+                    "state": slot.state.value,
+                    "managed": slot.managed,
+                    "owned": slot.owned,
                     "status": item["status"],
                     "message": item["message"],
-                    "provider": entry.provider,
-                    "model": item["details"]["models"][0] if item["details"]["models"] else entry.model,
+                    "provider": slot.entry.provider,
+                    "model": item["details"]["models"][0] if item["details"]["models"] else slot.entry.model,
                     "url": item["details"]["host"],
                     "port": record.port if record else None,
                     "pid": record.pid if record else None,
-                    "memory_bytes": self._memory_of(record.pid) if record else None,
+                    "memory_bytes": slot.rss if record else None,
+                    "memory_need_bytes": slot.need.ram if slot.need else None,
                     "started_at": record.started_at if record else None,
-                    "ttl_s": slot.ttl if slot else None,
-                    "expires_at": slot.expires_at if slot else None,
-                    "in_flight": slot.in_flight if slot else 0,
+                    "ttl_s": slot.ttl,
+                    "expires_at": slot.expires_at,
+                    "in_flight": slot.in_flight,
                     "latency_p50_ms": item["latency_p50_ms"],
                     "latency_p95_ms": item["latency_p95_ms"],
-                    "latencies_ms": [round(v, 2) for v in history],
+                    "latencies_ms": [round(v, 2) for v in slot.latencies],
                     "last_request": item["last_request"],
                     "log_tail": item.get("log_tail", []),
                 }
@@ -137,17 +132,6 @@ class Dashboard:
             "models": models,
             "requests": list(self.requests),
         }
-
-    def _memory_of(self, pid: int) -> int | None:
-        """A process tree's resident memory, read at most every MEMORY_AGE seconds: finding a process's
-        children walks all of /proc, which a snapshot on every request would do again and again."""
-        now = time.monotonic()
-        when, value = self._memory.get(pid, (0.0, None))
-        if now - when > MEMORY_AGE:
-            value = _memory(pid)
-            self._memory = {p: v for p, v in self._memory.items() if now - v[0] <= MEMORY_AGE}  # gone pids go
-            self._memory[pid] = (now, value)
-        return value
 
     async def events(self, request: Request) -> Response:
         if (refused := self._foreign_host(request) or self._viewer_refused(request)) is not None:
@@ -180,12 +164,12 @@ class Dashboard:
         if (refused := self._foreign_host(request) or self._viewer_refused(request)) is not None:
             return refused
         name = request.path_params["name"]
-        if name not in self.gateway.pool.slots:
+        slot = self.gateway.pool.slots.get(name)
+        if slot is None or not slot.managed:
             return _problem(404, f"no model {name!r} that lf runs here", "not_found")
-        from lf.daemon.records import StateStore
         from lf.files import follow
 
-        path = StateStore.of(self.gateway.project).log_path(name)
+        path = self.gateway.store.log_path(name)
         if not path.exists():
             return _problem(404, f"{name} has no log yet (it has not been started)", "not_found")
         loop = asyncio.get_running_loop()
@@ -238,16 +222,16 @@ class Dashboard:
         except (ValueError, KeyError, TypeError):
             return _problem(400, f'send {{"action": one of {", ".join(ACTIONS)}, "model": a model name}}', "bad_action")
         pool = self.gateway.pool
-        slot = pool.slots.get(name)
-        if slot is None:
-            known = name in {e.name for e in self.gateway.entries}
+        entry = self.gateway.names.lookup(name)
+        slot = pool.slots[entry.name] if entry is not None else None
+        if slot is None or not slot.managed:
             return _problem(
-                409 if known else 404,
-                f"{name} is an external endpoint: lf does not start or stop it" if known else f"no model {name!r}",
-                "not_managed" if known else "not_found",
+                409 if slot else 404,
+                f"{name} is an external endpoint: lf does not start or stop it" if slot else f"no model {name!r}",
+                "not_managed" if slot else "not_found",
             )
         await pool.refresh(slot)  # one lf runtime start made since the gateway looked
-        if what == "unload" and not slot.owned and slot.state == SlotState.RUNNING:
+        if what == "unload" and not slot.owned and slot.state in SERVING:
             return _problem(
                 409, f"{name} was started by lf runtime start, not by the gateway: stop it instead", "not_owned"
             )
@@ -259,21 +243,16 @@ class Dashboard:
         except Exception as exc:  # a failed start: its message is what the page shows
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             return _problem(502, message.splitlines()[0], "action_failed")
-        return JSONResponse({"model": name, "action": what, "state": SHOWN_STATES[slot.state]})
+        return JSONResponse({"model": slot.name, "action": what, "state": slot.state.value})
 
     # -- who may -------------------------------------------------------------------------------------------
     def _key_given(self, request: Request) -> bool:
-        key = self.gateway.config.api_key
-        if not key:
-            return False
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            given = token.strip()
-        else:
-            from urllib.parse import unquote
+        """The gateway's key, as a Bearer header (a script) or as the cookie the page sets (a browser)."""
+        if request.headers.get("authorization"):
+            return self.gateway.key_given(request)
+        from urllib.parse import unquote
 
-            given = unquote(request.cookies.get(COOKIE, ""))  # the page writes it URL-encoded
-        return hmac.compare_digest(given.encode(), key.encode())
+        return self.gateway.key_given(request, unquote(request.cookies.get(COOKIE, "")))  # the page URL-encodes it
 
     def _viewer_refused(self, request: Request) -> Response | None:
         if not self.gateway.config.api_key or self._key_given(request):
@@ -294,7 +273,7 @@ class Dashboard:
             return _problem(403, "refused: an action from another site", "cross_origin")
         if self.gateway.config.api_key:
             return None if self._key_given(request) else self._viewer_refused(request)
-        if not _is_loopback(request.client.host if request.client else None):
+        if not is_loopback(request.client.host if request.client else None):
             return _problem(
                 403,
                 "actions from another machine need the gateway's API key, and this gateway has none (set LF_GATEWAY_API_KEY)",
@@ -346,28 +325,6 @@ def _is_ip(name: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _is_loopback(host: str | None) -> bool:
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _memory(pid: int) -> int | None:
-    """Resident memory of a process and its children (an engine may run workers)."""
-    import psutil
-
-    from lf.daemon.process import tree
-
-    total = None
-    for proc in tree(pid):
-        try:
-            total = (total or 0) + proc.memory_info().rss
-        except psutil.Error:
-            pass  # gone meanwhile
-    return total
 
 
 def wants_page(request: Request) -> bool:

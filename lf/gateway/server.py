@@ -1,37 +1,70 @@
 """Running the gateway: in the foreground (systemd, launchd, containers) or as a supervised daemon
-(`--detach`), with a record in the state dir either way, so `lf runtime status` shows it and
-`lf runtime stop lf-serve` stops it."""
+(`--detach`), with a record in the state dir either way, built like any instance's (lf.daemon.instance), so
+`lf runtime status` shows it, `lf chat` finds it and `lf runtime stop lf-serve` stops it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 
+from lf.config.gateway import GATEWAY_SETTINGS, RECORD_RUNTIME, GatewayConfig, serve_flags
+from lf.config.names import served_entries
 from lf.config.project import Project
-from lf.daemon.health import local_url
+from lf.core.served import gateway_records
+from lf.daemon import supervisor
+from lf.daemon.instance import Instance
 from lf.daemon.process import process_create_time
 from lf.daemon.records import RuntimeRecord, StateStore
 from lf.daemon.supervisor import choose_port
 from lf.errors import LfError
-from lf.gateway.settings import RECORD_RUNTIME, GatewayConfig
+from lf.net import connect_host, is_wildcard, local_url
+from lf.platform import hangup_signal
 
 START_TIMEOUT = 30.0
 LIVENESS = "/health/liveness"
+log = logging.getLogger(__name__)
 
 
-def run(project: Project | None, config: GatewayConfig, on_ready=None) -> None:
+def instance_of(project: Project | None, config: GatewayConfig, argv: list[str]) -> Instance:
+    """The gateway as an instance: its identity, its command, where it listens, and the models it serves."""
+    entries, default = served_entries(project)
+    return Instance(
+        name=config.record_name,
+        runtime=RECORD_RUNTIME,
+        engine="uvicorn",
+        argv=tuple(argv),
+        host=config.host,
+        port=config.port,
+        api_base="/v1",
+        model=default,
+        health_path=LIVENESS,
+        start_timeout=START_TIMEOUT,
+        settings=MappingProxyType({"serves": [e.name for e in entries]}),
+        project=project.key if project else None,
+        project_folder=str(project.folder) if project else None,
+        env=MappingProxyType({"PYTHONUNBUFFERED": "1"}),
+    )
+
+
+def run(
+    project: Project | None, config: GatewayConfig, on_ready=None, log_level: str = "info", log_format: str = "text"
+) -> None:
     """Serve until SIGTERM, SIGINT or SIGHUP; then stop the instances a gateway started and leave."""
     import uvicorn
 
     from lf.gateway.app import Gateway
+    from lf.gateway.logs import configure
 
-    entries = list(project.models) if project else [_default_entry()]
-    default = project.default_model if project else entries[0].name
+    configure(log_level, log_format)
+    entries, default = served_entries(project)
     store = StateStore.of(project)  # the gateway's record lies with its project's instances
-    own = _claim_record(store, project, config, len(entries))
+    own = _claim_record(store, project, config)
     release = (lambda: _release_record(store, config)) if own else None
     gateway = Gateway(project, config, entries, default, on_stop=release)
     if on_ready is not None:
@@ -41,23 +74,24 @@ def run(project: Project | None, config: GatewayConfig, on_ready=None) -> None:
             gateway.app(),
             host=config.host,
             port=config.port,
-            log_level="warning",
-            access_log=False,  # lf-serve logs one line per request itself, never a message or a key
+            log_config=None,  # lf.gateway.logs configured the loggers
+            access_log=False,  # the gateway logs one line per request itself, never a message or a key
             lifespan="on",
             timeout_graceful_shutdown=10,
             server_header=False,
         )
     )
-    # a closed terminal (SIGHUP) stops the gateway as SIGTERM does, instances included; uvicorn shuts down
-    # gracefully on SIGTERM and then re-raises it, which should end the process as a service manager
-    # expects of a SIGTERM, not as lf's commands turn it into an error
-    signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True))
+    # SIGHUP reloads llamafarm.yaml (the app installs that once its loop runs; until then it is ignored, not
+    # fatal; Windows has none); uvicorn shuts down gracefully on SIGTERM and then re-raises it, which should end
+    # the process as a service manager expects of a SIGTERM, not as lf's commands turn it into an error
+    hangup = hangup_signal()
+    if hangup is not None:
+        signal.signal(hangup, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    print(
-        f"lf-serve: listening on {local_url(config.host, config.port)} for {', '.join(e.name for e in entries)}",
-        file=sys.stderr,
-        flush=True,
-    )
+    where = local_url(config.host, config.port)
+    if is_wildcard(config.host):
+        where = f"{config.host or '*'}:{config.port} (every address of this machine; from here: {where})"
+    log.info("listening on %s for %s", where, ", ".join(e.name for e in entries))
     try:
         server.run()
     finally:
@@ -74,10 +108,9 @@ def _when_listening(config: GatewayConfig, then, timeout: float = 30.0) -> None:
 
     def wait() -> None:
         deadline = time.monotonic() + timeout
-        host = "127.0.0.1" if config.host in ("0.0.0.0", "") else "::1" if config.host == "::" else config.host
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection((host, config.port), timeout=0.5):
+                with socket.create_connection((connect_host(config.host), config.port), timeout=0.5):
                     break
             except OSError:
                 time.sleep(0.05)
@@ -88,45 +121,42 @@ def _when_listening(config: GatewayConfig, then, timeout: float = 30.0) -> None:
     threading.Thread(target=wait, name="when-listening", daemon=True).start()
 
 
-def _default_entry():
-    from lf.core.targets import default_entry
-    from lf.runtimes.registry import DEFAULT_RUNTIME, get_runtime
+def refuse_a_second(store: StateStore, config: GatewayConfig, pid: int | None = None) -> None:
+    """One gateway per project: a second would adopt the first one's instances, and its idle timer and its
+    shutdown would stop them under the first one's requests. `pid`: the process that may hold a record already
+    (a gateway `--detach` launched, claiming its own)."""
+    for record in gateway_records(store):
+        if record.pid != pid:
+            raise LfError(
+                f"{lf_serve_of(store)} already runs at {local_url(record.instance.host, record.port)} (pid {record.pid})",
+                hint=f"use that one, or stop it first: lf runtime stop {record.name}",
+            )
 
-    return default_entry(get_runtime(DEFAULT_RUNTIME))
+
+def lf_serve_of(store: StateStore) -> str:
+    return f"a gateway for project {store.project}" if store.project else "a gateway"
 
 
-def _claim_record(store: StateStore, project: Project | None, config: GatewayConfig, models: int) -> bool:
+def _claim_record(store: StateStore, project: Project | None, config: GatewayConfig) -> bool:
     """Write the gateway's record (unless `--detach` launched this process and wrote it already).
     True when this call wrote it and must remove it on the way out."""
+    import psutil
+
     name = config.record_name
-    with store.lock(name):
+    with store.lock(name), supervisor.ports_lock(store):  # as any launch: one claim of a port at a time
         existing = store.load_or_none(name)
         if existing is not None and existing.pid == os.getpid():
             return False  # launched by `lf serve --detach`: the supervisor owns the record
-        if existing is not None and existing.process_alive():
-            raise LfError(
-                f"a gateway already runs on port {config.port} (pid {existing.pid})",
-                hint=f"stop it with: lf runtime stop {name}",
-            )
+        refuse_a_second(store, config)
         choose_port(config.host, config.port, auto=False)
-        import psutil
-
+        instance = instance_of(project, config, psutil.Process().cmdline())
         store.save(
             RuntimeRecord(
-                name=name,
-                runtime=RECORD_RUNTIME,
+                instance=replace(instance, env=MappingProxyType({})),
                 pid=os.getpid(),
                 create_time=process_create_time(os.getpid()) or time.time(),
-                host=config.host,
-                port=config.port,
-                base_url=local_url(config.host, config.port, "/v1"),
-                model=f"{models} model{'s' if models != 1 else ''}" + (f" of {project.path}" if project else ""),
-                command=psutil.Process().cmdline(),
-                log_path="(the foreground process's stderr)",
                 started_at=time.time(),
-                engine="uvicorn",
-                health_url=local_url(config.host, config.port, LIVENESS),
-                start_timeout=START_TIMEOUT,
+                log_path="(the foreground process's stderr)",
             )
         )
     return True
@@ -139,49 +169,42 @@ def _release_record(store: StateStore, config: GatewayConfig) -> None:
             store.remove(config.record_name)
 
 
-def detach(project: Project | None, config: GatewayConfig, on_wait=None):
+def detach(
+    project: Project | None, config: GatewayConfig, on_wait=None, log_level: str = "info", log_format: str = "text"
+):
     """Run `lf serve` as a supervised daemon (its own session, a log, a record) and wait until it answers.
     The daemon gets every resolved setting as a flag, except the API key (never on a command line: it
     reads it from the same environment or llamafarm.yaml)."""
-    from lf.daemon import supervisor
-    from lf.daemon.supervisor import LaunchPlan
-
-    command = [sys.executable, "-m", "lf", "serve", *_flags(config)]
+    command = [
+        sys.executable,
+        "-m",
+        "lf",
+        "serve",
+        *_flags(config),
+        "--log-level",
+        log_level,
+        "--log-format",
+        log_format,
+    ]
     if project is not None:
         command += ["--config", str(Path(project.path).resolve())]
+    store = StateStore.of(project)
 
-    def plan() -> LaunchPlan:
+    def plan() -> Instance:
+        refuse_a_second(store, config)
         choose_port(config.host, config.port, auto=False)
-        return LaunchPlan(
-            name=config.record_name,
-            runtime=RECORD_RUNTIME,
-            engine="uvicorn",
-            argv=tuple(command),
-            host=config.host,
-            port=config.port,
-            api_base="/v1",
-            model=f"{len(project.models) if project else 1} models" + (f" of {project.path}" if project else ""),
-            health_path=LIVENESS,
-            start_timeout=START_TIMEOUT,
-            env={"PYTHONUNBUFFERED": "1"},
-        )
+        return instance_of(project, config, command)
 
-    return supervisor.start(config.record_name, StateStore.of(project), plan, on_wait=on_wait)
+    return supervisor.start(
+        config.record_name, store, plan, on_wait=(lambda at: on_wait(at.elapsed)) if on_wait else None
+    )
 
 
 def _flags(config: GatewayConfig) -> list[str]:
+    """The flags that give the daemon every resolved setting (booleans only where they differ from the default)."""
     from dataclasses import fields
 
-    from lf.config.gateway import GATEWAY_SETTINGS
-
-    out: list[str] = []
-    for f in fields(config):
-        setting = GATEWAY_SETTINGS.get(f.name)
-        value = getattr(config, f.name)
-        if setting is None or setting.flag is None or value is None or f.name == "api_key":
-            continue
-        if setting.type == "boolean":
-            out += [setting.flag] if value else []
-        else:
-            out += [setting.flag, str(value)]
-    return out
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    return serve_flags(
+        {k: v for k, v in values.items() if not (isinstance(v, bool) and v == GATEWAY_SETTINGS[k].default)}
+    )

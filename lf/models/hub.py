@@ -15,6 +15,7 @@ the Hub lists for every LFS file before the blob is moved into place).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -385,7 +386,7 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     try:
         import httpx2 as http  # huggingface_hub's HTTP client (its own httpx fork since 2.x)
     except ImportError:
-        import httpx as http
+        import httpx as http  # type: ignore[no-redef]
     return (http.TransportError, OfflineModeIsEnabled)
 
 
@@ -484,8 +485,14 @@ def _download(
     blob = folder / "blobs" / meta.etag
     partial = blob.with_name(blob.name + ".incomplete")  # huggingface_hub's own name for it before 1.0
     lock = folder.parent / ".locks" / folder.name / f"{meta.etag}.lock"  # the one hf_hub_download takes
-    blob.parent.mkdir(parents=True, exist_ok=True)
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        no_room = _no_room(ref, name, partial, size, exc)
+        if no_room is None:
+            raise
+        raise no_room from None
     resumed_from = downloaded = 0
     with WeakFileLock(str(lock)):
         if not blob.is_file():
@@ -518,7 +525,10 @@ def _download(
                 raise LfError(f"cannot download {name}: {_reason(exc)}") from None
             except OSError as exc:
                 if "Consistency check failed" not in str(exc):
-                    raise
+                    no_room = _no_room(ref, name, partial, size, exc)
+                    if no_room is None:
+                        raise
+                    raise no_room from None
                 partial.unlink(missing_ok=True)
                 raise HubUnreachableError(
                     f"the download of {name} has the wrong size: {_reason(exc)}",
@@ -531,7 +541,8 @@ def _download(
                     partial.unlink()
                     raise HubUnreachableError(
                         f"the download of {name} is corrupt: its sha256 is {actual}, the Hub lists {expected}",
-                        hint=f"the bad file was removed; pull again (lf models pull {ref}); if it repeats, a proxy or the disk is damaging it",
+                        hint=f"the bad file was removed; pull again (lf models pull {ref}); "
+                        "if it repeats, a proxy or the disk is damaging it",
                     )
             os.chmod(partial, 0o666 & ~_umask())
             os.replace(partial, blob)
@@ -542,8 +553,44 @@ def _download(
         raise HubUnreachableError(
             f"{name} is downloaded, but the Hub could not be asked to record it: {_reason(exc)}", hint="pull again"
         ) from None
+    except OSError as exc:
+        if exc.errno not in _NO_ROOM:
+            raise
+        raise LfError(
+            f"{name} is downloaded ({blob}), but there is no room left in {folder} to link it into the cache: "
+            f"{exc.strerror}",
+            hint=f"free some space and run the same command again (lf models pull {ref}): nothing is downloaded again",
+        ) from None
     return PulledFile(
         name, path, size, expected, already_present=False, downloaded_bytes=downloaded, resumed_from=resumed_from
+    )
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _no_room(ref: HubRef, name: str, partial: Path, size: int | None, exc: OSError) -> LfError | None:
+    """The error for a download the disk had no room for (full, over quota, past a file size limit), saying
+    where, how much it needed and had, and that what came is kept; None for any other OSError."""
+    if exc.errno not in _NO_ROOM:
+        return None
+    folder = partial.parent
+    have = partial.stat().st_size if partial.is_file() else 0
+    where = folder
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    missing = f"{human_size(size - have)} more" if size is not None else "more"
+    if exc.errno == errno.EFBIG:
+        why = f"the file cannot grow past {human_size(have)} ({exc.strerror}: a limit on file size, see ulimit -f)"
+    else:
+        why = f"{exc.strerror}: {where} has {human_size(free)} free, and it needs {missing}"
+    kept = (
+        f"the {human_size(have)} downloaded so far are kept ({partial}): " if have else ""
+    ) + f"make room and run the same command again, it continues from there (lf models pull {ref})"
+    return LfError(
+        f"the download of {name} stopped at {human_size(have)} of {human_size(size)}: {why}",
+        hint=f"{kept}; or point HF_HOME (or HF_HUB_CACHE) at a disk with room",
     )
 
 

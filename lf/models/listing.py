@@ -82,7 +82,7 @@ def local_gguf_files(project=None) -> list[dict]:
     Hugging Face cache, named by a path in llamafarm.yaml. Each {name, source, path}."""
     from lf.models.catalog import CATALOG, existing_path, local_model_files, looks_like_path
 
-    files = [
+    files: list[dict] = [
         {"name": m.name, "source": "packaged", "path": m.path()}
         for m in CATALOG.values()
         if m.format == "gguf" and m.path()
@@ -105,12 +105,16 @@ def local_gguf_files(project=None) -> list[dict]:
 
 def describe(item: dict) -> dict:
     """A local GGUF with its header's metadata (an unreadable one: with `error`)."""
-    from lf.models.gguf_meta import read
+    from lf.models.gguf_meta import GgufError, read
 
     try:
         meta = read(item["path"]).to_dict()
-    except (OSError, ValueError, KeyError) as exc:
-        return {**item, "error": str(exc)}
+    except GgufError as exc:
+        return {**item, "error": exc.reason}
+    except OSError as exc:
+        return {**item, "error": exc.strerror or str(exc)}
+    except Exception as exc:  # noqa: BLE001 - one file the reader fails on must not hide the others
+        return {**item, "error": f"unexpected {type(exc).__name__}: {exc} (this is a bug in lf)"}
     meta.pop("path")
     meta["model_name"] = meta.pop("name")  # the header's general.name; `name` stays what lf calls it
     return {**item, **meta}
@@ -158,7 +162,7 @@ def users_of(path: str) -> list:
     return [
         r
         for r in StateStore().all_records()
-        if r.model_path and os.path.realpath(r.model_path) == real and r.process_alive()
+        if r.instance.model_path and os.path.realpath(r.instance.model_path) == real and r.process_alive()
     ]
 
 
@@ -189,8 +193,9 @@ def remove(name: str, project=None) -> dict:
         from lf.daemon.records import StateStore
 
         r = users[0]
+        using = ", ".join(f"{u.name} ({project_label(u.project)}, pid {u.pid})" for u in users)
         raise LfError(
-            f"{item['name']} is in use by {', '.join(f'{u.name} ({project_label(u.project)}, pid {u.pid})' for u in users)}",
+            f"{item['name']} is in use by {using}",
             hint=f"stop it first: {stop_command(r, StateStore())}",
             exit_status=ExitStatus.USAGE,
         )
@@ -244,7 +249,10 @@ def model_info(name: str, project=None, settings: dict | None = None) -> dict:
 
     item = describe(find_local(name, project))
     if "error" in item:
-        raise LfError(f"cannot read {item['path']} as GGUF: {item['error']}")
+        raise LfError(
+            f"cannot read {item['path']} as GGUF: {item['error']}",
+            hint="fetch or pull it again (lf models pull resumes an interrupted download), or remove it",
+        )
     item["estimate"] = estimate_settings(item["path"], settings or {"context_size": 4096, "parallel": 4}).to_dict()
     item["in_use_by"] = [r.name for r in users_of(item["path"])]
     return item

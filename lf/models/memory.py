@@ -93,7 +93,7 @@ def swa_layers(meta) -> int:
     pattern = meta.sliding_window_pattern or SWA_PATTERN.get(meta.architecture)
     if not pattern:
         return 0  # unknown: count every layer as global (the larger cache)
-    return sum(1 for i in range(meta.layers) if (i + 1) % pattern != 0)
+    return meta.layers - meta.layers // pattern  # all but every pattern-th
 
 
 def cpu_repacks() -> bool:
@@ -165,18 +165,70 @@ def estimate(
 def estimate_settings(model_path: str, settings: Mapping[str, object]) -> Estimate:
     """The estimate for a GGUF file and an instance's resolved settings (lf.runtimes.launch.InstanceSpec's
     `settings`): what `lf runtime start`, `lf models info` and a memory budget (the gateway's) share."""
-    from lf.models.gguf_meta import read
+    from lf.models.gguf_meta import GgufError, read
 
     def get(name: str, default):
         value = settings.get(name)
         return default if value is None else value
 
+    try:
+        meta = read(model_path)
+    except (GgufError, OSError) as exc:
+        raise unusable_model(model_path, exc) from None
     return estimate(
-        read(model_path),
+        meta,
         int(get("context_size", 4096)),
         int(get("parallel", 1)),
         str(get("cache_type_k", "f16")),
         str(get("cache_type_v", "f16")),
         batch_size=settings.get("batch_size"),  # type: ignore[arg-type]
         flash_attn=settings.get("flash_attn"),  # type: ignore[arg-type]
+    )
+
+
+MIN_AUTO_CONTEXT = 2048  # what `context_size: auto` never goes below (a chat needs room for its turns)
+AUTO_STEP = 1024  # the context sizes auto tries are multiples of this
+
+
+def fit_context(model_path: str, settings: Mapping[str, object], room: int) -> Estimate:
+    """The estimate at the largest context (a multiple of AUTO_STEP, up to the model's trained length, at least
+    MIN_AUTO_CONTEXT) whose instance fits in `room` bytes; at MIN_AUTO_CONTEXT when none does (the caller
+    says that it does not fit). What `context_size: auto` starts with."""
+    from lf.models.gguf_meta import GgufError, read
+
+    try:
+        trained = read(model_path).context_length or MIN_AUTO_CONTEXT
+    except (GgufError, OSError) as exc:
+        raise unusable_model(model_path, exc) from None
+    top = max(MIN_AUTO_CONTEXT, trained)
+
+    def at(ctx: int) -> Estimate:
+        return estimate_settings(model_path, {**settings, "context_size": ctx})
+
+    best = at(MIN_AUTO_CONTEXT)
+    if best.total > room:
+        return best
+    low, high = MIN_AUTO_CONTEXT // AUTO_STEP, max(MIN_AUTO_CONTEXT, top) // AUTO_STEP
+    while low < high:  # the estimate grows with the context: the largest step that fits
+        mid = (low + high + 1) // 2
+        candidate = at(mid * AUTO_STEP)
+        if candidate.total <= room:
+            low, best = mid, candidate
+        else:
+            high = mid - 1
+    if top % AUTO_STEP and top > best.context_size and (full := at(top)).total <= room:
+        best = full  # the trained length itself, when it is not a multiple of the step
+    return best
+
+
+def unusable_model(path: str, exc: Exception):
+    """The error (exit 8, as for a model that is not installed) for a model file whose header cannot be read:
+    no engine would load it either."""
+    from lf.errors import ExitStatus, LfError
+
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return LfError(
+        f"the model file {path} cannot be used: {reason}",
+        hint="fetch or pull it again (lf models pull resumes an interrupted download), or choose another model",
+        exit_status=ExitStatus.NOT_INSTALLED,
     )

@@ -138,7 +138,7 @@ def installed_info(runtime: Runtime) -> dict | None:
 
 def is_outdated(runtime: Runtime, info: dict | None = None) -> bool:
     info = info if info is not None else installed_info(runtime)
-    return bool(info) and info.get("requirements_digest") != requirements_digest(runtime)
+    return info is not None and bool(info) and info.get("requirements_digest") != requirements_digest(runtime)
 
 
 def _require_env_runtime(runtime: Runtime) -> list[InstallPlan]:

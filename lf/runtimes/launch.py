@@ -1,22 +1,76 @@
-"""From an instance's resolved settings (InstanceSpec) to what the supervisor launches (LaunchPlan).
+"""From an instance's resolved settings (InstanceSpec) to the instance the supervisor launches (Instance).
 
-Both are frozen: a runtime's hook receives the spec and returns a plan, and nothing downstream edits
+Both are frozen: a runtime's hook receives the spec and returns the instance, and nothing downstream edits
 either. A runtime without a `plan` hook gets its engine's argv template filled in.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
+from typing import TYPE_CHECKING, Protocol
 
-from lf.daemon.supervisor import LaunchPlan
+from lf.daemon.instance import Instance
 from lf.errors import ExitStatus, LfError
 from lf.runtimes.registry import EachArg, OptionalArgs, ResolvedEngine, Runtime
 
+if TYPE_CHECKING:
+    from lf.daemon.health import Health
+    from lf.daemon.records import RuntimeRecord
+
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class PlanHook(Protocol):
+    """A runtime's `plan(spec, engine, port)`: the instance to launch, where the manifest cannot say it all."""
+
+    def __call__(self, spec: InstanceSpec, engine: ResolvedEngine, port: int, /) -> Instance: ...
+
+
+class AfterHealthyHook(Protocol):
+    """A runtime's `after_healthy(record, health, timeout)`: work once the server answers (e.g. load the model);
+    returns the health to report, None for the one it was given."""
+
+    def __call__(self, record: RuntimeRecord, health: Health | None, timeout: float, /) -> Health | None: ...
+
+
+@dataclass(frozen=True)
+class RuntimeHooks:
+    """What a runtime's hooks.py defines; each hook is optional."""
+
+    plan: PlanHook | None = None
+    after_healthy: AfterHealthyHook | None = None
+
+
+def hooks_of(runtime: Runtime) -> RuntimeHooks | None:
+    """What the runtime's hooks.py defines (None without one), loaded once per runtime folder."""
+    module = hooks_module(runtime)
+    if module is None:
+        return None
+    return RuntimeHooks(plan=getattr(module, "plan", None), after_healthy=getattr(module, "after_healthy", None))
+
+
+def hooks_module(runtime: Runtime) -> ModuleType | None:
+    """The runtime's hooks.py as a module (its own helpers too), None without one."""
+    path = runtime.hooks_path
+    return _load_hooks(runtime.name, str(path)) if path.is_file() else None
+
+
+@cache
+def _load_hooks(name: str, path: str) -> ModuleType:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"lf_runtime_hooks_{name.replace('-', '_')}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (and pickling) look a module up by name while it loads
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass(frozen=True)
@@ -30,6 +84,7 @@ class InstanceSpec:
     host: str
     port: int
     port_auto: bool  # True when nobody chose the port: lf may move to the next free one
+    context_auto: bool = False  # context_size: auto, fitted to the memory left when it starts
     settings: Mapping[str, object] = field(
         default_factory=lambda: MappingProxyType({})
     )  # every declared setting (None: unset)
@@ -63,24 +118,23 @@ def hardware_defaults(runtime: Runtime) -> dict[str, object]:
     return defaults
 
 
-def make_plan(spec: InstanceSpec, port: int, owner: str = "cli") -> LaunchPlan:
-    """The plan for launching `spec` on `port`: the runtime's `plan` hook's, or its argv template's."""
+def make_plan(spec: InstanceSpec, port: int, owner: str = "cli") -> Instance:
+    """The instance that launches `spec` on `port`: the runtime's `plan` hook's, or its argv template's."""
     engine = spec.runtime.require_engine()
-    hooks = spec.runtime.hooks()
-    if hooks is not None and hasattr(hooks, "plan"):
+    hooks = hooks_of(spec.runtime)
+    if hooks is not None and hooks.plan is not None:
         plan = hooks.plan(spec, engine, port)
     else:
         plan = default_plan(spec, engine, port)
-    folder = str(spec.project_folder) if spec.project_folder else None
-    return replace(plan, owner=owner, project_folder=folder)
+    return replace(plan, owner=owner)
 
 
-def default_plan(spec: InstanceSpec, engine: ResolvedEngine, port: int, **changes) -> LaunchPlan:
-    """The plan a runtime's manifest describes; a hook passes `changes` for what it decides itself."""
+def default_plan(spec: InstanceSpec, engine: ResolvedEngine, port: int, **changes) -> Instance:
+    """The instance a runtime's manifest describes; a hook passes `changes` for what it decides itself."""
     runtime = spec.runtime
     if "argv" not in changes:
         changes["argv"] = tuple(render_argv(engine.engine.argv, argv_values(spec, engine, port), runtime.name))
-    plan = LaunchPlan(
+    plan = Instance(
         name=spec.name,
         runtime=runtime.name,
         engine=engine.engine.name,
@@ -92,11 +146,14 @@ def default_plan(spec: InstanceSpec, engine: ResolvedEngine, port: int, **change
         model_path=spec.model_path,
         health_path=runtime.health_path,
         health_ready=runtime.health_ready,
+        progress=runtime.progress,
         start_timeout=runtime.start_timeout,
         overrides=MappingProxyType(dict(spec.overrides)),
         settings=MappingProxyType(recorded_settings(spec)),
         install_hint=runtime.install_hint(),
         leftover_files=runtime.leftover_files,
+        project=spec.project,
+        project_folder=str(spec.project_folder) if spec.project_folder else None,
     )
     return replace(plan, **changes)
 
@@ -106,8 +163,7 @@ def recorded_settings(spec: InstanceSpec) -> dict:
     as named and every setting, in their JSON form. Port and host are compared with the record's own."""
     import json
 
-    settings = {k: v for k, v in spec.settings.items() if k not in ("port", "host")}
-    return json.loads(json.dumps({"model": spec.model, **settings}, default=str))
+    return json.loads(json.dumps({"model": spec.model, **spec.settings}, default=str))
 
 
 def changed_settings(spec: InstanceSpec, record) -> list[str]:
@@ -116,13 +172,14 @@ def changed_settings(spec: InstanceSpec, record) -> list[str]:
     changes = []
     if not spec.port_auto and spec.port != record.port:
         changes.append(f"port: {record.port} → {spec.port}")
-    if spec.host != record.host:
-        changes.append(f"host: {record.host} → {spec.host}")
-    if record.settings:
+    if spec.host != record.instance.host:
+        changes.append(f"host: {record.instance.host} → {spec.host}")
+    had = record.instance.settings
+    if had:
         wanted = recorded_settings(spec)
-        for key in wanted.keys() | record.settings.keys():
-            if wanted.get(key) != record.settings.get(key):
-                changes.append(f"{key}: {_shown(record.settings.get(key))} → {_shown(wanted.get(key))}")
+        for key in wanted.keys() | had.keys():
+            if wanted.get(key) != had.get(key):
+                changes.append(f"{key}: {_shown(had.get(key))} → {_shown(wanted.get(key))}")
     return sorted(changes)
 
 
@@ -149,7 +206,8 @@ def render_argv(template, values: Mapping[str, object], runtime: str) -> list[st
     argv: list[str] = []
     for part in template:
         if isinstance(part, EachArg):
-            extra = [str(item) for item in values.get(part.setting) or ()]
+            items = values.get(part.setting) or ()
+            extra = [str(item) for item in items] if isinstance(items, (list, tuple)) else [str(items)]
             _refuse_own_flags(extra, template, part.setting, runtime)
             argv.extend(extra)
         elif isinstance(part, OptionalArgs):

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
-from types import MappingProxyType, ModuleType
+from types import MappingProxyType
 
 from lf.errors import LfError, NotInstalledError, UnknownNameError
 from lf.runtimes.folders import DEFAULT_RUNTIME, runtime_folders, runtime_names  # noqa: F401  (the registry's API)
@@ -25,7 +25,6 @@ MANIFEST_KEYS = (
     "managed",
     "default_port",
     "api_base",
-    "models_path",
     "default_model",
     "model_format",
     "model_env",
@@ -90,11 +89,11 @@ class Runtime:
     api_base: str
     health_path: str | None
     health_ready: str
-    models_path: str | None
     default_model: str | None
     model_format: str | None
     one_model_per_process: bool
     start_timeout: float
+    progress: str | None = None  # [health] progress: a pattern of its log whose group is the percent loaded
     model_env: str | None = None  # the environment variable that names the model
     settings: Mapping[str, Setting] = field(default_factory=lambda: MappingProxyType({}))
     engines: tuple[Engine, ...] = ()
@@ -199,38 +198,65 @@ class Runtime:
             return f"http://127.0.0.1:{port}{self.api_base}"
         return f"http://127.0.0.1:{self.default_port}{self.api_base}"
 
-    def hooks(self) -> ModuleType | None:
-        path = self.folder / "hooks.py"
-        if not path.is_file():
-            return None
-        return _load_hooks(self.name, str(path))
+    @property
+    def hooks_path(self) -> Path:
+        return self.folder / "hooks.py"
 
 
 def _env_text(setting: Setting | None) -> str:
     return os.environ.get(setting.env, "") if setting is not None and setting.env else ""
 
 
-@cache
-def _load_hooks(name: str, path: str) -> ModuleType:
-    import importlib.util
+def read_manifest(path: Path) -> dict:
+    """A manifest.toml as a dict: parsed once, then read back from a JSON copy in lf's cache while the file is the
+    same (size, mtime, inode), as the checked llamafarm.yaml is: TOML's parser is most of a start's registry time."""
+    import json
+    import zlib
 
-    spec = importlib.util.spec_from_file_location(f"lf_runtime_hooks_{name.replace('-', '_')}", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses (and pickling) look a module up by name while it loads
-    spec.loader.exec_module(module)
-    return module
+    from lf.dirs import state_dir
+
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise LfError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    key = [str(path), st.st_size, st.st_mtime_ns, st.st_ino, MANIFEST_CACHE_FORMAT]
+    cache = state_dir() / "cache" / f"manifest-{zlib.crc32(str(path).encode()):08x}.json"
+    try:
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached["key"] == key and isinstance(cached["manifest"], dict):
+            return cached["manifest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    manifest = _parse_toml(path)
+    try:
+        from lf.dirs import ensure_private_dir
+        from lf.files import atomic_write
+
+        ensure_private_dir(cache.parent)
+        atomic_write(cache, json.dumps({"key": key, "manifest": manifest}))
+    except Exception:  # a cache that cannot be written costs time, nothing else
+        pass
+    return manifest
+
+
+MANIFEST_CACHE_FORMAT = 1
+
+
+def _parse_toml(path: Path) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise LfError(f"{path}: cannot be read: {exc}") from None
 
 
 def _parse(folder: Path) -> Runtime:
-    import tomllib
-
     path = folder / "manifest.toml"
-    try:
-        with open(path, "rb") as fh:
-            m = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise LfError(f"{path}: cannot be read: {exc}") from None
+    m = read_manifest(path)
     if m.get("name") != folder.name:
         raise LfError(f"{path}: name {m.get('name')!r} differs from its folder name {folder.name!r}")
     unknown = [k for k in m if k not in MANIFEST_KEYS]
@@ -254,7 +280,7 @@ def _parse(folder: Path) -> Runtime:
         api_base=m.get("api_base", "/v1"),
         health_path=health.get("path"),
         health_ready=health.get("ready", "http-ok"),
-        models_path=m.get("models_path"),
+        progress=_pattern(health.get("progress"), path),
         default_model=m.get("default_model"),
         model_format=m.get("model_format"),
         model_env=m.get("model_env"),
@@ -269,6 +295,19 @@ def _parse(folder: Path) -> Runtime:
     )
 
 
+def _pattern(text, path: Path) -> str | None:
+    if text is None:
+        return None
+    import re
+
+    try:
+        if not isinstance(text, str) or re.compile(text).groups != 1:
+            raise ValueError("it needs exactly one group: the percent")
+    except (re.error, ValueError) as exc:
+        raise LfError(f"{path}: [health] progress {text!r} is not a pattern lf can use: {exc}") from None
+    return text
+
+
 def _leftover_files(patterns, path: Path) -> tuple[str, ...]:
     if not (
         isinstance(patterns, list) and all(isinstance(p, str) and p.startswith("/") and "*" in p for p in patterns)
@@ -278,7 +317,7 @@ def _leftover_files(patterns, path: Path) -> tuple[str, ...]:
 
 
 def _engine(table: dict, settings: dict[str, Setting], path: Path) -> Engine:
-    argv = []
+    argv: list[str | OptionalArgs | EachArg] = []
     for part in table.get("argv", ()):
         if isinstance(part, dict) and set(part) == {"each"}:
             if settings.get(part["each"]) is None or settings[part["each"]].type != "array":
@@ -340,3 +379,24 @@ def get_runtime(name: str) -> Runtime:
 @cache
 def _parse_cached(folder: Path) -> Runtime:
     return _parse(folder)
+
+
+def describe_runtimes() -> list[dict]:
+    """Every runtime as `lf runtime list --json` shows it: whether its engine is here, from where, how to install."""
+    rows = []
+    for rt in all_runtimes().values():
+        engine = rt.find_engine() if rt.managed else None
+        rows.append(
+            {
+                "name": rt.name,
+                "managed": rt.managed,
+                "available": bool(engine) if rt.managed else None,
+                "engine": engine.engine.name if engine else None,
+                "source": engine.source if engine else None,
+                "install": None if engine or not rt.managed else rt.install_hint(),
+                "install_command": rt.install_command if rt.needs_env else None,
+                "default_port": rt.default_port,
+                "description": rt.description,
+            }
+        )
+    return rows

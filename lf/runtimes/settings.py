@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
-TYPES = ("integer", "number", "string", "boolean", "array")  # array: of strings (e.g. extra engine flags)
+TYPES = ("integer", "number", "string", "boolean", "array", "size")  # array: of strings; size: bytes, or 6GiB
 SETTING_KEYS = ("type", "description", "default", "enum", "minimum", "maximum", "min_length", "env", "extra_body")
 
 
@@ -59,6 +60,9 @@ class Setting:
             return int(text)
         if self.type == "number":
             return float(text)
+        if self.type == "size":
+            parse_size(text)
+            return text.strip()
         if self.type == "array":
             import shlex
 
@@ -73,7 +77,12 @@ class Setting:
         return text
 
     def json_schema(self) -> dict:
-        out: dict = {"type": self.type}
+        if self.type == "size":
+            out: dict = {"type": ["integer", "string"], "pattern": SIZE_PATTERN}
+            if self.description:
+                out["description"] = self.description
+            return out
+        out = {"type": self.type}
         if self.type == "array":
             out["items"] = {"type": "string"}
         if self.enum:
@@ -188,7 +197,7 @@ def from_manifest(name: str, table: dict, where: str) -> Setting:
     kind = table.get("type", base.type if base else None)
     if kind not in TYPES:
         raise LfError(f"{where}: [settings.{name}] needs a type, one of {', '.join(TYPES)}")
-    values = {k: (tuple(v) if k == "enum" else v) for k, v in table.items() if k != "type"}
+    values: dict[str, Any] = {k: (tuple(v) if k == "enum" else v) for k, v in table.items() if k != "type"}
     setting = replace(base, **values) if base else Setting(name, kind, **values)
     if setting.default is not None and setting.problem(setting.default):
         raise LfError(f"{where}: the default of {name!r} is not valid: {setting.problem(setting.default)}")
@@ -200,11 +209,23 @@ def _type_ok(value, wanted: str) -> bool:
         return False
     if wanted == "array":
         return isinstance(value, list) and all(isinstance(item, str) for item in value)
-    return isinstance(value, {"integer": int, "number": (int, float), "string": str, "boolean": bool}[wanted])
+    if wanted == "size":
+        try:
+            parse_size(value)
+        except (ValueError, TypeError):
+            return False
+        return True
+    kinds: dict[str, type | tuple[type, ...]] = {"integer": int, "number": (int, float), "string": str, "boolean": bool}
+    return isinstance(value, kinds[wanted])
 
 
 def describe_type(wanted: str) -> str:
-    return {"object": "a mapping", "array": "a list of strings", "integer": "an integer"}.get(wanted, f"a {wanted}")
+    return {
+        "object": "a mapping",
+        "array": "a list of strings",
+        "integer": "an integer",
+        "size": "a size (bytes, or 6GiB, 450MiB, 1.5GB)",
+    }.get(wanted, f"a {wanted}")
 
 
 def describe_value(value) -> str:
@@ -223,3 +244,23 @@ def describe_value(value) -> str:
     if isinstance(value, str):
         return "a string"
     return type(value).__name__
+
+
+SIZE_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*([KMGT]i?B?|[kmgt]i?b?|B|b)?\s*$"
+UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2}
+UNITS.update({"g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4})
+
+
+def parse_size(text: str | int) -> int:
+    """`6GiB`, `450MiB`, `1.5GB`, `2000000000` → bytes; ValueError for anything else."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError("a size is not negative")
+        return text
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in UNITS:
+        raise ValueError(f"{text!r} is not a size (say 6GiB, 450MiB, 1.5GB or a number of bytes)")
+    return int(float(match.group(1)) * UNITS[unit])

@@ -239,7 +239,7 @@ def after_healthy(record, health, timeout):
     """Load the model into the running server; healthy only once it reports the model loaded."""
     from lf.daemon.health import Probe, probe_once
 
-    plan = record.after_start
+    plan = record.instance.after_start
     base = record.base_url.rstrip("/")
     if plan.get("generation") == "v6":
         body = (

@@ -130,6 +130,7 @@ def event(model: str, token: str | None, finish: str | None = None) -> bytes:
         "id": "fake-1",
         "object": "chat.completion.chunk",
         "model": model,
+        "system_fingerprint": f"fp-{model}",  # names the instance that answered, whatever a gateway calls the model
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
     return f"data: {json.dumps(payload)}\n\n".encode()
@@ -187,6 +188,7 @@ def log_request(conn: socket.socket, method: str, path: str) -> None:
 
 
 def chat(conn: socket.socket, args: argparse.Namespace, request: dict) -> None:
+    log(f"chat max_tokens={request.get('max_tokens')} stream={bool(request.get('stream'))}")
     words = tokens(args.tokens)
     if not request.get("stream"):
         respond(
@@ -196,6 +198,7 @@ def chat(conn: socket.socket, args: argparse.Namespace, request: dict) -> None:
                 "id": "fake-1",
                 "object": "chat.completion",
                 "model": args.model,
+                "system_fingerprint": f"fp-{args.model}",
                 "choices": [
                     {"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": "stop"}
                 ],
