@@ -44,7 +44,6 @@ description = "paced fake upstream (bench)"
 managed = true
 default_port = 19900
 api_base = "/v1"
-models_path = "/v1/models"
 default_model = "paced-model"
 start_timeout = 30
 
