@@ -446,6 +446,9 @@ def test_stop_leaves_no_ray_process_lf_started(shared):
     assert [p for p in temp if _in_state(p, shared["root"])] == []
     assert list((shared["root"] / "state").rglob("instances/*.json")) == []  # no record left behind either
     assert not (shared["root"] / "state" / "cluster" / "auth_token").exists()
+    from lf.cluster.nodes import temp_dir_path
+
+    assert not temp_dir_path().exists()  # Ray's session files went with the cluster
 
 
 def _in_state(proc: psutil.Process, root: Path) -> bool:

@@ -92,14 +92,18 @@ def token_path() -> Path:
     return state_dir() / "cluster" / "auth_token"
 
 
-def temp_dir() -> Path:
-    """Ray's temp dir for this state dir's nodes: private and short (Ray's socket paths under it must fit in
-    107 bytes), outside the state dir (which is often long), shared by the nodes of this machine."""
+def temp_dir_path() -> Path:
+    """Ray's temp dir for this state dir's nodes: short (Ray's socket paths under it must fit in 107 bytes),
+    outside the state dir (which is often long), shared by the nodes of this machine."""
     digest = hashlib.sha256(str(state_dir().resolve()).encode()).hexdigest()[:10]
     base = tempfile.gettempdir()
     if len(base) > 40:
         base = "/tmp"
-    return ensure_private_dir(Path(base) / f"lf-ray-{os.getuid()}-{digest}")
+    return Path(base) / f"lf-ray-{os.getuid()}-{digest}"
+
+
+def temp_dir() -> Path:
+    return ensure_private_dir(temp_dir_path())
 
 
 def local_nodes() -> list[RuntimeRecord]:
@@ -383,11 +387,15 @@ def _forget_old_sessions(tmp: Path) -> None:
 # -- stop ------------------------------------------------------------------------------------------------
 def stop(timeout: float = STOP_TIMEOUT) -> list[StopResult]:
     """Stop the nodes lf runs on this machine (worker first), by pid and process group, and every engine a
-    replica of them started; remove the cluster's token once no node is left."""
+    replica of them started; remove the cluster's token and Ray's temp dir once no node is left."""
     results = [supervisor.stop(name, store(), timeout=timeout) for name in (WORKER, HEAD)]
     stop_replica_engines()
     if not any(r.process_alive() for r in local_nodes()):
+        import shutil
+
         token_path().unlink(missing_ok=True)
+        # Ray's session files (its sockets, its own logs): lf's logs of the nodes stay in the state dir
+        shutil.rmtree(temp_dir_path(), ignore_errors=True)
     return results
 
 
