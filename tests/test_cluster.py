@@ -418,7 +418,11 @@ def test_the_cluster_env_is_ray_serve_and_lfs_own_dependencies_only():
 def test_the_code_ray_ships_is_lf_with_its_runtime_folders(isolated):
     from lf.cluster.package import stage
 
+    old = isolated / "data" / "cluster" / "code" / "0123456789abcdef"  # an earlier lf's, unused for two days
+    (old / "lf").mkdir(parents=True)
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
     root = stage()
+    assert not old.exists()
     assert (root / "lf" / "__init__.py").is_file() and (root / "lf" / "cluster" / "replica.py").is_file()
     assert (root / "lf" / "runtimes" / "builtin" / "llamacpp" / "manifest.toml").is_file()
     assert not list(root.rglob("__pycache__")) and not list(root.rglob("*.pyc"))

@@ -59,7 +59,9 @@ def stage() -> Path:
     root = ensure_private_dir(data_dir() / "cluster" / "code")
     target = root / digest.hexdigest()[:16]
     if (target / "lf" / "__init__.py").is_file():
+        os.utime(target)  # in use: the last to be pruned
         return target
+    _prune(root)
     partial = root / f".{target.name}.{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     for rel, source in files:
@@ -71,3 +73,17 @@ def stage() -> Path:
     except OSError:
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+KEEP_S = 24 * 3600  # a copy unused this long belongs to an lf that is gone (Ray keeps what it uploaded itself)
+
+
+def _prune(root: Path) -> None:
+    import time
+
+    for entry in root.iterdir():
+        try:
+            if entry.is_dir() and time.time() - entry.stat().st_mtime > KEEP_S:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
