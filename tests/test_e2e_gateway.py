@@ -59,15 +59,20 @@ def test_the_openai_client_talks_to_two_models_through_one_endpoint(tmp_path, ge
             model="smol", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48
         )
         assert "Paris" in answer.choices[0].message.content  # started on demand for this very request
-        streamed = client.chat.completions.create(
-            model="small", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48, stream=True
+        assert answer.model == "smol"  # the name the client asked for, not the engine's
+        streamed = list(
+            client.chat.completions.create(
+                model="small", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48, stream=True
+            )
         )
         assert "Paris" in "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+        assert {chunk.model for chunk in streamed} == {"small"}  # an alias comes back as the alias
 
         completion = client.completions.create(
             model="gemma", prompt="The capital of France is", temperature=0, max_tokens=12
         )
-        assert completion.model == "gemma3-270m" and completion.choices[0].text.strip()  # the other model answered
+        assert completion.model == "gemma" and completion.choices[0].text.strip()  # named as it was asked for
+        assert read_record(state, "gemma")["model"] == "gemma3-270m"  # and the other model answered it
         pieces = client.completions.create(
             model="gemma", prompt="One, two, three,", temperature=0, max_tokens=8, stream=True
         )

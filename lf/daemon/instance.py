@@ -73,6 +73,10 @@ class Instance:
     def from_recorded(cls, data: Mapping) -> Instance:
         """Back from a record's JSON (this version or an earlier one, which kept base_url and health_url but not
         their paths). ValueError/TypeError unless every field has the type lf relies on."""
+        for name in ("base_url", "health_url"):  # written out for scripts: still, what a record says must hold
+            url = data.get(name)
+            if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+                raise ValueError(f"{name} is not an http(s) URL")
         values = {f.name: data[_KEY.get(f.name, f.name)] for f in fields(cls) if _KEY.get(f.name, f.name) in data}
         if "api_base" not in values:
             values["api_base"] = _path_of(data.get("base_url"))

@@ -479,7 +479,7 @@ class StateStore:
 
         try:
             atomic_write(self.stopping_path(name), f"{os.getpid()} {process_create_time(os.getpid()) or 0}\n")
-        except OSError:
+        except (OSError, LfError):  # a read-only state dir: write_error says why, and the stop needs no mark
             pass
 
     def is_stopping(self, name: str) -> bool:
