@@ -1,6 +1,6 @@
 """The shape of the code, checked: imports run one way, from the CLI down to the base modules.
 
-    lf.cli ─▶ lf.gateway ─▶ lf.core ─▶ lf.config, lf.models ─▶ lf.runtimes ─▶ lf.daemon ─▶ base
+    lf.cli ─▶ lf.gateway ─▶ lf.cluster ─▶ lf.core ─▶ lf.config, lf.models ─▶ lf.runtimes ─▶ lf.daemon ─▶ base
                                                          (base: lf.errors, lf.dirs, lf.files, lf.envvars, lf.suggest)
 
 Every import counts, the ones inside functions too. The README's "Architecture" section says the same.
@@ -19,8 +19,9 @@ RANKS = {
     "lf.config": 3,
     "lf.models": 3,
     "lf.core": 4,
-    "lf.gateway": 5,
-    "lf.cli": 6,
+    "lf.cluster": 5,
+    "lf.gateway": 6,
+    "lf.cli": 7,
 }
 NEVER_OUTSIDE_CLI = ("typer", "rich", "click", "lf.cli")
 

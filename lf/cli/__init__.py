@@ -43,6 +43,18 @@ GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "build-hf": "lf.cli.models_hf:build_hf",
         },
     ),
+    "cluster": (
+        "Run a Ray cluster and serve the project's models on it with Ray Serve.",
+        {
+            "start": "lf.cli.cluster:start",
+            "join": "lf.cli.cluster:join",
+            "status": "lf.cli.cluster:status",
+            "stop": "lf.cli.cluster:stop",
+            "deploy": "lf.cli.cluster:deploy",
+            "undeploy": "lf.cli.cluster:undeploy",
+            "install": "lf.cli.cluster:install",
+        },
+    ),
     "config": (
         "Validate, show and create llamafarm.yaml.",
         {

@@ -52,6 +52,7 @@ class ModelEntry:
         default_factory=dict
     )  # LlamaFarm's per-model parameters: its GGUF ones (n_ctx, n_gpu_layers, …)
     # set the runtime settings that declare them (lf.runtimes.settings), below provider_config
+    scaling: dict = field(default_factory=dict)  # replicas, min/max_replicas, spread, … as written (lf.config.cluster)
 
     def resolved_api_key(self) -> str | None:
         return expand_env_ref(self.api_key)
@@ -66,6 +67,7 @@ class Project:
     default_model: str
     shape: str  # "single" or "list"
     gateway: dict = field(default_factory=dict)  # runtime.gateway: settings of `lf serve` (lf.config.gateway)
+    cluster: dict = field(default_factory=dict)  # runtime.cluster: the Ray cluster to deploy to (lf.config.cluster)
     warnings: list[str] = field(default_factory=list)  # what lf keeps without using (unknown keys), located
 
     @property
@@ -182,6 +184,7 @@ def _cache_read(path: Path, key: list | None) -> Project | None:
             default_model=p["default_model"],
             shape=p["shape"],
             gateway=p.get("gateway") or {},
+            cluster=p.get("cluster") or {},
             warnings=p.get("warnings") or [],
         )
     except (OSError, ValueError, KeyError, TypeError):
@@ -269,6 +272,7 @@ def normalise(path: Path, data: dict, root=None) -> Project:
         default_model=default,
         shape=shape,
         gateway=dict(runtime.get("gateway") or {}),
+        cluster=dict(runtime.get("cluster") or {}),
     )
 
 
@@ -292,6 +296,8 @@ def _generation(mapping: dict) -> dict:
 
 
 def _entry(item: dict, name: str, provider_config: dict | None, line: int | None, shared: dict) -> ModelEntry:
+    from lf.config.cluster import SCALING_KEYS
+
     settings = dict(provider_config or {})
     return ModelEntry(
         name=name,
@@ -319,6 +325,7 @@ def _entry(item: dict, name: str, provider_config: dict | None, line: int | None
         max_tokens_limit=item.get("max_tokens_limit"),
         router=_router(item) if item["provider"] == "router" else None,
         extra_body=dict(item.get("extra_body") or {}),
+        scaling={key: item[key] for key in SCALING_KEYS if key in item},
     )
 
 

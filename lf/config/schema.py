@@ -126,7 +126,20 @@ def _model_fields(provider_type) -> dict[str, Any]:
             int,
             Field(None, ge=1, description="the most max_tokens a request through `lf serve` may ask for"),
         ),
+        **_replica_fields(),
     }
+
+
+def _replica_fields() -> dict[str, Any]:
+    """How many copies of a model run, and where (lf.config.cluster)."""
+    from lf.config.cluster import REPLICA_FIELDS
+
+    fields: dict[str, Any] = {}
+    for name, s in REPLICA_FIELDS.items():
+        limits = {"ge": s.minimum, "le": s.maximum}
+        constraints: dict[str, Any] = {k: v for k, v in limits.items() if v is not None}
+        fields[name] = (_python_type(s), Field(None, description=s.description, **constraints))
+    return fields
 
 
 def _python_type(setting: Setting):
@@ -193,6 +206,12 @@ def _document(registry_key: tuple) -> tuple[type[BaseModel], TypeAdapter]:
         ),
         Field(None, description="settings of `lf serve` (lf's; LlamaFarm leaves runtime open)"),
     )
+    from lf.config.cluster import CLUSTER_SETTINGS
+
+    cluster = (
+        settings_model("Cluster", CLUSTER_SETTINGS),
+        Field(None, description="the Ray cluster `lf cluster deploy` uses (lf's; LlamaFarm leaves runtime open)"),
+    )
     sections = {
         name.replace("-", "_"): (
             settings_model(f"{name}Settings", dict(rt.settings)),
@@ -207,6 +226,7 @@ def _document(registry_key: tuple) -> tuple[type[BaseModel], TypeAdapter]:
         **_model_fields(provider_type),
         provider_config=(any_settings, None),
         gateway=gateway,
+        cluster=cluster,
         **sections,
     )
     entry = create_model(
@@ -225,6 +245,7 @@ def _document(registry_key: tuple) -> tuple[type[BaseModel], TypeAdapter]:
         default_model=(str, Field(None, description="name of the entry to use by default (else the first)")),
         models=(list[entry], Field(min_length=1)),
         gateway=gateway,
+        cluster=cluster,
     )
     runtime_type = typing.Annotated[
         typing.Annotated[single, Tag("single")] | typing.Annotated[listed, Tag("list")],
@@ -459,6 +480,10 @@ def semantic_checks(data: dict, problems: list[Problem]) -> None:
     runtimes = all_runtimes()
     model, _ = document_model()
     shapes = {name: _field_at(model, ("runtime", name), container=True) for name in ("single", "list")}
+    if isinstance(runtime.get("cluster"), dict):
+        from lf.config.cluster import CLUSTER_SETTINGS
+
+        _unknown_keys(runtime["cluster"], ("runtime", "cluster"), list(CLUSTER_SETTINGS), problems)
     models = runtime.get("models")
     if isinstance(models, list):
         _unknown_keys(runtime, ("runtime",), _field_names(shapes["list"]), problems)
@@ -559,6 +584,36 @@ def _check_model(item: dict, path: tuple, fields: list[str], runtimes: dict, pro
         }
         _check_extra_body(provider, item["extra_body"], config, path + ("extra_body",), runtimes, problems)
     _check_external(item, path, runtimes, problems)
+    _check_replicas(item, path, problems)
+
+
+SCALING_ONLY = ("min_replicas", "max_replicas", "target_ongoing_requests", "scale_up_delay", "scale_down_delay")
+
+
+def _check_replicas(item: dict, path: tuple, problems: list[Problem]) -> None:
+    """A fixed number of copies, or a range Ray Serve scales within: not both, and the range in order."""
+    scaling = [k for k in SCALING_ONLY if k in item]
+    if "replicas" in item and scaling:
+        problems.append(
+            Problem(
+                path + (scaling[0],),
+                f"{scaling[0]} scales the model, but replicas fixes its copies at {item['replicas']!r}",
+                "replicas alone, or min_replicas/max_replicas (and the scaling fields) without replicas",
+                at_key=True,
+            )
+        )
+    elif scaling and "max_replicas" not in item:
+        problems.append(
+            Problem(
+                path + (scaling[0],),
+                f"{scaling[0]} only applies when the model scales, and it has no max_replicas",
+                "max_replicas: the most copies (scaling is on once it is set)",
+                at_key=True,
+            )
+        )
+    low, high = item.get("min_replicas", 1), item.get("max_replicas")
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        problems.append(Problem(path + ("min_replicas",), f"{low} is above max_replicas ({high})", f"0 to {high}"))
 
 
 def _check_extra_body(provider, body: dict, config: dict, path: tuple, runtimes: dict, problems: list[Problem]) -> None:
