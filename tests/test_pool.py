@@ -500,3 +500,47 @@ def test_the_default_max_concurrent_is_twice_the_engine_slots():
         assert pool.slots["a"].max_concurrent == 8
 
     run(body)
+
+
+# -- several places for one model (replicas, peers) ------------------------------------------------------------------
+def test_requests_for_a_model_with_two_places_are_shared_even_past_their_concurrency():
+    from dataclasses import replace
+
+    async def body():
+        smol = entry("smol")
+        pool, effects, _ = make(smol, replace(smol, name="smol-r2", replica_of="smol"), effects=FakeEffects(parallel=2))
+        places = pool.places("smol")
+        assert [p.name for p in places] == ["smol", "smol-r2"]
+        for slot in places:
+            await use(pool, slot)
+        counts: dict[str, int] = {}
+
+        async def request() -> None:
+            slot = pool.choose(places)
+            await pool.acquire(slot)
+            counts[slot.name] = counts.get(slot.name, 0) + 1
+            await asyncio.sleep(0.001)
+            pool.release(slot)
+
+        await asyncio.gather(*(request() for _ in range(40)))  # 40 at once: 8 in flight, 32 waiting their turn
+        assert counts == {"smol": 20, "smol-r2": 20}
+
+    run(body)
+
+
+def test_a_place_that_fails_three_times_is_taken_out_and_the_model_is_served_by_the_others():
+    from dataclasses import replace
+
+    async def body():
+        smol = entry("smol")
+        pool, _, _ = make(smol, replace(smol, name="smol-r2", replica_of="smol"))
+        places = pool.places("smol")
+        for slot in places:
+            await use(pool, slot)
+        for _ in range(3):
+            pool.failed(places[1], "ReadError")
+        assert all(pool.choose(places) is places[0] for _ in range(5))
+        pool.succeeded(places[1])  # its probe found it answering again
+        assert {pool.choose(places, exclude=(places[0],)).name} == {"smol-r2"}
+
+    run(body)

@@ -43,6 +43,8 @@ class ModelEntry:
     max_tokens_default: int | None = None  # max_tokens of a request that sets none (default: the gateway's)
     max_tokens_limit: int | None = None  # the most max_tokens a request may ask of it
     router: dict | None = None  # provider: router: {embedder_model, default_model, similarity_threshold, routes}
+    peers: list[str] = field(default_factory=list)  # gateway peers that serve this same model (as its entry name)
+    replica_of: str | None = None  # a copy the gateway runs of another entry (replicas: N): that entry's name
 
     @property
     def is_router(self) -> bool:
@@ -324,6 +326,7 @@ def _entry(item: dict, name: str, provider_config: dict | None, line: int | None
         max_tokens_default=item.get("max_tokens_default"),
         max_tokens_limit=item.get("max_tokens_limit"),
         router=_router(item) if item["provider"] == "router" else None,
+        peers=list(item.get("peers") or []),
         extra_body=dict(item.get("extra_body") or {}),
         scaling={key: item[key] for key in SCALING_KEYS if key in item},
     )

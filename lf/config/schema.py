@@ -94,6 +94,10 @@ def _model_fields(provider_type) -> dict[str, Any]:
             Field(None, ge=0, description="seconds `lf serve` keeps it loaded after its last request (0: forever)"),
         ),
         "aliases": (list[str], Field(None, description="more names `lf serve` routes to this model")),
+        "peers": (
+            list[str],
+            Field(None, description="gateway peers (runtime.gateway.peers) that serve this same model, by its name"),
+        ),
         # LlamaFarm's router models (provider: router): a request goes to the route whose utterances are most like it
         "embedder_model": (str, Field(None, min_length=1, description="router: the model that embeds messages")),
         "default_model": (str, Field(None, min_length=1, description="router: where a request no route fits goes")),
@@ -509,8 +513,26 @@ def semantic_checks(data: dict, problems: list[Problem]) -> None:
             if isinstance(item, dict):
                 _check_model(item, ("runtime", "models", i), entry_fields, runtimes, problems)
         _check_routers(models, problems)
+        _check_peer_names(runtime, models, problems)
     else:
         _check_model(runtime, ("runtime",), _field_names(shapes["single"]), runtimes, problems)
+
+
+def _check_peer_names(runtime: dict, models: list, problems: list[Problem]) -> None:
+    """An entry's `peers` name peers of runtime.gateway.peers."""
+    gateway = runtime.get("gateway") if isinstance(runtime.get("gateway"), dict) else {}
+    known = [p.get("name") for p in gateway.get("peers") or [] if isinstance(p, dict)]
+    for i, item in enumerate(models):
+        for j, name in enumerate(item.get("peers") or [] if isinstance(item, dict) else []):
+            if name not in known:
+                hint = did_you_mean(str(name), [k for k in known if isinstance(k, str)])
+                problems.append(
+                    Problem(
+                        ("runtime", "models", i, "peers", j),
+                        f"{name!r} is not a peer of runtime.gateway.peers" + (f" ({hint})" if hint else ""),
+                        f"one of: {', '.join(map(str, known))}" if known else "declare it under runtime.gateway.peers",
+                    )
+                )
 
 
 def _check_routers(models: list, problems: list[Problem]) -> None:

@@ -781,7 +781,7 @@ class _Exchange:
         self.gateway.finished(
             self.request,
             self.path,
-            self.entry.name,
+            self.entry.replica_of or self.entry.name,  # the model asked for; the place is `upstream`
             status,
             self.arrived,
             stream=self.stream,
@@ -798,9 +798,25 @@ def _why(exc: httpx.HTTPError) -> str:
 
 
 def _pooled(project: Project | None, entries: list[ModelEntry]) -> list[ModelEntry]:
-    """What the pool serves: every entry but the routers (they pick among the others), and the embedding models the
-    routers need that the project does not list itself."""
-    return [e for e in entries if not e.is_router] + embedder_entries(project)
+    """What the pool serves: every entry but the routers (they pick among the others), each `replicas` times (the
+    copies named NAME-r2, NAME-r3, …, on ports of their own), and the embedding models the routers need that the
+    project does not list itself."""
+    pooled: list[ModelEntry] = []
+    for entry in entries:
+        if entry.is_router:
+            continue
+        pooled.append(entry)
+        if entry.managed:
+            pooled += [replica(entry, k) for k in range(2, int(entry.scaling.get("replicas") or 1) + 1)]
+    return pooled + embedder_entries(project)
+
+
+def replica(entry: ModelEntry, k: int) -> ModelEntry:
+    """The k-th local copy of an entry: an instance of its own (its own record and log), on a port lf picks."""
+    from dataclasses import replace
+
+    config = {key: value for key, value in entry.provider_config.items() if key != "port"}
+    return replace(entry, name=f"{entry.name}-r{k}", provider_config=config, aliases=[], replica_of=entry.name)
 
 
 def _external_endpoints(entries: list[ModelEntry]) -> dict[str, Endpoint]:

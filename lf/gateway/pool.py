@@ -268,19 +268,25 @@ class Pool:
             for other in startable:
                 if other.state in NOT_LOADED:  # keep its replicas up: started beside, for the requests after this
                     self._start_beside(other)
-            return min(ready, key=lambda p: (p.in_flight / (p.max_concurrent or 1), p.last_used))
+            return min(ready, key=lambda p: (_load(p) / (p.max_concurrent or 1), p.last_used))
         if startable:
             for other in startable[1:]:
                 if other.state in NOT_LOADED:
                     self._start_beside(other)
-            return min(startable, key=lambda p: (p.state not in (State.STARTING, *NOT_LOADED), p.in_flight))
+            return min(startable, key=lambda p: (p.state != State.STARTING, _load(p)))
         reasons = "; ".join(f"{p.name}: {p.down or 'failed ' + str(p.failures) + ' times'}" for p in places)
         raise Unreachable(f"no place serving it answers ({reasons})", hint="it is retried at every probe")
 
     def places(self, name: str) -> list[Slot]:
-        """Where requests for the model `name` (an entry's name, or PEER/MODEL) may go."""
+        """Where requests for the model `name` (an entry's name, or PEER/MODEL) may go: the entry's instance, its
+        replicas, and the peers its entry says serve it too."""
         slot = self.slots.get(name)
-        return [slot] if slot is not None else []
+        if slot is None:
+            return []
+        found = [slot, *(s for s in self.slots.values() if s.entry.replica_of == name)]
+        if slot.entry.peers:
+            found += [s for s in self.slots.values() if s.peer in slot.entry.peers and s.entry.model == name]
+        return found
 
     def peer_models(self, name: str) -> list[Slot]:
         """The places of a bare model name that peers serve (one, when it names one peer's model only)."""
@@ -698,6 +704,11 @@ class Pool:
         if stops:
             await asyncio.wait(stops)
         self._wake_waiters()
+
+
+def _load(slot: Slot) -> int:
+    """The requests a place holds: in flight, waiting for their turn, and waiting for its start."""
+    return slot.in_flight + slot.handed + len(slot.turns) + slot.awaiting_start
 
 
 def _retrieve(task: asyncio.Task) -> None:
