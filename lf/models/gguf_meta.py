@@ -14,8 +14,10 @@ import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# llama.cpp's enum llama_pooling_type, as a GGUF's ARCH.pooling_type holds it (0: none, -1: unspecified)
+POOLING_TYPES = {1: "mean", 2: "cls", 3: "last", 4: "rank"}
 LONG_ARRAY = 1024  # arrays longer than this are skipped, not parsed element by element
-CACHE_FORMAT = 1  # of the cached form; raise it when GgufMeta's fields change
+CACHE_FORMAT = 2  # of the cached form; raise it when GgufMeta's fields change
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class GgufMeta:
     merges: int  # BPE merges in the tokenizer
     tensor_bytes: int  # the weights: what is mapped and resident once every tensor has been used
     tensor_bytes_by_type: dict  # ggml type name → bytes (the token embedding counted apart, as "token_embd")
+    pooling: str | None = None  # ARCH.pooling_type ("mean", "cls", "last", "rank"): an embedding model's own
+    causal: bool | None = None  # ARCH.attention.causal: False for an encoder (BERT), which keeps no KV cache
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -203,6 +207,8 @@ def _read_header(path: Path) -> GgufMeta:
         merges=count("tokenizer.ggml.merges") or 0,
         tensor_bytes=sum(by_type.values()),
         tensor_bytes_by_type=by_type,
+        pooling=POOLING_TYPES.get(value(f"{arch}.pooling_type")),
+        causal=value(f"{arch}.attention.causal"),
     )
 
 
