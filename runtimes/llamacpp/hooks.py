@@ -1,16 +1,37 @@
-"""llamacpp: LlamaFarm's GGUF parameters in llama-server's spelling (both engines take the same flags).
+"""llamacpp: LlamaFarm's GGUF parameters in llama-server's spelling (both engines take the same flags), and
+embeddings for an embedding model without being asked.
 
 The settings keep LlamaFarm's meaning (what `lf config show` and the record show); only the argv differs:
 -1 layers (all) is 999 (older servers read -1 as "the default"), a boolean flash_attn is on/off (false
 must be said: the engine's default is auto), and mmap false is --no-mmap (true is the default: no flag).
+
+An embedding model (its GGUF declares a pooling type, as a converted sentence-transformers model does) is
+served with --embeddings unless `embeddings` is false; llama.cpp then pools as the model says. A model
+without a pooling of its own (a chat model) whose embeddings are asked for pools by the mean of its token
+vectors unless `pooling` says otherwise: llama.cpp refuses /v1/embeddings with no pooling at all.
 """
 
 from __future__ import annotations
 
 ALL_LAYERS = 999
+DEFAULT_POOLING = "mean"  # for a model that declares none
 
 
-def engine_values(settings) -> dict[str, object]:
+def model_pooling(model_path: str | None) -> str | None:
+    """The pooling type the GGUF at `model_path` declares (None: none, or a file lf cannot read, which the
+    engine will report itself). From lf's cached header read: a start reads the header anyway."""
+    if not model_path:
+        return None
+    from lf.models.gguf_meta import read
+
+    try:
+        return read(model_path).pooling
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def engine_values(settings, pooling: str | None = None) -> dict[str, object]:
+    """What the argv template receives instead of a setting's own value. `pooling`: the model's own."""
     values: dict[str, object] = {}
     if settings.get("gpu_layers") == -1:
         values["gpu_layers"] = ALL_LAYERS
@@ -18,11 +39,17 @@ def engine_values(settings) -> dict[str, object]:
         values["flash_attn"] = "on" if settings["flash_attn"] else "off"
     if settings.get("mmap") is not None:
         values["mmap"] = None if settings["mmap"] else "--no-mmap"
+    embeddings = settings.get("embeddings")
+    if embeddings is None:
+        embeddings = pooling is not None and pooling != "rank"  # a reranker is served by --reranking, not this
+        values["embeddings"] = embeddings
+    if embeddings and settings.get("pooling") is None and pooling is None:
+        values["pooling"] = DEFAULT_POOLING
     return values
 
 
 def plan(spec, resolved, port: int):
     from lf.runtimes.launch import argv_values, default_plan, render_argv
 
-    values = {**argv_values(spec, resolved, port), **engine_values(spec.settings)}
+    values = {**argv_values(spec, resolved, port), **engine_values(spec.settings, model_pooling(spec.model_path))}
     return default_plan(spec, resolved, port, argv=tuple(render_argv(resolved.engine.argv, values, spec.runtime.name)))
