@@ -9,12 +9,22 @@ An embedding model (its GGUF declares a pooling type, as a converted sentence-tr
 served with --embeddings unless `embeddings` is false; llama.cpp then pools as the model says. A model
 without a pooling of its own (a chat model) whose embeddings are asked for pools by the mean of its token
 vectors unless `pooling` says otherwise: llama.cpp refuses /v1/embeddings with no pooling at all.
+
+An embedding model's engine runs with OMP_WAIT_POLICY=PASSIVE (unless the environment sets it): llama.cpp's
+CPU threads are OpenMP threads, which by default spin for a while after each computation. An embedding is a
+few milliseconds of work between idle gaps; on a busy machine (a chat model on the same cores) the spinning
+threads take the CPU from the thread that has work, and one short sentence took 60 ms (p50) instead of 17 with
+2 threads (bench/p16_embeddings.py, P16b).
 """
 
 from __future__ import annotations
 
+import os
+from types import MappingProxyType
+
 ALL_LAYERS = 999
 DEFAULT_POOLING = "mean"  # for a model that declares none
+WAIT_POLICY = "OMP_WAIT_POLICY"
 
 
 def model_pooling(model_path: str | None) -> str | None:
@@ -48,8 +58,20 @@ def engine_values(settings, pooling: str | None = None) -> dict[str, object]:
     return values
 
 
+def engine_env(pooling: str | None) -> dict[str, str]:
+    """What the engine's environment gets: OpenMP threads that sleep when idle, for an embedding model."""
+    return {WAIT_POLICY: "PASSIVE"} if pooling is not None and WAIT_POLICY not in os.environ else {}
+
+
 def plan(spec, resolved, port: int):
     from lf.runtimes.launch import argv_values, default_plan, render_argv
 
-    values = {**argv_values(spec, resolved, port), **engine_values(spec.settings, model_pooling(spec.model_path))}
-    return default_plan(spec, resolved, port, argv=tuple(render_argv(resolved.engine.argv, values, spec.runtime.name)))
+    pooling = model_pooling(spec.model_path)
+    values = {**argv_values(spec, resolved, port), **engine_values(spec.settings, pooling)}
+    return default_plan(
+        spec,
+        resolved,
+        port,
+        argv=tuple(render_argv(resolved.engine.argv, values, spec.runtime.name)),
+        env=MappingProxyType(engine_env(pooling)),
+    )
