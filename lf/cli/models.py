@@ -187,6 +187,7 @@ def info(
         ("head size (K/V)", f"{data['key_length']}/{data['value_length']}"),
         ("sliding window", data["sliding_window"] or "—"),
         ("vocabulary", data["vocab_size"]),
+        ("pooling", f"{data['pooling']} (an embedding model)" if data.get("pooling") else "—"),
         (
             "memory",
             f"about {human_bytes(e['total'])} at {e['context_size']} tokens × {e['parallel']} slots: weights {human_bytes(e['weights'] + e['repacked'])}, "
