@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -135,8 +136,8 @@ def test_an_embedding_model_is_served_with_embeddings_unless_told_otherwise(tmp_
         entry("not-asked", "all-minilm-l6-v2", 18701, embeddings=False),
         entry("cls", "all-minilm-l6-v2", 18702, pooling="cls"),
         entry("chat", "smollm2-135m", 18703),
-        entry("chat-emb", "smollm2-135m", 18704, embeddings=True),
-        entry("chat-last", "smollm2-135m", 18705, embeddings=True, pooling="last"),
+        entry("chat-no-emb", "smollm2-135m", 18704, embeddings=False),
+        entry("chat-last", "smollm2-135m", 18705, pooling="last"),
     )
 
     def flags(name: str) -> list[str]:
@@ -146,9 +147,34 @@ def test_an_embedding_model_is_served_with_embeddings_unless_told_otherwise(tmp_
     assert flags("minilm") == ["--embeddings"]  # the model pools by itself (mean, from its GGUF)
     assert flags("not-asked") == []
     assert flags("cls") == ["--embeddings", "--pooling", "cls"]
-    assert flags("chat") == []
-    assert flags("chat-emb") == ["--embeddings", "--pooling", "mean"]  # llama.cpp refuses pooling "none"
+    # the embedded engine serves a chat model's embeddings too; llama.cpp refuses pooling "none"
+    assert flags("chat") == ["--embeddings", "--pooling", "mean"]
+    assert flags("chat-no-emb") == []
     assert flags("chat-last") == ["--embeddings", "--pooling", "last"]
+
+
+def test_a_llama_server_from_path_gets_embeddings_for_an_embedding_model_only(tmp_path, monkeypatch):
+    """A llama-server of mid-2024 refuses every completion once --embeddings is given: a chat model there
+    gets it only when asked."""
+    fake = tmp_path / "bin" / "llama-server"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    run_lf("models", "fetch", "all-minilm-l6-v2", check=True)
+    plans = _dry_run(
+        tmp_path,
+        entry("minilm", "all-minilm-l6-v2", 18720),
+        entry("chat", "smollm2-135m", 18721),
+        entry("chat-asks", "smollm2-135m", 18722, embeddings=True),
+    )
+    argv = {name: plan["argv"] for name, plan in plans.items()}
+    assert {a[0] for a in argv.values()} == {str(fake)}
+    assert [a[a.index("--alias") + 2 :] for a in argv.values()] == [
+        ["--embeddings"],
+        [],
+        ["--embeddings", "--pooling", "mean"],
+    ]
 
 
 def test_an_encoders_memory_estimate_has_no_kv_cache_and_does_not_grow_with_the_context(tmp_path):

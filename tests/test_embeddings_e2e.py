@@ -41,11 +41,12 @@ def assert_like_sentence_transformers(vectors: list[list[float]]) -> None:
 def test_lf_serve_gives_the_openai_client_the_embeddings_sentence_transformers_gives(tmp_path, minilm):
     from openai import OpenAI
 
-    engine, port = free_ports(2)
+    engine, chat, port = free_ports(3)
     (tmp_path / "work" / "llamafarm.yaml").write_text(
         "version: v1\nname: emb\nnamespace: tests\nruntime:\n  models:\n"
         "    - {name: router-embeddings, provider: llamacpp, model: sentence-transformers/all-MiniLM-L6-v2,\n"
         f"       provider_config: {{port: {engine}}}}}\n"
+        f"    - {{name: chat, provider: llamacpp, model: smollm2-135m, provider_config: {{port: {chat}}}}}\n"
     )
     with Gateway(tmp_path / "work", port) as gateway:
         client = OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
@@ -55,6 +56,13 @@ def test_lf_serve_gives_the_openai_client_the_embeddings_sentence_transformers_g
         one = client.embeddings.create(model="router-embeddings", input="The cat sits on the mat.")
         assert np.dot(one.data[0].embedding, answer.data[0].embedding) > 0.9999  # a single string, the same vector
         assert read_record(tmp_path / "state", "router-embeddings")["command"][-1] == "--embeddings"
+
+        # a plain chat entry on the embedded engine answers both
+        question = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+        answer = client.chat.completions.create(model="chat", messages=question, temperature=0, max_tokens=48)
+        assert "Paris" in answer.choices[0].message.content
+        pooled = client.embeddings.create(model="chat", input=["The cat sits on the mat.", "Bonjour"])
+        assert [len(d.embedding) for d in pooled.data] == [576, 576]  # SmolLM2's hidden size, mean-pooled
     assert daemons(tmp_path / "state") == []
 
 

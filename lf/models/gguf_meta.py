@@ -151,7 +151,10 @@ def _read_header(path: Path) -> GgufMeta:
     with open(path, "rb") as fh:
         if fh.read(4) != b"GGUF":
             raise ValueError(f"{path} is not a GGUF file")
-    reader = _reader_class()(path)
+    try:
+        reader = _reader_class()(path)
+    except (IndexError, struct.error) as exc:  # numpy and struct say "truncated" their own ways
+        raise ValueError(f"{path} is not a complete GGUF file ({exc})") from None
     fields = reader.fields
 
     def value(key: str):
