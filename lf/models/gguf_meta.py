@@ -17,8 +17,10 @@ import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# llama.cpp's enum llama_pooling_type, as a GGUF's ARCH.pooling_type holds it (0: none, -1: unspecified)
+POOLING_TYPES = {1: "mean", 2: "cls", 3: "last", 4: "rank"}
 LONG_ARRAY = 1024  # arrays longer than this are skipped, not decoded
-CACHE_FORMAT = 2  # of the cached form; raise it when GgufMeta's fields change (or how they are read)
+CACHE_FORMAT = 3  # of the cached form; raise it when GgufMeta's fields change (or how they are read)
 MAX_KEY_BYTES = 65535  # the GGUF specification's bound on a key
 MAX_NESTING = 4  # arrays of arrays of …: llama.cpp loads none; lf reads a few levels, then refuses
 MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -65,6 +67,8 @@ class GgufMeta:
     merges: int  # BPE merges in the tokenizer
     tensor_bytes: int  # the weights: what is mapped and resident once every tensor has been used
     tensor_bytes_by_type: dict  # ggml type name → bytes (the token embedding counted apart, as "token_embd")
+    pooling: str | None = None  # ARCH.pooling_type ("mean", "cls", "last", "rank"): an embedding model's own
+    causal: bool | None = None  # ARCH.attention.causal: False for an encoder (BERT), which keeps no KV cache
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -459,6 +463,14 @@ def _meta(path: Path, size: int, fields: dict, tensors: list) -> GgufMeta:
         entry = fields.get(key)
         return entry[2] if entry is not None else None
 
+    def flag(key: str) -> bool | None:
+        entry = fields.get(key)
+        return entry[1] if entry is not None and isinstance(entry[1], bool) else None
+
+    def pooling(key: str) -> str | None:  # an int32 that may be -1 (unspecified): looked up, never bounded
+        entry = fields.get(key)
+        return POOLING_TYPES.get(entry[1]) if entry is not None and isinstance(entry[1], int) else None
+
     arch = text("general.architecture") or "unknown"
     by_type: dict[str, int] = {}
     elements = 0
@@ -495,6 +507,8 @@ def _meta(path: Path, size: int, fields: dict, tensors: list) -> GgufMeta:
         merges=count("tokenizer.ggml.merges") or 0,
         tensor_bytes=sum(by_type.values()),
         tensor_bytes_by_type=by_type,
+        pooling=pooling(f"{arch}.pooling_type"),
+        causal=flag(f"{arch}.attention.causal"),
     )
 
 

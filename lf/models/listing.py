@@ -37,14 +37,17 @@ def collect_models(project, probe_timeout: float) -> dict:
             {
                 "name": model.name,
                 "format": model.format,
+                "task": model.task,
                 "installed": path is not None,
                 "path": str(path) if path else None,
                 "description": model.description,
             }
         )
+    made = {k["path"] for k in known if k["path"]}  # a converted catalog model lives in the models dir too
     local = [
         {"name": p.name, "format": "gguf" if p.suffix == ".gguf" else "onnx", "path": str(p)}
         for p in local_model_files()
+        if str(p) not in made
     ]
     return {"configured": configured, "served": served, "known": known, "local": local, "errors": errors}
 
@@ -123,11 +126,12 @@ def describe(item: dict) -> dict:
 def find_local(name: str, project=None) -> dict:
     """The local GGUF `name` means: a listed name, an HF reference that is cached, or a path."""
     from lf.errors import UnknownNameError
-    from lf.models.catalog import existing_path
+    from lf.models.catalog import existing_path, packaged
 
     files = local_gguf_files(project)
+    known = packaged(name)  # a catalog name, or its alias (sentence-transformers/all-MiniLM-L6-v2)
     for f in files:
-        if f["name"] == name:
+        if f["name"] == name or (known is not None and f["source"] == "packaged" and f["name"] == known.name):
             return f
     path = existing_path(name, project.folder if project else None)
     if path is None:
@@ -175,14 +179,14 @@ def remove(name: str, project=None) -> dict:
     from lf.models.catalog import CATALOG
 
     item = find_local(name, project)
-    if item["source"] == "packaged":
+    if item["source"] == "packaged" and CATALOG[item["name"]].conversion is None:
         model = CATALOG[item["name"]]
         raise LfError(
             f"{item['name']} comes from the Python package {model.package}: pip owns its file",
             hint=f"remove it with: {' '.join(['pip', 'uninstall', '-y', model.package, *model.parts])}",
             exit_status=ExitStatus.USAGE,
         )
-    if item["source"] not in ("models-dir", "hf-cache"):
+    if item["source"] not in ("models-dir", "hf-cache", "packaged"):  # packaged here: a GGUF lf converted
         raise LfError(
             f"{item['path']} is a file of yours, not one lf installed or pulled: lf leaves it alone",
             hint="delete it yourself if you mean to",

@@ -11,6 +11,11 @@ The parts, as llama.cpp allocates them (the figures it logs at start-up, checked
 - compute: the buffer reserved for the worst-case batch (n_ubatch tokens): activations of order 12 × n_embd or
   3.5 × n_ff floats per token, the f16 attention mask (n_ubatch × cells), the KQ matrix without flash attention,
   and the logits of one output per slot; plus the output buffer (n_vocab floats per slot);
+- an encoder (BERT: a GGUF whose attention is not causal) keeps no KV cache and llama.cpp caps each slot's
+  context at the trained one, so context size and slots change nothing (measured: the same resident memory at
+  512, 4096 and 16384 tokens, 1 or 4 slots); what grows is the working memory of a full physical batch, far
+  beyond the compute buffer llama.cpp reports (7 MiB for all-MiniLM-L6-v2, which grew by 86 MiB after four
+  ~440-token inputs): ENCODER_BYTES_PER_TOKEN_DIM per batch token and embedding dimension, calibrated on it;
 - vocabulary: the tokenizer's tables, about VOCAB_BYTES_PER_TOKEN per token;
 - base: the engine process with its libraries, and the log pump beside it.
 
@@ -30,6 +35,7 @@ DEFAULT_UBATCH = 512  # llama.cpp's physical batch
 VOCAB_BYTES_PER_TOKEN = 200  # calibrated (bench/p10_memory.py)
 BASE_BYTES = 54 * MiB  # calibrated: interpreter, llama.cpp's libraries and threads, the log pump
 REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})  # what ggml's CPU backend repacks (CPU_REPACK buffer)
+ENCODER_BYTES_PER_TOKEN_DIM = 440  # calibrated on all-MiniLM-L6-v2 (tests/test_embeddings_e2e.py)
 # every Nth layer attends globally, the rest through a sliding window (llama.cpp's per-architecture default)
 SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "gpt-oss": 2}
 
@@ -130,6 +136,10 @@ def estimate(
         + (meta.value_length or 0) * bytes_per_element(cache_type_v)
     )
     kv = int(per_cell * ((layers - swa) * n_ctx + swa * (cells_swa or 0)))
+    encoder = meta.causal is False
+    if encoder:
+        n_ctx = min(n_ctx, _pad(meta.context_length or n_ctx))
+        kv = 0
 
     repacks = cpu_repacks() if repacks is None else repacks
     repacked = sum(b for t, b in meta.tensor_bytes_by_type.items() if t in REPACKED_TYPES) if repacks else 0
@@ -142,6 +152,8 @@ def estimate(
     )  # KQ, without flash attention
     logits = 2 * vocab * parallel * 4  # in the graph, and the output buffer
     compute = int(activations + mask + scores + logits)
+    if encoder:
+        compute = ubatch * embd * ENCODER_BYTES_PER_TOKEN_DIM
 
     vocab_bytes = vocab * VOCAB_BYTES_PER_TOKEN
     total = meta.tensor_bytes + repacked + kv + compute + vocab_bytes + BASE_BYTES
