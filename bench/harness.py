@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -272,6 +273,19 @@ def rates(times: list[float], tokens: int) -> dict:
         return {"steady": float("nan"), "overall": float("nan")}
     gap = statistics.median(b - a for a, b in zip(times, times[1:]))
     return {"steady": 1 / gap if gap > 0 else float("nan"), "overall": (tokens - 1) / (times[-1] - times[0])}
+
+
+def metric_total(port: int, name: str, labels: str = "") -> float:
+    """The sum of a metric's samples in `lf serve`'s /metrics (those whose labels contain `labels`, e.g.
+    'reason="deadline"')."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    found = re.findall(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", text, re.M)
+    return sum(float(value) for tags, value in found if labels in tags)
 
 
 class HungServer:

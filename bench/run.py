@@ -43,6 +43,9 @@ MEASUREMENTS = {
     "P8": "p8_stop",
     "P9": "p9_vllm",
     "P10": "p10_memory",
+    "P11": "p11_placement",
+    "P12": "p12_runaway",
+    "P13": "p13_reload",
     "P16": "p16_embeddings",
 }
 
