@@ -295,6 +295,7 @@ def one_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("LF_DATA_DIR")
     monkeypatch.setattr(platformdirs, "user_state_dir", lambda *a, **k: str(folder))
     monkeypatch.setattr(platformdirs, "user_data_dir", lambda *a, **k: str(folder))
+    monkeypatch.setattr(dirs.sys, "platform", "darwin")  # on Linux lf computes the XDG dirs without platformdirs
     return folder
 
 

@@ -141,28 +141,6 @@ def terminate_group(pid: int, timeout: float) -> bool:
     return escalated
 
 
-def stop_orphans(pgid: int, since: float, timeout: float = 5.0) -> int:
-    """Stop what is left of a process group whose leader is gone (a crashed engine's workers): the members started
-    no earlier than the leader was (`since`, its create time), so a group id the system gave out again is never
-    anyone else's. SIGTERM, then SIGKILL after `timeout`; how many there were."""
-    import psutil
-
-    left = []
-    for proc in _group_members(pgid, exclude=set()):
-        try:
-            if proc.create_time() >= since - CREATE_TIME_TOLERANCE:
-                left.append(proc)
-        except psutil.Error:
-            pass
-    if left:
-        _signal_all(pgid, left, signal.SIGTERM)
-        stragglers = _wait_gone(left, timeout, reap=pgid)
-        if stragglers:
-            _signal_all(pgid, stragglers, signal.SIGKILL)
-            _wait_gone(stragglers, 5.0, reap=pgid)
-    return len(left)
-
-
 def mapped_files(proc) -> list[str]:
     """The files `proc` (psutil.Process) has mapped into memory; [] where psutil cannot list mappings (macOS:
     psutil dropped memory_maps there, and POSIX shared memory is no file there anyway)."""

@@ -31,7 +31,6 @@ from lf.daemon.process import (
     port_owner,
     process_create_time,
     session_listens,
-    stop_orphans,
     terminate_group,
     tree,
 )
@@ -408,10 +407,10 @@ def stop(name: str, store: StateStore, timeout: float = 10.0, only_pid: int | No
         if only_pid is not None and record.pid != only_pid:
             return StopResult(name, False, note="replaced by another start")
         if not record.process_alive() or not command_matches(record.pid, list(record.instance.argv)):
-            orphans = stop_orphans(record.pid, record.create_time) if not record.process_alive() else 0
+            # nothing is signalled: with the recorded process gone, what sits in its old group has no identity
+            # lf can prove (a bystander, or a process the system gave that group id to since)
             store.remove(name)
-            said = f"; stopped {orphans} process(es) it left behind" if orphans else ""
-            return StopResult(name, False, note=f"was not running (its process had exited){said}; record cleaned up")
+            return StopResult(name, False, note="was not running (its process had exited); record cleaned up")
         leftovers = (
             held_files(record.pid, list(record.instance.leftover_files)) if record.instance.leftover_files else []
         )

@@ -232,6 +232,7 @@ def read_manifest(path: Path) -> dict:
         from lf.dirs import ensure_private_dir
         from lf.files import atomic_write
 
+        ensure_private_dir(state_dir())  # refused when the state dir is not ours: nothing is written there
         ensure_private_dir(cache.parent)
         atomic_write(cache, json.dumps({"key": key, "manifest": manifest}))
     except Exception:  # a cache that cannot be written costs time, nothing else
