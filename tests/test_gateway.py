@@ -72,7 +72,10 @@ def test_routes_by_name_alias_and_model_and_says_which_models_exist(tmp_path, fa
         assert missing.status_code == 404
         error = missing.json()["error"]
         assert error["code"] == "model_not_found" and "alpha" in error["message"] and "beta" in error["message"]
-        assert httpx.post(gateway.url + "/v1/chat/completions", content=b"{not json").status_code == 400
+        json_type = {"content-type": "application/json"}
+        assert (
+            httpx.post(gateway.url + "/v1/chat/completions", content=b"{not json", headers=json_type).status_code == 400
+        )
         assert httpx.get(gateway.url + "/v1/models/first").json()["id"] == "alpha"
         assert httpx.get(gateway.url + "/nope").status_code == 404
     assert engines(fakes) == []  # SIGTERM stopped what it started
@@ -91,7 +94,10 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read_whole(tmp_path):
             yield b"x" * 4096  # no Content-Length: refused while reading
             yield b'"}]}'
 
-        assert httpx.post(gateway.url + "/v1/chat/completions", content=chunks()).status_code == 413
+        refused = httpx.post(
+            gateway.url + "/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert refused.status_code == 413
         assert engines(tmp_path / "state") == []  # nothing was started for a refused request
 
 

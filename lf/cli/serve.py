@@ -37,7 +37,7 @@ def serve(
         typer.Option(
             "--max-loaded",
             min=0,
-            help="Instances kept loaded at once; the least recently used idle one makes room (0: no limit; default 3).",
+            help="A cap on instances kept loaded at once, besides the memory budget; the least recently used idle one makes room (default 0: no cap).",
             show_default=False,
         ),
     ] = None,
@@ -114,6 +114,41 @@ def serve(
         typer.Option(
             "--reload/--no-reload",
             help="Reload llamafarm.yaml when it changes, and on SIGHUP (default: on).",
+            show_default=False,
+        ),
+    ] = None,
+    read_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--read-timeout",
+            min=0.5,
+            help="Seconds a client has to send a request's headers, and the longest pause inside a body (default 10).",
+            show_default=False,
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            "--max-connections",
+            min=16,
+            help="Client connections held at once; past it the longest idle one is closed (default 1000).",
+            show_default=False,
+        ),
+    ] = None,
+    shutdown_grace: Annotated[
+        float | None,
+        typer.Option(
+            "--shutdown-grace",
+            min=0,
+            help="Seconds answers in flight may take to finish after SIGTERM; then streams end in error (default 5).",
+            show_default=False,
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="A host name clients may use besides localhost, this machine's name and IP addresses (repeatable).",
             show_default=False,
         ),
     ] = None,
@@ -200,6 +235,10 @@ def serve(
         "max_tokens_limit": max_tokens_limit,
         "request_timeout": request_timeout,
         "reload": reload,
+        "read_timeout": read_timeout,
+        "max_connections": max_connections,
+        "shutdown_grace": shutdown_grace,
+        "allowed_hosts": allowed_host or None,
         "insecure": insecure or None,
         "pull": pull or None,
     }

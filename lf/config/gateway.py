@@ -172,6 +172,47 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
             env="LF_GATEWAY_MAX_BODY",
             flag="--max-body",
         ),
+        Setting(
+            "read_timeout",
+            "number",
+            "seconds a client has to send a request's headers (from when it connects, or gets its last answer), and "
+            "the longest pause allowed inside a body; a slower connection is closed",
+            default=10,
+            minimum=0.5,
+            maximum=3600,
+            env="LF_GATEWAY_READ_TIMEOUT",
+            flag="--read-timeout",
+        ),
+        Setting(
+            "max_connections",
+            "integer",
+            "client connections held at once (fewer when the open-file limit is lower); past it, the one idle the "
+            "longest is closed for the newcomer",
+            default=1000,
+            minimum=16,
+            maximum=100000,
+            env="LF_GATEWAY_MAX_CONNECTIONS",
+            flag="--max-connections",
+        ),
+        Setting(
+            "shutdown_grace",
+            "number",
+            "seconds the answers in flight may take to finish once the gateway is asked to stop (SIGTERM); then each "
+            "remaining stream ends with an error event (keep it under what stops it: `lf runtime stop` waits 10 s)",
+            default=5,
+            minimum=0,
+            maximum=3600,
+            env="LF_GATEWAY_SHUTDOWN_GRACE",
+            flag="--shutdown-grace",
+        ),
+        Setting(
+            "allowed_hosts",
+            "array",
+            "host names clients may use besides localhost, this machine's name and IP addresses (e.g. the name a "
+            "reverse proxy passes on); any other Host is refused, against DNS rebinding",
+            env="LF_GATEWAY_ALLOWED_HOSTS",
+            flag="--allowed-host",
+        ),
     )
 }
 
@@ -219,6 +260,10 @@ class GatewayConfig:
     probe_interval: float = _default("probe_interval")
     max_body: int = _default("max_body")
     pull: bool = _default("pull")
+    read_timeout: float = _default("read_timeout")
+    max_connections: int = _default("max_connections")
+    shutdown_grace: float = _default("shutdown_grace")
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def loopback(self) -> bool:
@@ -249,6 +294,7 @@ def resolve_config(project, flags: dict) -> GatewayConfig:
     file_values = dict(project.gateway) if project else {}
     values, _sources = resolve(GATEWAY_SETTINGS, {k: v for k, v in flags.items() if v is not None}, file_values)
     values["api_key"] = expand_env_ref(values.get("api_key")) or None
+    values["allowed_hosts"] = tuple(values.get("allowed_hosts") or ())
     config = GatewayConfig(**values, peers=peers_of(file_values.get("peers") or []))
     check_key(config.api_key)
     if not config.loopback and not config.api_key and not config.insecure:
@@ -313,6 +359,9 @@ def serve_flags(values: dict) -> list[str]:
             continue
         if setting.type == "boolean":
             out.append(setting.flag if value else setting.flag.replace("--", "--no-", 1))
+        elif setting.type == "array":
+            for item in value:
+                out += [setting.flag, str(item)]
         else:
             out += [setting.flag, str(value)]
     return out

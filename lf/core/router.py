@@ -107,7 +107,7 @@ def dot(a: Vector, b: Vector) -> float:
     return sum(x * y for x, y in zip(a, b))
 
 
-def last_user_text(payload: dict) -> str | None:
+def last_user_text(payload) -> str | None:
     """What a request asks, as the router reads it: the last user message of a chat (its text parts), or a
     completion's prompt."""
     messages = payload.get("messages")

@@ -1,6 +1,9 @@
 """The gateway's HTTP side: OpenAI routes that forward to the right model's instance, /v1/models, /health,
-/metrics. Answers come back byte for byte as they arrive (SSE unbuffered), with the model named as the client
-named it and any upstream key masked; a client that goes away closes its upstream request."""
+/metrics. Every request passes lf.gateway.guard first (Host, origin, JSON, key) and its body is read by
+lf.gateway.body (bounded, parsed off the event loop when large). Answers come back byte for byte as they
+arrive (SSE unbuffered), with the model named as the client named it and any upstream key masked; a client
+that goes away closes its upstream request (and is logged as 499). When the gateway stops, answers in flight
+have `shutdown_grace` seconds to finish; then a stream ends with an error event, a waiting request with 503."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ import asyncio
 import json
 import logging
 import time
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 import httpx
@@ -16,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from lf.config.gateway import GatewayConfig
 from lf.config.names import Names, served_entries
@@ -25,9 +30,11 @@ from lf.core.targets import target_of
 from lf.daemon.records import StateStore
 from lf.daemon.states import State
 from lf.errors import LfError
-from lf.gateway.dashboard import Dashboard, wants_page
+from lf.gateway.body import Bodies, Gone, Payload
+from lf.gateway.dashboard import Dashboard
 from lf.gateway.effects import CoreEffects, Effects
 from lf.gateway.events import EventBus, RequestFinished, Routed, log_event
+from lf.gateway.guard import Guard, HTTPProblem, error_body, wants_page
 from lf.gateway.metrics import Metrics
 from lf.gateway.monitor import Monitor, describe_loading, loading
 from lf.gateway.peers import Peers
@@ -47,13 +54,14 @@ from lf.gateway.pool import (
 from lf.gateway.reload import watch
 from lf.gateway.routers import Routers, embedder_entries
 from lf.gateway.upstream import UpstreamClient
-from lf.net import bearer_token, key_matches, split_userinfo
+from lf.net import split_userinfo
 from lf.platform import hangup_signal
 from lf.secrets import StreamMasker, redact_url, secrets_of
 
 log = logging.getLogger(__name__)
-KEEPALIVE_SECONDS = 2.0
-COLD_DECISION_SECONDS = 1.0  # a streamed request for a model not loaded waits this long for a refusal to come  # a streaming request waiting for its model gets an SSE comment this often
+SHUTTING_DOWN = "the gateway is shutting down"
+KEEPALIVE_SECONDS = 2.0  # a streaming request waiting for its model gets an SSE comment this often
+COLD_DECISION_SECONDS = 1.0  # a streamed request for a model not loaded waits this long for a refusal to come
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 PASSED_HEADERS = ("content-type", "cache-control")
 OPENAI_ROUTES = {
@@ -61,25 +69,6 @@ OPENAI_ROUTES = {
     "/v1/completions": "/completions",
     "/v1/embeddings": "/embeddings",
 }
-
-
-class HTTPProblem(Exception):
-    """An answer in OpenAI's error shape."""
-
-    def __init__(
-        self, status: int, message: str, code: str, kind: str = "invalid_request_error", headers: dict | None = None
-    ):
-        super().__init__(message)
-        self.status, self.message, self.code, self.kind, self.headers = status, message, code, kind, headers or {}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(
-            error_body(self.message, self.kind, self.code), status_code=self.status, headers=self.headers
-        )
-
-
-def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def sse_error(message: str, code: str) -> bytes:
@@ -121,13 +110,17 @@ class Gateway:
         self.monitor: Monitor | None = None
         self.peers: Peers | None = None
         self.started_at = time.time()
+        self.guard = Guard(config, on_refused=lambda request, status, at: self.finished(request, "", "-", status, at))
+        self.bodies = Bodies(config.max_body, config.read_timeout, config.queue_timeout)
+        self.cut = asyncio.Event()  # set when shutdown_grace has run out: what is still answering is cut short
+        self._cuttable: dict[anyio.CancelScope, bool] = {}  # → cancelled when the stop begins (not at the cut)
         self.dashboard = Dashboard(self)
         self.events.subscribe(log_event)
         self.events.subscribe(self.metrics.on_event)
         self.events.subscribe(self.dashboard.on_event)
 
     # -- the application ---------------------------------------------------------------------------
-    def app(self) -> Starlette:
+    def app(self) -> ASGIApp:
         @asynccontextmanager
         async def lifespan(_app):
             self.client = httpx.AsyncClient(
@@ -161,6 +154,7 @@ class Gateway:
                 for task in background:
                     task.cancel()
                 try:
+                    await self.bodies.close()
                     await self.pool.close()
                     await self.client.aclose()
                 finally:
@@ -179,8 +173,8 @@ class Gateway:
             Route("/ui/action", self.dashboard.action, methods=["POST"]),
             Route("/ui/log/{name}", self.dashboard.log, methods=["GET"]),
         ]
-        return Starlette(
-            routes=routes, lifespan=lifespan, exception_handlers={404: self.not_found, 405: self.not_allowed}
+        return self.guard.wrap(
+            Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: self.not_found, 405: self.not_allowed})
         )
 
     # -- llamafarm.yaml edited ----------------------------------------------------------------------------------
@@ -210,6 +204,34 @@ class Gateway:
             log.info("reloaded llamafarm.yaml (%s)", said or "no model changed", extra={"event": "reload"})
             self.dashboard.changed()
 
+    # -- stopping --------------------------------------------------------------------------------------------
+    def drain(self) -> None:
+        """The gateway was asked to stop (called on the event loop as its server stops accepting connections):
+        new requests are refused, the page's streams end, the answers in flight get `shutdown_grace` seconds."""
+        self.guard.draining = True
+        for scope, at_drain in list(self._cuttable.items()):
+            if at_drain:
+                scope.cancel()
+        asyncio.get_running_loop().call_later(self.config.shutdown_grace, self._cut)
+
+    def _cut(self) -> None:
+        self.cut.set()
+        for scope in list(self._cuttable):
+            scope.cancel()
+
+    @contextmanager
+    def cuttable(self, at_drain: bool = False) -> Iterator[anyio.CancelScope]:
+        """A scope that the stop cancels: at its start (`at_drain`: endless streams such as the page's), or once
+        `shutdown_grace` has run out. Afterwards `scope.cancelled_caught` says whether it was."""
+        with anyio.CancelScope() as scope:
+            if self.cut.is_set() or (at_drain and self.guard.draining):
+                scope.cancel()
+            self._cuttable[scope] = at_drain
+            try:
+                yield scope
+            finally:
+                self._cuttable.pop(scope, None)
+
     # -- small endpoints ---------------------------------------------------------------------------------
     async def liveness(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -226,27 +248,19 @@ class Gateway:
         )
 
     async def health(self, request: Request) -> Response:
-        if (denied := self.denied(request)) is not None:
-            return denied
         assert self.monitor is not None
         document, status = self.monitor.document()
         return JSONResponse(document, status_code=status)
 
     async def prometheus(self, request: Request) -> Response:
-        if (denied := self.denied(request)) is not None:
-            return denied
         body, content_type = self.metrics.render(self.pool)
         return Response(body, media_type=content_type)
 
     async def list_models(self, request: Request) -> Response:
-        if (denied := self.denied(request)) is not None:
-            return denied
         peers = [self._peer_object(s) for s in self.pool.slots.values() if s.peer is not None]
         return JSONResponse({"object": "list", "data": [*(self._model_object(e) for e in self.entries), *peers]})
 
     async def get_model(self, request: Request) -> Response:
-        if (denied := self.denied(request)) is not None:
-            return denied
         places = self.route(request.path_params["model"])
         if not places:
             return self._unknown_model(request.path_params["model"]).response()
@@ -305,36 +319,20 @@ class Gateway:
             status_code=405,
         )
 
-    # -- auth ----------------------------------------------------------------------------------------------
-    def key_given(self, request: Request, given: str | None = None) -> bool:
-        """Does the request carry the gateway's key (as a Bearer token, or `given` another way)?"""
-        key = self.config.api_key
-        if not key:
-            return False
-        return key_matches(given if given is not None else bearer_token(request.headers.get("authorization")), key)
-
-    def denied(self, request: Request) -> Response | None:
-        if not self.config.api_key or self.key_given(request):
-            return None
-        return JSONResponse(
-            error_body(
-                "missing or wrong API key: send Authorization: Bearer <the gateway's key>",
-                "invalid_request_error",
-                "invalid_api_key",
-            ),
-            status_code=401,
-            headers={"www-authenticate": "Bearer"},
-        )
-
     # -- the OpenAI routes -----------------------------------------------------------------------------------
     async def forward(self, request: Request) -> Response:
         arrived = time.monotonic()
         path = OPENAI_ROUTES[request.url.path]
-        if (denied := self.denied(request)) is not None:
-            return denied
         routed: dict[str, str] = {}
         try:
-            payload = await self._payload(request)
+            payload = await self.bodies.json_object(request)
+        except Gone:
+            self.finished(request, path, "-", 499, arrived)
+            return Response(status_code=499)  # nobody reads it
+        except HTTPProblem as problem:
+            self.finished(request, path, "-", problem.status, arrived)
+            return problem.response()
+        try:
             name = payload.get("model") or self.default_model
             router = self.names.lookup(name) if isinstance(name, str) else None
             if router is not None and router.is_router:
@@ -345,6 +343,7 @@ class Gateway:
             if not places:
                 raise self._unknown_model(name)
         except HTTPProblem as problem:
+            payload.release()
             self.finished(request, path, "-", problem.status, arrived)
             return problem.response()
         stream = payload.get("stream") is True
@@ -366,7 +365,7 @@ class Gateway:
             return await exchange.cold_stream()
         return await exchange.answer()
 
-    async def _routed(self, router: ModelEntry, payload: dict, path: str) -> tuple[str, dict[str, str]]:
+    async def _routed(self, router: ModelEntry, payload: Payload, path: str) -> tuple[str, dict[str, str]]:
         """The entry a request for a router goes to, and the headers that say so."""
         from lf.core.router import last_user_text
 
@@ -426,24 +425,6 @@ class Gateway:
             self.client.build_request("POST", url, content=body, headers=headers), stream=True
         )
 
-    async def _payload(self, request: Request) -> dict:
-        limit = self.config.max_body
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise HTTPProblem(413, f"the request body is larger than {limit} bytes", "request_too_large")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise HTTPProblem(413, f"the request body is larger than {limit} bytes", "request_too_large")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise HTTPProblem(400, "the request body is not JSON", "invalid_json") from None
-        if not isinstance(payload, dict):
-            raise HTTPProblem(400, "the request body must be a JSON object", "invalid_json")
-        return payload
-
     def _unknown_model(self, name) -> HTTPProblem:
         known = ", ".join(e.name for e in self.entries) or "none"
         return HTTPProblem(404, f"The model {name!r} does not exist here. Models: {known}", "model_not_found")
@@ -466,7 +447,7 @@ class _Exchange:
         request: Request,
         places: list[Slot],
         asked: str,
-        payload: dict,
+        payload: Payload,
         path: str,
         stream: bool,
         arrived: float,
@@ -478,6 +459,9 @@ class _Exchange:
         self.entry = self.slot.entry
         self.payload, self.path, self.stream, self.arrived = payload, path, stream, arrived
         self.acquired = False
+        self.ended = False  # the answer ran to its end (else the client went away: 499)
+        self.delivered = False  # the stream's closing "data: [DONE]" went out: a client may hang up right after it
+        self._sent_tail = b""
         self.first_token: float | None = None
         self.tokens = 0
         self.status = 0
@@ -501,6 +485,12 @@ class _Exchange:
     async def _open(self):
         """Send the request upstream; once more if it fails before its first byte: to another place of the model (a
         replica, a peer) when it has one, else to the same instance started again if it turns out to have died."""
+        try:
+            return await self._send()
+        finally:
+            self.payload.release()  # sent or refused: its place goes to the next large body
+
+    async def _send(self):
         pool = self.gateway.pool
         tried: list[Slot] = []
         for attempt in (1, 2):
@@ -510,10 +500,10 @@ class _Exchange:
             endpoint = await self._endpoint()
             self.rewrite = _rewriter(endpoint, self.asked)
             # the file's request defaults (temperature, …) under what the request itself says
-            payload = {**self.entry.request_defaults, **self.payload, "model": endpoint.model}
+            overrides = {"model": endpoint.model}
             if self.path != "/embeddings":
-                payload = self._bounded(payload, endpoint)
-            body = json.dumps(payload).encode()
+                overrides.update(self._bounds(endpoint))
+            body = self.payload.forwarded(self.entry.request_defaults, **overrides)
             headers = {"content-type": "application/json", "accept": self.request.headers.get("accept", "*/*")}
             if endpoint.api_key:
                 headers["authorization"] = f"Bearer {endpoint.api_key}"
@@ -557,13 +547,17 @@ class _Exchange:
             return answer
         raise AssertionError("unreachable")
 
-    def _bounded(self, payload: dict, endpoint: Endpoint) -> dict:
-        """The request with its answer's length bounded: max_tokens where it sets none (the entry's default, else the
-        gateway's, never more than the instance's context), and lowered to the limit where it asks for more."""
+    def _bounds(self, endpoint: Endpoint) -> dict:
+        """What bounds the answer's length, laid over the request: max_tokens where it sets none (the entry's default,
+        else the gateway's, never more than the instance's context), and lowered to the limit where it asks for more."""
         config, entry = self.gateway.config, self.entry
         limit = entry.max_tokens_limit or config.max_tokens_limit
         context = endpoint.record.instance.settings.get("context_size") if endpoint.record else None
-        asked = [key for key in ("max_tokens", "max_completion_tokens") if isinstance(payload.get(key), int)]
+        asked = {}
+        for key in ("max_tokens", "max_completion_tokens"):
+            value = self.payload.get(key) if key in self.payload else entry.request_defaults.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                asked[key] = value
         if not asked:
             default = entry.max_tokens_default or config.max_tokens_default
             if isinstance(context, int):
@@ -571,10 +565,8 @@ class _Exchange:
             if limit:
                 default = min(default, limit)
             self.defaulted = True
-            return {**payload, "max_tokens": default}
-        if limit:
-            return {**payload, **{key: min(payload[key], limit) for key in asked}}
-        return payload
+            return {"max_tokens": default}
+        return {key: min(value, limit) for key, value in asked.items()} if limit else {}
 
     def _problem(self, exc: BaseException) -> HTTPProblem:
         if isinstance(exc, HTTPProblem):
@@ -601,15 +593,19 @@ class _Exchange:
 
     # -- answering -------------------------------------------------------------------------------------------
     async def answer(self) -> Response:
-        try:
-            upstream = await self._open()
-        except (HTTPProblem, LfError) as exc:
-            problem = self._problem(exc)
-            self._finish(problem.status)
-            return problem.response()
-        except BaseException:
-            self._release()  # never leave the model counted busy (it would never go idle)
-            raise
+        with self.gateway.cuttable() as cut:
+            try:
+                upstream = await self._open()
+            except (HTTPProblem, LfError) as exc:
+                problem = self._problem(exc)
+                self._finish(problem.status)
+                return problem.response()
+            except BaseException:
+                self._release()  # never leave the model counted busy (it would never go idle)
+                raise
+        if cut.cancelled_caught:  # still waiting for its model when the gateway's stop ran out of grace
+            self._finish(503)
+            return HTTPProblem(503, SHUTTING_DOWN, "shutting_down", "server_error").response()
         self.status = upstream.status_code
         headers = {k: v for k, v in upstream.headers.items() if k in PASSED_HEADERS}
         if "text/event-stream" in headers.get("content-type", ""):
@@ -645,13 +641,20 @@ class _Exchange:
                 progress = loading(self.slot)
                 said = describe_loading(progress) if progress else f"waiting ({time.monotonic() - waited:.0f}s)"
                 yield f": loading {self.entry.name}: {said}\n\n".encode()
-                await asyncio.wait([opening], timeout=KEEPALIVE_SECONDS)
+                with self.gateway.cuttable() as cut:
+                    await asyncio.wait([opening], timeout=KEEPALIVE_SECONDS)
+                if cut.cancelled_caught:
+                    self.status = 503
+                    yield sse_error(SHUTTING_DOWN, "shutting_down")
+                    self.ended = True
+                    return
             try:
                 upstream = opening.result()
             except (HTTPProblem, LfError) as exc:
                 problem = self._problem(exc)
                 self.status = problem.status
                 yield sse_error(problem.message, problem.code)
+                self.ended = True
                 return
             self.status = upstream.status_code
             if upstream.status_code >= 400:  # the 200 is sent already: the refusal becomes an error event
@@ -659,6 +662,7 @@ class _Exchange:
                 yield sse_error(
                     f"{self.entry.name} answered HTTP {upstream.status_code}: {text[:2000]}", "upstream_error"
                 )
+                self.ended = True
                 return
             async for chunk in self._relay(upstream, finish=False):
                 yield chunk
@@ -670,7 +674,7 @@ class _Exchange:
             if opening.done() and not opening.cancelled() and opening.exception() is None:
                 with anyio.CancelScope(shield=True):
                     await opening.result().aclose()
-            self._finish(self.status or 499)
+            self._finish(self._outcome())
 
     def _rewritten(self, body: bytes) -> bytes:
         return self.rewrite.feed(body) + (self.rewrite.flush() or b"")
@@ -683,27 +687,43 @@ class _Exchange:
             if upstream.status_code >= 400:
                 # an error answer is read whole, so a key it quotes is masked, and ends as a clean JSON body
                 yield self._rewritten(await upstream.aread())
+                self.ended = True
                 return
+            chunks = upstream.aiter_raw()
+            cut_short = False
             try:
-                async for chunk in upstream.aiter_raw():
+                while True:
+                    chunk, cut_short = await self._next(chunks)
+                    if chunk is None:
+                        break
                     self._observe(chunk)
                     out = self.rewrite.feed(chunk)
                     if out:
                         yield out
+                        self._sent(out)
             except httpx.HTTPError:
                 if self.cut != "deadline":  # else lf closed it: the answer took too long
                     raise
-            rest = self.rewrite.flush()
-            if rest:
-                yield rest
-            if self.cut == "deadline" and self.stream:
-                yield self._length_event()  # lf ended it: said as the engine says an answer cut for its length
+            if cut_short:
+                self.status = 503
+                grace = self.gateway.config.shutdown_grace
+                yield sse_error(
+                    f"{SHUTTING_DOWN}: {self.entry.name}'s answer was cut after {grace:g}s", "shutting_down"
+                )
+            else:
+                rest = self.rewrite.flush()
+                if rest:
+                    yield rest
+                if self.cut == "deadline" and self.stream:
+                    yield self._length_event()  # lf ended it: said as the engine says an answer cut for its length
+            self.ended = True
         except httpx.HTTPError as exc:
             self.status = 502
             if self.stream:  # the client learns the answer broke, instead of waiting or taking it as complete
                 yield sse_error(
                     f"{self.entry.name} stopped answering mid-stream ({type(exc).__name__})", "upstream_broke"
                 )
+            self.ended = True
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -712,7 +732,27 @@ class _Exchange:
             if self.defaulted and self.length and self.cut is None:
                 self.cut = "max_tokens_default"
             if finish:
-                self._finish(self.status)
+                self._finish(self._outcome())  # not to its end: the client went away
+
+    def _sent(self, out: bytes) -> None:
+        if self.stream and not self.delivered:
+            seen = self._sent_tail + out
+            self.delivered = b"data: [DONE]" in seen
+            self._sent_tail = seen[-16:]
+
+    def _outcome(self) -> int:
+        """The status the request is logged with: 499 when the client went away before the answer's end."""
+        return self.status if self.ended or self.delivered else 499
+
+    async def _next(self, chunks) -> tuple[bytes | None, bool]:
+        """The upstream's next piece (None at its end), and whether the gateway's stop cut a stream short; a
+        whole answer (not streamed) is never cut: it comes in one piece once generated."""
+        if not self.stream:
+            return await anext(chunks, None), False
+        chunk = None
+        with self.gateway.cuttable() as cut:
+            chunk = await anext(chunks, None)
+        return (None, True) if cut.cancelled_caught else (chunk, False)
 
     def _time_up(self, upstream) -> None:
         """The gateway's request_timeout: the upstream is closed, the stream ends with finish_reason length."""
@@ -755,7 +795,7 @@ class _Exchange:
         elif b'"completion_tokens"' in chunk:
             try:
                 self.tokens = int(json.loads(chunk).get("usage", {}).get("completion_tokens") or 0)
-            except (ValueError, AttributeError, TypeError):
+            except (ValueError, AttributeError, TypeError, RecursionError):
                 pass
 
     def _finish(self, status: int) -> None:

@@ -8,18 +8,20 @@ server-sent event stream per open page, pushed when something changes and at mos
 (never polled). Its buttons start, stop, restart and unload through the pool, which calls the same core
 functions as the CLI (lf.core.actions).
 
-Who may do what: viewing needs what /health needs (the gateway's API key, when it has one: as a Bearer
-header or as the cookie the page sets when asked for it). An action is a POST with a JSON body and a
-header of lf's own, so a page on another origin cannot send one without a CORS preflight that is never
-granted; an Origin or Sec-Fetch-Site header saying another site, or a Host that is not this gateway's
-(DNS rebinding), is refused too. From another machine an action needs the API key, and is refused
-outright when the gateway has none.
+Who may do what is lf.gateway.guard's, as for every route: viewing needs what /health needs (the gateway's
+API key, when it has one: as a Bearer header or as the cookie the page sets when asked for it). An action
+is a POST with a JSON body and a header of lf's own, so a page on another origin cannot send one without a
+CORS preflight that is never granted; an Origin or Sec-Fetch-Site header saying another site, or a Host
+that is not this gateway's (DNS rebinding), is refused too. From another machine an action needs the API
+key, and is refused outright when the gateway has none.
+
+A followed log costs a thread (lf.files.follow reads it like `tail -F`): at most MAX_LOG_FOLLOWERS at once,
+more get 503.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import secrets
 import threading
@@ -31,18 +33,17 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from lf.gateway.events import Event, RequestFinished, SlotChanged, StateChanged, Stopped
+from lf.gateway.guard import HTTPProblem
 from lf.gateway.monitor import component
 from lf.gateway.pool import SERVING
-from lf.net import is_loopback
 
 PAGE = Path(__file__).with_name("dashboard.html")
-COOKIE = "lf_gateway_key"
-ACTION_HEADER = "x-lf-action"
 ACTIONS = ("start", "stop", "restart", "unload")
 REQUESTS_KEPT = 50
 PUSH_INTERVAL = 1.0  # seconds: at most this often a snapshot per open page, however busy the gateway
 HEARTBEAT = 15.0  # seconds: an SSE comment when nothing changed, so proxies and the browser keep the stream
 MAX_ACTION_BODY = 4096
+MAX_LOG_FOLLOWERS = 8  # logs followed at once (a thread each)
 
 
 class Dashboard:
@@ -52,6 +53,7 @@ class Dashboard:
         self.version = 0
         self._changed: asyncio.Event | None = None
         self._page = PAGE.read_text(encoding="utf-8")
+        self.followers = 0
 
     # -- what changes ----------------------------------------------------------------------------------
     def changed(self) -> None:
@@ -80,8 +82,6 @@ class Dashboard:
 
     # -- the page and its data ----------------------------------------------------------------------------
     async def page(self, request: Request) -> Response:
-        if (refused := self._foreign_host(request)) is not None:
-            return refused
         nonce = secrets.token_urlsafe(16)
         html = self._page.replace("{{nonce}}", nonce)
         return HTMLResponse(html, headers=_page_headers(nonce))
@@ -139,8 +139,6 @@ class Dashboard:
         }
 
     async def events(self, request: Request) -> Response:
-        if (refused := self._foreign_host(request) or self._viewer_refused(request)) is not None:
-            return refused
         if request.method == "HEAD":  # the page asking whether it may (401 when the key is missing)
             return Response(media_type="text/event-stream")
         if self._changed is None:
@@ -152,12 +150,22 @@ class Dashboard:
                 if self.version != sent:
                     sent = self.version
                     yield b"data: " + json.dumps(self.snapshot(), separators=(",", ":")).encode() + b"\n\n"
-                    await asyncio.sleep(PUSH_INTERVAL)  # what changes meanwhile goes out in one snapshot
+                    with self.gateway.cuttable(at_drain=True) as stop:
+                        await asyncio.sleep(PUSH_INTERVAL)  # what changes meanwhile goes out in one snapshot
+                    if stop.cancelled_caught:
+                        return  # the gateway stops: the page reconnects to the next one
                     continue
                 self._changed.clear()
-                try:
-                    await asyncio.wait_for(self._changed.wait(), HEARTBEAT)
-                except asyncio.TimeoutError:
+                changed = False
+                with self.gateway.cuttable(at_drain=True) as stop:
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), HEARTBEAT)
+                        changed = True
+                    except asyncio.TimeoutError:
+                        pass
+                if stop.cancelled_caught:
+                    return
+                if not changed:
                     yield b": still here\n\n"
 
         return StreamingResponse(
@@ -166,8 +174,6 @@ class Dashboard:
 
     async def log(self, request: Request) -> Response:
         """An instance's log, followed (SSE: each event one chunk of text), across rotation like logs -f."""
-        if (refused := self._foreign_host(request) or self._viewer_refused(request)) is not None:
-            return refused
         name = request.path_params["name"]
         slot = self.gateway.pool.slots.get(name)
         if slot is None or not slot.managed:
@@ -177,6 +183,8 @@ class Dashboard:
         path = self.gateway.store.log_path(name)
         if not path.exists():
             return _problem(404, f"{name} has no log yet (it has not been started)", "not_found")
+        if self.followers >= MAX_LOG_FOLLOWERS:
+            return _too_many_followers(name).response()
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=256)
         done = threading.Event()
@@ -192,18 +200,30 @@ class Dashboard:
             except (_Gone, OSError, RuntimeError):
                 pass
 
-        threading.Thread(target=reader, name=f"log-{name}", daemon=True).start()
-
         async def stream():
+            # counted and started here, not before the answer: a page gone before its first byte costs nothing
+            if self.followers >= MAX_LOG_FOLLOWERS:
+                problem = _too_many_followers(name)
+                yield b"data: " + json.dumps(problem.message).encode() + b"\n\n"
+                return
+            self.followers += 1
             try:
+                threading.Thread(target=reader, name=f"log-{name}", daemon=True).start()
                 while True:
-                    try:
-                        chunk = await asyncio.wait_for(chunks.get(), HEARTBEAT)
-                    except asyncio.TimeoutError:
+                    chunk = None
+                    with self.gateway.cuttable(at_drain=True) as stop:
+                        try:
+                            chunk = await asyncio.wait_for(chunks.get(), HEARTBEAT)
+                        except asyncio.TimeoutError:
+                            pass
+                    if stop.cancelled_caught:
+                        return  # the gateway stops
+                    if chunk is None:
                         yield b": still here\n\n"
                         continue
                     yield b"data: " + json.dumps(chunk.decode("utf-8", "replace")).encode() + b"\n\n"
             finally:
+                self.followers -= 1
                 done.set()
                 while not chunks.empty():  # let a reader blocked on a full queue see `done`
                     chunks.get_nowait()
@@ -214,17 +234,13 @@ class Dashboard:
 
     # -- actions -------------------------------------------------------------------------------------------
     async def action(self, request: Request) -> Response:
-        if (refused := self._foreign_host(request) or self._action_refused(request)) is not None:
-            return refused
-        body = await request.body()
         try:
-            if len(body) > MAX_ACTION_BODY:
-                raise ValueError("too long")
-            data = json.loads(body)
-            what, name = data["action"], data["model"]
+            data = await self.gateway.bodies.json_object(request, limit=MAX_ACTION_BODY)
+            data.release()
+            what, name = data.get("action"), data.get("model")
             if what not in ACTIONS or not isinstance(name, str):
                 raise ValueError("unknown action")
-        except (ValueError, KeyError, TypeError):
+        except (HTTPProblem, ValueError):
             return _problem(400, f'send {{"action": one of {", ".join(ACTIONS)}, "model": a model name}}', "bad_action")
         pool = self.gateway.pool
         entry = self.gateway.names.lookup(name)
@@ -249,55 +265,6 @@ class Dashboard:
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             return _problem(502, message.splitlines()[0], "action_failed")
         return JSONResponse({"model": slot.name, "action": what, "state": slot.state.value})
-
-    # -- who may -------------------------------------------------------------------------------------------
-    def _key_given(self, request: Request) -> bool:
-        """The gateway's key, as a Bearer header (a script) or as the cookie the page sets (a browser)."""
-        if request.headers.get("authorization"):
-            return self.gateway.key_given(request)
-        from urllib.parse import unquote
-
-        return self.gateway.key_given(request, unquote(request.cookies.get(COOKIE, "")))  # the page URL-encodes it
-
-    def _viewer_refused(self, request: Request) -> Response | None:
-        if not self.gateway.config.api_key or self._key_given(request):
-            return None
-        return _problem(401, "this gateway has an API key: give it (the page asks for it)", "invalid_api_key")
-
-    def _action_refused(self, request: Request) -> Response | None:
-        if request.headers.get(ACTION_HEADER) != "1" or "application/json" not in request.headers.get(
-            "content-type", ""
-        ):
-            return _problem(
-                403, f"an action is a JSON POST with the header {ACTION_HEADER}: 1 (as the page sends)", "forbidden"
-            )
-        origin = request.headers.get("origin")
-        if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
-            return _problem(403, f"refused: an action from another origin ({origin})", "cross_origin")
-        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-            return _problem(403, "refused: an action from another site", "cross_origin")
-        if self.gateway.config.api_key:
-            return None if self._key_given(request) else self._viewer_refused(request)
-        if not is_loopback(request.client.host if request.client else None):
-            return _problem(
-                403,
-                "actions from another machine need the gateway's API key, and this gateway has none (set LF_GATEWAY_API_KEY)",
-                "forbidden",
-            )
-        return None
-
-    def _foreign_host(self, request: Request) -> Response | None:
-        """A Host that is not this gateway's: a page whose name was made to point here (DNS rebinding)."""
-        host = request.headers.get("host", "")
-        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1 : host.find("]")]
-        config = self.gateway.config
-        if name in ("localhost", config.host) or _is_ip(name):
-            return None
-        return _problem(
-            403,
-            f"refused: this gateway is not {name!r} (open it by its address, e.g. http://127.0.0.1:{config.port}/)",
-            "wrong_host",
-        )
 
 
 class _Gone(Exception):
@@ -324,15 +291,11 @@ def _page_headers(nonce: str) -> dict:
     }
 
 
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-        return True
-    except ValueError:
-        return False
-
-
-def wants_page(request: Request) -> bool:
-    """A browser asking for / (HTML first in Accept), not a script asking for the JSON index."""
-    accept = request.headers.get("accept", "")
-    return "text/html" in accept
+def _too_many_followers(name: str) -> HTTPProblem:
+    return HTTPProblem(
+        503,
+        f"{MAX_LOG_FOLLOWERS} logs are being followed already: close one (or use lf runtime logs -f {name})",
+        "too_many_followers",
+        "server_error",
+        headers={"retry-after": "10"},
+    )

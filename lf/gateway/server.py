@@ -28,6 +28,9 @@ from lf.platform import hangup_signal
 
 START_TIMEOUT = 30.0
 LIVENESS = "/health/liveness"
+KEEP_ALIVE = 5.0  # seconds an idle kept-alive connection stays open (uvicorn's default; at most read_timeout)
+SHUTDOWN_BACKSTOP = 3.0  # seconds past shutdown_grace after which uvicorn cancels what still runs
+FILES_PER_CONNECTION = 2  # a client's connection and, while it is answered, the one to its model
 log = logging.getLogger(__name__)
 
 
@@ -59,6 +62,7 @@ def run(
     import uvicorn
 
     from lf.gateway.app import Gateway
+    from lf.gateway.connections import Server, protocol
     from lf.gateway.logs import configure
 
     configure(log_level, log_format)
@@ -69,17 +73,31 @@ def run(
     gateway = Gateway(project, config, entries, default, on_stop=release)
     if on_ready is not None:
         _when_listening(config, on_ready)
-    server = uvicorn.Server(
+    limit = connection_limit(config.max_connections)
+    if limit < config.max_connections:
+        log.warning(
+            "at most %d connections, not %d: the open-file limit is lower (raise it with ulimit -n)",
+            limit,
+            config.max_connections,
+        )
+    where = local_url(config.host, config.port)
+    if is_wildcard(config.host):
+        where = f"http://{config.host or '*'}:{config.port} (every address of this machine; from here: {where})"
+    server = Server(
         uvicorn.Config(
             gateway.app(),
             host=config.host,
             port=config.port,
+            http=protocol(limit, config.read_timeout),
             log_config=None,  # lf.gateway.logs configured the loggers
             access_log=False,  # the gateway logs one line per request itself, never a message or a key
             lifespan="on",
-            timeout_graceful_shutdown=10,
+            timeout_keep_alive=min(KEEP_ALIVE, config.read_timeout),  # type: ignore[arg-type]
+            timeout_graceful_shutdown=config.shutdown_grace + SHUTDOWN_BACKSTOP,  # type: ignore[arg-type]
             server_header=False,
-        )
+        ),
+        on_listening=lambda: log.info("listening on %s for %s", where, ", ".join(e.name for e in entries)),
+        on_stopping=gateway.drain,
     )
     # SIGHUP reloads llamafarm.yaml (the app installs that once its loop runs; until then it is ignored, not
     # fatal; Windows has none); uvicorn shuts down gracefully on SIGTERM and then re-raises it, which should end
@@ -88,10 +106,6 @@ def run(
     if hangup is not None:
         signal.signal(hangup, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    where = local_url(config.host, config.port)
-    if is_wildcard(config.host):
-        where = f"{config.host or '*'}:{config.port} (every address of this machine; from here: {where})"
-    log.info("listening on %s for %s", where, ", ".join(e.name for e in entries))
     try:
         server.run()
     finally:
@@ -99,6 +113,27 @@ def run(
             release()  # when the lifespan never ran (the port was taken after all)
     if not server.started:
         raise LfError(f"the gateway could not listen on {config.host}:{config.port}", hint="see the messages above")
+
+
+def connection_limit(wanted: int) -> int:
+    """How many client connections the gateway can hold: `wanted`, unless the open-file limit is too low for it
+    (with what the gateway needs besides: its models' connections, logs, the engines' pipes). The soft limit is
+    raised toward the hard one first, as servers do (the gateway never uses select)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = FILES_PER_CONNECTION * wanted + 256
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    reserve = max(32, min(256, soft // 4))
+    return max(8, min(wanted, (soft - reserve) // FILES_PER_CONNECTION))
 
 
 def _when_listening(config: GatewayConfig, then, timeout: float = 30.0) -> None:
@@ -127,8 +162,9 @@ def refuse_a_second(store: StateStore, config: GatewayConfig, pid: int | None = 
     (a gateway `--detach` launched, claiming its own)."""
     for record in gateway_records(store):
         if record.pid != pid:
+            where = local_url(record.instance.host, record.port)
             raise LfError(
-                f"{lf_serve_of(store)} already runs at {local_url(record.instance.host, record.port)} (pid {record.pid})",
+                f"{lf_serve_of(store)} already runs at {where} (pid {record.pid})",
                 hint=f"use that one, or stop it first: lf runtime stop {record.name}",
             )
 
