@@ -388,14 +388,22 @@ def routed_endpoint(
 ) -> tuple[Endpoint, ModelEntry]:
     """Where a router sends `message` (lf.core.router: the same decision `lf serve` makes): its embedding model's
     instance and the chosen target's, started as needed; the target's endpoint and entry."""
-    from lf.core.router import EmbeddingCache, RouterSpec, RoutingTable, embed_with, embedder_entry, identity_of
+    from lf.core.router import (
+        EmbeddingCache,
+        RouterSpec,
+        RoutingTable,
+        embed_query,
+        embed_with,
+        embedder_entry,
+        identity_of,
+    )
 
     spec = RouterSpec.of(router)
     embedder = embedder_entry(spec, project)
     at = ensure_running(embedder, project, auto_start=auto_start, on_event=on_event)
     embed = embed_with(at.base_url, at.model, at.api_key)
     table = RoutingTable.build(spec, embed, EmbeddingCache(identity_of(embedder, project)))
-    decision = table.decide(embed([message])[0])
+    decision = table.decide(embed_query(embed, message))
     said = f"route {decision.route}" if decision.route else f"no route above {spec.threshold:g}: its default"
     _emit(on_event, Notice(f"{router.name}: {said} → {decision.target} (similarity {decision.score:.2f})"))
     target = Names(project).entry(decision.target)

@@ -98,6 +98,37 @@ class RoutingTable:
         return Decision(None, self.spec.default, best)
 
 
+QUERY_CHARS = 4000  # a longer message is routed by its start: an embedding model reads a few hundred tokens
+
+
+def fitted(text: str, failure: str) -> str | None:
+    """`text` cut to fit an embedding model that refused it as too long (llama.cpp: "input (602 tokens) is too
+    large to process. increase the physical batch size (current batch size: 512)"), or None for another failure."""
+    import re
+
+    found = re.search(r"\((\d+) tokens\) is too large.*?(\d+)\D*$", failure, re.S)
+    if not found or len(text) < 2:
+        return None
+    tokens, limit = int(found[1]), int(found[2])
+    return text[: max(1, min(len(text) - 1, int(len(text) * 0.9 * limit / max(tokens, 1))))]
+
+
+def embed_query(embed: Embed, text: str) -> list[float]:
+    """The embedding of a message to route, cut to what the embedding model takes."""
+    from lf.errors import RequestError
+
+    text = text[:QUERY_CHARS]
+    for _ in range(4):
+        try:
+            return embed([text])[0]
+        except RequestError as exc:
+            shorter = fitted(text, exc.message)
+            if shorter is None:
+                raise
+            text = shorter
+    return embed([text[:256]])[0]
+
+
 def unit(vector: Sequence[float]) -> Vector:
     norm = math.sqrt(sum(x * x for x in vector)) or 1.0
     return tuple(x / norm for x in vector)
@@ -199,6 +230,11 @@ def embed_with(base_url: str, model: str, api_key: str | None = None, timeout: f
                 timeout=timeout,
                 trust_env=False,
             )
+            if response.status_code >= 400:
+                raise RequestError(
+                    f"the router's embedding model at {base_url} answered HTTP {response.status_code}: "
+                    f"{response.text[:300]}"
+                )
             data = response.json()["data"]
             return [item["embedding"] for item in sorted(data, key=lambda d: d.get("index", 0))]
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:

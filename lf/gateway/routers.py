@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 import anyio
 
 from lf.config.project import ModelEntry, Project
-from lf.core.router import Decision, EmbeddingCache, RouterSpec, RoutingTable, embedder_entry, identity_of
+from lf.core.router import (
+    QUERY_CHARS,
+    Decision,
+    EmbeddingCache,
+    RouterSpec,
+    RoutingTable,
+    embedder_entry,
+    fitted,
+    identity_of,
+)
 from lf.errors import LfError, RequestError
 from lf.gateway.pool import Pool
 
@@ -80,7 +89,7 @@ class Routers:
         state = self.states[name]
         table = await self._table(state)
         started = time.perf_counter()
-        (vector,) = await self._embed(state, [text])
+        vector = await self._embed_query(state, text)
         seconds = time.perf_counter() - started
         state.embed_ms.append(round(seconds * 1000, 2))
         decision = table.decide(vector)
@@ -101,6 +110,19 @@ class Routers:
 
                 state.table = await anyio.to_thread.run_sync(build)
             return state.table
+
+    async def _embed_query(self, state: RouterState, text: str) -> list[float]:
+        """The message's embedding, cut to what the embedding model takes (as lf.core.router.embed_query does)."""
+        text = text[:QUERY_CHARS]
+        for _ in range(4):
+            try:
+                return (await self._embed(state, [text]))[0]
+            except RequestError as exc:
+                shorter = fitted(text, exc.message)
+                if shorter is None:
+                    raise
+                text = shorter
+        return (await self._embed(state, [text[:256]]))[0]
 
     async def _embed(self, state: RouterState, texts: list[str]) -> list[list[float]]:
         slot = self.pool.slots.get(state.embedder.name)
