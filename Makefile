@@ -11,7 +11,7 @@ PIP := $(PY) -m pip install --disable-pip-version-check
 # Where isolated runtime envs and built models for the tests are cached between runs on this machine.
 export LF_TEST_CACHE ?= $(HOME)/.cache/lf-test
 
-.PHONY: setup setup-test demo test bench completions docs schema readme screenshot clean
+.PHONY: setup setup-test demo test lint bench completions docs schema readme screenshot clean
 
 # lf with its run-time dependencies, and the default model (what `make demo` needs)
 setup: $(VENV)/.setup-done
@@ -43,10 +43,17 @@ demo: setup
 	@echo "== stopping it"
 	$(LF) runtime stop llamacpp
 
-test: setup-test
+test: setup-test lint
 	bash scripts/ensure-browser
 	bash scripts/ensure-systemd-analyze
 	bash scripts/run-tests
+
+# the static gate: one layout, lint, types (the settings are in pyproject.toml)
+lint: setup-test
+	@echo "== ruff and mypy"
+	$(VENV)/bin/ruff format --check --quiet lf tests bench scripts
+	$(VENV)/bin/ruff check --quiet lf tests bench scripts
+	$(VENV)/bin/mypy
 
 # the README's picture of the dashboard, taken by its browser test
 screenshot: setup-test

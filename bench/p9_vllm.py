@@ -50,15 +50,15 @@ def measure(bench: Bench) -> list[Row]:
     )
     box.lf("runtime", "stop", "vllm", timeout=120)
     llama.lf("runtime", "stop", "llamacpp", timeout=120)
-    v, l = median([r["steady"] for r in ours]), median([r["steady"] for r in theirs])
+    v, l_ = median([r["steady"] for r in ours]), median([r["steady"] for r in theirs])
     bench.memory.append(("vLLM process tree (serving SmolLM2)", rss, f"llamacpp's: {llama_rss:.0f} MiB"))
     return [
         Row(
             "P9",
             what,
             f"{vllm_start:.1f} s; {v:.1f} tok/s",
-            f"{llama_start:.1f} s; {l:.1f} tok/s",
-            v / l,
+            f"{llama_start:.1f} s; {l_:.1f} tok/s",
+            v / l_,
             "informational",
             None,
             f"vLLM from {source}, bf16, --enforce-eager, KV cache 1 GiB; llamacpp Q4_1 GGUF; up to {TOKENS} tokens, temperature 0, "

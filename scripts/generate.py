@@ -138,7 +138,7 @@ def readme() -> dict[Path, str]:
         pattern = re.compile(rf"(<!-- generated: {name} .*?-->\n).*?(<!-- end: {name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no '<!-- generated: {name} ... -->' block")
-        text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
+        text = pattern.sub(lambda m, table=table: m.group(1) + table + "\n" + m.group(2), text)
     return {path: text}
 
 

@@ -341,9 +341,9 @@ def test_the_page_in_a_real_browser_with_two_real_models(tmp_path, isolated):
         other = _OtherOrigin(gateway.url, "smol")
         try:
             browser.get(gateway.url + "/")
-            cards = lambda: {
+            cards = lambda: {  # noqa: E731
                 c.get_attribute("data-model"): c for c in browser.find_elements(By.CSS_SELECTOR, "article.card")
-            }  # noqa: E731
+            }
             state = lambda name: name in (found := cards()) and found[name].find_element(By.CSS_SELECTOR, ".state").text  # noqa: E731
             WebDriverWait(browser, 10).until(
                 lambda _: set(cards()) == {"smol", "gemma"} and state("smol") == state("gemma") == "running"

@@ -62,7 +62,11 @@ def test_the_openai_client_talks_to_two_models_through_one_endpoint(tmp_path, ge
         assert answer.model == "smol"  # the name the client asked for, not the engine's
         streamed = list(
             client.chat.completions.create(
-                model="small", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=48, stream=True
+                model="small",
+                messages=[{"role": "user", "content": QUESTION}],
+                temperature=0,
+                max_tokens=48,
+                stream=True,
             )
         )
         assert "Paris" in "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
@@ -208,7 +212,7 @@ def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error(tmp_path):
         received = 0
         killed_at = None
         with pytest.raises(APIError, match="stopped answering mid-stream"):
-            for chunk in stream:
+            for _chunk in stream:
                 received += 1
                 if received == 5:
                     os.kill(read_record(state, "smol")["pid"], signal.SIGKILL)

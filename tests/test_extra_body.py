@@ -58,8 +58,8 @@ def project_with(tmp_path, provider: str, extra_body: dict, provider_config: dic
     return load_project(path)
 
 
-def argv_of(project, engine_index: int, overrides: Overrides = Overrides()) -> list[str]:
-    spec = build_spec(project.models[0], project, overrides, single=True, resolve_model=False)
+def argv_of(project, engine_index: int, overrides: Overrides | None = None) -> list[str]:
+    spec = build_spec(project.models[0], project, overrides or Overrides(), single=True, resolve_model=False)
     runtime = spec.runtime
     engine = ResolvedEngine(runtime.engines[engine_index], "/opt/llama-server", "/env/bin/python", "test")
     return list(hooks_of(runtime).plan(spec, engine, 1234).argv)

@@ -28,7 +28,9 @@ def write_project(work, models: str, gateway: str = "probe_interval: 0.3") -> No
 
 def shares(gateway: Gateway, model: str) -> dict[str, float]:
     text = httpx.get(gateway.url + "/metrics", timeout=10).text
-    found = re.findall(rf'^lf_gateway_upstream_requests_total{{model="{model}",status="200",upstream="([^"]+)"}} (\S+)$', text, re.M)
+    found = re.findall(
+        rf'^lf_gateway_upstream_requests_total{{model="{model}",status="200",upstream="([^"]+)"}} (\S+)$', text, re.M
+    )
     return {upstream: float(count) for upstream, count in found}
 
 
@@ -38,8 +40,16 @@ def test_two_replicas_share_the_load_and_one_killed_leaves_no_request_unanswered
     if not default_model_installed():
         pytest.skip("needs the default model: lf models fetch smollm2-135m")
     a, port = free_ports(2)
-    write_project(tmp_path / "work", f"- {{name: smol, provider: llamacpp, model: smollm2-135m, replicas: 2, provider_config: {{port: {a}, parallel: 2}}}}")
-    body = {"model": "smol", "messages": [{"role": "user", "content": "Name a color."}], "max_tokens": 16, "temperature": 0}
+    write_project(
+        tmp_path / "work",
+        f"- {{name: smol, provider: llamacpp, model: smollm2-135m, replicas: 2, provider_config: {{port: {a}, parallel: 2}}}}",
+    )
+    body = {
+        "model": "smol",
+        "messages": [{"role": "user", "content": "Name a color."}],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
     with Gateway(tmp_path / "work", port) as gateway:
         assert httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=120).status_code == 200
         # the first request started both copies: the one it took, and the other beside it
@@ -57,7 +67,9 @@ def test_two_replicas_share_the_load_and_one_killed_leaves_no_request_unanswered
         assert codes == [200] * 40
         after = shares(gateway, "smol")
         counts = {k: after.get(k, 0) - before.get(k, 0) for k in ("smol", "smol-r2")}
-        components = {c["name"]: (c.get("failures"), c["state"]) for c in httpx.get(gateway.url + "/health").json()["components"]}
+        components = {
+            c["name"]: (c.get("failures"), c["state"]) for c in httpx.get(gateway.url + "/health").json()["components"]
+        }
         assert all(n >= 0.3 * 40 for n in counts.values()), (counts, components, gateway.text()[-3000:])  # each: 30%+
 
         victim = read_record(tmp_path / "state", "smol-r2")["pid"]

@@ -18,6 +18,7 @@ Only the slow path imports this module (a llamafarm.yaml that changed since it w
 from __future__ import annotations
 
 import typing
+from collections.abc import Collection, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -358,7 +359,7 @@ def collect_problems(data) -> list[Problem]:
     return problems
 
 
-def _problem(model: type[BaseModel], error: dict) -> Problem:
+def _problem(model: type[BaseModel], error: Mapping[str, Any]) -> Problem:
     """One pydantic error as lf says it: the field path without pydantic's union tags, a plain message,
     what is allowed, and a did-you-mean."""
     raw_loc = error["loc"]
@@ -520,7 +521,7 @@ def semantic_checks(data: dict, problems: list[Problem]) -> None:
 
 def _check_peer_names(runtime: dict, models: list, problems: list[Problem]) -> None:
     """An entry's `peers` name peers of runtime.gateway.peers."""
-    gateway = runtime.get("gateway") if isinstance(runtime.get("gateway"), dict) else {}
+    gateway = runtime["gateway"] if isinstance(runtime.get("gateway"), dict) else {}
     known = [p.get("name") for p in gateway.get("peers") or [] if isinstance(p, dict)]
     for i, item in enumerate(models):
         for j, name in enumerate(item.get("peers") or [] if isinstance(item, dict) else []):
@@ -559,7 +560,7 @@ def _check_routers(models: list, problems: list[Problem]) -> None:
                     )
                 )
 
-        for key, what in (("default_model", "the default model"), ("embedder_model", None), ("routes", None)):
+        for key in ("default_model", "embedder_model", "routes"):
             if item.get(key) is None:
                 problems.append(Problem(path, f"missing required field {key!r} (a router needs it)"))
         names_an_entry(item.get("default_model"), path + ("default_model",), "the default model")
@@ -668,7 +669,7 @@ def _check_extra_body(provider, body: dict, config: dict, path: tuple, runtimes:
 
 
 def _unknown_keys(
-    mapping: dict, path: tuple, known: list[str], problems: list[Problem], skip: set = frozenset()
+    mapping: dict, path: tuple, known: list[str], problems: list[Problem], skip: Collection[str] = frozenset()
 ) -> None:
     for key in mapping:
         if key in known or key in skip or key in GENERATION_PARAMS:

@@ -149,7 +149,7 @@ def last_user_text(payload) -> str | None:
                 if isinstance(content, str):
                     return content
                 if isinstance(content, list):  # OpenAI's content parts: the text ones
-                    texts = [p.get("text") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+                    texts = [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
                     return " ".join(texts) if texts else None
         return None
     prompt = payload.get("prompt")
