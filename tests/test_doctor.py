@@ -42,6 +42,7 @@ def test_every_check_is_present_and_this_machine_passes():
         "engine:llama-cpp-python",
         "port:llamacpp",
         "port:gateway",
+        "memory_budget",
         "model:llamacpp",
         "service",
     ):
@@ -176,3 +177,18 @@ def test_a_model_that_cannot_fit_fails_by_the_estimate_start_uses(tmp_path):
     assert proc.returncode == CHECK_FAILED
     refused = run_lf("runtime", "start", "huge", "--dry-run")  # start says the same of it
     assert "does NOT fit" in refused.stdout, refused.stdout + refused.stderr
+
+
+@pytest.mark.skipif(not default_model_installed(), reason="needs the default model: lf models fetch smollm2-135m")
+def test_the_memory_budget_is_shown_and_a_model_that_cannot_fit_in_it_is_named(isolated):
+    models = "    - {name: chat, provider: llamacpp, model: smollm2-135m}\n"
+    write_config(isolated / "work", models)
+    _, checks, _ = doctor()
+    budget = checks["memory_budget"]
+    assert budget["status"] == "ok" and "the machine's memory" in budget["detail"], budget
+    assert "1 model(s) need about" in budget["detail"] and "all fit at once" in budget["detail"]
+
+    _, checks, _ = doctor(env={"LF_GATEWAY_MEMORY_BUDGET": "50MiB"})
+    budget = checks["memory_budget"]
+    assert budget["status"] == "warn" and "50.0 MiB (LF_GATEWAY_MEMORY_BUDGET)" in budget["detail"], budget
+    assert "chat needs about" in budget["detail"] and "memory_budget" in budget["fix"]

@@ -20,7 +20,7 @@ LOW_MEMORY = 1 * GIB  # less available than this: a small model may still run, l
 
 @dataclass(frozen=True)
 class Check:
-    # stable: python, lf, cpu, memory, gpus, npus, engine:<runtime>, port:<instance>, port:gateway, state_dir,
+    # stable: python, lf, cpu, memory, gpus, npus, engine:<runtime>, port:<instance>, port:gateway, memory_budget, state_dir,
     # config, model:<entry>, service
     name: str
     status: str  # ok | warn | fail
@@ -53,6 +53,7 @@ def run(config: str | None = None) -> Report:
     checks += check_ports(needed)
     if config_check.status != FAIL:
         checks.append(check_gateway_port(project))
+        checks.append(check_memory_budget(project))
     checks.append(config_check)
     checks += check_models(project, config_check)
     if config_check.status != FAIL:
@@ -369,6 +370,59 @@ def check_gateway_port(project) -> Check:
         f"{port} on {host} ({where}) is in use by {_owner(port)}: lf serve would not start",
         "stop that process, or give lf serve another port (--port, LF_GATEWAY_PORT, runtime.gateway.port)",
     )
+
+
+def check_memory_budget(project) -> Check:
+    """The memory `lf serve` lets this project's models take together (runtime.gateway.memory_budget,
+    LF_GATEWAY_MEMORY_BUDGET, or the machine's memory minus a headroom), and whether each model fits in it."""
+    from lf import hardware
+    from lf.config.gateway import GATEWAY_SETTINGS
+    from lf.core.actions import memory_estimate
+    from lf.core.targets import Overrides, build_spec
+    from lf.errors import LfError
+    from lf.models.budget import Budget, default_budget
+    from lf.models.gguf_meta import human_bytes
+    from lf.runtimes.settings import parse_size, resolve
+
+    fix = "set runtime.gateway.memory_budget (or LF_GATEWAY_MEMORY_BUDGET), e.g. 6GiB"
+    try:
+        values, sources = resolve(
+            {"memory_budget": GATEWAY_SETTINGS["memory_budget"]}, {}, dict(project.gateway) if project else {}
+        )
+    except LfError as exc:
+        return Check("memory_budget", FAIL, exc.message, exc.hint or fix)
+    machine = default_budget(hardware.memory().total, [gpu.memory for gpu in hardware.gpus()])
+    setting = values.get("memory_budget")
+    budget = machine if setting is None else Budget(parse_size(setting), machine.vram)
+    where = {"env": "LF_GATEWAY_MEMORY_BUDGET", "config": "runtime.gateway.memory_budget"}.get(
+        sources.get("memory_budget", ""), "the machine's memory less what lf leaves to the rest"
+    )
+    detail = f"lf serve loads models in {budget.describe()} ({where})"
+    needs: dict[str, int] = {}
+    for entry in project.models if project else []:
+        if entry.is_router or not entry.managed:
+            continue
+        try:
+            estimate = memory_estimate(build_spec(entry, project, Overrides(), single=True))
+        except Exception:  # noqa: BLE001 - a model that cannot be resolved is the model check's to report
+            continue
+        if estimate is not None:
+            needs[entry.name] = estimate.total
+    too_big = [name for name, need in needs.items() if need > budget.ram + (budget.vram or 0)]
+    if too_big:
+        said = ", ".join(f"{name} needs about {human_bytes(needs[name])}" for name in too_big)
+        return Check(
+            "memory_budget",
+            WARN,
+            f"{detail}; {said}: lf serve refuses it",
+            "raise runtime.gateway.memory_budget (or LF_GATEWAY_MEMORY_BUDGET), lower the model's context_size, "
+            "or use a smaller quantization",
+        )
+    if needs:
+        together = sum(needs.values())
+        held = "all fit at once" if together <= budget.ram + (budget.vram or 0) else "idle ones are unloaded for room"
+        detail += f"; the project's {len(needs)} model(s) need about {human_bytes(together)} together: {held}"
+    return Check("memory_budget", OK, detail)
 
 
 def _recorded_ports() -> dict:
