@@ -1,4 +1,4 @@
-"""P14 (the Ray Serve half): replicas of one model entry behind Ray Serve, against the same replicas called directly.
+"""P14: replicas of one model entry behind `lf serve` and behind Ray Serve, against the same replicas called directly.
 
 A loopback cluster of one node (`lf cluster start`) serves an entry with `replicas: 4` whose engine is a paced fake
 upstream (tests/fakes/server.py: an OpenAI-compatible server that streams N tokens, sleeping between them, so the
@@ -9,12 +9,16 @@ upstream itself costs almost no CPU and what is measured is the path). Then, in 
 - Ray Serve: the same 64 clients to the entry's Ray Serve URL (its HTTP proxy picks a replica for each);
 - time to first token of one client at a time, alternating direct and through Ray Serve: what the path adds.
 
+The `lf serve` half runs first, without a cluster: the same entry (`replicas: 4`, local instances NAME, NAME-r2, …)
+behind `lf serve`, the same 64 clients to its one endpoint, each replica's share from the engines' logs, and the
+time to first token of one client at a time, alternating direct and through the gateway.
+
 Each replica's share of the Ray Serve run is counted from the engines' own request logs. Printed as a table.
 
     .venv/bin/python bench/p14_replicas.py [--streams 64] [--replicas 4] [--tokens 128] [--delay 0.02]
 
-It needs the cluster environment (`lf cluster install`; the test suite's, in $LF_TEST_CACHE/data, is used when the
-user has none); without one it says so and measures nothing.
+The Ray Serve half needs the cluster environment (`lf cluster install`; the test suite's, in $LF_TEST_CACHE/data, is
+used when the user has none); without one it says so and measures only the `lf serve` half.
 """
 
 from __future__ import annotations
@@ -213,6 +217,91 @@ class Cluster:
             )
 
 
+class Gateway:
+    """`lf serve` for the entry with `replicas: N` (local instances), in a throw-away state dir; stopped by close()."""
+
+    def __init__(self, root: Path, base_env: dict, replicas: int, tokens: int, delay: float):
+        self.root = root
+        runtimes = root / "runtimes" / "paced"
+        runtimes.mkdir(parents=True)
+        (runtimes / "manifest.toml").write_text(MANIFEST.replace("SERVER", str(FAKE_SERVER)))
+        self.work = root / "work"
+        self.work.mkdir()
+        (self.work / "llamafarm.yaml").write_text(PROJECT.format(replicas=replicas, delay=delay, tokens=tokens))
+        self.env = {
+            **base_env,
+            "LF_STATE_DIR": str(root / "state"),
+            "LF_DATA_DIR": str(root / "data"),
+            "LF_RUNTIMES_PATH": str(root / "runtimes"),
+        }
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> str:
+        from harness import free_port, wait_http_ok
+
+        port = free_port()
+        log = open(self.root / "serve.log", "wb")  # the gateway's, closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lf", "serve", "--port", str(port), "--idle-ttl", "0"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.work,
+            start_new_session=True,
+        )
+        wait_http_ok(port, "/health/liveness", self.proc, timeout=60)
+        self.url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        return self.url
+
+    def engines(self) -> list[dict]:
+        """The replicas' engines: their records."""
+        found = sorted((self.root / "state").rglob("instances/paced*.json"))
+        return [json.loads(p.read_text()) for p in found]
+
+    def close(self) -> None:
+        from harness import stop_group
+
+        if self.proc is not None:
+            stop_group(self.proc, timeout=60)
+
+
+def run_gateway(root: Path, base_env: dict, args, log=print) -> dict:
+    """The `lf serve` half: rates, streams, shares and single-client times to first token, direct and through it."""
+    gateway = Gateway(root, base_env, args.replicas, args.tokens, args.delay)
+    try:
+        log(f"P14: lf serve with {args.replicas} local replicas of a paced upstream")
+        served = gateway.start()
+        for _ in range(args.replicas * 2):  # starts the replicas (each on its first request), warms the paths
+            stream(served, args.tokens)
+        engines = gateway.engines()
+        if len(engines) != args.replicas:
+            raise RuntimeError(f"{len(engines)} engines running, expected {args.replicas}")
+        direct = [e["base_url"] + "/chat/completions" for e in engines]
+        for url in direct:
+            stream(url, args.tokens)
+        rounds = []
+        for i in range(args.rounds):
+            log(f"  round {i + 1}/{args.rounds}: {args.streams} streams direct, then through lf serve")
+            direct_rate, direct_streams = concurrent(
+                [direct[j % len(direct)] for j in range(args.streams)], args.tokens
+            )
+            before = requests_logged(engines)
+            served_rate, served_streams = concurrent([served] * args.streams, args.tokens)
+            after = requests_logged(engines)
+            rounds.append(
+                (direct_rate, served_rate, direct_streams, served_streams, {n: after[n] - before[n] for n in after})
+            )
+        ttft_direct, ttft_served = [], []
+        for i in range(args.ttft_samples):
+            ttft_direct.append(stream(direct[i % len(direct)], args.tokens, first_only=True).ttft)
+            ttft_served.append(stream(served, args.tokens, first_only=True).ttft)
+    finally:
+        gateway.close()
+    return {"rounds": rounds, "ttft_direct": ttft_direct, "ttft_served": ttft_served}
+
+
 def cpu_by_role(head_pid: int) -> dict[str, float]:
     """CPU seconds used so far by the node's processes (and the engines, its descendants), by what they are."""
     import psutil
@@ -266,9 +355,17 @@ def cluster_data_dir() -> Path | None:
 
 
 def run(root: Path, base_env: dict, args, log=print) -> list[list[str]]:
+    """Both halves, `lf serve` first; the table of both (the Ray Serve half only where a cluster env is installed)."""
+    gateway = run_gateway(root / "gateway", base_env, args, log)
+    rows = table(args, "lf serve", gateway)
     data = cluster_data_dir()
     if data is None:
-        raise RuntimeError("no cluster environment: install it with `lf cluster install` (or run the test suite once)")
+        log("P14: no cluster environment (lf cluster install): the Ray Serve half is not measured")
+        return rows
+    return rows + table(args, "Ray Serve", run_ray(root / "ray", base_env, args, data, log))[1:]
+
+
+def run_ray(root: Path, base_env: dict, args, data: Path, log=print) -> dict:
     cluster = Cluster(root, base_env, data, args.replicas, args.tokens, args.delay)
     try:
         log(f"P14: starting a loopback cluster with {args.replicas} replicas of a paced upstream")
@@ -302,10 +399,12 @@ def run(root: Path, base_env: dict, args, log=print) -> list[list[str]]:
     finally:
         cluster.close()
     log("  CPU seconds during the Ray Serve runs: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items())))
-    return table(args, rounds, ttft_direct, ttft_served)
+    return {"rounds": rounds, "ttft_direct": ttft_direct, "ttft_served": ttft_served}
 
 
-def table(args, rounds, ttft_direct, ttft_served) -> list[list[str]]:
+def table(args, path: str, result: dict) -> list[list[str]]:
+    """The header, then three rows for one path: the replicas called directly, through `path`, and the difference."""
+    rounds, ttft_direct, ttft_served = result["rounds"], result["ttft_direct"], result["ttft_served"]
     direct_rate = statistics.median(r[0] for r in rounds)
     served_rate = statistics.median(r[1] for r in rounds)
     ideal = args.streams * args.tokens / (args.tokens * args.delay)
@@ -314,7 +413,7 @@ def table(args, rounds, ttft_direct, ttft_served) -> list[list[str]]:
         q = statistics.quantiles(values, n=10)
         return f"{statistics.median(values) * 1000:.1f} ms (p90 {q[8] * 1000:.1f})"
 
-    shares = {}
+    shares: dict[str, int] = {}
     for r in rounds:
         for name, count in r[4].items():
             shares[name] = shares.get(name, 0) + count
@@ -334,7 +433,7 @@ def table(args, rounds, ttft_direct, ttft_served) -> list[list[str]]:
     return [
         header,
         [
-            "direct (sum of replicas)",
+            f"direct (sum of replicas; the {path} run)",
             f"{direct_rate:.0f}",
             "1.00×",
             ttft(ttft_direct),
@@ -342,7 +441,7 @@ def table(args, rounds, ttft_direct, ttft_served) -> list[list[str]]:
             f"{100 / args.replicas:.0f}% each (by construction)",
         ],
         [
-            "Ray Serve",
+            path,
             f"{served_rate:.0f}",
             f"{served_rate / direct_rate:.2f}×",
             ttft(ttft_served),
@@ -350,7 +449,7 @@ def table(args, rounds, ttft_direct, ttft_served) -> list[list[str]]:
             share_text,
         ],
         [
-            "added by Ray Serve",
+            f"added by {path}",
             "",
             "",
             f"{added_ttft:+.1f} ms",
@@ -367,27 +466,35 @@ def markdown(rows: list[list[str]]) -> str:
 
 
 def measure(bench) -> list:
-    """For bench/run.py: the same run in the bench's sandbox, as one informational row."""
+    """For bench/run.py: the same run in the bench's sandbox, one row per path (targets: lf serve ≥ 0.95× the
+    replicas' sum, each replica within ±15% of an even share, ≤ 2 ms added to the first token; Ray Serve's
+    informational)."""
     from harness import Row
 
     args = argparse.Namespace(streams=64, replicas=4, tokens=128, delay=0.02, rounds=3, ttft_samples=50)
-    try:
-        rows = run(bench.root / "p14", bench.base_env, args, log=bench.log)
-    except RuntimeError as exc:
-        return [Row("P14r", "Ray Serve: 4 replicas, 64 streams", "-", "-", None, "informational", None, str(exc))]
-    served = rows[2]
-    return [
-        Row(
-            "P14r",
-            f"Ray Serve: {args.replicas} paced replicas, {args.streams} concurrent streams, aggregate tok/s",
-            served[1],
-            rows[1][1],
-            float(served[2].rstrip("×")),
-            "informational",
-            None,
-            f"TTFT one client: {served[3]} vs {rows[1][3]}; share per replica {served[5]}",
+    rows = run(bench.root / "p14", bench.base_env, args, log=bench.log)
+    out = []
+    for at in range(1, len(rows), 3):
+        direct, served, added = rows[at], rows[at + 1], rows[at + 2]
+        ratio = float(served[2].rstrip("×"))
+        shares = [float(x.rstrip("%")) for x in served[5].split(" / ")] if served[5] else []
+        even = 100 / args.replicas
+        added_ms = float(added[3].split()[0])
+        gateway = served[0] == "lf serve"
+        met = ratio >= 0.95 and all(abs(x - even) <= 0.15 * even for x in shares) and added_ms <= 2
+        out.append(
+            Row(
+                "P14" if gateway else "P14r",
+                f"{served[0]}: {args.replicas} paced replicas, {args.streams} concurrent streams, aggregate tok/s",
+                served[1],
+                direct[1],
+                ratio,
+                "≥ 0.95×, shares ±15%, ≤ +2 ms TTFT" if gateway else "informational",
+                met if gateway else None,
+                f"TTFT one client: {served[3]} vs {direct[3]} ({added[3]}); share per replica {served[5]}",
+            )
         )
-    ]
+    return out
 
 
 def main() -> None:

@@ -46,6 +46,7 @@ MEASUREMENTS = {
     "P11": "p11_placement",
     "P12": "p12_runaway",
     "P13": "p13_reload",
+    "P14": "p14_replicas",
     "P15": "p15_routing",
     "P16": "p16_embeddings",
 }
