@@ -158,23 +158,29 @@ def concurrent(urls: list[str], tokens: int) -> tuple[float, list[Stream]]:
     return sum(s.tokens for s in done) / wall, done
 
 
+def sandbox(root: Path, base_env: dict, data_dir: Path, replicas: int, tokens: int, delay: float) -> tuple[Path, dict]:
+    """The paced runtime and the project in a throw-away folder: (the project's folder, the env lf runs with)."""
+    runtimes = root / "runtimes" / "paced"
+    runtimes.mkdir(parents=True)
+    (runtimes / "manifest.toml").write_text(MANIFEST.replace("SERVER", str(FAKE_SERVER)))
+    work = root / "work"
+    work.mkdir()
+    (work / "llamafarm.yaml").write_text(PROJECT.format(replicas=replicas, delay=delay, tokens=tokens))
+    env = {
+        **base_env,
+        "LF_STATE_DIR": str(root / "state"),
+        "LF_DATA_DIR": str(data_dir),
+        "LF_RUNTIMES_PATH": str(root / "runtimes"),
+    }
+    return work, env
+
+
 class Cluster:
     """A loopback cluster with the entry deployed, in a throw-away state dir; stopped by close()."""
 
     def __init__(self, root: Path, base_env: dict, data_dir: Path, replicas: int, tokens: int, delay: float):
         self.root = root
-        runtimes = root / "runtimes" / "paced"
-        runtimes.mkdir(parents=True)
-        (runtimes / "manifest.toml").write_text(MANIFEST.replace("SERVER", str(FAKE_SERVER)))
-        self.work = root / "work"
-        self.work.mkdir()
-        (self.work / "llamafarm.yaml").write_text(PROJECT.format(replicas=replicas, delay=delay, tokens=tokens))
-        self.env = {
-            **base_env,
-            "LF_STATE_DIR": str(root / "state"),
-            "LF_DATA_DIR": str(data_dir),
-            "LF_RUNTIMES_PATH": str(root / "runtimes"),
-        }
+        self.work, self.env = sandbox(root, base_env, data_dir, replicas, tokens, delay)
         self.started = False
 
     def lf(self, *args: str, timeout: float = 600) -> dict:
@@ -222,18 +228,7 @@ class Gateway:
 
     def __init__(self, root: Path, base_env: dict, replicas: int, tokens: int, delay: float):
         self.root = root
-        runtimes = root / "runtimes" / "paced"
-        runtimes.mkdir(parents=True)
-        (runtimes / "manifest.toml").write_text(MANIFEST.replace("SERVER", str(FAKE_SERVER)))
-        self.work = root / "work"
-        self.work.mkdir()
-        (self.work / "llamafarm.yaml").write_text(PROJECT.format(replicas=replicas, delay=delay, tokens=tokens))
-        self.env = {
-            **base_env,
-            "LF_STATE_DIR": str(root / "state"),
-            "LF_DATA_DIR": str(root / "data"),
-            "LF_RUNTIMES_PATH": str(root / "runtimes"),
-        }
+        self.work, self.env = sandbox(root, base_env, root / "data", replicas, tokens, delay)
         self.proc: subprocess.Popen | None = None
         self.url = ""
 

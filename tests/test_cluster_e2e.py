@@ -26,7 +26,7 @@ import psutil
 import pytest
 from conftest import run_lf
 
-from fakes import free_ports, wait_until
+from fakes import Gateway, free_ports, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -290,6 +290,38 @@ def test_each_replica_runs_lfs_engine_on_its_node_with_a_record(shared):
         assert _alive(record["pid"])
         assert os.getsid(record["pid"]) == record["pid"]  # lf's own daemon: its session, its log, its record
         assert Path(record["log_path"]).is_file()
+
+
+def test_lf_serve_cluster_is_the_front_door_and_takes_off_only_what_it_deployed(shared):
+    """`lf serve --cluster`: the project's entries answer through the gateway (its names, its metrics), run by Ray
+    Serve, not by a local engine; SIGTERM takes off the cluster what it deployed ("auto") and leaves what was there
+    before it ("chat", deployed above)."""
+    import httpx
+
+    (port,) = free_ports(1)
+    gateway = Gateway(shared["work"], port, "--cluster", "--probe-interval", "1").start(ready=False)
+    try:
+        assert wait_until(gateway.answers, timeout=600), gateway.text()
+        assert f"chat: on the cluster at {shared['base_url']}" in gateway.text()
+        assert "Paris" in _ask(gateway.url + "/v1") and "Paris" in _ask(gateway.url + "/v1", stream=True)
+        answer = _client(gateway.url + "/v1").chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=32
+        )
+        assert "Paris" in (answer.choices[0].message.content or "") and answer.model == "auto"
+        components = {c["name"]: c for c in httpx.get(gateway.url + "/health", timeout=10).json()["components"]}
+        assert components["chat"]["managed"] is False and components["auto"]["managed"] is False
+        metrics = httpx.get(gateway.url + "/metrics", timeout=10).text
+        served = [line for line in metrics.splitlines() if line.startswith("lf_gateway_requests_total{")]
+        assert any('model="auto"' in line and 'status="200"' in line for line in served), served
+        assert _app(shared, "auto")["status"] == "RUNNING"
+        instances = shared["root"] / "state" / "projects" / "test" / "demo" / "instances"
+        assert not (instances / "chat.json").exists() and not (instances / "auto.json").exists()  # no local engine
+    finally:
+        code = gateway.terminate(timeout=300)
+    assert code in (0, -signal.SIGTERM), gateway.text()
+    assert "taking auto off the cluster" in gateway.text(), gateway.text()
+    apps = {a["entry"]: a for a in _status(shared)["applications"]}
+    assert "auto" not in apps and apps["chat"]["status"] == "RUNNING", apps
 
 
 def test_a_killed_replica_takes_its_engine_with_it_and_is_replaced(shared):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
 import socket
 import threading
 import time
@@ -18,7 +17,7 @@ import httpx
 import pytest
 from conftest import run_lf
 
-from fakes import Gateway, engines, free_ports, read_record, use_fakes, wait_until
+from fakes import Gateway, chromium, engines, free_ports, read_record, use_fakes, wait_until
 
 QUESTION = "What is the capital of France? Answer in one sentence."
 ACTION = {"Content-Type": "application/json", "X-LF-Action": "1"}
@@ -244,25 +243,7 @@ def test_with_an_api_key_the_page_needs_it_and_takes_it_as_a_cookie(tmp_path, fa
 
 # -- the page in a real browser ------------------------------------------------------------------------------
 def _browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, (
-        "the browser test needs Debian's chromium and chromium-driver: make test installs them (scripts/ensure-browser)"
-    )
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1000",
-        "--no-first-run",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
+    return chromium("--window-size=1280,1000")
 
 
 class _OtherOrigin:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fakes import Gateway, engines, free_ports, use_fakes, wait_until
+from fakes import Gateway, chromium, engines, free_ports, use_fakes, wait_until
 
 REBOUND = "rebind.evil.example"
 
@@ -26,28 +25,6 @@ REBOUND = "rebind.evil.example"
 def fakes(isolated, monkeypatch):
     use_fakes(monkeypatch)
     return isolated / "state"
-
-
-def _browser(*flags: str):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, (
-        "this test needs Debian's chromium and chromium-driver: make test installs them (scripts/ensure-browser)"
-    )
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        *flags,
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
 
 
 class _Site:
@@ -133,7 +110,7 @@ def test_a_page_on_another_origin_cannot_start_a_model_nor_spend_a_paid_key(tmp_
     _project(work, model_port, remote_port)
     remote_log = tmp_path / "remote.log"
     remote = _remote(remote_port, remote_log)
-    browser = _browser()
+    browser = chromium()
     try:
         with Gateway(work, port) as gateway:
             body = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "x": ""})
@@ -191,7 +168,7 @@ def test_a_rebound_name_reads_nothing_but_liveness(tmp_path, fakes):
     _project(work, model_port, remote_port)
     attacker = _Site(REBINDING_PAGE.format())
     port = attacker.port
-    browser = _browser(f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1")
+    browser = chromium(f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1")
     try:
         browser.get(f"http://{REBOUND}:{port}/")
         assert "attacker" in browser.page_source

@@ -201,6 +201,15 @@ def serve(
             "--dry-run", help="With --install-service or --uninstall-service: print what would be written and run."
         ),
     ] = False,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="Run the project's model entries on the Ray cluster (RAY_ADDRESS, runtime.cluster.address, or "
+            "lf cluster start's) with Ray Serve, and serve them from here; what it deployed is taken off the "
+            "cluster when it stops.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -252,11 +261,16 @@ def serve(
             project, settings, flags, logs, install_service, uninstall_service, dry_run, detach or open_page, json_out
         )
         return
+    if cluster and detach:
+        raise LfError("--cluster runs in the foreground: leave out --detach", exit_status=ExitStatus.USAGE)
     if not detach:
         from lf.gateway.server import run
 
         on_ready = (lambda: _open_page(settings)) if open_page else None
-        run(project, settings, on_ready=on_ready, log_level=log_level, log_format=log_format)
+        if not cluster:
+            run(project, settings, on_ready=on_ready, log_level=log_level, log_format=log_format)
+            return
+        _serve_on_cluster(project, settings, on_ready, log_level, log_format)
         return
     from lf.gateway.server import detach as run_detached
 
@@ -287,6 +301,38 @@ def serve(
             f"Warning: listening on {settings.host}: reachable from other machines"
             + ("" if settings.api_key else ", with no API key (--insecure)")
         )
+
+
+def _serve_on_cluster(project, settings, on_ready, log_level: str, log_format: str) -> None:
+    """The project's entries deployed on the cluster, served from this gateway, taken off when it stops."""
+    from lf.cluster.front import Front
+    from lf.core.events import Notice
+    from lf.gateway.server import run
+
+    def on_event(event) -> None:
+        if isinstance(event, Notice):
+            err(event.text)
+
+    spinner = Spinner("deploying the project's models to the cluster")
+    spinner(0.0)
+    try:
+        front = Front(project, None, on_event)
+    finally:
+        spinner.done()
+    for name, url in front.placed.items():
+        err(f"{name}: on the cluster at {url}")
+    try:
+        run(
+            project,
+            settings,
+            on_ready=on_ready,
+            log_level=log_level,
+            log_format=log_format,
+            placed=front.placed,
+            on_stopped=front.take_off,
+        )
+    finally:
+        front.take_off()
 
 
 def _service(project, settings, flags, logs, install, uninstall, dry_run, other, json_out) -> None:

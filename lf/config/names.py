@@ -8,7 +8,7 @@ decide once for every caller). A name nothing knows gets one "did you mean" over
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -32,14 +32,19 @@ def default_entry(runtime_name: str, model: str | None = None) -> ModelEntry:
     )
 
 
-def served_entries(project: Project | None) -> tuple[list[ModelEntry], str]:
-    """The entries a gateway for `project` serves, and its default model (no project: the embedded default)."""
+def served_entries(project: Project | None, placed: Mapping[str, str] | None = None) -> tuple[list[ModelEntry], str]:
+    """The entries a gateway for `project` serves, and its default model (no project: the embedded default).
+    `placed`: entries that run elsewhere (`lf serve --cluster`: on Ray Serve), by name → their OpenAI base URL; the
+    gateway serves those as endpoints it does not run."""
     if project is None:
         from lf.runtimes.folders import DEFAULT_RUNTIME
 
         entry = default_entry(DEFAULT_RUNTIME)
         return [entry], entry.name
-    return list(project.models), project.default_model
+    if not placed:
+        return list(project.models), project.default_model
+    entries = [replace(e, base_url=placed[e.name], managed=False) if e.name in placed else e for e in project.models]
+    return entries, project.default_model
 
 
 @dataclass(frozen=True)

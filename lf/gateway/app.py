@@ -84,8 +84,10 @@ class Gateway:
         default_model: str | None,
         effects: Effects | None = None,
         on_stop=None,
+        placed: dict[str, str] | None = None,
     ):
         self.project = project
+        self.placed = placed or {}  # entries served elsewhere (lf serve --cluster): name → their base URL
         self.on_stop = on_stop  # called last on the way out (uvicorn re-raises SIGTERM once its shutdown is done)
         self.config = config
         self.entries = entries
@@ -191,7 +193,7 @@ class Gateway:
             except ConfigError as exc:
                 log.warning("llamafarm.yaml not reloaded, the running models stay as they are: %s", exc.message)
                 return
-            entries, default = served_entries(project)
+            entries, default = served_entries(project, self.placed)
             pooled = _pooled(project, entries)
             done = self.pool.reconfigure(pooled, _external_endpoints(pooled))
             self.routers.load(project)

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -56,7 +57,13 @@ def instance_of(project: Project | None, config: GatewayConfig, argv: list[str])
 
 
 def run(
-    project: Project | None, config: GatewayConfig, on_ready=None, log_level: str = "info", log_format: str = "text"
+    project: Project | None,
+    config: GatewayConfig,
+    on_ready=None,
+    log_level: str = "info",
+    log_format: str = "text",
+    placed: dict[str, str] | None = None,
+    on_stopped: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGTERM, SIGINT or SIGHUP; then stop the instances a gateway started and leave."""
     import uvicorn
@@ -66,11 +73,13 @@ def run(
     from lf.gateway.logs import configure
 
     configure(log_level, log_format)
-    entries, default = served_entries(project)
+    entries, default = served_entries(project, placed)
     store = StateStore.of(project)  # the gateway's record lies with its project's instances
     own = _claim_record(store, project, config)
     release = (lambda: _release_record(store, config)) if own else None
-    gateway = Gateway(project, config, entries, default, on_stop=release)
+    if on_stopped is not None:  # SIGTERM ends the process once the lifespan is over: that is the last word
+        release = _both(release, on_stopped)
+    gateway = Gateway(project, config, entries, default, on_stop=release, placed=placed)
     if on_ready is not None:
         _when_listening(config, on_ready)
     limit = connection_limit(config.max_connections)
@@ -113,6 +122,17 @@ def run(
             release()  # when the lifespan never ran (the port was taken after all)
     if not server.started:
         raise LfError(f"the gateway could not listen on {config.host}:{config.port}", hint="see the messages above")
+
+
+def _both(first: Callable[[], None] | None, then: Callable[[], None]) -> Callable[[], None]:
+    def call() -> None:
+        try:
+            if first is not None:
+                first()
+        finally:
+            then()
+
+    return call
 
 
 def connection_limit(wanted: int) -> int:

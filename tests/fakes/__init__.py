@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -251,3 +252,26 @@ def engines(state_dir: Path) -> list[psutil.Process]:
         except psutil.Error:
             pass
     return found
+
+
+def chromium(*flags: str):
+    """Debian's Chromium, headless, driven by selenium (scripts/ensure-browser installs both)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, (
+        "this test needs Debian's chromium and chromium-driver: make test installs them (scripts/ensure-browser)"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        *flags,
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=options)

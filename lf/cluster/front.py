@@ -1,0 +1,40 @@
+"""`lf serve --cluster`: the project's model entries run on a Ray cluster with Ray Serve (lf.cluster.deploy), and
+`lf serve` stays their front door: each deployed entry is served from the gateway as an endpoint at its Ray Serve
+URL, behind the gateway's key, metrics, page and name resolution. What the gateway deployed is taken off the
+cluster when it stops; an application that was there before it (`lf cluster deploy`) is left as it was."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from lf.config.project import Project
+
+
+class Front:
+    """The project's entries deployed for a gateway: `placed` (entry name → OpenAI base URL), and take_off()."""
+
+    def __init__(self, project: Project | None, address: str | None, on_event: Callable[[object], None] | None):
+        from lf.cluster.deploy import deploy
+        from lf.cluster.status import status
+
+        self.project, self.address, self.on_event = project, address, on_event
+        before = {app["entry"] for app in status(project, address).applications if app.get("entry")}
+        result = deploy(project, address, on_event=on_event)
+        self.placed = {entry.entry: entry.base_url for entry in result.entries}
+        self.ours = [name for name in self.placed if name not in before]
+        self._lock = threading.Lock()
+
+    def take_off(self) -> None:
+        """Undeploy what this gateway deployed; once, whichever way the gateway stops (its lifespan's end on
+        SIGTERM, or the command's own way out)."""
+        from lf.cluster.deploy import undeploy
+        from lf.core.events import Notice
+
+        with self._lock:
+            ours, self.ours = self.ours, []
+        if not ours:
+            return
+        if self.on_event is not None:
+            self.on_event(Notice(f"taking {', '.join(ours)} off the cluster (this gateway deployed them)"))
+        undeploy(self.project, self.address, ours)
