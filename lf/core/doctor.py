@@ -375,14 +375,13 @@ def check_gateway_port(project) -> Check:
 def check_memory_budget(project) -> Check:
     """The memory `lf serve` lets this project's models take together (runtime.gateway.memory_budget,
     LF_GATEWAY_MEMORY_BUDGET, or the machine's memory minus a headroom), and whether each model fits in it."""
-    from lf import hardware
     from lf.config.gateway import GATEWAY_SETTINGS
     from lf.core.actions import memory_estimate
     from lf.core.targets import Overrides, build_spec
     from lf.errors import LfError
-    from lf.models.budget import Budget, default_budget
+    from lf.models.budget import configured_budget
     from lf.models.gguf_meta import human_bytes
-    from lf.runtimes.settings import parse_size, resolve
+    from lf.runtimes.settings import resolve
 
     fix = "set runtime.gateway.memory_budget (or LF_GATEWAY_MEMORY_BUDGET), e.g. 6GiB"
     try:
@@ -391,9 +390,7 @@ def check_memory_budget(project) -> Check:
         )
     except LfError as exc:
         return Check("memory_budget", FAIL, exc.message, exc.hint or fix)
-    machine = default_budget(hardware.memory().total, [gpu.memory for gpu in hardware.gpus()])
-    setting = values.get("memory_budget")
-    budget = machine if setting is None else Budget(parse_size(setting), machine.vram)
+    budget = configured_budget(values.get("memory_budget"))
     where = {"env": "LF_GATEWAY_MEMORY_BUDGET", "config": "runtime.gateway.memory_budget"}.get(
         sources.get("memory_budget", ""), "the machine's memory less what lf leaves to the rest"
     )

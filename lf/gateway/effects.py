@@ -21,8 +21,7 @@ from lf.core.targets import Overrides, build_spec
 from lf.daemon.process import tree_memory
 from lf.errors import LfError, NotInstalledError
 from lf.gateway.events import EventBus, Pulling
-from lf.models.budget import Budget, Need, default_budget
-from lf.runtimes.settings import parse_size
+from lf.models.budget import Budget, Need, configured_budget
 
 
 class Timer(Protocol):
@@ -85,7 +84,7 @@ class CoreEffects:
         self.project = project
         self.config = config
         self.events = events
-        self._budget = configured_budget(config)
+        self._budget = configured_budget(config.memory_budget)
 
     async def running(self, entry: ModelEntry) -> Endpoint | None:
         return await anyio.to_thread.run_sync(actions.running, entry, self.project)
@@ -178,13 +177,3 @@ class CoreEffects:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         return asyncio.get_running_loop().call_later(delay, callback)
-
-
-def configured_budget(config: GatewayConfig) -> Budget:
-    """The memory budget the settings give, or the machine's default (lf.models.budget.default_budget)."""
-    from lf import hardware
-
-    machine = default_budget(hardware.memory().total, [gpu.memory for gpu in hardware.gpus()])
-    if config.memory_budget is None:
-        return machine
-    return Budget(parse_size(config.memory_budget), machine.vram)

@@ -60,3 +60,12 @@ def default_budget(total_ram: int, gpu_memory: list[int | None]) -> Budget:
     """The machine's memory minus a headroom; each GPU's memory (that lf can tell) minus its share for drivers."""
     known = [m for m in gpu_memory if m]
     return Budget(max(0, total_ram - headroom(total_ram)), int(sum(known) * VRAM_FRACTION) if known else None)
+
+
+def configured_budget(memory_budget: int | str | None) -> Budget:
+    """The budget a `memory_budget` setting gives (a size, or bytes), or the machine's default when it is unset."""
+    from lf import hardware
+    from lf.runtimes.settings import parse_size
+
+    machine = default_budget(hardware.memory().total, [gpu.memory for gpu in hardware.gpus()])
+    return machine if memory_budget is None else Budget(parse_size(memory_budget), machine.vram)
