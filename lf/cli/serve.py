@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from lf.cli._common import ConfigOpt, JsonOpt, Spinner, command, err, load_project, out, print_json
+from lf.cli.cluster import AddressOpt
 
 
 @command
@@ -210,6 +211,7 @@ def serve(
             "cluster when it stops.",
         ),
     ] = False,
+    address: AddressOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -263,6 +265,8 @@ def serve(
         return
     if cluster and detach:
         raise LfError("--cluster runs in the foreground: leave out --detach", exit_status=ExitStatus.USAGE)
+    if address and not cluster:
+        raise LfError("--address goes with --cluster", exit_status=ExitStatus.USAGE)
     if not detach:
         from lf.gateway.server import run
 
@@ -270,7 +274,7 @@ def serve(
         if not cluster:
             run(project, settings, on_ready=on_ready, log_level=log_level, log_format=log_format)
             return
-        _serve_on_cluster(project, settings, on_ready, log_level, log_format)
+        _serve_on_cluster(project, address, settings, on_ready, log_level, log_format)
         return
     from lf.gateway.server import detach as run_detached
 
@@ -303,7 +307,7 @@ def serve(
         )
 
 
-def _serve_on_cluster(project, settings, on_ready, log_level: str, log_format: str) -> None:
+def _serve_on_cluster(project, address: str | None, settings, on_ready, log_level: str, log_format: str) -> None:
     """The project's entries deployed on the cluster, served from this gateway, taken off when it stops."""
     from lf.cluster.front import Front
     from lf.core.events import Notice
@@ -316,7 +320,7 @@ def _serve_on_cluster(project, settings, on_ready, log_level: str, log_format: s
     spinner = Spinner("deploying the project's models to the cluster")
     spinner(0.0)
     try:
-        front = Front(project, None, on_event)
+        front = Front(project, address, on_event)
     finally:
         spinner.done()
     for name, url in front.placed.items():
