@@ -174,23 +174,6 @@ def _described(python: str, reqs: list[str]) -> dict:
     }
 
 
-def uninstall() -> bool:
-    """Remove the env (False when there was none). Refused while a node of this machine runs from it."""
-    from lf.cluster.nodes import local_nodes
-    from lf.errors import LfError
-
-    running = [record.name for record in local_nodes() if record.process_alive()]
-    if running:
-        raise LfError(
-            f"Ray runs from the cluster environment on this machine ({', '.join(running)})",
-            hint="stop it first: lf cluster stop",
-        )
-    if not env_dir().exists():
-        return False
-    shutil.rmtree(env_dir())
-    return True
-
-
 def _version(python: str, package: str | None) -> str:
     import subprocess
 
