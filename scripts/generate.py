@@ -1,5 +1,5 @@
 """Regenerate the files derived from the app: shell completions, the CLI reference, the schema, and the
-README's runtime tables (from the runtimes' manifests).
+tables of the README and the docs (from the runtimes' manifests and the gateway's settings).
 
     python scripts/generate.py [completions|docs|schema|readme|all] [--check]
 
@@ -128,18 +128,24 @@ def _engine_text(rt, engine) -> str:
     return f"`{engine.env_module}` in lf's env (`lf runtime install {rt.name}`)"
 
 
+# The files that hold `<!-- generated: NAME -->` … `<!-- end: NAME -->` blocks; each block is in one of them.
+GENERATED_IN = ("README.md", "docs/gateway.md", "docs/runtimes.md")
+
+
 def readme() -> dict[Path, str]:
-    """README.md with every `<!-- generated: NAME -->` … `<!-- end: NAME -->` block filled afresh."""
+    """README.md and the docs with every `<!-- generated: NAME -->` … `<!-- end: NAME -->` block filled afresh."""
     import re
 
-    path = REPO / "README.md"
-    text = path.read_text()
+    texts = {REPO / name: (REPO / name).read_text() for name in GENERATED_IN}
     for name, table in _runtime_tables().items():
         pattern = re.compile(rf"(<!-- generated: {name} .*?-->\n).*?(<!-- end: {name} -->)", re.S)
-        if not pattern.search(text):
-            raise SystemExit(f"README.md has no '<!-- generated: {name} ... -->' block")
-        text = pattern.sub(lambda m, table=table: m.group(1) + table + "\n" + m.group(2), text)
-    return {path: text}
+        holders = [path for path, text in texts.items() if pattern.search(text)]
+        if len(holders) != 1:
+            where = ", ".join(GENERATED_IN)
+            raise SystemExit(f"'<!-- generated: {name} ... -->' must be in exactly one of {where}: found {len(holders)}")
+        path = holders[0]
+        texts[path] = pattern.sub(lambda m, table=table: m.group(1) + table + "\n" + m.group(2), texts[path])
+    return texts
 
 
 TARGETS = {"completions": completions, "docs": docs, "schema": schema, "readme": readme}
