@@ -142,7 +142,9 @@ def readme() -> dict[Path, str]:
         holders = [path for path, text in texts.items() if pattern.search(text)]
         if len(holders) != 1:
             where = ", ".join(GENERATED_IN)
-            raise SystemExit(f"'<!-- generated: {name} ... -->' must be in exactly one of {where}: found {len(holders)}")
+            raise SystemExit(
+                f"'<!-- generated: {name} ... -->' must be in exactly one of {where}: found {len(holders)}"
+            )
         path = holders[0]
         texts[path] = pattern.sub(lambda m, table=table: m.group(1) + table + "\n" + m.group(2), texts[path])
     return texts
