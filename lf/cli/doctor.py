@@ -11,7 +11,7 @@ MARKS = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 
 @command
 def doctor(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-    """Check Python, CPU, memory, GPUs and NPUs, engines, ports, the state dir, llamafarm.yaml and its models.
+    """Check Python, CPU, memory, GPUs and NPUs, engines, ports, the memory budget, the state dir, llamafarm.yaml and its models.
 
     Exits 0 when no check fails, 10 when one does; each warning and failure says how to fix it."""
     from lf.core.doctor import run
