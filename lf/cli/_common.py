@@ -14,7 +14,9 @@ import typer
 from lf.envvars import AppEnvVars
 from lf.errors import ExitStatus, LfError
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (documented in docs/json-output.md).")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object on stdout (documented in docs/json-output.md).")
+]
 ConfigOpt = Annotated[
     str | None,
     typer.Option(
