@@ -1,11 +1,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 
 import pytest
+
+# The tests' Ctrl-C reaches lf as it reaches it from a terminal, even when the suite itself was started with SIGINT
+# ignored (a shell's background job, nohup): an ignored SIGINT is inherited by every process the tests start, and
+# Python then never turns SIGINT into KeyboardInterrupt.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _runtime_env_vars() -> list[str]:
