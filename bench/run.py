@@ -2,7 +2,7 @@
 
     make bench                       # = .venv/bin/python bench/run.py  (writes bench/RESULTS.md)
     .venv/bin/python bench/run.py --quick            # fewer repetitions, prints only
-    .venv/bin/python bench/run.py --only P1,P2       # a subset
+    .venv/bin/python bench/run.py --only P1,P2       # a subset, printed (RESULTS.md keeps the whole run)
     .venv/bin/python bench/run.py --llama-cpp-python /path/to/python   # P6 with another llama-cpp-python
 
 Each measurement runs the subject and its floor alternately (ABAB…, the order flipped every round),
@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         "--only", type=lambda s: {x.strip().upper() for x in s.split(",")}, help="comma-separated subset, e.g. P1,P4"
     )
     parser.add_argument(
-        "--out", type=Path, help="where to write the results (default bench/RESULTS.md; a quick run writes nothing)"
+        "--out",
+        type=Path,
+        help="where to write the results (default bench/RESULTS.md; a quick run or a subset (--only) writes nothing)",
     )
     parser.add_argument(
         "--llama-cpp-python",
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.reps is not None and args.reps < 1 or args.heavy_reps is not None and args.heavy_reps < 1:
         parser.error("repetitions must be at least 1")
-    out = args.out or (None if args.quick else HERE / "RESULTS.md")
+    out = args.out or (None if args.quick or args.only else HERE / "RESULTS.md")  # a part never replaces the whole
 
     with Bench(args) as bench:  # leaving it stops everything the bench started
         try:
