@@ -515,3 +515,65 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+# -- lf serve --cluster: where the replicas run, in /health, /metrics and the page's data ------------------------
+def _gateway_asking(view):
+    from starlette.testclient import TestClient
+
+    from lf.config.gateway import GatewayConfig
+    from lf.gateway.app import Gateway
+
+    gateway = Gateway(None, GatewayConfig(port=8123), [], None, cluster=view)
+    return gateway, TestClient(gateway.app(), base_url="http://127.0.0.1:8123")
+
+
+def _replica(node: str, state: str = "running") -> dict:
+    return {"node_id": node, "node_address": "10.0.0.1", "state": state}
+
+
+def test_the_gateway_shows_where_each_deployed_entry_runs_as_the_cluster_last_said():
+    answers = [
+        {
+            "address": "10.0.0.1:6379",
+            "checked_at": 1.0,
+            "error": None,
+            "nodes": [],
+            "entries": [
+                {
+                    "entry": "chat",
+                    "status": "running",
+                    "message": "",
+                    "target_replicas": 3,
+                    "nodes": 2,
+                    "replicas": [_replica("node-a"), _replica("node-b"), _replica("node-b", "starting")],
+                }
+            ],
+        }
+    ]
+    gateway, client = _gateway_asking(lambda: answers[0])
+    with client:
+        assert wait_until(lambda: client.get("/health").json().get("cluster") == answers[0], timeout=5)
+        metrics = client.get("/metrics").text
+        assert 'lf_gateway_cluster_replicas{model="chat",node="node-a",state="running"} 1.0' in metrics
+        assert 'lf_gateway_cluster_replicas{model="chat",node="node-b",state="running"} 1.0' in metrics
+        assert 'lf_gateway_cluster_replicas{model="chat",node="node-b",state="starting"} 1.0' in metrics
+        assert gateway.dashboard.snapshot()["cluster"] == answers[0]  # what the page renders
+
+
+def test_a_cluster_that_cannot_be_asked_is_said_and_the_gateway_goes_on():
+    def broken() -> dict:
+        raise RuntimeError("the driver died")
+
+    gateway, client = _gateway_asking(broken)
+    with client:
+        assert wait_until(lambda: (client.get("/health").json().get("cluster") or {}).get("error"), timeout=5)
+        assert client.get("/health").json()["cluster"]["error"] == "RuntimeError: the driver died"
+        assert client.get("/health/liveness").status_code == 200
+
+
+def test_a_gateway_without_a_cluster_says_nothing_of_one():
+    gateway, client = _gateway_asking(None)
+    with client:
+        assert "cluster" not in client.get("/health").json()
+        assert "lf_gateway_cluster_replicas{" not in client.get("/metrics").text

@@ -26,7 +26,7 @@ import psutil
 import pytest
 from conftest import run_lf
 
-from fakes import Gateway, free_ports, wait_until
+from fakes import Gateway, chromium, free_ports, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -294,7 +294,7 @@ def test_each_replica_runs_lfs_engine_on_its_node_with_a_record(shared):
 
 def test_lf_serve_cluster_is_the_front_door_and_takes_off_only_what_it_deployed(shared):
     """`lf serve --cluster`: the project's entries answer through the gateway (its names, its metrics), run by Ray
-    Serve, not by a local engine; SIGTERM takes off the cluster what it deployed ("auto") and leaves what was there
+    Serve, not by a local engine, and it shows which node runs each replica; SIGTERM takes off the cluster what it deployed ("auto") and leaves what was there
     before it ("chat", deployed above)."""
     import httpx
 
@@ -314,6 +314,31 @@ def test_lf_serve_cluster_is_the_front_door_and_takes_off_only_what_it_deployed(
         served = [line for line in metrics.splitlines() if line.startswith("lf_gateway_requests_total{")]
         assert any('model="auto"' in line and 'status="200"' in line for line in served), served
         assert _app(shared, "auto")["status"] == "RUNNING"
+        # where each entry's replicas run, as Ray says: in /health, /metrics and on the page in a real browser
+        seen: list = []
+
+        def spread_shown() -> bool:
+            seen.append(httpx.get(gateway.url + "/health", timeout=10).json().get("cluster"))
+            entries = {e["entry"]: e for e in (seen[-1] or {}).get("entries", [])}
+            chat = entries.get("chat", {"replicas": []})
+            running = [r for r in chat["replicas"] if r["state"] == "running"]
+            return len(running) == 2 and len({r["node_id"] for r in running}) == 2 and "auto" in entries
+
+        assert wait_until(spread_shown, timeout=90, interval=2), seen[-1]
+        nodes = {r["node_id"] for e in seen[-1]["entries"] if e["entry"] == "chat" for r in e["replicas"]}
+        metrics = httpx.get(gateway.url + "/metrics", timeout=10).text
+        for node in nodes:
+            assert f'lf_gateway_cluster_replicas{{model="chat",node="{node}",state="running"}} 1.0' in metrics
+        browser = chromium()
+        try:
+            browser.get(gateway.url + "/")
+            line = '#cluster [data-entry="chat"]'
+            assert wait_until(lambda: browser.find_elements("css selector", line), timeout=30)
+            shown = browser.find_element("css selector", line).text
+            assert "chat (running): 2 replicas on 2 nodes" in shown, shown
+            assert all(node[:8] in shown for node in nodes), shown
+        finally:
+            browser.quit()
         instances = shared["root"] / "state" / "projects" / "test" / "demo" / "instances"
         assert not (instances / "chat.json").exists() and not (instances / "auto.json").exists()  # no local engine
     finally:

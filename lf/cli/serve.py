@@ -334,6 +334,7 @@ def _serve_on_cluster(project, address: str | None, settings, on_ready, log_leve
             log_format=log_format,
             placed=front.placed,
             on_stopped=front.take_off,
+            cluster=front.view,
         )
     finally:
         front.take_off()

@@ -6,6 +6,7 @@ cluster when it stops; an application that was there before it (`lf cluster depl
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from lf.config.project import Project
@@ -24,6 +25,52 @@ class Front:
         self.placed = {entry.entry: entry.base_url for entry in result.entries}
         self.ours = [name for name in self.placed if name not in before]
         self._lock = threading.Lock()
+
+    def view(self) -> dict:
+        """Where the project's deployed entries run now, as /health and the page show it: every replica of each
+        entry with its node and state, and the cluster's nodes. Asked through Ray's own state (a short-lived
+        driver, as `lf cluster status` does); a cluster that cannot be asked is an `error`, never an exception."""
+        from lf.cluster.status import status
+
+        report = status(self.project, self.address)
+        nodes = {
+            n["node_id"]: {
+                "node_id": n["node_id"],
+                "address": n.get("address"),
+                "alive": bool(n.get("alive")),
+                "head": bool(n.get("head")),
+            }
+            for n in report.nodes
+        }
+        entries = []
+        for app in report.applications:
+            if app.get("entry") not in self.placed:
+                continue
+            replicas = [
+                {
+                    "node_id": r.get("node_id"),
+                    "node_address": r.get("node_ip") or nodes.get(str(r.get("node_id")), {}).get("address"),
+                    "state": str(r.get("state") or "").lower(),
+                }
+                for r in app["replicas"]
+            ]
+            entries.append(
+                {
+                    "entry": app["entry"],
+                    "status": str(app.get("status") or "").lower(),
+                    "message": app.get("message") or "",
+                    "target_replicas": app.get("target_replicas"),
+                    "replicas": replicas,
+                    "nodes": len({r["node_id"] for r in replicas if r["node_id"]}),
+                }
+            )
+        return {
+            "address": report.address or self.address,
+            "checked_at": time.time(),
+            "error": report.error,
+            "nodes": list(nodes.values()),
+            "entries": entries,
+        }
 
     def take_off(self) -> None:
         """Undeploy what this gateway deployed; once, whichever way the gateway stops (its lifespan's end on

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import anyio
@@ -61,6 +61,7 @@ from lf.secrets import StreamMasker, redact_url, secrets_of
 log = logging.getLogger(__name__)
 SHUTTING_DOWN = "the gateway is shutting down"
 KEEPALIVE_SECONDS = 2.0  # a streaming request waiting for its model gets an SSE comment this often
+CLUSTER_INTERVAL = 15.0  # seconds between two askings of the cluster where the replicas run (lf serve --cluster)
 COLD_DECISION_SECONDS = 1.0  # a streamed request for a model not loaded waits this long for a refusal to come
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 PASSED_HEADERS = ("content-type", "cache-control")
@@ -85,9 +86,12 @@ class Gateway:
         effects: Effects | None = None,
         on_stop=None,
         placed: dict[str, str] | None = None,
+        cluster: Callable[[], dict] | None = None,
     ):
         self.project = project
         self.placed = placed or {}  # entries served elsewhere (lf serve --cluster): name → their base URL
+        self._ask_cluster = cluster  # where `placed` runs (lf.cluster.front.Front.view: blocking, seconds)
+        self.cluster: dict | None = None  # its latest answer, for /health and the page
         self.on_stop = on_stop  # called last on the way out (uvicorn re-raises SIGTERM once its shutdown is done)
         self.config = config
         self.entries = entries
@@ -145,6 +149,8 @@ class Gateway:
             await self.pool.adopt()
             loop = asyncio.get_running_loop()
             background = [loop.create_task(self.monitor.run())]
+            if self._ask_cluster is not None:
+                background.append(loop.create_task(self._watch_cluster()))
             if self.project is not None and self.config.reload:
                 background.append(loop.create_task(watch(self.project.path, self.reload)))
             hangup = hangup_signal()
@@ -178,6 +184,18 @@ class Gateway:
         return self.guard.wrap(
             Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: self.not_found, 405: self.not_allowed})
         )
+
+    async def _watch_cluster(self) -> None:
+        """Ask the cluster where the deployed entries' replicas run, every CLUSTER_INTERVAL seconds (each asking
+        is a Ray driver process of its own: seconds of CPU, so never at the probe interval)."""
+        assert self._ask_cluster is not None
+        while True:
+            try:
+                self.cluster = await anyio.to_thread.run_sync(self._ask_cluster)
+            except Exception as exc:  # noqa: BLE001 - shown where the answer would be; the gateway goes on
+                self.cluster = {"checked_at": time.time(), "error": f"{type(exc).__name__}: {exc}", "entries": []}
+            self.dashboard.changed()
+            await asyncio.sleep(CLUSTER_INTERVAL)
 
     # -- llamafarm.yaml edited ----------------------------------------------------------------------------------
     async def reload(self) -> None:
@@ -252,10 +270,12 @@ class Gateway:
     async def health(self, request: Request) -> Response:
         assert self.monitor is not None
         document, status = self.monitor.document()
+        if self._ask_cluster is not None:
+            document["cluster"] = self.cluster
         return JSONResponse(document, status_code=status)
 
     async def prometheus(self, request: Request) -> Response:
-        body, content_type = self.metrics.render(self.pool)
+        body, content_type = self.metrics.render(self.pool, self.cluster)
         return Response(body, media_type=content_type)
 
     async def list_models(self, request: Request) -> Response:

@@ -135,6 +135,7 @@ class Dashboard:
             "models": models,
             "routers": document.get("routers", []),
             "peers": document.get("peers", []),
+            "cluster": gateway.cluster,
             "requests": list(self.requests),
         }
 

@@ -45,6 +45,12 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("lf_gateway_requests_in_flight", "Requests being answered", ["model"], registry=r)
+        self.cluster_replicas = Gauge(
+            "lf_gateway_cluster_replicas",
+            "Ray Serve replicas of a model deployed by lf serve --cluster, by node and state (as last asked)",
+            ["model", "node", "state"],
+            registry=r,
+        )
         self.queue = Gauge("lf_gateway_queue_length", "Requests waiting for a loaded model to become idle", registry=r)
         self.loaded = Gauge(
             "lf_gateway_instances_loaded",
@@ -155,12 +161,21 @@ class Metrics:
         if not health.healthy:
             self.probe_failures.labels(model).inc()
 
-    def render(self, pool: Pool) -> tuple[bytes, str]:
-        """The exposition, with the gauges read from the pool as it is now."""
+    def render(self, pool: Pool, cluster: dict | None = None) -> tuple[bytes, str]:
+        """The exposition, with the gauges read from the pool as it is now (and the cluster as last asked)."""
         self.loaded.set(pool.loaded_count())
         self.queue.set(pool.waiting)
         self.budget.set(pool.budget.ram)
         self.used.set(pool.used().ram)
         for slot in pool.slots.values():
             self.in_flight.labels(slot.name).set(slot.in_flight)
+        if cluster is not None:
+            self.cluster_replicas.clear()
+            for entry in cluster.get("entries", []):
+                counts: dict[tuple[str, str], int] = {}
+                for r in entry["replicas"]:
+                    key = (str(r["node_id"]), r["state"])
+                    counts[key] = counts.get(key, 0) + 1
+                for (node, state), n in counts.items():
+                    self.cluster_replicas.labels(entry["entry"], node, state).set(n)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
