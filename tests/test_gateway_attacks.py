@@ -306,6 +306,34 @@ def test_idle_and_slowloris_connections_are_closed_after_the_read_timeout(tmp_pa
             _close_all(idle + slow + answered)
 
 
+def test_a_body_trickled_without_long_pauses_is_cut_at_the_least_rate(tmp_path):
+    """A body sent a byte every 0.3 s never pauses as long as the read timeout (1 s), so the pause bound alone
+    would hold its connection for as long as the client likes (100 kB: eight hours): the least rate (500 bytes a
+    second after the first read timeout) ends it with 408, and the gateway answers others meanwhile."""
+    work, port = one_model(tmp_path)
+    with Gateway(work, port, "--read-timeout", "1") as gateway:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000\r\n\r\n{"
+            )
+            sock.settimeout(0.3)
+            answer, opened = b"", time.monotonic()
+            while time.monotonic() - opened < 20 and b"\r\n\r\n" not in answer:
+                try:
+                    sock.sendall(b" ")
+                    answer += sock.recv(65536)
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:300] or "the trickled body was held for 20 s"
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert b"slower than 500 bytes a second" in answer, answer
+        assert httpx.get(gateway.url + "/health/liveness").status_code == 200
+
+
 def test_when_every_connection_is_busy_a_newcomer_gets_503_and_huge_headers_431(tmp_path, fakes):
     """At max_connections with every connection in an answer, nothing can be closed for a newcomer: it is told
     so at once (503, Retry-After), and served again once a connection is free. Headers past 64 KiB: 431."""

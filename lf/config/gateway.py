@@ -176,7 +176,8 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
             "read_timeout",
             "number",
             "seconds a client has to send a request's headers (from when it connects, or gets its last answer), and "
-            "the longest pause allowed inside a body; a slower connection is closed",
+            "the longest pause allowed inside a body (which must also come at 500 bytes a second or more after that "
+            "long); a slower connection is closed",
             default=10,
             minimum=0.5,
             maximum=3600,

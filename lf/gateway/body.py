@@ -1,8 +1,10 @@
 """A request's JSON body, read and parsed within bounds, so that no body slows another request's stream nor
 takes the gateway's memory:
 
-- read with a limit (`max_body`, 413 before or while reading) and a deadline between two pieces
-  (`read_timeout`, 408);
+- read with a limit (`max_body`, 413 before or while reading), a deadline between two pieces
+  (`read_timeout`, 408) and a least rate for the whole (MIN_BODY_RATE bytes a second after the first
+  `read_timeout` seconds, as Apache's mod_reqtimeout does: 408), so a body trickled a byte at a time,
+  never pausing long, cannot hold its connection for hours;
 - a body past LARGE bytes holds one of MAX_LARGE places until it has been forwarded (or refused): the
   bodies held at once, hence their memory, are bounded; more wait, their connections paused;
 - a small body with few values is parsed here (a few milliseconds at most); any other in a worker process
@@ -30,6 +32,7 @@ MAX_LARGE = 4
 INLINE_VALUES = 20_000  # a body of at most LARGE bytes whose characters say it may hold more values goes to the worker
 PIECE = 256 * 1024  # bytes: a big member comes back from the worker in pieces this large
 PARSE_TIMEOUT = 60.0  # seconds the worker may take for one body
+MIN_BODY_RATE = 500  # bytes a second: a body must come at least this fast, after its first read_timeout seconds
 
 
 class Gone(Exception):
@@ -128,18 +131,26 @@ class Bodies:
         chunks: list[bytes] = []
         size = shape = 0
         stream = request.stream().__aiter__()
+        clock = asyncio.get_running_loop().time
+        started = clock()
         while True:
+            allowed = started + self.read_timeout + size / MIN_BODY_RATE - clock()  # the least rate's deadline
+            wait = min(self.read_timeout, allowed)
             try:
-                with anyio.fail_after(self.read_timeout):
+                if wait <= 0:
+                    raise TimeoutError
+                with anyio.fail_after(wait):
                     chunk = await stream.__anext__()
             except StopAsyncIteration:
                 break
             except TimeoutError:
+                said = (
+                    f"stopped arriving ({self.read_timeout:g}s without a byte)"
+                    if wait >= self.read_timeout
+                    else f"arrives slower than {MIN_BODY_RATE} bytes a second"
+                )
                 raise HTTPProblem(
-                    408,
-                    f"the request body stopped arriving ({self.read_timeout:g}s without a byte)",
-                    "request_timeout",
-                    headers={"connection": "close"},
+                    408, f"the request body {said}", "request_timeout", headers={"connection": "close"}
                 ) from None
             except ClientDisconnect:
                 raise Gone() from None
