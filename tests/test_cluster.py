@@ -577,3 +577,52 @@ def test_a_gateway_without_a_cluster_says_nothing_of_one():
     with client:
         assert "cluster" not in client.get("/health").json()
         assert "lf_gateway_cluster_replicas{" not in client.get("/metrics").text
+
+
+def test_an_edited_llamafarm_yaml_is_taken_to_the_cluster_and_only_what_this_gateway_deployed_is_taken_off(
+    tmp_path, monkeypatch
+):
+    """Front.place with the cluster's calls recorded: an entry added or changed is deployed, one removed is taken
+    off when this gateway deployed it and left when it was there before; a stop after the edit takes off what
+    this gateway deployed, the added entry included."""
+    import threading
+
+    from lf.cluster import deploy as deploy_module
+    from lf.cluster.deploy import DeployedEntry, DeployResult
+    from lf.cluster.front import Front
+
+    calls: list = []
+
+    def deploy(project, address, entries=None, **_):
+        calls.append(("deploy", sorted(entries or [])))
+        deployed = tuple(DeployedEntry(n, f"lf-{n}", f"http://ray/{n}/v1", "RUNNING", "", ()) for n in entries or [])
+        return DeployResult("ray:6379", "http://ray", deployed)
+
+    def undeploy(project, address, entries=None):
+        calls.append(("undeploy", sorted(entries or []), sorted(e.name for e in project.models)))
+        return entries
+
+    monkeypatch.setattr(deploy_module, "deploy", deploy)
+    monkeypatch.setattr(deploy_module, "undeploy", undeploy)
+    entry = "    - {{name: {}, provider: llamacpp, model: smollm2-135m{}}}\n"
+    first = load_project(_project(tmp_path, entry.format("a", "") + entry.format("b", "") + entry.format("c", "")))
+    front = Front.__new__(Front)  # as Front(...) leaves it: a, b, c deployed, c there before this gateway
+    front.project, front.address, front.on_event, front._lock = first, None, None, threading.Lock()
+    front.placed = {n: f"http://ray/{n}/v1" for n in "abc"}
+    front.before, front.ours = {"c"}, ["a", "b"]
+
+    edited = _project(
+        tmp_path, entry.format("a", "") + entry.format("b", ", context_size: 512") + entry.format("d", "")
+    )
+    placed = front.place(load_project(edited))
+    assert placed == {n: f"http://ray/{n}/v1" for n in "abd"}
+    assert calls == [("deploy", ["b", "d"])]  # a is as it was; c is gone but not this gateway's to take off
+    assert sorted(front.ours) == ["a", "b", "d"]
+
+    gone = _project(tmp_path, entry.format("d", ""))
+    calls.clear()
+    assert front.place(load_project(gone)) == {"d": "http://ray/d/v1"}
+    assert calls == [("undeploy", ["a", "b"], ["a", "b", "d"])]  # named in the project that had them
+    calls.clear()
+    front.take_off()
+    assert calls == [("undeploy", ["d"], ["d"])]

@@ -57,6 +57,16 @@ runtime:
       provider_config: {threads: 1, context_size: 1024}
 """
 
+EDITED = (
+    PROJECT.split("    - name: auto")[0]
+    + """\
+    - name: extra
+      provider: llamacpp
+      model: smollm2-135m
+      provider_config: {threads: 1, context_size: 1024}
+"""
+)
+
 
 def machine_address() -> str:
     """This machine's address on its network (a UDP socket's source for a route out; nothing is sent)."""
@@ -294,11 +304,13 @@ def test_each_replica_runs_lfs_engine_on_its_node_with_a_record(shared):
 
 def test_lf_serve_cluster_is_the_front_door_and_takes_off_only_what_it_deployed(shared):
     """`lf serve --cluster`: the project's entries answer through the gateway (its names, its metrics), run by Ray
-    Serve, not by a local engine, and it shows which node runs each replica; SIGTERM takes off the cluster what it deployed ("auto") and leaves what was there
-    before it ("chat", deployed above)."""
+    Serve, not by a local engine, and it shows which node runs each replica; an edit of llamafarm.yaml is taken to
+    the cluster; SIGTERM takes off the cluster what it deployed ("auto", "extra") and leaves what was there before
+    it ("chat", deployed above)."""
     import httpx
 
     (port,) = free_ports(1)
+    yaml = shared["work"] / "llamafarm.yaml"
     gateway = Gateway(shared["work"], port, "--cluster", "--probe-interval", "1").start(ready=False)
     try:
         assert wait_until(gateway.answers, timeout=600), gateway.text()
@@ -341,12 +353,32 @@ def test_lf_serve_cluster_is_the_front_door_and_takes_off_only_what_it_deployed(
             browser.quit()
         instances = shared["root"] / "state" / "projects" / "test" / "demo" / "instances"
         assert not (instances / "chat.json").exists() and not (instances / "auto.json").exists()  # no local engine
+        # llamafarm.yaml edited while it serves: the entry added is deployed to the cluster (never run here), the
+        # one removed is taken off the cluster, the one left alone goes on answering
+        yaml.write_text(EDITED)
+        listed: list = []
+
+        def reloaded() -> bool:
+            listed.append([m["id"] for m in httpx.get(gateway.url + "/v1/models", timeout=10).json()["data"]])
+            return "extra" in listed[-1] and "auto" not in listed[-1]
+
+        assert wait_until(reloaded, timeout=600, interval=2), (listed[-1], gateway.text())
+        answer = _client(gateway.url + "/v1").chat.completions.create(
+            model="extra", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=32
+        )
+        assert "Paris" in (answer.choices[0].message.content or "")
+        assert "taking auto off the cluster (gone from llamafarm.yaml)" in gateway.text(), gateway.text()
+        apps = {a["entry"]: a for a in _status(shared)["applications"]}
+        assert apps["extra"]["status"] == "RUNNING" and "auto" not in apps, apps
+        assert not (instances / "extra.json").exists()  # on the cluster, not here
+        assert "Paris" in _ask(gateway.url + "/v1")
     finally:
         code = gateway.terminate(timeout=300)
+        yaml.write_text(PROJECT)
     assert code in (0, -signal.SIGTERM), gateway.text()
-    assert "taking auto off the cluster" in gateway.text(), gateway.text()
+    assert "taking extra off the cluster" in gateway.text(), gateway.text()
     apps = {a["entry"]: a for a in _status(shared)["applications"]}
-    assert "auto" not in apps and apps["chat"]["status"] == "RUNNING", apps
+    assert "auto" not in apps and "extra" not in apps and apps["chat"]["status"] == "RUNNING", apps
 
 
 def test_a_killed_replica_takes_its_engine_with_it_and_is_replaced(shared):

@@ -335,6 +335,7 @@ def _serve_on_cluster(project, address: str | None, settings, on_ready, log_leve
             placed=front.placed,
             on_stopped=front.take_off,
             cluster=front.view,
+            place=front.place,
         )
     finally:
         front.take_off()

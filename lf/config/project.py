@@ -10,7 +10,7 @@ column and dotted field path of every problem.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lf.config.envref import expand_env_ref, is_env_ref
@@ -49,6 +49,10 @@ class ModelEntry:
     @property
     def is_router(self) -> bool:
         return self.router is not None
+
+    def same_as(self, other: ModelEntry | None) -> bool:
+        """The same settings, wherever each stands in its file (what a reload of llamafarm.yaml compares)."""
+        return other is not None and replace(self, line=None) == replace(other, line=None)
 
     extra_body: dict = field(
         default_factory=dict

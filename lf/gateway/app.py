@@ -87,11 +87,13 @@ class Gateway:
         on_stop=None,
         placed: dict[str, str] | None = None,
         cluster: Callable[[], dict] | None = None,
+        place: Callable[[Project], dict[str, str]] | None = None,
     ):
         self.project = project
         self.placed = placed or {}  # entries served elsewhere (lf serve --cluster): name → their base URL
         self._ask_cluster = cluster  # where `placed` runs (lf.cluster.front.Front.view: blocking, seconds)
         self.cluster: dict | None = None  # its latest answer, for /health and the page
+        self._place = place  # an edited llamafarm.yaml taken to the cluster: the entries placed then (Front.place)
         self.on_stop = on_stop  # called last on the way out (uvicorn re-raises SIGTERM once its shutdown is done)
         self.config = config
         self.entries = entries
@@ -211,6 +213,15 @@ class Gateway:
             except ConfigError as exc:
                 log.warning("llamafarm.yaml not reloaded, the running models stay as they are: %s", exc.message)
                 return
+            if self._place is not None:
+                try:
+                    self.placed = await anyio.to_thread.run_sync(self._place, project)
+                except LfError as exc:
+                    log.warning(
+                        "llamafarm.yaml not reloaded, the running models stay as they are: the cluster: %s",
+                        exc.message,
+                    )
+                    return
             entries, default = served_entries(project, self.placed)
             pooled = _pooled(project, entries)
             done = self.pool.reconfigure(pooled, _external_endpoints(pooled))

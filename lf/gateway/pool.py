@@ -410,7 +410,7 @@ class Pool:
                 self.leaving.append(slot)
                 self.slots[name] = self._new_slot(entry, external.get(name))
                 done["changed"].append(name)
-            elif _settings_of(entry) != _settings_of(slot.entry):
+            elif not entry.same_as(slot.entry):
                 ours = slot.owned or slot.state == State.STARTING
                 if slot.managed and entry.managed and slot.loaded and ours:
                     slot.replacement = entry  # its instance runs the old settings: restarted once its requests end
@@ -714,10 +714,3 @@ def _load(slot: Slot) -> int:
 def _retrieve(task: asyncio.Task) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _settings_of(entry: ModelEntry) -> ModelEntry:
-    """An entry without where it stands in the file: what a reload compares."""
-    from dataclasses import replace
-
-    return replace(entry, line=None)

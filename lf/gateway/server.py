@@ -65,6 +65,7 @@ def run(
     placed: dict[str, str] | None = None,
     on_stopped: Callable[[], None] | None = None,
     cluster: Callable[[], dict] | None = None,
+    place: Callable[[Project], dict[str, str]] | None = None,
 ) -> None:
     """Serve until SIGTERM, SIGINT or SIGHUP; then stop the instances a gateway started and leave."""
     import uvicorn
@@ -80,7 +81,7 @@ def run(
     release = (lambda: _release_record(store, config)) if own else None
     if on_stopped is not None:  # SIGTERM ends the process once the lifespan is over: that is the last word
         release = _both(release, on_stopped)
-    gateway = Gateway(project, config, entries, default, on_stop=release, placed=placed, cluster=cluster)
+    gateway = Gateway(project, config, entries, default, on_stop=release, placed=placed, cluster=cluster, place=place)
     if on_ready is not None:
         _when_listening(config, on_ready)
     limit = connection_limit(config.max_connections)
