@@ -160,6 +160,57 @@ ROUTES = [
 ]
 
 
+def test_a_web_app_the_user_allows_may_call_the_openai_routes_and_nothing_else(tmp_path, fakes):
+    """allowed_origins (Ollama's OLLAMA_ORIGINS): an allowed origin's preflight is answered without the key (a
+    browser sends none), its calls to /v1/* are answered with Access-Control-Allow-Origin, refusals included; any
+    other origin is still refused, the page's routes stay same-origin, and a rebound Host is still refused."""
+    work, port = one_model(tmp_path)
+    app, extension = "http://app.example:3000", "chrome-extension://abcdef"
+    with Gateway(
+        work, port, "--allowed-origin", app, "--allowed-origin", "chrome-extension://*",
+        env={"LF_GATEWAY_API_KEY": KEY},
+    ) as gateway:  # fmt: skip
+        url = gateway.url + "/v1/chat/completions"
+        body = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": "hi"}]})
+        asked = {
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization,content-type",
+        }
+        for origin in (app, extension):
+            preflight = httpx.options(url, headers={"origin": origin, **asked})
+            assert preflight.status_code == 204, preflight.text
+            assert preflight.headers["access-control-allow-origin"] == origin
+            assert preflight.headers["access-control-allow-headers"] == "authorization,content-type"
+            browser = {"origin": origin, "sec-fetch-site": "cross-site", "sec-fetch-mode": "cors", **JSON}
+            answer = httpx.post(url, content=body, headers={**browser, "authorization": f"Bearer {KEY}"})
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["access-control-allow-origin"] == origin and answer.json()["choices"]
+            keyless = httpx.post(url, content=body, headers=browser)
+            assert keyless.status_code == 401 and keyless.headers["access-control-allow-origin"] == origin
+            models = httpx.get(gateway.url + "/v1/models", headers={**browser, "authorization": f"Bearer {KEY}"})
+            assert models.status_code == 200 and models.headers["access-control-allow-origin"] == origin
+        for origin in ("http://evil.example", "http://app.example:3001", "https://app.example:3000"):
+            refused = httpx.post(
+                url, content=body, headers={"origin": origin, "authorization": f"Bearer {KEY}", **JSON}
+            )
+            assert refused.status_code == 403 and error_of(refused)["code"] == "cross_origin", origin
+            assert "access-control-allow-origin" not in refused.headers
+            assert httpx.options(url, headers={"origin": origin, **asked}).status_code == 403
+        for method, path, headers in ROUTES:
+            if path.startswith("/v1/"):
+                continue
+            answer = httpx.request(
+                method,
+                gateway.url + path,
+                headers={**headers, "origin": app, "authorization": f"Bearer {KEY}"},
+                content=json.dumps({"model": "alpha", "action": "stop"}) if method == "POST" else None,
+            )
+            assert answer.status_code == 403, (method, path, answer.text)
+        rebound = httpx.options(url, headers={"origin": app, "host": "rebind.evil.example", **asked})
+        assert rebound.status_code == 403 and error_of(rebound)["code"] == "wrong_host"
+        assert read_record(fakes, "alpha") is not None  # the page's stop never went through
+
+
 def test_a_foreign_host_is_refused_on_every_route_but_liveness(tmp_path, fakes):
     """DNS rebinding: a page whose name was made to point at 127.0.0.1 sends its own name as Host; it would
     read answers, model lists, pids and crash logs. Every route refuses it, but the liveness probe."""

@@ -184,3 +184,45 @@ def test_a_rebound_name_reads_nothing_but_liveness(tmp_path, fakes):
             assert "GET /v1/models model=- 403" in gateway.text()
     finally:
         browser.quit()
+
+
+ALLOWED_APP_PAGE = """<!doctype html><html><body>
+<script>
+const body = JSON.stringify({{model: "alpha", messages: [{{role: "user", content: "hi"}}]}});
+fetch("{url}/v1/chat/completions", {{method: "POST", headers: {{"Content-Type": "application/json"}}, body}})
+  .then(async (r) => {{
+    const answer = await r.json();
+    document.title = "answered " + r.status + " " + JSON.stringify(answer.choices[0].message.content);
+  }})
+  .catch((e) => {{ document.title = "failed " + e; }});
+</script></body></html>"""
+
+
+def test_a_web_app_on_an_allowed_origin_reads_answers_and_the_same_page_elsewhere_cannot(tmp_path, fakes):
+    """allowed_origins in a real browser: the page's preflighted JSON fetch is answered and readable from the
+    origin the user allowed; the same page served from another origin fails (the browser blocks it) and starts
+    nothing."""
+    model_port, remote_port, port = free_ports(3)
+    work = tmp_path / "work"
+    _project(work, model_port, remote_port)
+    browser = chromium()
+    allowed = _Site("")  # its port is the origin to allow; the page is written once the gateway's URL is known
+    try:
+        with Gateway(work, port, "--allowed-origin", f"http://127.0.0.1:{allowed.port}") as gateway:
+            html = ALLOWED_APP_PAGE.format(url=gateway.url)
+            allowed.close()
+            allowed, other = _Site(html, allowed.port), _Site(html)
+            try:
+                browser.get(f"http://127.0.0.1:{other.port}/")
+                assert wait_until(lambda: browser.title.startswith(("answered", "failed")), timeout=20)
+                assert browser.title.startswith("failed"), browser.title
+                assert engines(fakes) == []
+                browser.get(f"http://127.0.0.1:{allowed.port}/")
+                assert wait_until(lambda: browser.title.startswith(("answered", "failed")), timeout=30)
+                assert browser.title.startswith('answered 200 "'), browser.title
+                assert len(browser.title) > len('answered 200 ""'), browser.title
+            finally:
+                other.close()
+    finally:
+        allowed.close()
+        browser.quit()

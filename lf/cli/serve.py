@@ -153,6 +153,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-origin",
+            help="The origin of a web app whose pages may call /v1/* (CORS), e.g. http://localhost:3000; a trailing "
+            "* matches the rest (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback address without an API key.")
     ] = False,
@@ -250,6 +259,7 @@ def serve(
         "max_connections": max_connections,
         "shutdown_grace": shutdown_grace,
         "allowed_hosts": allowed_host or None,
+        "allowed_origins": allowed_origin or None,
         "insecure": insecure or None,
         "pull": pull or None,
     }

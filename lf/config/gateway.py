@@ -214,6 +214,14 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
             env="LF_GATEWAY_ALLOWED_HOSTS",
             flag="--allowed-host",
         ),
+        Setting(
+            "allowed_origins",
+            "array",
+            "origins of web apps whose pages may call /v1/* from the browser (CORS), e.g. http://localhost:3000; a "
+            "trailing * matches the rest (chrome-extension://*), * alone any page; the dashboard stays same-origin",
+            env="LF_GATEWAY_ALLOWED_ORIGINS",
+            flag="--allowed-origin",
+        ),
     )
 }
 
@@ -265,6 +273,7 @@ class GatewayConfig:
     max_connections: int = _default("max_connections")
     shutdown_grace: float = _default("shutdown_grace")
     allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
 
     @property
     def loopback(self) -> bool:
@@ -296,6 +305,7 @@ def resolve_config(project, flags: dict) -> GatewayConfig:
     values, _sources = resolve(GATEWAY_SETTINGS, {k: v for k, v in flags.items() if v is not None}, file_values)
     values["api_key"] = expand_env_ref(values.get("api_key")) or None
     values["allowed_hosts"] = tuple(values.get("allowed_hosts") or ())
+    values["allowed_origins"] = tuple(o.rstrip("/") for o in values.get("allowed_origins") or ())
     config = GatewayConfig(**values, peers=peers_of(file_values.get("peers") or []))
     check_key(config.api_key)
     if not config.loopback and not config.api_key and not config.insecure:

@@ -12,6 +12,11 @@ the liveness probe the gateway refuses:
 - without the gateway's API key, when it has one (401): as a Bearer header, or for the page's own routes
   (/ui/*) as the cookie the page sets.
 
+A web app the user trusts may be let in: an origin in `allowed_origins` may call the OpenAI routes (/v1/*)
+from its pages, as Ollama's OLLAMA_ORIGINS allows. Its preflight is answered, its answers carry
+Access-Control-Allow-Origin; everything else still holds (Host, JSON bodies, the key), and the page's
+routes (/, /ui/*) stay same-origin whatever the list says.
+
 The page's actions (/ui/action) also need lf's own header (X-LF-Action: 1), which no page elsewhere can add
 without a preflight that is never granted, and from another machine the key, refused when there is none.
 Scripts (curl, the openai client, `llm`) send none of the browser's headers and pass as before.
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lf.config.gateway import GatewayConfig
@@ -114,6 +119,8 @@ class Guard:
             pass
         self.names = frozenset(names)
         self._hosts: dict[str, bool] = {}  # Host header → is it this gateway's
+        self.origins = frozenset(o.lower() for o in config.allowed_origins if not o.endswith("*"))
+        self.origin_prefixes = tuple(o[:-1].lower() for o in config.allowed_origins if o.endswith("*"))
 
     # -- the checks ------------------------------------------------------------------------------------
     def refusal(self, request: Request, policy: Policy | None = None) -> HTTPProblem | None:
@@ -135,10 +142,15 @@ class Guard:
                 "wrong_host",
             )
         origin = headers.get("origin")
-        if origin is not None and origin.lower() != f"{request.scope.get('scheme', 'http')}://{host or ''}".lower():
+        let_in = origin is not None and _openai_route(request, policy) and self.origin_allowed(origin)
+        if (
+            origin is not None
+            and not let_in
+            and origin.lower() != f"{request.scope.get('scheme', 'http')}://{host or ''}".lower()
+        ):
             return HTTPProblem(403, f"refused: a request from another origin ({origin})", "cross_origin")
         site = headers.get("sec-fetch-site")
-        if site is not None and site not in ("same-origin", "none"):
+        if site is not None and site not in ("same-origin", "none") and not let_in:
             opened = policy.navigation and headers.get("sec-fetch-mode") == "navigate"
             if not opened:
                 return HTTPProblem(403, f"refused: a request from another site ({site})", "cross_origin")
@@ -169,6 +181,18 @@ class Guard:
             )
         return None
 
+    def origin_allowed(self, origin: str) -> bool:
+        """Is `origin` one of `allowed_origins` (or matched by one ending in *)?"""
+        origin = origin.lower()
+        return origin in self.origins or any(origin.startswith(prefix) for prefix in self.origin_prefixes)
+
+    def cors(self, request: Request) -> str | None:
+        """The origin to answer with Access-Control-Allow-Origin: an allowed web app's, on an OpenAI route."""
+        if not (self.origins or self.origin_prefixes) or not _openai_route(request, policy_of(request)):
+            return None
+        origin = request.headers.get("origin")
+        return origin if origin is not None and self.origin_allowed(origin) else None
+
     def host_ok(self, host: str) -> bool:
         """Is `host` (a Host header) a name of this gateway? An IP address always is: DNS rebinding needs a name."""
         known = self._hosts.get(host)
@@ -197,6 +221,12 @@ class Guard:
                 return
             arrived = time.monotonic()
             request = Request(scope)
+            allowed = self.cors(request)
+            if allowed is not None:  # an allowed web app: its preflight answered (no key: browsers send none)
+                if request.method == "OPTIONS" and not self.draining and self.host_ok(request.headers.get("host", "")):
+                    await Response(status_code=204, headers=_preflight(request, allowed))(scope, receive, send)
+                    return
+                send = _with_cors(send, allowed)  # and every answer readable by it, refusals included
             problem = self.refusal(request)
             if problem is None:
                 await app(scope, receive, send)
@@ -206,6 +236,42 @@ class Guard:
                 self.on_refused(request, problem.status, arrived)
 
         return guarded
+
+
+def _openai_route(request: Request, policy: Policy) -> bool:
+    """One of the OpenAI routes (/v1/*): all an allowed web app may call."""
+    return policy is API and request.scope["path"].startswith("/v1/")
+
+
+CORS_EXPOSED = "retry-after, x-lf-route, x-lf-routed-to"
+
+
+def _preflight(request: Request, origin: str) -> dict[str, str]:
+    """The answer to an allowed web app's preflight: the methods the OpenAI routes take, the headers it asked for
+    (the openai JS client sends its own x-stainless-* ones), kept for ten minutes."""
+    return {
+        "access-control-allow-origin": origin,
+        "access-control-allow-methods": "GET, POST",
+        "access-control-allow-headers": request.headers.get("access-control-request-headers", "content-type"),
+        "access-control-max-age": "600",
+        "vary": "Origin",
+    }
+
+
+def _with_cors(send: Send, origin: str) -> Send:
+    """`send`, with an allowed web app's CORS headers added to the answer."""
+    extra = [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"access-control-expose-headers", CORS_EXPOSED.encode()),
+        (b"vary", b"Origin"),
+    ]
+
+    async def sending(message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return sending
 
 
 def _is_ip(name: str) -> bool:

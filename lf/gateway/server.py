@@ -91,6 +91,8 @@ def run(
             limit,
             config.max_connections,
         )
+    if "*" in config.allowed_origins:
+        log.warning("allowed_origins has *: any web page this machine's browser opens may use these models")
     where = local_url(config.host, config.port)
     if is_wildcard(config.host):
         where = f"http://{config.host or '*'}:{config.port} (every address of this machine; from here: {where})"
