@@ -177,7 +177,7 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
             "number",
             "seconds a client has to send a request's headers (from when it connects, or gets its last answer), and "
             "the longest pause allowed inside a body (which must also come at 500 bytes a second or more after that "
-            "long); a slower connection is closed",
+            "long) and in reading an answer; a slower connection is closed",
             default=10,
             minimum=0.5,
             maximum=3600,

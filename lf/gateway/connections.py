@@ -10,6 +10,7 @@ has no limit on connections but the open-file limit, past which every new client
 - at most `limit` connections: a newcomer past it closes the connection that has waited for a request the
   longest (idle, or still sending its headers: never one being answered); when every one is being answered,
   the newcomer gets 503 at once;
+- a client that stops reading an answer for `read_timeout` seconds is dropped (its answer ends as a hang-up);
 - an HTTP/1.0 client, which cannot read chunked encoding, gets a body delimited by the connection's close.
 
 `Server` is uvicorn's, telling the gateway when it starts to stop.
@@ -119,8 +120,10 @@ class GuardedProtocol(HttpToolsProtocol):
             self._refuse(431, f"the request's headers are larger than {MAX_HEAD} bytes")
             return
         super().on_headers_complete()
-        if self.scope.get("http_version") == "1.0" and self.cycle is not None:
-            _close_delimited(self.cycle)
+        if self.cycle is not None:
+            if self.scope.get("http_version") == "1.0":
+                _close_delimited(self.cycle)
+            _bounded_writes(self.cycle, self.flow, self.transport, self.shared.header_timeout)
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -171,6 +174,32 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.write(head.encode() + body)
             self.transport.close()
+
+
+def _bounded_writes(cycle, flow, transport, stall: float) -> None:
+    """A client that stops reading an answer (its buffers full, the connection's writing paused) has `stall`
+    seconds to read again; then its connection is dropped, so the answer ends as a hang-up (499) and lets go of
+    its model's place and engine, instead of holding them for as long as the client likes. Costs nothing while
+    the client keeps up (no timer unless writing is paused)."""
+    send = cycle.send
+    loop = asyncio.get_running_loop()
+
+    async def send_bounded(message) -> None:
+        if cycle.disconnected:
+            # the client is gone (it hung up, or was dropped here): the send is a no-op, and without a pause an
+            # answer whose upstream has more at hand would never let the response see it and stop
+            await asyncio.sleep(0)
+            return
+        if not flow.write_paused:
+            await send(message)
+            return
+        timer = loop.call_later(stall, transport.abort)
+        try:
+            await send(message)
+        finally:
+            timer.cancel()
+
+    cycle.send = send_bounded
 
 
 def _close_delimited(cycle) -> None:
