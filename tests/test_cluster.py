@@ -518,13 +518,27 @@ def _alive(pid: int) -> bool:
 
 
 # -- lf serve --cluster: where the replicas run, in /health, /metrics and the page's data ------------------------
+class _Cluster:
+    """What a gateway asks of a cluster (lf.gateway.app.Elsewhere), answering `view` as told."""
+
+    def __init__(self, view):
+        self.placed: dict[str, str] = {}
+        self.view = view
+
+    def place(self, project):
+        return self.placed
+
+    def take_off(self) -> None:
+        pass
+
+
 def _gateway_asking(view):
     from starlette.testclient import TestClient
 
     from lf.config.gateway import GatewayConfig
     from lf.gateway.app import Gateway
 
-    gateway = Gateway(None, GatewayConfig(port=8123), [], None, cluster=view)
+    gateway = Gateway(None, GatewayConfig(port=8123), [], None, elsewhere=_Cluster(view) if view else None)
     return gateway, TestClient(gateway.app(), base_url="http://127.0.0.1:8123")
 
 

@@ -342,10 +342,7 @@ def _serve_on_cluster(project, address: str | None, settings, on_ready, log_leve
             on_ready=on_ready,
             log_level=log_level,
             log_format=log_format,
-            placed=front.placed,
-            on_stopped=front.take_off,
-            cluster=front.view,
-            place=front.place,
+            elsewhere=front,
         )
     finally:
         front.take_off()

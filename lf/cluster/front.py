@@ -55,7 +55,7 @@ class Front:
                 self.on_event(Notice(f"taking {', '.join(ours_gone)} off the cluster (gone from llamafarm.yaml)"))
             undeploy(self.project, self.address, ours_gone)
         self.project, self.placed = project, placed
-        return dict(placed)
+        return placed
 
     def view(self) -> dict:
         """Where the project's deployed entries run now, as /health and the page show it: every replica of each

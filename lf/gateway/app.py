@@ -11,8 +11,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from typing import Protocol
 
 import anyio
 import httpx
@@ -76,6 +77,27 @@ def sse_error(message: str, code: str) -> bytes:
     return b"data: " + json.dumps(error_body(message, "upstream_error", code)).encode() + b"\n\n"
 
 
+class Elsewhere(Protocol):
+    """Entries that run on a cluster, not here (lf serve --cluster: lf.cluster.front.Front)."""
+
+    @property
+    def placed(self) -> Mapping[str, str]:
+        """Entry name → the OpenAI base URL it is served at."""
+        ...
+
+    def view(self) -> dict:
+        """Where their replicas run now (blocking: seconds)."""
+        ...
+
+    def place(self, project: Project) -> Mapping[str, str]:
+        """Take an edited llamafarm.yaml to the cluster (blocking: minutes); `placed` follows. LfError: refused."""
+        ...
+
+    def take_off(self) -> None:
+        """Take off the cluster what this gateway put there."""
+        ...
+
+
 class Gateway:
     def __init__(
         self,
@@ -85,15 +107,11 @@ class Gateway:
         default_model: str | None,
         effects: Effects | None = None,
         on_stop=None,
-        placed: dict[str, str] | None = None,
-        cluster: Callable[[], dict] | None = None,
-        place: Callable[[Project], dict[str, str]] | None = None,
+        elsewhere: Elsewhere | None = None,
     ):
         self.project = project
-        self.placed = placed or {}  # entries served elsewhere (lf serve --cluster): name → their base URL
-        self._ask_cluster = cluster  # where `placed` runs (lf.cluster.front.Front.view: blocking, seconds)
-        self.cluster: dict | None = None  # its latest answer, for /health and the page
-        self._place = place  # an edited llamafarm.yaml taken to the cluster: the entries placed then (Front.place)
+        self.elsewhere = elsewhere  # entries that run on a cluster (lf serve --cluster)
+        self.cluster: dict | None = None  # where they run, as last asked: for /health, /metrics and the page
         self.on_stop = on_stop  # called last on the way out (uvicorn re-raises SIGTERM once its shutdown is done)
         self.config = config
         self.entries = entries
@@ -151,8 +169,8 @@ class Gateway:
             await self.pool.adopt()
             loop = asyncio.get_running_loop()
             background = [loop.create_task(self.monitor.run())]
-            if self._ask_cluster is not None:
-                background.append(loop.create_task(self._watch_cluster()))
+            if self.elsewhere is not None:
+                background.append(loop.create_task(self._watch_cluster(self.elsewhere)))
             if self.project is not None and self.config.reload:
                 background.append(loop.create_task(watch(self.project.path, self.reload)))
             hangup = hangup_signal()
@@ -187,13 +205,16 @@ class Gateway:
             Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: self.not_found, 405: self.not_allowed})
         )
 
-    async def _watch_cluster(self) -> None:
+    @property
+    def placed(self) -> Mapping[str, str]:
+        return self.elsewhere.placed if self.elsewhere is not None else {}
+
+    async def _watch_cluster(self, elsewhere: Elsewhere) -> None:
         """Ask the cluster where the deployed entries' replicas run, every CLUSTER_INTERVAL seconds (each asking
         is a Ray driver process of its own: seconds of CPU, so never at the probe interval)."""
-        assert self._ask_cluster is not None
         while True:
             try:
-                self.cluster = await anyio.to_thread.run_sync(self._ask_cluster)
+                self.cluster = await anyio.to_thread.run_sync(elsewhere.view)
             except Exception as exc:  # noqa: BLE001 - shown where the answer would be; the gateway goes on
                 self.cluster = {"checked_at": time.time(), "error": f"{type(exc).__name__}: {exc}", "entries": []}
             self.dashboard.changed()
@@ -213,9 +234,9 @@ class Gateway:
             except ConfigError as exc:
                 log.warning("llamafarm.yaml not reloaded, the running models stay as they are: %s", exc.message)
                 return
-            if self._place is not None:
+            if self.elsewhere is not None:
                 try:
-                    self.placed = await anyio.to_thread.run_sync(self._place, project)
+                    await anyio.to_thread.run_sync(self.elsewhere.place, project)
                 except LfError as exc:
                     log.warning(
                         "llamafarm.yaml not reloaded, the running models stay as they are: the cluster: %s",
@@ -281,7 +302,7 @@ class Gateway:
     async def health(self, request: Request) -> Response:
         assert self.monitor is not None
         document, status = self.monitor.document()
-        if self._ask_cluster is not None:
+        if self.elsewhere is not None:
             document["cluster"] = self.cluster
         return JSONResponse(document, status_code=status)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from lf.config.gateway import GATEWAY_SETTINGS, RECORD_RUNTIME, GatewayConfig, serve_flags
 from lf.config.names import served_entries
@@ -26,6 +27,9 @@ from lf.daemon.supervisor import choose_port
 from lf.errors import LfError
 from lf.net import connect_host, is_wildcard, local_url
 from lf.platform import hangup_signal
+
+if TYPE_CHECKING:
+    from lf.gateway.app import Elsewhere
 
 START_TIMEOUT = 30.0
 LIVENESS = "/health/liveness"
@@ -62,10 +66,7 @@ def run(
     on_ready=None,
     log_level: str = "info",
     log_format: str = "text",
-    placed: dict[str, str] | None = None,
-    on_stopped: Callable[[], None] | None = None,
-    cluster: Callable[[], dict] | None = None,
-    place: Callable[[Project], dict[str, str]] | None = None,
+    elsewhere: Elsewhere | None = None,
 ) -> None:
     """Serve until SIGTERM, SIGINT or SIGHUP; then stop the instances a gateway started and leave."""
     import uvicorn
@@ -75,13 +76,13 @@ def run(
     from lf.gateway.logs import configure
 
     configure(log_level, log_format)
-    entries, default = served_entries(project, placed)
+    entries, default = served_entries(project, elsewhere.placed if elsewhere is not None else None)
     store = StateStore.of(project)  # the gateway's record lies with its project's instances
     own = _claim_record(store, project, config)
     release = (lambda: _release_record(store, config)) if own else None
-    if on_stopped is not None:  # SIGTERM ends the process once the lifespan is over: that is the last word
-        release = _both(release, on_stopped)
-    gateway = Gateway(project, config, entries, default, on_stop=release, placed=placed, cluster=cluster, place=place)
+    if elsewhere is not None:  # SIGTERM ends the process once the lifespan is over: that is the last word
+        release = _both(release, elsewhere.take_off)
+    gateway = Gateway(project, config, entries, default, on_stop=release, elsewhere=elsewhere)
     if on_ready is not None:
         _when_listening(config, on_ready)
     limit = connection_limit(config.max_connections)
