@@ -194,6 +194,7 @@ def test_a_web_app_the_user_allows_may_call_the_openai_routes_and_nothing_else(t
                 url, content=body, headers={"origin": origin, "authorization": f"Bearer {KEY}", **JSON}
             )
             assert refused.status_code == 403 and error_of(refused)["code"] == "cross_origin", origin
+            assert f"lf serve --allowed-origin {origin}" in error_of(refused)["message"]  # what lets a web app in
             assert "access-control-allow-origin" not in refused.headers
             assert httpx.options(url, headers={"origin": origin, **asked}).status_code == 403
         for method, path, headers in ROUTES:

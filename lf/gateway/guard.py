@@ -148,7 +148,16 @@ class Guard:
             and not let_in
             and origin.lower() != f"{request.scope.get('scheme', 'http')}://{host or ''}".lower()
         ):
-            return HTTPProblem(403, f"refused: a request from another origin ({origin})", "cross_origin")
+            return HTTPProblem(
+                403,
+                f"refused: a request from another origin ({origin})"
+                + (
+                    f"; a web app of yours: lf serve --allowed-origin {origin}"
+                    if _openai_route(request, policy)
+                    else ""
+                ),
+                "cross_origin",
+            )
         site = headers.get("sec-fetch-site")
         if site is not None and site not in ("same-origin", "none") and not let_in:
             opened = policy.navigation and headers.get("sec-fetch-mode") == "navigate"
