@@ -545,6 +545,23 @@ def test_after_a_kill_9_the_next_gateway_adopts_and_its_sigterm_leaves_nothing(t
     assert is_gone(pid) and daemons(fakes) == []
 
 
+def test_lf_runtime_stop_ends_a_foreground_gateway_without_sigkill(tmp_path, fakes):
+    """`lf serve` in a terminal (or under a service manager), stopped with `lf runtime stop lf-serve-PORT`: the
+    stop holds the record's lock while it waits, so a gateway that waited for that lock on its way out was
+    SIGKILLed after 10 s; it now leaves the record to the stop and ends on the SIGTERM, its instances stopped."""
+    a, port = free_ports(2)
+    project(tmp_path, f"- {{name: alpha, provider: fake, model: m, provider_config: {{port: {a}}}}}\n")
+    with Gateway(tmp_path / "work", port) as gateway:
+        assert chat(gateway, "alpha").status_code == 200
+        stopped = run_lf("runtime", "stop", f"lf-serve-{port}", "--json", timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        (result,) = json.loads(stopped.stdout)["stopped"]
+        assert result["was_running"] and not result["escalated"], result
+        assert wait_until(lambda: gateway.proc.poll() is not None, timeout=10)
+        assert gateway.proc.returncode == -signal.SIGTERM, gateway.text()
+    assert daemons(fakes) == [] and engines(fakes) == []
+
+
 def test_detach_runs_a_supervised_gateway_that_lf_runtime_stop_stops(tmp_path, fakes):
     a, port = free_ports(2)
     project(tmp_path, f"- {{name: alpha, provider: fake, model: m, provider_config: {{port: {a}}}}}\n")

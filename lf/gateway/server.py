@@ -36,6 +36,7 @@ LIVENESS = "/health/liveness"
 KEEP_ALIVE = 5.0  # seconds an idle kept-alive connection stays open (uvicorn's default; at most read_timeout)
 SHUTDOWN_BACKSTOP = 3.0  # seconds past shutdown_grace after which uvicorn cancels what still runs
 FILES_PER_CONNECTION = 2  # a client's connection and, while it is answered, the one to its model
+RELEASE_LOCK_WAIT = 1.0  # seconds the gateway waits for its record's lock on the way out
 log = logging.getLogger(__name__)
 
 
@@ -224,10 +225,17 @@ def _claim_record(store: StateStore, project: Project | None, config: GatewayCon
 
 
 def _release_record(store: StateStore, config: GatewayConfig) -> None:
-    with store.lock(config.record_name):
-        record = store.load_or_none(config.record_name)
-        if record is not None and record.pid == os.getpid():
-            store.remove(config.record_name)
+    from lf.files import LockBusy
+
+    try:
+        with store.lock(config.record_name, timeout=RELEASE_LOCK_WAIT):
+            record = store.load_or_none(config.record_name)
+            if record is not None and record.pid == os.getpid():
+                store.remove(config.record_name)
+    except LockBusy:
+        # `lf runtime stop` holds the lock while it waits for this gateway to end, and removes the record
+        # itself: waiting here would hold the gateway until the stop gives up and SIGKILLs it
+        pass
 
 
 def detach(
