@@ -4,13 +4,16 @@ and comes back by itself. Real processes (two `lf serve`, fake engines; the real
 
 from __future__ import annotations
 
+import os
 import signal
 import textwrap
+from pathlib import Path
 
 import httpx
 import pytest
+from conftest import run_lf
 
-from fakes import Gateway, free_ports, use_fakes, wait_until
+from fakes import Gateway, engines, free_ports, read_record, use_fakes, wait_until
 
 QUESTION = "What is the capital of France? Answer in one sentence."
 
@@ -71,6 +74,9 @@ def test_a_peers_models_are_routed_through_the_gateway_and_its_outage_is_said_th
 
             b.proc.send_signal(signal.SIGKILL)  # the other machine goes away, its engine with it
             b.proc.wait(10)
+            engine = read_record(Path(b_env["LF_STATE_DIR"]), "bmodel")
+            assert engine is not None
+            os.kill(engine["pid"], signal.SIGKILL)
             assert wait_until(lambda: peer(a, "b")["up"] is False, 5)
             down = ask(a, "b/bmodel")
             assert down.status_code == 503 and "b/bmodel is down" in down.json()["error"]["message"]
@@ -81,6 +87,8 @@ def test_a_peers_models_are_routed_through_the_gateway_and_its_outage_is_said_th
             assert wait_until(lambda: ask(a, "b/bmodel").status_code == 200, 20)
     finally:
         b.kill()
+        run_lf("runtime", "stop", "--all-projects", env=b_env)  # the engine B started again: none is left behind
+    assert engines(Path(b_env["LF_STATE_DIR"])) == []
 
 
 @pytest.mark.e2e
