@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lf.cli._common import ConfigOpt, JsonOpt, Spinner, command, err, load_project, out, print_json, table
+from lf.cli._common import ConfigOpt, JsonOpt, Progress, Spinner, command, err, load_project, out, print_json, table
 
 AddressOpt = Annotated[
     str | None,
@@ -310,17 +310,17 @@ def deploy(
     entry's engine (replicas, min_replicas/max_replicas, target_ongoing_requests, spread in llamafarm.yaml).
     Prints each entry's OpenAI base URL."""
     from lf.cluster.deploy import deploy as deploy_project
-    from lf.core.events import Notice
-
-    def on_event(event) -> None:
-        if isinstance(event, Notice):
-            err(event.text)
 
     spinner = Spinner("deploying to the cluster")
     spinner(0.0)
     try:
         result = deploy_project(
-            load_project(config, warn=True), address, entries, serve_port=serve_port, timeout=timeout, on_event=on_event
+            load_project(config, warn=True),
+            address,
+            entries,
+            serve_port=serve_port,
+            timeout=timeout,
+            on_event=Progress(),
         )
     finally:
         spinner.done()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from lf.cli._common import ConfigOpt, JsonOpt, Spinner, command, err, load_project, out, print_json
+from lf.cli._common import ConfigOpt, JsonOpt, Progress, Spinner, command, err, load_project, out, print_json
 from lf.cli.cluster import AddressOpt
 
 
@@ -320,17 +320,12 @@ def serve(
 def _serve_on_cluster(project, address: str | None, settings, on_ready, log_level: str, log_format: str) -> None:
     """The project's entries deployed on the cluster, served from this gateway, taken off when it stops."""
     from lf.cluster.front import Front
-    from lf.core.events import Notice
     from lf.gateway.server import run
-
-    def on_event(event) -> None:
-        if isinstance(event, Notice):
-            err(event.text)
 
     spinner = Spinner("deploying the project's models to the cluster")
     spinner(0.0)
     try:
-        front = Front(project, address, on_event)
+        front = Front(project, address, Progress())  # its notices, as every command prints them
     finally:
         spinner.done()
     for name, url in front.placed.items():
